@@ -1,0 +1,1 @@
+"""Parcel: consent-gated attachments for Matrix support chats."""

@@ -1,0 +1,83 @@
+"""Composition root: builds the client, store and services, runs them, stops them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nio import AsyncClient
+
+from bot.attachments.offers import OfferService
+from bot.config import Config
+from bot.matrix.client import Sender, connect
+from bot.matrix.media import MediaClient
+from bot.matrix.rooms import RoomDirectory
+from bot.matrix.sync import SyncLoop
+from bot.router import Router
+from bot.sessions.service import SessionService
+from bot.store import Store
+from bot.tasks import TaskGroup
+
+logger = logging.getLogger(__name__)
+
+
+class Parcel:
+    """The running bot. ``await Parcel(config).run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.client: AsyncClient | None = None
+        self.sync: SyncLoop | None = None
+        self.ready = asyncio.Event()
+        self._tasks = TaskGroup()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, resume pending work, and sync until ``stop`` is set; then shut down."""
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store = Store.open(config.data_dir / "parcel.db")
+        media: MediaClient | None = None
+        try:
+            self.client = client = await connect(config)
+            media = MediaClient(
+                config.homeserver,
+                lambda: client.access_token,
+                config.media.transfer_timeout,
+            )
+            sender = Sender(client, store)
+            rooms = RoomDirectory(client)
+            sessions = SessionService(config, store, client, sender, rooms, self._tasks)
+            offers = OfferService(config, store, sender, media, rooms, self._tasks)
+            sessions.offers = offers
+            router = Router(config, store, client, rooms, sessions, offers, self._tasks)
+            self.sync = SyncLoop(client, store, router.handle_batch)
+            sessions.resume()
+            offers.resume()
+            self._tasks.spawn(self._expiry_loop(offers, stop), name="expiry")
+            self._tasks.spawn(self._mark_ready(), name="ready")
+            logger.info("Parcel running as %s (device %s)", config.user_id, client.device_id)
+            await self.sync.run(stop)
+        finally:
+            logger.info("shutting down")
+            # Every piece of work is durable and resumable, so waiting long buys nothing.
+            await self._tasks.drain(timeout=2.0)
+            if media is not None:
+                await media.close()
+            if self.client is not None:
+                await self.client.close()
+            store.close()
+
+    async def _mark_ready(self) -> None:
+        assert self.sync is not None
+        await self.sync.first_sync_done.wait()
+        self.ready.set()
+        logger.info("first sync done; ready")
+
+    async def _expiry_loop(self, offers: OfferService, stop: asyncio.Event) -> None:
+        interval = max(1.0, min(30.0, self.config.policy.offer_ttl / 4))
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                offers.expire_due()

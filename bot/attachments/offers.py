@@ -1,0 +1,444 @@
+"""The offer service: from an upload event to a settled offer, one idempotent step at a time.
+
+Each offer's durable state is its row in the store. :meth:`OfferService.advance` looks at the
+row and carries out what the current state still owes (post the card, deliver, edit, clean
+up), then marks the state settled. Every message has a transaction id derived from the offer
+and the step, so a crash at any point is repaired by running ``advance`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bot import render
+from bot.attachments.inspect import inspect_file
+from bot.attachments.mediacrypto import BadEncryptedFile, encrypt_file
+from bot.attachments.model import Direction, Offer, OfferState
+from bot.attachments.policy import evaluate, too_large
+from bot.attachments.text import safe_filename
+from bot.config import Config, DirectionPolicy
+from bot.matrix.client import MatrixError, Sender
+from bot.matrix.media import MediaClient, MediaError, TooLarge
+from bot.matrix.rooms import RoomDirectory
+from bot.store import Session, Side, Store
+from bot.tasks import TaskGroup
+
+logger = logging.getLogger(__name__)
+
+FILE_MSGTYPES = frozenset({"m.image", "m.file", "m.video", "m.audio"})
+# Types every Matrix client renders in-line; anything else goes out as m.file.
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+MAX_STEP_ATTEMPTS = 6
+
+
+def normalize_key(key: object) -> str:
+    """A reaction key without emoji variation selectors, for comparison."""
+    return str(key).replace("\ufe0f", "").strip() if isinstance(key, str) else ""
+
+
+def direction_from(side: Side) -> Direction:
+    """The direction of a file sent from ``side``'s room."""
+    return Direction.CUSTOMER_TO_AGENT if side is Side.CUSTOMER else Direction.AGENT_TO_CUSTOMER
+
+
+def sender_side(direction: Direction) -> Side:
+    """The side that sent a file travelling in ``direction``."""
+    return Side.CUSTOMER if direction is Direction.CUSTOMER_TO_AGENT else Side.AGENT
+
+
+def delivery_msgtype(mimetype: str) -> str:
+    """The msgtype under which the accepted file is delivered."""
+    if mimetype in INLINE_IMAGE_TYPES:
+        return "m.image"
+    if mimetype.startswith("video/"):
+        return "m.video"
+    if mimetype.startswith("audio/"):
+        return "m.audio"
+    return "m.file"
+
+
+def delivery_content(offer: Offer, url: str | None, file_block: dict[str, Any] | None) -> dict:
+    """The message that hands the accepted file to the recipient."""
+    assert offer.mimetype is not None and offer.size is not None
+    name = safe_filename(offer.filename)
+    info: dict[str, Any] = {"mimetype": offer.mimetype, "size": offer.size}
+    msgtype = delivery_msgtype(offer.mimetype)
+    if msgtype == "m.image" and offer.width and offer.height:
+        info["w"], info["h"] = offer.width, offer.height
+    content: dict[str, Any] = {
+        "msgtype": msgtype,
+        "body": name,
+        "filename": name,
+        "info": info,
+        "m.mentions": {},
+    }
+    if file_block is not None:
+        content["file"] = file_block
+    else:
+        content["url"] = url
+    return content
+
+
+class UploadEvent:
+    """The parts of a file message Parcel needs, read defensively from untrusted content."""
+
+    def __init__(self, content: dict[str, Any]) -> None:
+        self.msgtype = str(content.get("msgtype"))
+        info = content.get("info")
+        info = info if isinstance(info, dict) else {}
+        filename = content.get("filename")
+        if not isinstance(filename, str) or not filename.strip():
+            filename = content.get("body")
+        self.filename = filename if isinstance(filename, str) else ""
+        mimetype = info.get("mimetype")
+        self.declared_mimetype = mimetype if isinstance(mimetype, str) else None
+        size = info.get("size")
+        self.declared_size = size if isinstance(size, int) and not isinstance(size, bool) else None
+        file_block = content.get("file")
+        self.encrypted_file = file_block if isinstance(file_block, dict) else None
+        url = self.encrypted_file.get("url") if self.encrypted_file else content.get("url")
+        self.url = url if isinstance(url, str) else None
+
+
+class OfferService:
+    """Turns uploads into offers, applies decisions, delivers, and keeps the log."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        sender: Sender,
+        media: MediaClient,
+        rooms: RoomDirectory,
+        tasks: TaskGroup,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._sender = sender
+        self._media = media
+        self._rooms = rooms
+        self._tasks = tasks
+        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._media_dir = config.data_dir / "media"
+        self._media_dir.mkdir(parents=True, exist_ok=True)
+        self._accept_key = normalize_key(config.reactions.accept)
+        self._decline_key = normalize_key(config.reactions.decline)
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    def on_upload(
+        self, session: Session, side: Side, event_id: str, sender: str, sender_name: str,
+        content: dict[str, Any],
+    ) -> Offer:
+        """Record an upload as a new offer (durably, before anything else) and start on it."""
+        upload = UploadEvent(content)
+        offer, created = self._store.create_offer(
+            session_id=session.id,
+            direction=direction_from(side),
+            sender=sender,
+            sender_name=sender_name,
+            source_room=session.room_of(side) or "",
+            source_event_id=event_id,
+            source_content=json.dumps(content),
+            msgtype=upload.msgtype,
+            filename=upload.filename,
+            declared_mimetype=upload.declared_mimetype,
+            declared_size=upload.declared_size,
+        )
+        if created:
+            logger.info("offer %d (session %d): %s from %s, event %s", offer.id, session.id,
+                        offer.direction.value, sender, event_id)
+        self.schedule(offer.id)
+        return offer
+
+    def decide(
+        self, session: Session, side: Side, offer_id: int, actor: str, accept: bool
+    ) -> tuple[Offer | None, str | None]:
+        """Apply a decision from ``side``'s room; returns (offer, why-not) for command replies."""
+        offer = self._store.get_offer(offer_id)
+        if (
+            offer is None
+            or offer.session_id != session.id
+            or sender_side(offer.direction) is side
+        ):
+            return None, f"There is no offer #{offer_id} waiting for a decision in this chat."
+        if offer.state is OfferState.INSPECTING:
+            return offer, f"Offer #{offer_id} is still being checked; try again in a moment."
+        target = OfferState.ACCEPTED if accept else OfferState.DECLINED
+        decided = self._store.transition(offer.id, target, actor=actor)
+        if decided is None:
+            current = self._store.get_offer(offer.id)
+            state = render.STATE_WORDS[current.state] if current else "gone"
+            return current, f"Offer #{offer_id} is already {state}."
+        logger.info("offer %d (session %d): %s by %s", offer.id, offer.session_id,
+                    target.value, actor)
+        self.schedule(offer.id)
+        return decided, None
+
+    def on_reaction(self, session: Session, side: Side, actor: str, target_event: str,
+                    key: object) -> None:
+        """A reaction in a session room: a decision if it is ✅/❌ on a live offer card."""
+        offer = self._store.offer_by_offer_event(session.room_of(side) or "", target_event)
+        if offer is None or offer.session_id != session.id:
+            return
+        normalized = normalize_key(key)
+        if normalized not in (self._accept_key, self._decline_key):
+            return
+        self.decide(session, side, offer.id, actor, accept=normalized == self._accept_key)
+
+    def on_redaction(self, session: Session, redacted_event: str, actor: str) -> None:
+        """The sender redacted their upload: withdraw the offer if still undecided."""
+        offer = self._store.offer_by_source_event(redacted_event)
+        if offer is None or offer.session_id != session.id:
+            return
+        if self._store.transition(offer.id, OfferState.WITHDRAWN, actor=actor,
+                                  reason="the sender deleted the file") is not None:
+            logger.info("offer %d (session %d): withdrawn by %s", offer.id, session.id, actor)
+            self.schedule(offer.id)
+
+    async def expire_session(self, session_id: int, reason: str) -> None:
+        """Expire every pending offer of a session and wait until the edits are out."""
+        for offer in self._store.session_offers(session_id):
+            if offer.is_pending:
+                self._store.transition(offer.id, OfferState.EXPIRED, reason=reason)
+            await self.advance(offer.id)
+
+    def expire_due(self, now: float | None = None) -> int:
+        """Expire offers older than the TTL; returns how many."""
+        cutoff = (now or time.time()) - self._config.policy.offer_ttl
+        count = 0
+        for offer in self._store.offers_in_states([OfferState.OFFERED, OfferState.INSPECTING]):
+            if offer.created_at <= cutoff and self._store.transition(
+                offer.id, OfferState.EXPIRED, reason="nobody accepted it in time"
+            ):
+                logger.info("offer %d (session %d): expired", offer.id, offer.session_id)
+                self.schedule(offer.id)
+                count += 1
+        return count
+
+    def resume(self) -> None:
+        """Pick up every offer whose state still has work owed (after a restart)."""
+        for offer in self._store.unsettled_offers():
+            self.schedule(offer.id)
+
+    # -- the per-offer step machine ---------------------------------------------------------
+
+    def schedule(self, offer_id: int) -> None:
+        """Run :meth:`advance` for the offer in the background."""
+        self._tasks.spawn(self.advance(offer_id), name=f"offer-{offer_id}")
+
+    async def advance(self, offer_id: int) -> None:
+        """Carry out what the offer's state owes, until it is settled."""
+        async with self._locks[offer_id]:
+            attempts = 0
+            while True:
+                offer = self._store.get_offer(offer_id)
+                if offer is None or self._store.is_settled(offer_id):
+                    return
+                try:
+                    await self._step(offer)
+                    attempts = 0
+                except (MatrixError, MediaError, TimeoutError, OSError) as exc:
+                    attempts += 1
+                    if attempts >= MAX_STEP_ATTEMPTS:
+                        logger.error("offer %d: giving up on state %s for now: %s", offer.id,
+                                     offer.state.value, exc)
+                        return
+                    delay = min(2.0**attempts, 30.0)
+                    logger.warning("offer %d: %s step failed (%s); retrying in %.0f s",
+                                   offer.id, offer.state.value, exc, delay)
+                    await asyncio.sleep(delay)
+
+    async def _step(self, offer: Offer) -> None:
+        session = self._store.get_session(offer.session_id)
+        if offer.state is OfferState.INSPECTING:
+            await self._inspect(offer, session)
+        elif offer.state is OfferState.OFFERED:
+            await self._post_offer(offer, session)
+            self._store.mark_settled(offer.id, OfferState.OFFERED)
+        elif offer.state is OfferState.ACCEPTED:
+            if offer.delivery_event_id is None:
+                await self._deliver(offer, session)
+                offer = self._store.get_offer(offer.id) or offer
+                if offer.state is not OfferState.ACCEPTED:
+                    return  # delivery failed for good: the FAILED state has its own step
+            await self._finish(offer)
+        elif offer.state is OfferState.REJECTED:
+            notice = render.rejection_notice(offer.filename, offer.reason or "it was refused")
+            content = notice.content(**{render.OFFER_KEY: render.offer_block(offer, session.id)})
+            await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
+            await self._finish(offer)
+        else:
+            await self._finish(offer)
+
+    def _paths(self, offer: Offer) -> tuple[Path, Path]:
+        final = self._media_dir / f"offer-{offer.id}"
+        return final, final.with_suffix(".part")
+
+    def _policy(self, offer: Offer) -> DirectionPolicy:
+        if offer.direction is Direction.CUSTOMER_TO_AGENT:
+            return self._config.policy.customer_to_agent
+        return self._config.policy.agent_to_customer
+
+    async def _inspect(self, offer: Offer, session: Session) -> None:
+        policy = self._policy(offer)
+        final, part = self._paths(offer)
+        upload = UploadEvent(json.loads(self._store.source_content(offer.id)))
+        if offer.declared_size is not None and offer.declared_size > policy.max_size:
+            self._reject(offer, too_large(offer.declared_size, policy).reason)
+            return
+        try:
+            if upload.url is None:
+                raise MediaError("the message has no file attached")
+            downloaded = await self._media.download(
+                upload.url, part, max_bytes=policy.max_size, encrypted_file=upload.encrypted_file
+            )
+        except TooLarge:
+            self._reject(offer, too_large(policy.max_size + 1, policy).reason)
+            return
+        except BadEncryptedFile as exc:
+            self._reject(offer, exc.reason)
+            return
+        except MediaError as exc:
+            self._reject(offer, exc.reason)
+            return
+        part.replace(final)
+        facts = await asyncio.to_thread(inspect_file, final, downloaded.sha256)
+        verdict = evaluate(facts, offer.filename, offer.declared_mimetype, policy)
+        if not verdict.allowed:
+            self._reject(offer, verdict.reason, mimetype=facts.mimetype, size=facts.size,
+                         sha256=facts.sha256)
+            return
+        moved = self._store.transition(
+            offer.id,
+            OfferState.OFFERED,
+            temp_path=str(final),
+            mimetype=facts.mimetype,
+            size=facts.size,
+            sha256=facts.sha256,
+            width=facts.width,
+            height=facts.height,
+        )
+        if moved is None:
+            final.unlink(missing_ok=True)  # withdrawn or expired while we looked
+        else:
+            logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
+                        session.id, facts.mimetype, facts.size, facts.sha256)
+
+    def _reject(self, offer: Offer, reason: str, **facts: Any) -> None:
+        final, part = self._paths(offer)
+        final.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        if self._store.transition(offer.id, OfferState.REJECTED, reason=reason, **facts):
+            logger.info("offer %d (session %d): rejected: %s", offer.id, offer.session_id,
+                        reason)
+
+    def _rooms_of(self, offer: Offer, session: Session) -> tuple[str, str]:
+        """(sender room, recipient room) of an offer."""
+        side = sender_side(offer.direction)
+        sender_room = session.room_of(side)
+        recipient_room = session.other_room(side)
+        if sender_room is None or recipient_room is None:
+            raise MatrixError(f"session {session.id} has no agent room yet")
+        return sender_room, recipient_room
+
+    async def _send_ready(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
+        try:
+            await self._rooms.ready(room_id)
+        except TimeoutError as exc:
+            raise MatrixError(f"room {room_id} is not known yet") from exc
+        return await self._sender.send(room_id, content, txn_id=txn_id)
+
+    def _with_block(self, content: dict[str, Any], offer: Offer) -> dict[str, Any]:
+        content[render.OFFER_KEY] = render.offer_block(offer, offer.session_id)
+        return content
+
+    async def _post_offer(self, offer: Offer, session: Session) -> None:
+        sender_room, recipient_room = self._rooms_of(offer, session)
+        if offer.offer_event_id is None:
+            card = self._with_block(
+                render.offer_card(offer, self._config.reactions.accept,
+                                  self._config.reactions.decline),
+                offer,
+            )
+            event_id = await self._send_ready(recipient_room, card, f"offer-{offer.id}-card")
+            offer = self._store.update_offer(offer.id, offer_event_id=event_id,
+                                             offer_room=recipient_room)
+        assert offer.offer_event_id is not None
+        for word, key in (("accept", self._config.reactions.accept),
+                          ("decline", self._config.reactions.decline)):
+            await self._sender.react(recipient_room, offer.offer_event_id, key,
+                                     txn_id=f"offer-{offer.id}-react-{word}")
+        if offer.status_event_id is None:
+            status = self._with_block(render.status_line(offer), offer)
+            event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
+            self._store.update_offer(offer.id, status_event_id=event_id, status_room=sender_room)
+
+    async def _deliver(self, offer: Offer, session: Session) -> None:
+        _, recipient_room = self._rooms_of(offer, session)
+        if offer.temp_path is None or not Path(offer.temp_path).exists():
+            self._fail(offer, "the checked copy of the file is missing")
+            return
+        source = Path(offer.temp_path)
+        room = await self._rooms.ready(recipient_room)
+        name = safe_filename(offer.filename)
+        if room.encrypted:
+            cipher_path = source.with_suffix(".enc")
+            try:
+                encryptor = await encrypt_file(source, cipher_path)
+                url = await self._media.upload(cipher_path, "application/octet-stream", name)
+            finally:
+                cipher_path.unlink(missing_ok=True)
+            content = delivery_content(offer, None, encryptor.file_info(url, offer.mimetype))
+        else:
+            url = await self._media.upload(source, offer.mimetype or "application/octet-stream",
+                                           name)
+            content = delivery_content(offer, url, None)
+        event_id = await self._sender.send(recipient_room, content,
+                                           txn_id=f"offer-{offer.id}-deliver")
+        self._store.update_offer(offer.id, delivery_event_id=event_id)
+        logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
+
+    def _fail(self, offer: Offer, reason: str) -> None:
+        if self._store.transition(offer.id, OfferState.FAILED, reason=reason):
+            logger.error("offer %d (session %d): delivery failed: %s", offer.id,
+                         offer.session_id, reason)
+
+    async def _finish(self, offer: Offer) -> None:
+        """Edit the card and status line to the final state, drop the copy, settle."""
+        state = offer.state.value
+        if offer.offer_event_id and offer.offer_room:
+            card = self._with_block(
+                render.offer_card(offer, self._config.reactions.accept,
+                                  self._config.reactions.decline),
+                offer,
+            )
+            await self._edit(offer.offer_room, offer.offer_event_id, card,
+                             f"offer-{offer.id}-{state}-card")
+        if offer.status_event_id and offer.status_room:
+            status = self._with_block(render.status_line(offer), offer)
+            await self._edit(offer.status_room, offer.status_event_id, status,
+                             f"offer-{offer.id}-{state}-status")
+        final, part = self._paths(offer)
+        final.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        if offer.temp_path:
+            self._store.update_offer(offer.id, temp_path=None)
+        if self._config.media.purge_refused and offer.state is not OfferState.ACCEPTED:
+            await self._purge_source(offer)
+        self._store.mark_settled(offer.id, offer.state)
+
+    async def _edit(self, room_id: str, event_id: str, content: dict[str, Any], txn: str) -> None:
+        await self._rooms.ready(room_id)
+        await self._sender.edit(room_id, event_id, content, txn_id=txn)
+
+    async def _purge_source(self, offer: Offer) -> None:
+        upload = UploadEvent(json.loads(self._store.source_content(offer.id)))
+        if upload.url and await self._media.purge(upload.url):
+            logger.info("offer %d: purged the sender's upload %s", offer.id, upload.url)

@@ -1,0 +1,932 @@
+"""The bot's configuration: one YAML file, loaded into frozen, typed sections.
+
+Pipeline: ``yaml.safe_load`` → every mapping checked against the known key schema (an unknown
+key is an error, with the closest known key suggested) → values converted into frozen
+dataclasses (sizes and durations through :func:`parse_size` / :func:`parse_duration`) →
+cross-field checks. Every problem is one :class:`ConfigError` that names the dotted key path
+and says what was expected and what was found; ``main()`` prints it as one line.
+
+Two conventions hold for every key: a key that is absent or set to ``null`` takes its default
+(in ``policy.customer_to_agent`` / ``policy.agent_to_customer`` that means "inherit the
+policy-wide value"), and secrets may come from the environment (``PARCEL_PASSWORD``,
+``PARCEL_ACCESS_TOKEN``), which wins over the file when set and non-empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import string
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+T = TypeVar("T")
+
+ENV_PASSWORD = "PARCEL_PASSWORD"
+ENV_ACCESS_TOKEN = "PARCEL_ACCESS_TOKEN"
+
+DEFAULT_MAX_SIZE = 25_000_000  # "25MB"
+DEFAULT_OFFER_TTL = 24 * 3600.0  # "24h"
+DEFAULT_SCANNER_TIMEOUT = 60.0  # "60s"
+DEFAULT_TRANSFER_TIMEOUT = 300.0  # "5m"
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_DEVICE_NAME = "parcel"
+PATH_PLACEHOLDER = "{path}"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+SCANNER_FAILURE_MODES = ("reject", "allow")
+_VARIATION_SELECTOR_16 = "\ufe0f"
+_TOP_LEVEL = "<top level>"
+
+
+class ConfigError(Exception):
+    """A configuration problem.
+
+    ``key`` is the dotted path of the offending key (``policy.customer_to_agent.max_size``,
+    ``agents.users[2]``), or the file path for problems that are not about one key (missing
+    file, YAML syntax); ``problem`` says what is wrong. ``str(err)`` is ``"{key}: {problem}"``.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(key, problem)
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
+# --------------------------------------------------------------------------------------------
+# Typed sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentsConfig:
+    """Who staffs the agent rooms and how customers see them."""
+
+    users: tuple[str, ...]
+    room_encryption: bool = True
+    label: str = "support"
+
+
+@dataclass(frozen=True)
+class DirectionPolicy:
+    """What may travel in one direction; MIME patterns are matched on the detected type."""
+
+    max_size: int
+    allowed_types: tuple[str, ...]
+    blocked_types: tuple[str, ...]
+    block_executables: bool = True
+
+
+@dataclass(frozen=True)
+class ScannerConfig:
+    """An external scanner command; ``{path}`` in an argument becomes the file to scan."""
+
+    command: tuple[str, ...]
+    timeout: float = DEFAULT_SCANNER_TIMEOUT
+    on_failure: str = "reject"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The attachment policy for both directions."""
+
+    offer_ttl: float
+    customer_to_agent: DirectionPolicy
+    agent_to_customer: DirectionPolicy
+    scanner: ScannerConfig | None = None
+
+
+@dataclass(frozen=True)
+class ReactionsConfig:
+    """The reaction keys the bot adds to offers and reads back as decisions."""
+
+    accept: str = "\u2705"
+    decline: str = "\u274c"
+
+
+@dataclass(frozen=True)
+class MessagesConfig:
+    """Admin-chosen wording."""
+
+    welcome: str = (
+        "Hello! You are connected to our support team. Files you send are offered to the "
+        "agent, who accepts them before they see them."
+    )
+    agent_room_name: str = "Chat with {customer} (#{session})"
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Limits and housekeeping for media transfers."""
+
+    transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT
+    purge_refused: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level (stored upper case) and output format."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where the Prometheus endpoint listens."""
+
+    listen_host: str
+    listen_port: int
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long the store keeps what."""
+
+    purge_after: float | None = None
+    redact_delivered_on_close: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    homeserver: str
+    user_id: str
+    password: str | None
+    access_token: str | None
+    device_name: str
+    data_dir: Path
+    encryption: bool
+    agents: AgentsConfig
+    policy: PolicyConfig
+    reactions: ReactionsConfig
+    messages: MessagesConfig
+    media: MediaConfig
+    logging: LoggingConfig
+    metrics: MetricsConfig | None
+    retention: RetentionConfig
+    allowed_servers: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Key schema: a leaf is None, a section is a nested mapping.
+# --------------------------------------------------------------------------------------------
+
+_Schema = Mapping[str, "_Schema | None"]
+
+_DIRECTION_SCHEMA: _Schema = {
+    "max_size": None,
+    "allowed_types": None,
+    "blocked_types": None,
+    "block_executables": None,
+}
+
+_SCHEMA: _Schema = {
+    "homeserver": None,
+    "user_id": None,
+    "password": None,
+    "access_token": None,
+    "device_name": None,
+    "data_dir": None,
+    "encryption": None,
+    "allowed_servers": None,
+    "agents": {"users": None, "room_encryption": None, "label": None},
+    "policy": {
+        "max_size": None,
+        "offer_ttl": None,
+        "allowed_types": None,
+        "blocked_types": None,
+        "block_executables": None,
+        "scanner": None,
+        "scanner_timeout": None,
+        "scanner_failure": None,
+        "customer_to_agent": _DIRECTION_SCHEMA,
+        "agent_to_customer": _DIRECTION_SCHEMA,
+    },
+    "reactions": {"accept": None, "decline": None},
+    "messages": {"welcome": None, "agent_room_name": None},
+    "media": {"transfer_timeout": None, "purge_refused": None},
+    "logging": {"level": None, "format": None},
+    "metrics": {"listen": None},
+    "retention": {"purge_after": None, "redact_delivered_on_close": None},
+}
+
+
+def _walk_schema(schema: _Schema, prefix: str = "") -> Iterator[tuple[str, bool]]:
+    """Yield ``(dotted path, is_leaf)`` for every key of the schema, depth first."""
+    for name, sub in schema.items():
+        path = f"{prefix}.{name}" if prefix else name
+        yield path, sub is None
+        if sub is not None:
+            yield from _walk_schema(sub, path)
+
+
+def known_keys() -> tuple[str, ...]:
+    """Every settable (leaf) key as a dotted path, in schema order."""
+    return tuple(path for path, leaf in _walk_schema(_SCHEMA) if leaf)
+
+
+# --------------------------------------------------------------------------------------------
+# Describing values in messages
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    """A short, YAML-flavoured rendering of a value for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return json.dumps(text, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    return _kind(value)
+
+
+def _kind(value: object) -> str:
+    """The kind of a value without its content (for secrets and containers)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a YAML {type(value).__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Converters: value -> typed value, raising ValueError with the problem (not the key)
+# --------------------------------------------------------------------------------------------
+
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_SIZE_RE = re.compile(rf"({_NUMBER})\s*([a-z]*)", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_EXPECTED = 'expected a size like "25MB"'
+
+
+def parse_size(value: object) -> int:
+    """Convert a size to bytes.
+
+    Accepts a whole number of bytes or a string such as ``"512KB"``, ``"25MB"``, ``"1.5 GB"``,
+    ``"10B"`` or ``"64MiB"``: KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024,
+    units are case-insensitive and may follow a space. Fractions of a byte are rounded down.
+    Raises ValueError for negatives, booleans and anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_SIZE_EXPECTED}, got {_describe(value)}")
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{_SIZE_EXPECTED}, got {_describe(value)}")
+        unit = match.group(2).lower()
+        if unit not in _SIZE_UNITS:
+            raise ValueError(
+                f'unknown size unit "{match.group(2)}" in {_describe(value)}; '
+                "use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            )
+        number, multiplier = Decimal(match.group(1)), _SIZE_UNITS[unit]
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_SIZE_EXPECTED}, got {_describe(value)}")
+    else:
+        number, multiplier = Decimal(value), 1
+    if number < 0:
+        raise ValueError(f"a size cannot be negative, got {_describe(value)}")
+    total = number * multiplier
+    if multiplier == 1 and total != total.to_integral_value():
+        raise ValueError(f"expected a whole number of bytes, got {_describe(value)}")
+    return int(total)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)"
+_DURATION_RE = re.compile(rf"(?:{_DURATION_PART}\s*)+", re.IGNORECASE)
+_DURATION_PART_RE = re.compile(_DURATION_PART, re.IGNORECASE)
+_PLAIN_NUMBER_RE = re.compile(_NUMBER)
+_DURATION_EXPECTED = 'expected a duration like "90s", "30m", "24h" or "7d"'
+
+
+def parse_duration(value: object) -> float:
+    """Convert a duration to seconds.
+
+    Accepts a number of seconds or a string such as ``"500ms"``, ``"90s"``, ``"30m"``,
+    ``"24h"``, ``"7d"`` or a combination like ``"1h30m"`` (units case-insensitive). Raises
+    ValueError for negatives, booleans and anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_DURATION_EXPECTED}, got {_describe(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise ValueError(f"a duration cannot be negative, got {_describe(value)}")
+        if _PLAIN_NUMBER_RE.fullmatch(text):
+            seconds = float(text)
+        elif _DURATION_RE.fullmatch(text):
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit.lower()]
+                for number, unit in _DURATION_PART_RE.findall(text)
+            )
+        else:
+            raise ValueError(f"{_DURATION_EXPECTED}, got {_describe(value)}")
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{_DURATION_EXPECTED}, got {_describe(value)}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {_describe(value)}")
+    return seconds
+
+
+def _positive_size(value: object) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"must be greater than 0, got {_describe(value)}")
+    return size
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0 seconds, got {_describe(value)}")
+    return seconds
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _text(value: object) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_describe(value)}")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _secret(value: object) -> str | None:
+    """A string secret; an empty one counts as unset. Never echoes the value."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_kind(value)} (quote it in YAML)")
+    return value or None
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[object], str]:
+    if upper:
+        expected = f"expected one of {', '.join(options)}"
+    else:
+        quoted = [f'"{option}"' for option in options]
+        expected = f"expected {', '.join(quoted[:-1])} or {quoted[-1]}"
+
+    def convert(value: object) -> str:
+        if isinstance(value, str):
+            normalised = value.strip().upper() if upper else value.strip().lower()
+            if normalised in options:
+                return normalised
+        raise ValueError(f"{expected}, got {_describe(value)}")
+
+    return convert
+
+
+def _url(value: object) -> str:
+    problem = f"expected an http:// or https:// URL, got {_describe(value)}"
+    if not isinstance(value, str):
+        raise ValueError(problem)
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(problem) from None
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or any(char.isspace() for char in text)
+    ):
+        raise ValueError(problem)
+    return text.rstrip("/")
+
+
+# server_name = hostname / IPv4 / "[" IPv6 "]", optional ":port" (Matrix spec, appendix).
+_SERVER_NAME = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?"
+_SERVER_NAME_RE = re.compile(_SERVER_NAME)
+# Historical user id grammar: any printable ASCII but ":" in the localpart.
+_USER_ID_RE = re.compile(rf"@[\x21-\x39\x3b-\x7e]+:{_SERVER_NAME}")
+
+
+def _user_id(example: str) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if not (isinstance(value, str) and len(value) <= 255 and _USER_ID_RE.fullmatch(value)):
+            raise ValueError(f'expected a Matrix user id like "{example}", got {_describe(value)}')
+        return value
+
+    return convert
+
+
+def _server_name(value: object) -> str:
+    if not (isinstance(value, str) and len(value) <= 255 and _SERVER_NAME_RE.fullmatch(value)):
+        raise ValueError(f'expected a homeserver name like "example.org", got {_describe(value)}')
+    return value
+
+
+_MIME_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
+_MIME_PATTERN_RE = re.compile(rf"{_MIME_TOKEN}/(?:{_MIME_TOKEN}|\*)|\*/\*")
+
+
+def _mime_pattern(value: object) -> str:
+    if isinstance(value, str) and _MIME_PATTERN_RE.fullmatch(value.lower()):
+        return value.lower()
+    raise ValueError(
+        f'expected a MIME type pattern like "image/*" or "application/pdf", got {_describe(value)}'
+    )
+
+
+def _scanner_argument(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _reaction_key(value: object) -> str:
+    text = _text(value)
+    if any(char.isspace() for char in text):
+        raise ValueError(f"expected a single emoji without spaces, got {_describe(value)}")
+    return text
+
+
+def _room_name_template(value: object) -> str:
+    text = _text(value)
+    help_text = "use {customer} and {session}"
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); {help_text}") from None
+    for field in fields:
+        if field not in ("customer", "session"):
+            raise ValueError(f'unknown placeholder "{{{field}}}"; {help_text}')
+    try:
+        for session in (1, "1"):
+            text.format(customer="Customer", session=session)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"not a valid template ({exc}); {help_text}") from None
+    return text
+
+
+_LISTEN_RE = re.compile(r"\[([^\[\]]+)\]:(\d+)|([A-Za-z0-9.-]+):(\d+)")
+_LISTEN_EXPECTED = 'expected "host:port" like "127.0.0.1:9108" or "[::1]:9108"'
+
+
+def _listen(value: object) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError(f"{_LISTEN_EXPECTED}, got {_describe(value)}")
+    match = _LISTEN_RE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{_LISTEN_EXPECTED}, got {_describe(value)}")
+    if match.group(1) is not None:
+        host, port_text = match.group(1), match.group(2)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{_LISTEN_EXPECTED}, got {_describe(value)}") from None
+    else:
+        host, port_text = match.group(3), match.group(4)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return host, port
+
+
+# --------------------------------------------------------------------------------------------
+# Reading sections
+# --------------------------------------------------------------------------------------------
+
+
+class _Section:
+    """One mapping of the raw YAML with its dotted path; converters report under the key."""
+
+    def __init__(self, data: Mapping[Any, Any], path: str) -> None:
+        self.data = data
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        """Whether the key is set to something other than null."""
+        return self.data.get(name) is not None
+
+    def get(self, name: str, convert: Callable[[object], T], default: T) -> T:
+        """The converted value, or ``default`` when the key is absent or null."""
+        value = self.data.get(name)
+        if value is None:
+            return default
+        return _convert(self.key(name), value, convert)
+
+    def required(self, name: str, convert: Callable[[object], T]) -> T:
+        """The converted value; absent or null is an error."""
+        value = self.data.get(name)
+        if value is None:
+            raise ConfigError(self.key(name), "missing required key")
+        return _convert(self.key(name), value, convert)
+
+    def items(
+        self, name: str, convert: Callable[[object], T], expected: str
+    ) -> tuple[T, ...] | None:
+        """A list converted item by item (errors name ``key[i]``); None when absent or null."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise ConfigError(self.key(name), f"expected {expected}, got {_describe(value)}")
+        return tuple(
+            _convert(f"{self.key(name)}[{index}]", item, convert)
+            for index, item in enumerate(value)
+        )
+
+    def section(self, name: str, schema: _Schema) -> _Section | None:
+        """A nested mapping, or None when absent or null."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                self.key(name),
+                f"expected a mapping with the keys {', '.join(schema)}, got {_describe(value)}",
+            )
+        return _Section(value, self.key(name))
+
+
+def _convert(key: str, value: object, convert: Callable[[object], T]) -> T:
+    try:
+        return convert(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _key_text(key: object) -> str:
+    return key if isinstance(key, str) else _describe(key)
+
+
+def _suggestion(name: str, schema: _Schema) -> str:
+    """Advice for an unknown key: the same name elsewhere, a close local match, or the list."""
+    elsewhere = sorted(
+        (path for path, _ in _walk_schema(_SCHEMA) if path.rsplit(".", 1)[-1] == name),
+        key=lambda path: (path.count("."), path),
+    )
+    if elsewhere:
+        return f" (did you mean '{elsewhere[0]}'?)"
+    by_lower = {known.lower(): known for known in schema}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{by_lower[close[0]]}'?)"
+    all_leaves = {path.rsplit(".", 1)[-1]: path for path in known_keys()}
+    close = difflib.get_close_matches(name.lower(), list(all_leaves), n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean '{all_leaves[close[0]]}'?)"
+    return f" (known keys here: {', '.join(schema)})"
+
+
+def _check_keys(data: object, schema: _Schema, path: str) -> None:
+    """Raise ConfigError for the first key that the schema does not know, depth first."""
+    if not isinstance(data, Mapping):
+        return  # wrong types are reported, with the expected shape, during conversion
+    for raw_key, value in data.items():
+        name = _key_text(raw_key)
+        key = f"{path}.{name}" if path else name
+        if not isinstance(raw_key, str) or raw_key not in schema:
+            raise ConfigError(key, "unknown key" + _suggestion(name, schema))
+        sub = schema[raw_key]
+        if sub is not None:
+            _check_keys(value, sub, key)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the sections
+# --------------------------------------------------------------------------------------------
+
+
+def _empty(path: str) -> _Section:
+    return _Section({}, path)
+
+
+def _agents(section: _Section, encryption: bool, user_id: str) -> AgentsConfig:
+    users = section.items("users", _user_id("@alice:example.org"), "a list of Matrix user ids")
+    users = users or ()
+    first_index: dict[str, int] = {}
+    for index, user in enumerate(users):
+        key = f"{section.key('users')}[{index}]"
+        if user in first_index:
+            raise ConfigError(
+                key, f"duplicate of {section.key('users')}[{first_index[user]}] ({_describe(user)})"
+            )
+        if user == user_id:
+            raise ConfigError(key, "is the bot's own user id (user_id); list the human agents")
+        first_index[user] = index
+    room_encryption = section.get("room_encryption", _boolean, encryption)
+    if room_encryption and not encryption:
+        raise ConfigError(
+            section.key("room_encryption"),
+            "cannot be true while encryption is false (the bot could not read encrypted rooms)",
+        )
+    return AgentsConfig(
+        users=users,
+        room_encryption=room_encryption,
+        label=section.get("label", _text, AgentsConfig.label),
+    )
+
+
+def _types(section: _Section, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    patterns = section.items(name, _mime_pattern, 'a list of MIME type patterns like ["image/*"]')
+    if patterns is None:
+        return default
+    return tuple(dict.fromkeys(patterns))  # drop repeats, keep order
+
+
+def _policy(section: _Section) -> PolicyConfig:
+    base = DirectionPolicy(
+        max_size=section.get("max_size", _positive_size, DEFAULT_MAX_SIZE),
+        allowed_types=_types(section, "allowed_types", ()),
+        blocked_types=_types(section, "blocked_types", ()),
+        block_executables=section.get("block_executables", _boolean, True),
+    )
+
+    def direction(name: str) -> DirectionPolicy:
+        sub = section.section(name, _DIRECTION_SCHEMA) or _empty(section.key(name))
+        return DirectionPolicy(
+            max_size=sub.get("max_size", _positive_size, base.max_size),
+            allowed_types=_types(sub, "allowed_types", base.allowed_types),
+            blocked_types=_types(sub, "blocked_types", base.blocked_types),
+            block_executables=sub.get("block_executables", _boolean, base.block_executables),
+        )
+
+    example = '["clamdscan", "--no-summary", "{path}"]'
+    command = section.items("scanner", _scanner_argument, f"a list of strings like {example}")
+    timeout = section.get("scanner_timeout", _positive_duration, DEFAULT_SCANNER_TIMEOUT)
+    on_failure = section.get("scanner_failure", _choice(SCANNER_FAILURE_MODES), "reject")
+    scanner = None
+    if command is not None:
+        if not command or not command[0].strip():
+            raise ConfigError(
+                section.key("scanner"), f"expected a command like {example}, got an empty one"
+            )
+        if not any(PATH_PLACEHOLDER in argument for argument in command):
+            raise ConfigError(
+                section.key("scanner"),
+                f'the command must contain the placeholder "{PATH_PLACEHOLDER}" in one of its '
+                f"arguments, e.g. {example}",
+            )
+        scanner = ScannerConfig(command=command, timeout=timeout, on_failure=on_failure)
+    return PolicyConfig(
+        offer_ttl=section.get("offer_ttl", _positive_duration, DEFAULT_OFFER_TTL),
+        customer_to_agent=direction("customer_to_agent"),
+        agent_to_customer=direction("agent_to_customer"),
+        scanner=scanner,
+    )
+
+
+def _reactions(section: _Section) -> ReactionsConfig:
+    accept = section.get("accept", _reaction_key, ReactionsConfig.accept)
+    decline = section.get("decline", _reaction_key, ReactionsConfig.decline)
+    if accept.replace(_VARIATION_SELECTOR_16, "") == decline.replace(_VARIATION_SELECTOR_16, ""):
+        raise ConfigError(
+            section.key("decline"),
+            f"must differ from {section.key('accept')} (both are {_describe(accept)})",
+        )
+    return ReactionsConfig(accept=accept, decline=decline)
+
+
+def _data_dir(value: object, base_dir: Path) -> Path:
+    path = Path(_text(value)).expanduser()
+    return Path(os.path.normpath(os.path.abspath(base_dir / path)))
+
+
+def _credentials(top: _Section, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    password = top.get("password", _secret, None)
+    access_token = top.get("access_token", _secret, None)
+    password = env.get(ENV_PASSWORD) or password
+    access_token = env.get(ENV_ACCESS_TOKEN) or access_token
+    if password is None and access_token is None:
+        raise ConfigError(
+            "password",
+            f"missing: set password or access_token (or the {ENV_PASSWORD} / "
+            f"{ENV_ACCESS_TOKEN} environment variable)",
+        )
+    return password, access_token
+
+
+def parse(
+    raw: object, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> Config:
+    """Validate already-loaded YAML data and build the :class:`Config`.
+
+    ``env`` (default ``os.environ``) supplies ``PARCEL_PASSWORD`` / ``PARCEL_ACCESS_TOKEN``,
+    which override the file when set and non-empty. A relative ``data_dir`` is resolved against
+    ``base_dir`` (default: the current directory). Raises :class:`ConfigError` on any problem.
+    """
+    return _parse(raw, os.environ if env is None else env, base_dir, _TOP_LEVEL)
+
+
+def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: str) -> Config:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(top_key, f"expected a mapping of settings, got {_describe(raw)}")
+    _check_keys(raw, _SCHEMA, "")
+    top = _Section(raw, "")
+
+    def section(name: str) -> _Section:
+        sub = _SCHEMA[name]
+        assert sub is not None
+        return top.section(name, sub) or _empty(name)
+
+    homeserver = top.required("homeserver", _url)
+    user_id = top.required("user_id", _user_id("@parcel:example.org"))
+    password, access_token = _credentials(top, env)
+    encryption = top.get("encryption", _boolean, True)
+    base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
+
+    metrics_schema = _SCHEMA["metrics"]
+    assert metrics_schema is not None
+    metrics_section = top.section("metrics", metrics_schema)
+    metrics = None
+    if metrics_section is not None:
+        host, port = metrics_section.required("listen", _listen)
+        metrics = MetricsConfig(listen_host=host, listen_port=port)
+
+    media = section("media")
+    logging_section = section("logging")
+    messages = section("messages")
+    retention = section("retention")
+    return Config(
+        homeserver=homeserver,
+        user_id=user_id,
+        password=password,
+        access_token=access_token,
+        device_name=top.get("device_name", _text, DEFAULT_DEVICE_NAME),
+        data_dir=top.get(
+            "data_dir", lambda value: _data_dir(value, base), _data_dir(DEFAULT_DATA_DIR, base)
+        ),
+        encryption=encryption,
+        agents=_agents(section("agents"), encryption, user_id),
+        policy=_policy(section("policy")),
+        reactions=_reactions(section("reactions")),
+        messages=MessagesConfig(
+            welcome=messages.get("welcome", _text, MessagesConfig.welcome),
+            agent_room_name=messages.get(
+                "agent_room_name", _room_name_template, MessagesConfig.agent_room_name
+            ),
+        ),
+        media=MediaConfig(
+            transfer_timeout=media.get(
+                "transfer_timeout", _positive_duration, DEFAULT_TRANSFER_TIMEOUT
+            ),
+            purge_refused=media.get("purge_refused", _boolean, False),
+        ),
+        logging=LoggingConfig(
+            level=logging_section.get("level", _choice(LOG_LEVELS, upper=True), "INFO"),
+            format=logging_section.get("format", _choice(LOG_FORMATS), "text"),
+        ),
+        metrics=metrics,
+        retention=RetentionConfig(
+            purge_after=retention.get("purge_after", _positive_duration, None),
+            redact_delivered_on_close=retention.get("redact_delivered_on_close", _boolean, False),
+        ),
+        allowed_servers=tuple(
+            dict.fromkeys(
+                top.items("allowed_servers", _server_name, 'a list of names like ["example.org"]')
+                or ()
+            )
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the file
+# --------------------------------------------------------------------------------------------
+
+
+def _check_duplicate_keys(root: yaml.Node | None) -> None:
+    """Refuse a key given twice in one mapping (PyYAML would silently keep the last one)."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                child = path
+                if isinstance(key_node, yaml.ScalarNode):
+                    child = f"{path}.{key_node.value}" if path else str(key_node.value)
+                    identity = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if identity in first_line:
+                        raise ConfigError(
+                            child,
+                            f"duplicate key on line {line} (first set on line "
+                            f"{first_line[identity]})",
+                        )
+                    first_line[identity] = line
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(node.value))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if context:
+        problem = f"{context}, {problem}"
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"invalid YAML: {problem}"
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and return the configuration in the YAML file at ``path``.
+
+    ``env`` defaults to ``os.environ``. A relative ``data_dir`` is resolved against the file's
+    directory. Raises :class:`ConfigError`; problems that are not about one key (missing file,
+    YAML syntax) carry the file path as their key.
+    """
+    file_key = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file_key, "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(file_key, "is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(file_key, "permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file_key, "not valid UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(file_key, f"cannot read the file ({exc.strerror or exc})") from None
+    try:
+        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(file_key, _yaml_problem(exc)) from None
+    except RecursionError:
+        raise ConfigError(file_key, "invalid YAML: nested too deeply") from None
+    if raw is None:
+        raise ConfigError(file_key, "expected a mapping of settings, but the file is empty")
+    base_dir = Path(os.path.abspath(path)).parent
+    return _parse(raw, os.environ if env is None else env, base_dir, file_key)
+
+
+def redacted_summary(config: Config) -> dict[str, Any]:
+    """The configuration as plain data (for logs), with password and access token masked."""
+    data = _plain(dataclasses.asdict(config))
+    assert isinstance(data, dict)
+    data["password"] = "***" if config.password is not None else None
+    data["access_token"] = "***" if config.access_token is not None else None
+    return data
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,223 @@
+"""Streaming media transfer: downloads to disk with a size cap and decryption, uploads from disk.
+
+nio's ``download``/``upload`` have no timeout and cannot stop at a size limit, so Parcel talks
+to the media endpoints itself with aiohttp: constant memory, a deadline per transfer, 429 and
+5xx retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiofiles
+import aiohttp
+
+from bot.attachments.inspect import StreamingDigest
+from bot.attachments.mediacrypto import AttachmentDecryptor
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+_MXC = re.compile(r"^mxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_\-]+)$")
+
+
+class MediaError(RuntimeError):
+    """A transfer failed; ``reason`` is fit to show to the person who sent the file."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TooLarge(MediaError):
+    """The download passed the size limit; reading stopped there."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("it is larger than the limit")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """What a finished download measured on the plaintext it wrote."""
+
+    size: int
+    sha256: str
+
+
+def parse_mxc(uri: object) -> tuple[str, str]:
+    """Split an ``mxc://server/id`` URI, refusing anything else."""
+    if not isinstance(uri, str):
+        raise MediaError("the message has no valid file address")
+    match = _MXC.match(uri)
+    if match is None:
+        raise MediaError("the message has no valid file address")
+    return match.group(1), match.group(2)
+
+
+class MediaClient:
+    """Uploads and downloads with the bot's access token."""
+
+    def __init__(
+        self,
+        homeserver: str,
+        token: Callable[[], str],
+        transfer_timeout: float,
+        max_attempts: int = 5,
+    ) -> None:
+        self._homeserver = homeserver.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=transfer_timeout, sock_connect=15)
+        self._max_attempts = max_attempts
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._token()}"}
+        headers.update(extra or {})
+        return headers
+
+    async def _backoff(self, attempt: int, response: aiohttp.ClientResponse | None) -> None:
+        delay = min(2.0 ** (attempt - 1), 30.0)
+        if response is not None and response.status == 429:
+            try:
+                body = await response.json(content_type=None)
+                delay = max(float(body.get("retry_after_ms", 1000)) / 1000.0, 0.1)
+            except (ValueError, aiohttp.ClientError, AttributeError):
+                delay = 1.0
+        await asyncio.sleep(delay)
+
+    async def download(
+        self,
+        mxc: str,
+        dest: Path,
+        *,
+        max_bytes: int,
+        encrypted_file: dict[str, Any] | None = None,
+    ) -> Downloaded:
+        """Stream ``mxc`` into ``dest``, decrypting if needed, stopping past ``max_bytes``.
+
+        Raises :class:`TooLarge`, :class:`MediaError`, or the decryptor's ``BadEncryptedFile``.
+        ``dest`` is removed on any failure.
+        """
+        server, media_id = parse_mxc(mxc)
+        url = (
+            f"{self._homeserver}/_matrix/client/v1/media/download/"
+            f"{quote(server, safe='')}/{quote(media_id, safe='')}"
+        )
+        for attempt in range(1, self._max_attempts + 1):
+            decryptor = AttachmentDecryptor(encrypted_file) if encrypted_file is not None else None
+            try:
+                async with self._http().get(url, headers=self._headers()) as response:
+                    if response.status == 200:
+                        return await self._save(response, dest, max_bytes, decryptor)
+                    if response.status in (404, 403):
+                        raise MediaError("the file is not available on the server any more")
+                    if response.status < 500 and response.status != 429:
+                        raise MediaError(f"the server refused the download ({response.status})")
+                    logger.warning("download of %s: HTTP %d (attempt %d)", mxc, response.status,
+                                   attempt)
+                    await self._backoff(attempt, response)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                dest.unlink(missing_ok=True)
+                logger.warning("download of %s failed (attempt %d): %r", mxc, attempt, exc)
+                await self._backoff(attempt, None)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+        raise MediaError("the file could not be fetched from the server")
+
+    async def _save(
+        self,
+        response: aiohttp.ClientResponse,
+        dest: Path,
+        max_bytes: int,
+        decryptor: AttachmentDecryptor | None,
+    ) -> Downloaded:
+        digest = StreamingDigest()
+        declared = response.content_length
+        if declared is not None and declared > max_bytes:
+            raise TooLarge(max_bytes)
+        async with aiofiles.open(dest, "wb") as out:
+            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                plain = decryptor.update(chunk) if decryptor is not None else chunk
+                if digest.size + len(plain) > max_bytes:
+                    raise TooLarge(max_bytes)
+                digest.update(plain)
+                await out.write(plain)
+            if decryptor is not None:
+                tail = decryptor.finalize()
+                if tail:
+                    digest.update(tail)
+                    await out.write(tail)
+        return Downloaded(size=digest.size, sha256=digest.hexdigest())
+
+    async def upload(self, path: Path, content_type: str, filename: str) -> str:
+        """Stream the file at ``path`` to the content repository; returns its new mxc URI."""
+        size = path.stat().st_size
+        url = f"{self._homeserver}/_matrix/media/v3/upload?filename={quote(filename, safe='')}"
+        headers = self._headers({"Content-Type": content_type, "Content-Length": str(size)})
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                async with self._http().post(
+                    url, data=_read_chunks(path), headers=headers
+                ) as response:
+                    if response.status == 200:
+                        body = await response.json(content_type=None)
+                        uri = body.get("content_uri") if isinstance(body, dict) else None
+                        parse_mxc(uri)
+                        return str(uri)
+                    if response.status == 413:
+                        raise MediaError("the homeserver does not accept files this large")
+                    if response.status < 500 and response.status != 429:
+                        text = await response.text()
+                        raise MediaError(f"the upload was refused ({response.status}: {text[:200]})")
+                    logger.warning("upload of %s: HTTP %d (attempt %d)", path.name,
+                                   response.status, attempt)
+                    await self._backoff(attempt, response)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.warning("upload of %s failed (attempt %d): %r", path.name, attempt, exc)
+                await self._backoff(attempt, None)
+        raise MediaError("the file could not be uploaded")
+
+    async def purge(self, mxc: str) -> bool:
+        """Delete media from the homeserver with the Synapse admin API (needs admin rights)."""
+        try:
+            server, media_id = parse_mxc(mxc)
+        except MediaError:
+            return False
+        url = (
+            f"{self._homeserver}/_synapse/admin/v1/media/"
+            f"{quote(server, safe='')}/{quote(media_id, safe='')}"
+        )
+        try:
+            async with self._http().delete(url, headers=self._headers()) as response:
+                if response.status == 200:
+                    return True
+                logger.warning("purging %s: HTTP %d", mxc, response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("purging %s failed: %r", mxc, exc)
+        return False
+
+
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as handle:
+        while chunk := await handle.read(CHUNK_SIZE):
+            yield chunk

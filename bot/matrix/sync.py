@@ -1,0 +1,136 @@
+"""Parcel's own sync loop: at-least-once handling, position saved after each batch.
+
+nio's ``sync_forever`` saves the token before callbacks run and dies when one raises. Here the
+batch is handed to ``handle`` first (which handles or durably queues every event), and only
+then is ``next_batch`` persisted. Errors back off exponentially, capped, and are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from nio import AsyncClient, SyncResponse
+
+from bot.store import Store
+
+logger = logging.getLogger(__name__)
+
+SYNC_TOKEN_KEY = "sync_token"
+BatchHandler = Callable[[SyncResponse, bool], Awaitable[None]]
+
+
+class SyncLoop:
+    """Long-polls the homeserver and hands every batch to ``handle`` before saving the position.
+
+    ``handle(response, catching_up)`` gets ``catching_up=True`` for the very first sync of a
+    fresh store, whose timeline is history from before Parcel existed.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        store: Store,
+        handle: BatchHandler,
+        *,
+        poll_timeout_ms: int = 30_000,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._handle = handle
+        self._poll_timeout_ms = poll_timeout_ms
+        self._max_backoff = max_backoff
+        self.first_sync_done = asyncio.Event()
+        self.healthy = False
+        self.last_sync_at: float | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sync until ``stop`` is set."""
+        since = self._store.get_value(SYNC_TOKEN_KEY)
+        catching_up = since is None
+        full_state = True  # nio does not persist rooms: the first sync must rebuild them
+        failures = 0
+        while not stop.is_set():
+            response = await self._poll(stop, since, full_state)
+            if response is None:
+                break  # stopping: the position of the unfinished poll is simply not saved
+            if not isinstance(response, SyncResponse):
+                failures += 1
+                self.healthy = False
+                delay = min(self._max_backoff, 2.0 ** min(failures - 1, 10))
+                delay *= 0.75 + random.random() / 2
+                logger.warning(
+                    "sync failed (%s); retrying in %.1f s (failure %d)",
+                    _describe(response),
+                    delay,
+                    failures,
+                )
+                await _sleep_or_stop(stop, delay)
+                continue
+            if failures:
+                logger.info("sync recovered after %d failures", failures)
+            failures = 0
+            self.healthy = True
+            await self._crypto_housekeeping()
+            await self._handle(response, catching_up)
+            self._store.set_value(SYNC_TOKEN_KEY, response.next_batch)
+            since = response.next_batch
+            full_state = False
+            catching_up = False
+            self.last_sync_at = asyncio.get_running_loop().time()
+            self.first_sync_done.set()
+
+    async def _poll(self, stop: asyncio.Event, since: str | None, full_state: bool) -> object:
+        """One sync request, abandoned as soon as ``stop`` is set (a long poll can take 30 s)."""
+        request = asyncio.ensure_future(
+            self._client.sync(
+                timeout=0 if full_state else self._poll_timeout_ms,
+                since=since,
+                full_state=full_state,
+            )
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({request, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not request.done():
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+            return None
+        try:
+            return request.result()
+        except Exception as exc:  # noqa: BLE001 - network trouble: log and retry
+            return exc
+
+    async def _crypto_housekeeping(self) -> None:
+        """What ``sync_forever`` would do for E2EE after each sync."""
+        client = self._client
+        if not client.olm:
+            return
+        try:
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+            await client.send_to_device_messages()
+        except Exception as exc:  # noqa: BLE001 - keys are retried after the next sync
+            logger.warning("key maintenance failed: %r", exc)
+
+
+def _describe(response: object) -> str:
+    if isinstance(response, BaseException):
+        return f"{type(response).__name__}: {response}" if str(response) else repr(response)
+    message = getattr(response, "message", None)
+    status = getattr(response, "status_code", None)
+    return f"{status}: {message}" if message else repr(response)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    except TimeoutError:
+        pass

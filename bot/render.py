@@ -1,0 +1,328 @@
+"""Every string and HTML fragment a person sees, escaped in one place.
+
+Functions here are pure: they take facts and return message contents. User-controlled text
+(names, file names, message bodies) only ever reaches HTML through :func:`html.escape` or the
+``nh3`` sanitiser.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nh3
+
+from bot.attachments.inspect import describe_mimetype
+from bot.attachments.model import Direction, Offer, OfferState
+from bot.attachments.text import display_filename, human_size, safe_filename
+
+OFFER_KEY = "io.parcel.offer"
+
+# Tags Matrix clients render (client-server spec, "m.room.message msgtypes").
+_ALLOWED_TAGS = {
+    "font", "del", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "p", "a", "ul", "ol",
+    "sup", "sub", "li", "b", "i", "u", "strong", "em", "strike", "code", "hr", "br", "div",
+    "table", "thead", "tbody", "tr", "th", "td", "caption", "pre", "span", "details", "summary",
+}  # fmt: skip
+_ALLOWED_ATTRIBUTES = {
+    "a": {"href", "target"},
+    "span": {"data-mx-color", "data-mx-bg-color", "data-mx-spoiler"},
+    "font": {"data-mx-color", "data-mx-bg-color", "color"},
+    "code": {"class"},
+    "ol": {"start"},
+}
+_URL_SCHEMES = {"https", "http", "ftp", "mailto", "magnet"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message body in plain text and, optionally, HTML."""
+
+    body: str
+    html: str | None = None
+
+    def content(self, msgtype: str = "m.notice", **extra: Any) -> dict[str, Any]:
+        """The ``m.room.message`` content, with mentions disabled so nobody is pinged."""
+        content: dict[str, Any] = {"msgtype": msgtype, "body": self.body, "m.mentions": {}}
+        if self.html is not None:
+            content["format"] = "org.matrix.custom.html"
+            content["formatted_body"] = self.html
+        content.update(extra)
+        return content
+
+
+def sanitize_html(fragment: str) -> str:
+    """Keep only the HTML Matrix clients render; drop scripts, handlers and odd URLs."""
+    return nh3.clean(
+        fragment,
+        tags=_ALLOWED_TAGS,
+        attributes=_ALLOWED_ATTRIBUTES,
+        url_schemes=_URL_SCHEMES,
+        link_rel="noopener noreferrer",
+    )
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _plain(text: str) -> str:
+    """Single-line text for places where a newline would break the layout."""
+    return " ".join(text.split())
+
+
+# -- text relay -----------------------------------------------------------------------------
+
+
+def relayed_text(
+    sender_label: str, msgtype: str, body: str, formatted_body: str | None
+) -> dict[str, Any]:
+    """A relayed m.text/m.notice/m.emote, attributed to ``sender_label``."""
+    if msgtype == "m.emote":
+        text = f"* {sender_label} {body}"
+        rich = f"* <b>{_e(sender_label)}</b> "
+    else:
+        text = f"{sender_label}: {body}"
+        rich = f"<b>{_e(sender_label)}</b>: "
+    if formatted_body is not None:
+        rich += sanitize_html(formatted_body)
+    else:
+        rich += _e(body).replace("\n", "<br>")
+    out_type = "m.notice" if msgtype == "m.notice" else "m.text"
+    return Message(text, rich).content(out_type)
+
+
+def agent_label(name: str, label: str) -> str:
+    """How an agent is named toward the customer: "Alice (support)"."""
+    return f"{name} ({label})" if label else name
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def session_opened_for_agents(customer_name: str, customer_id: str, session_id: int) -> Message:
+    """The first message in a new agent room."""
+    text = (
+        f"New chat #{session_id} with {customer_name} ({customer_id}). What you write here "
+        "is relayed to the customer; files are offered to them first. Type !help for commands."
+    )
+    rich = (
+        f"New chat <b>#{session_id}</b> with <b>{_e(customer_name)}</b> ({_e(customer_id)}). "
+        "What you write here is relayed to the customer; files are offered to them first. "
+        "Type <code>!help</code> for commands."
+    )
+    return Message(text, rich)
+
+
+def welcome(text: str) -> Message:
+    """The greeting the customer sees when the session opens (configured wording)."""
+    return Message(text)
+
+
+def session_closed(by: str | None, side_closed: str) -> Message:
+    """Notice that a session ended; ``by`` is who closed it, if a person did."""
+    if side_closed == "customer_left":
+        return Message("The customer left the chat. This session is closed.")
+    if by:
+        return Message(f"This chat was closed by {by}. Pending files were not delivered.")
+    return Message("This chat is closed. Pending files were not delivered.")
+
+
+def session_closed_already() -> Message:
+    """Reply to a message in a room whose session has ended."""
+    return Message("This chat is closed; nothing you write here is relayed any more.")
+
+
+def not_delivered(reason: str) -> Message:
+    """A message could not be relayed to the other side."""
+    return Message(f"⚠️ Your last message could not be relayed: {reason}")
+
+
+def undecryptable() -> Message:
+    """Asks the sender to resend what the bot could not decrypt."""
+    return Message(
+        "⚠️ Your last message could not be read (it was encrypted with keys this bot did not "
+        "receive). Please send it again."
+    )
+
+
+# -- commands -------------------------------------------------------------------------------
+
+HELP_LINES = (
+    ("!help", "show this help"),
+    ("!attachments", "list the files sent and received in this chat"),
+    ("!accept N", "accept offer number N (same as reacting ✅)"),
+    ("!decline N", "decline offer number N (same as reacting ❌)"),
+    ("!end", "close this chat"),
+)
+
+
+def help_text() -> Message:
+    """The command list."""
+    text = "Commands:\n" + "\n".join(f"{cmd} — {what}" for cmd, what in HELP_LINES)
+    rich = "<b>Commands</b><ul>" + "".join(
+        f"<li><code>{_e(cmd)}</code> — {_e(what)}</li>" for cmd, what in HELP_LINES
+    ) + "</ul>"
+    return Message(text, rich)
+
+
+def unknown_command(word: str) -> Message:
+    """Reply to a command Parcel does not know."""
+    shown = _plain(word)[:40]
+    return Message(f"Unknown command {shown}. Commands: " + ", ".join(c for c, _ in HELP_LINES))
+
+
+def command_error(text: str) -> Message:
+    """A short answer to a command that could not be carried out."""
+    return Message(text)
+
+
+# -- offers ---------------------------------------------------------------------------------
+
+
+def side_name(direction: Direction, recipient: bool) -> str:
+    """"the agent" or "the customer", for the recipient or the sender of an offer."""
+    to_agent = direction is Direction.CUSTOMER_TO_AGENT
+    return "the agent" if to_agent == recipient else "the customer"
+
+
+def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
+    """The machine-readable ``io.parcel.offer`` block."""
+    return {
+        "id": offer.id,
+        "session": session_id,
+        "state": offer.state.value,
+        "filename": safe_filename(offer.filename),
+        "mimetype": offer.mimetype,
+        "size": offer.size,
+        "sha256": offer.sha256,
+        "direction": offer.direction.value,
+    }
+
+
+def describe(offer: Offer) -> str:
+    """The kind of file in plain words ("PNG image"), from the detected type."""
+    return describe_mimetype(offer.mimetype) if offer.mimetype else "file"
+
+
+def _facts(offer: Offer) -> list[str]:
+    parts = [describe(offer)]
+    if offer.size is not None:
+        parts.append(human_size(offer.size))
+    if offer.width and offer.height:
+        parts.append(f"{offer.width}×{offer.height}")
+    return parts
+
+
+def offer_card(offer: Offer, accept_key: str, decline_key: str) -> dict[str, Any]:
+    """The recipient's message for an offer, in its current state."""
+    name = display_filename(offer.filename)
+    sender = _plain(offer.sender_name)
+    facts = " · ".join(_facts(offer))
+    scanned = " · scanned: clean" if offer.scanned else ""
+    state = offer.state
+    if state is OfferState.OFFERED:
+        head = f"📎 {sender} sent a file: {name} · {facts}{scanned}"
+        tail = (
+            f"React {accept_key} to accept or {decline_key} to decline "
+            f"(or type !accept {offer.id} / !decline {offer.id}). Offer #{offer.id}."
+        )
+        text = f"{head}\n{tail}"
+        rich = (
+            f"📎 <b>{_e(sender)}</b> sent a file: <b>{_e(name)}</b> · {_e(facts)}{_e(scanned)}"
+            f"<br>React {_e(accept_key)} to accept or {_e(decline_key)} to decline "
+            f"(or type <code>!accept {offer.id}</code> / <code>!decline {offer.id}</code>). "
+            f"Offer #{offer.id}."
+        )
+    else:
+        outcome = {
+            OfferState.ACCEPTED: "✅ accepted — the file is below",
+            OfferState.DECLINED: "🚫 declined — it was not delivered",
+            OfferState.WITHDRAWN: "↩️ withdrawn by the sender",
+            OfferState.EXPIRED: "⌛ expired — it was not delivered",
+            OfferState.FAILED: "⚠️ could not be delivered",
+        }.get(state, state.value)
+        text = f"{name} from {sender} (offer #{offer.id}): {outcome}"
+        rich = f"<b>{_e(name)}</b> from {_e(sender)} (offer #{offer.id}): {_e(outcome)}"
+    return Message(text, rich).content("m.notice")
+
+
+def status_line(offer: Offer) -> dict[str, Any]:
+    """The sender's status line for an offer, in its current state."""
+    name = display_filename(offer.filename)
+    recipient = side_name(offer.direction, recipient=True)
+    state = offer.state
+    if state is OfferState.OFFERED:
+        facts = " · ".join(_facts(offer))
+        text = f"⬆️ {name} · {facts} — waiting for {recipient} to accept (offer #{offer.id})"
+    elif state is OfferState.ACCEPTED:
+        text = f"📎 {name} — received by {recipient}"
+    elif state is OfferState.DECLINED:
+        text = f"🚫 {name} — declined by {recipient}"
+    elif state is OfferState.WITHDRAWN:
+        text = f"↩️ {name} — withdrawn; {recipient} did not receive it"
+    elif state is OfferState.EXPIRED:
+        text = f"⌛ {name} — expired; {recipient} did not accept it in time"
+    elif state is OfferState.FAILED:
+        text = f"⚠️ {name} — could not be delivered: {offer.reason or 'unknown error'}"
+    else:
+        text = f"{name} — {state.value}"
+    return Message(text).content("m.notice")
+
+
+def rejection_notice(filename: str, reason: str) -> Message:
+    """Tells the sender a file was refused and why; nothing reached the recipient."""
+    return Message(f"⛔ {display_filename(filename)} was not sent: {reason}")
+
+
+# -- the attachment log -----------------------------------------------------------------------
+
+STATE_WORDS = {
+    OfferState.INSPECTING: "checking",
+    OfferState.OFFERED: "waiting",
+    OfferState.ACCEPTED: "received",
+    OfferState.DECLINED: "declined",
+    OfferState.WITHDRAWN: "withdrawn",
+    OfferState.EXPIRED: "expired",
+    OfferState.REJECTED: "rejected",
+    OfferState.FAILED: "failed",
+}
+
+
+def format_time(ts: float) -> str:
+    """UTC time as shown in logs: 2026-11-24 21:05."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def attachment_log(offers: Sequence[Offer], viewpoint: Direction) -> Message:
+    """The session's attachment log as a table; ``viewpoint`` is the direction called "sent"."""
+    if not offers:
+        return Message("No files have been sent in this chat yet.")
+    header = ("#", "", "File", "Kind", "Size", "From", "State", "Time (UTC)")
+    rows = []
+    for offer in offers:
+        rows.append(
+            (
+                str(offer.id),
+                "sent" if offer.direction is viewpoint else "received",
+                display_filename(offer.filename, limit=48),
+                describe(offer),
+                human_size(offer.size) if offer.size is not None else "—",
+                _plain(offer.sender_name),
+                STATE_WORDS[offer.state] + (f" ({offer.reason})" if offer.reason and
+                                            offer.state is OfferState.REJECTED else ""),
+                format_time(offer.updated_at),
+            )
+        )
+    text_lines = [f"Attachments ({len(rows)}):"]
+    for row in rows:
+        text_lines.append(f"#{row[0]} {row[1]}: {row[2]} · {row[3]} · {row[4]} · from {row[5]} · "
+                          f"{row[6]} · {row[7]}")
+    rich = "<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>"
+    rich += "<tbody>" + "".join(
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    ) + "</tbody></table>"
+    return Message("\n".join(text_lines), rich)

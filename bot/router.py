@@ -1,0 +1,267 @@
+"""From a sync batch to small typed handler calls. Ignores the bot's own events.
+
+Each event is handled at most once (the store remembers handled event ids, so a batch replayed
+after a crash is skipped) and its failure is logged, never fatal. Handlers here are quick:
+they record intent in the store and hand slow work to the session queue or the offer tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from nio import AsyncClient, MegolmEvent, SyncResponse
+from nio.events.invite_events import InviteMemberEvent
+
+from bot import render
+from bot.attachments.model import Direction
+from bot.attachments.offers import FILE_MSGTYPES, OfferService
+from bot.config import Config
+from bot.matrix.rooms import RoomDirectory
+from bot.sessions.service import SessionService
+from bot.store import Session, SessionState, Side, Store
+from bot.tasks import TaskGroup
+
+logger = logging.getLogger(__name__)
+
+TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
+_COMMAND = re.compile(r"^!([A-Za-z]+)(?:\s+(.*))?$", re.DOTALL)
+UNDECRYPTABLE_WAIT = 20.0
+
+
+class Router:
+    """Dispatches every event of a sync batch to the session and offer services."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        client: AsyncClient,
+        rooms: RoomDirectory,
+        sessions: SessionService,
+        offers: OfferService,
+        tasks: TaskGroup,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._client = client
+        self._rooms = rooms
+        self._sessions = sessions
+        self._offers = offers
+        self._tasks = tasks
+        self._own = config.user_id
+
+    async def handle_batch(self, response: SyncResponse, catching_up: bool) -> None:
+        """Handle one sync batch. On a fresh store's first sync, only invites count."""
+        self._rooms.refresh()
+        for room_id, info in response.rooms.invite.items():
+            inviter = _inviter(info.invite_state, self._own)
+            if inviter is None:
+                continue
+            try:
+                await self._sessions.on_invite(room_id, inviter)
+            except Exception:  # noqa: BLE001 - one bad invite must not stop the others
+                logger.exception("invite to %s from %s failed", room_id, inviter)
+        if catching_up:
+            return
+        for room_id, info in response.rooms.join.items():
+            for event in info.timeline.events:
+                await self.dispatch(room_id, event)
+
+    async def dispatch(self, room_id: str, event: Any) -> None:
+        """Handle one timeline event, exactly once, logging any failure."""
+        source = getattr(event, "source", None)
+        if not isinstance(source, dict):
+            return
+        event_id, sender = source.get("event_id"), source.get("sender")
+        if not isinstance(event_id, str) or not isinstance(sender, str) or sender == self._own:
+            return
+        if self._store.is_handled(event_id):
+            return
+        found = self._store.session_for_room(room_id)
+        if found is None or found[0].state is SessionState.CLOSED:
+            return
+        session, side = found
+        try:
+            await self._handle(session, side, event_id, sender, event, source)
+        except Exception:  # noqa: BLE001 - logged; the next event goes on
+            logger.exception("session %d: handling %s in %s failed", session.id, event_id,
+                             room_id)
+        self._store.mark_handled(event_id)
+
+    async def _handle(
+        self, session: Session, side: Side, event_id: str, sender: str, event: Any,
+        source: dict[str, Any],
+    ) -> None:
+        kind = source.get("type")
+        content = source.get("content")
+        content = content if isinstance(content, dict) else {}
+        if kind == "m.room.member":
+            await self._on_member(session, side, sender, source, content)
+            return
+        if not self._may_speak(session, side, sender):
+            return
+        if isinstance(event, MegolmEvent):
+            self._on_undecryptable(session, side, event)
+            return
+        if kind == "m.room.message":
+            self._on_message(session, side, event_id, sender, content)
+        elif kind == "m.reaction":
+            relates = content.get("m.relates_to")
+            if isinstance(relates, dict) and relates.get("rel_type") == "m.annotation":
+                target = relates.get("event_id")
+                if isinstance(target, str):
+                    self._offers.on_reaction(session, side, sender, target, relates.get("key"))
+        elif kind == "m.room.redaction":
+            redacts = source.get("redacts") or content.get("redacts")
+            if isinstance(redacts, str):
+                self._offers.on_redaction(session, redacts, sender)
+
+    def _may_speak(self, session: Session, side: Side, sender: str) -> bool:
+        """Only configured agents count in the agent room; anyone but the bot in the other."""
+        return side is Side.CUSTOMER or self._sessions.is_agent(sender)
+
+    async def _on_member(
+        self, session: Session, side: Side, sender: str, source: dict[str, Any],
+        content: dict[str, Any],
+    ) -> None:
+        member = source.get("state_key")
+        membership = content.get("membership")
+        if side is Side.CUSTOMER and member == session.customer_id and membership in (
+            "leave", "ban"
+        ):
+            self._sessions.request_close(session, "customer_left", None, source["event_id"])
+        elif (
+            side is Side.AGENT
+            and membership == "join"
+            and isinstance(member, str)
+            and member != self._own
+            and not self._sessions.is_agent(member)
+        ):
+            logger.warning("session %d: %s joined the agent room but is not an agent; removing",
+                           session.id, member)
+            assert session.agent_room is not None
+            await self._client.room_kick(session.agent_room, member,
+                                         reason="Only support agents may be in this room")
+
+    def _on_message(
+        self, session: Session, side: Side, event_id: str, sender: str, content: dict[str, Any]
+    ) -> None:
+        msgtype = content.get("msgtype")
+        relates = content.get("m.relates_to")
+        is_edit = isinstance(relates, dict) and relates.get("rel_type") == "m.replace"
+        if msgtype in FILE_MSGTYPES:
+            if is_edit:
+                return  # an edited file message must not swap what was offered
+            name = self._sessions.label(session, side, sender)
+            self._offers.on_upload(session, side, event_id, sender, name, content)
+            self._store.mark_handled(event_id)
+            return
+        if is_edit:
+            new_content = content.get("m.new_content")
+            if not isinstance(new_content, dict):
+                return
+            content = dict(new_content)
+            msgtype = content.get("msgtype")
+        body = content.get("body")
+        if msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
+            self._reply(session, side, event_id, render.command_error(
+                "That message could not be relayed: only text and files are supported."))
+            return
+        if not is_edit and self._on_command(session, side, event_id, sender, body):
+            return
+        formatted = content.get("formatted_body")
+        if content.get("format") != "org.matrix.custom.html" or not isinstance(formatted, str):
+            formatted = None
+        if is_edit:
+            body = f"(edited) {body}"
+            formatted = f"<i>(edited)</i> {formatted}" if formatted is not None else None
+        label = self._sessions.label(session, side, sender)
+        relayed = render.relayed_text(label, str(msgtype), body, formatted)
+        other = Side.AGENT if side is Side.CUSTOMER else Side.CUSTOMER
+        self._sessions.enqueue_send(session, other, relayed, f"relay-{event_id}", event_id)
+
+    def _reply(self, session: Session, side: Side, event_id: str, message: render.Message) -> None:
+        self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",
+                                    event_id)
+
+    def _on_command(
+        self, session: Session, side: Side, event_id: str, sender: str, body: str
+    ) -> bool:
+        """Run a ``!command``; returns False when the text is not a command at all."""
+        match = _COMMAND.match(body.strip())
+        if match is None:
+            return False
+        word, argument = match.group(1).lower(), (match.group(2) or "").strip()
+        if word == "help":
+            self._reply(session, side, event_id, render.help_text())
+        elif word == "attachments":
+            viewpoint = (
+                Direction.CUSTOMER_TO_AGENT if side is Side.CUSTOMER
+                else Direction.AGENT_TO_CUSTOMER
+            )
+            offers = self._store.session_offers(session.id)
+            self._reply(session, side, event_id, render.attachment_log(offers, viewpoint))
+        elif word in ("accept", "decline"):
+            self._reply(session, side, event_id,
+                        self._decision_command(session, side, sender, word, argument))
+        elif word == "end":
+            name = self._sessions.label(session, side, sender)
+            self._sessions.request_close(session, "ended", name, event_id)
+        else:
+            self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
+        return True
+
+    def _decision_command(
+        self, session: Session, side: Side, sender: str, word: str, argument: str
+    ) -> render.Message:
+        number = argument.lstrip("#")
+        if not number.isdigit() or len(number) > 12:
+            return render.command_error(f"!{word} needs an offer number, like !{word} 3.")
+        offer, problem = self._offers.decide(session, side, int(number), sender,
+                                             accept=word == "accept")
+        if problem is not None:
+            return render.command_error(problem)
+        assert offer is not None
+        verb = "Accepted" if word == "accept" else "Declined"
+        return render.command_error(f"{verb} offer #{offer.id}.")
+
+    def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
+        """Ask for the keys, retry for a while, and tell the sender if it stays unreadable."""
+        self._tasks.spawn(self._retry_decrypt(session, side, event),
+                          name=f"decrypt-{event.event_id}")
+
+    async def _retry_decrypt(self, session: Session, side: Side, event: MegolmEvent) -> None:
+        try:
+            await self._client.request_room_key(event)
+        except Exception as exc:  # noqa: BLE001 - a key request is best effort
+            logger.info("key request for %s failed: %r", event.event_id, exc)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNDECRYPTABLE_WAIT
+        while loop.time() < deadline:
+            await asyncio.sleep(1.0)
+            try:
+                decrypted = self._client.decrypt_event(event)
+            except Exception:  # noqa: BLE001 - still no key
+                continue
+            logger.info("event %s decrypted after its keys arrived", event.event_id)
+            await self._handle(session, side, event.event_id, event.sender, decrypted,
+                               decrypted.source)
+            return
+        logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
+                       event.event_id, event.sender)
+        self._sessions.enqueue_send(session, side, render.undecryptable().content(),
+                                    f"undecryptable-{event.event_id}")
+
+
+def _inviter(invite_state: list[Any], own_user_id: str) -> str | None:
+    for event in invite_state:
+        if (
+            isinstance(event, InviteMemberEvent)
+            and event.state_key == own_user_id
+            and event.membership == "invite"
+        ):
+            return event.sender
+    return None

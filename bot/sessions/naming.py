@@ -1,0 +1,33 @@
+"""How people are named across the relay: display names, disambiguated, never trusted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+def _fold(name: str) -> str:
+    return " ".join(name.casefold().split())
+
+
+def disambiguate(
+    user_id: str,
+    name: str,
+    others: Mapping[str, str],
+    agent_names: Iterable[str] = (),
+    agent_label: str = "",
+    is_agent: bool = False,
+) -> str:
+    """The name to show for ``user_id``, with the user id added when the name could mislead.
+
+    It is ambiguous when another member (``others``: user id → name) uses the same name, or,
+    for someone who is not an agent, when it copies an agent's name or carries the agent label
+    (a customer called "Alice (support)").
+    """
+    folded = _fold(name)
+    clash = any(uid != user_id and _fold(other) == folded for uid, other in others.items())
+    imitates = False
+    if not is_agent:
+        imitates = any(_fold(agent) == folded for agent in agent_names)
+        if agent_label and f"({_fold(agent_label)})" in folded:
+            imitates = True
+    return f"{name} ({user_id})" if clash or imitates else name

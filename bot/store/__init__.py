@@ -1,0 +1,509 @@
+"""SQLite store: sessions, offers and their transition log, handled events, the outbox.
+
+One connection in autocommit mode; every write that must be atomic runs in an explicit
+transaction. The database is small and local, so calls are made directly from the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
+from bot.store.migrations import SchemaTooNew, migrate
+
+__all__ = ["Store", "Session", "SessionState", "Side", "SchemaTooNew", "LogEntry", "Job"]
+
+
+class SessionState(StrEnum):
+    """A session is ``opening`` until its agent room exists, then ``open``, then ``closed``."""
+
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Side(StrEnum):
+    """Which room of a session an event came from."""
+
+    CUSTOMER = "customer"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One customer room paired with one agent room."""
+
+    id: int
+    customer_room: str
+    agent_room: str | None
+    customer_id: str
+    customer_name: str
+    state: SessionState
+    created_at: float
+    closed_at: float | None
+    close_reason: str | None
+
+    def room_of(self, side: Side) -> str | None:
+        """The room id of one side."""
+        return self.customer_room if side is Side.CUSTOMER else self.agent_room
+
+    def other_room(self, side: Side) -> str | None:
+        """The room id of the side opposite ``side``."""
+        return self.agent_room if side is Side.CUSTOMER else self.customer_room
+
+
+@dataclass(frozen=True)
+class Job:
+    """Queued work for one session, run in order by the session's worker."""
+
+    id: int
+    session_id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of the attachment log: the offer and the times of its transitions."""
+
+    offer: Offer
+    transitions: tuple[tuple[str, float, str | None, str | None], ...]
+
+
+_OFFER_FIELDS = tuple(f.name for f in fields(Offer))
+
+
+def _offer_from_row(row: sqlite3.Row) -> Offer:
+    values: dict[str, Any] = {name: row[name] for name in _OFFER_FIELDS}
+    values["direction"] = Direction(values["direction"])
+    values["state"] = OfferState(values["state"])
+    values["scanned"] = bool(values["scanned"])
+    return Offer(**values)
+
+
+def _session_from_row(row: sqlite3.Row) -> Session:
+    return Session(
+        id=row["id"],
+        customer_room=row["customer_room"],
+        agent_room=row["agent_room"],
+        customer_id=row["customer_id"],
+        customer_name=row["customer_name"],
+        state=SessionState(row["state"]),
+        created_at=row["created_at"],
+        closed_at=row["closed_at"],
+        close_reason=row["close_reason"],
+    )
+
+
+class Store:
+    """Parcel's durable state. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating and migrating as needed) the store at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        migrate(conn)
+        return cls(conn)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the body in one immediate transaction."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- key/value -------------------------------------------------------------------------
+
+    def get_value(self, key: str) -> str | None:
+        """A small persisted setting, such as the sync position."""
+        row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_value(self, key: str, value: str) -> None:
+        """Persist a small setting."""
+        self._conn.execute(
+            "INSERT INTO kv(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def create_session(
+        self, customer_room: str, customer_id: str, customer_name: str
+    ) -> tuple[Session, bool]:
+        """Open a session for ``customer_room`` unless one is live; returns (session, created)."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM sessions WHERE customer_room = ? AND state != 'closed'",
+                (customer_room,),
+            ).fetchone()
+            if row is not None:
+                return _session_from_row(row), False
+            cursor = conn.execute(
+                "INSERT INTO sessions(customer_room, customer_id, customer_name, state, "
+                "created_at) VALUES (?, ?, ?, 'opening', ?)",
+                (customer_room, customer_id, customer_name, time.time()),
+            )
+            row = conn.execute(
+                "SELECT * FROM sessions WHERE id = ?", (cursor.lastrowid,)
+            ).fetchone()
+        return _session_from_row(row), True
+
+    def attach_agent_room(self, session_id: int, agent_room: str) -> Session:
+        """Pair the session with its agent room and mark it open."""
+        self._conn.execute(
+            "UPDATE sessions SET agent_room = ?, state = 'open' WHERE id = ? AND state = 'opening'",
+            (agent_room, session_id),
+        )
+        return self.get_session(session_id)
+
+    def close_session(self, session_id: int, reason: str) -> bool:
+        """Close an open session; False when it was already closed."""
+        cursor = self._conn.execute(
+            "UPDATE sessions SET state = 'closed', closed_at = ?, close_reason = ? "
+            "WHERE id = ? AND state != 'closed'",
+            (time.time(), reason, session_id),
+        )
+        return cursor.rowcount == 1
+
+    def get_session(self, session_id: int) -> Session:
+        """The session with this id (it must exist)."""
+        row = self._conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise KeyError(session_id)
+        return _session_from_row(row)
+
+    def session_for_room(self, room_id: str) -> tuple[Session, Side] | None:
+        """The session a room belongs to, and which side it is, if any."""
+        row = self._conn.execute(
+            "SELECT * FROM sessions WHERE customer_room = ? OR agent_room = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (room_id, room_id),
+        ).fetchone()
+        if row is None:
+            return None
+        session = _session_from_row(row)
+        side = Side.CUSTOMER if session.customer_room == room_id else Side.AGENT
+        return session, side
+
+    def sessions(self, state: SessionState | None = None) -> list[Session]:
+        """All sessions, or those in one state, oldest first."""
+        if state is None:
+            rows = self._conn.execute("SELECT * FROM sessions ORDER BY id").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM sessions WHERE state = ? ORDER BY id", (state.value,)
+            ).fetchall()
+        return [_session_from_row(row) for row in rows]
+
+    # -- offers ----------------------------------------------------------------------------
+
+    def create_offer(
+        self,
+        *,
+        session_id: int,
+        direction: Direction,
+        sender: str,
+        sender_name: str,
+        source_room: str,
+        source_event_id: str,
+        source_content: str,
+        msgtype: str,
+        filename: str,
+        declared_mimetype: str | None,
+        declared_size: int | None,
+    ) -> tuple[Offer, bool]:
+        """Queue an offer for an upload event; returns (offer, created). Idempotent per event."""
+        now = time.time()
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO offers(session_id, direction, sender, sender_name, "
+                "source_room, source_event_id, source_content, msgtype, filename, "
+                "declared_mimetype, declared_size, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    direction.value,
+                    sender,
+                    sender_name,
+                    source_room,
+                    source_event_id,
+                    source_content,
+                    msgtype,
+                    filename,
+                    declared_mimetype,
+                    declared_size,
+                    OfferState.INSPECTING.value,
+                    now,
+                    now,
+                ),
+            )
+            created = cursor.rowcount == 1
+            row = conn.execute(
+                "SELECT * FROM offers WHERE source_event_id = ?", (source_event_id,)
+            ).fetchone()
+            if created:
+                conn.execute(
+                    "INSERT INTO offer_transitions(offer_id, state, at, actor, reason) "
+                    "VALUES (?, ?, ?, ?, NULL)",
+                    (row["id"], OfferState.INSPECTING.value, now, sender),
+                )
+        return _offer_from_row(row), created
+
+    def get_offer(self, offer_id: int) -> Offer | None:
+        """The offer with this id, if any."""
+        row = self._conn.execute("SELECT * FROM offers WHERE id = ?", (offer_id,)).fetchone()
+        return None if row is None else _offer_from_row(row)
+
+    def source_content(self, offer_id: int) -> str:
+        """The JSON content of the upload event the offer was made from."""
+        row = self._conn.execute(
+            "SELECT source_content FROM offers WHERE id = ?", (offer_id,)
+        ).fetchone()
+        return str(row["source_content"])
+
+    def offer_by_source_event(self, event_id: str) -> Offer | None:
+        """The offer made from an upload event."""
+        row = self._conn.execute(
+            "SELECT * FROM offers WHERE source_event_id = ?", (event_id,)
+        ).fetchone()
+        return None if row is None else _offer_from_row(row)
+
+    def offer_by_offer_event(self, room_id: str, event_id: str) -> Offer | None:
+        """The offer whose offer message is ``event_id`` in ``room_id``."""
+        row = self._conn.execute(
+            "SELECT * FROM offers WHERE offer_event_id = ? AND offer_room = ?", (event_id, room_id)
+        ).fetchone()
+        return None if row is None else _offer_from_row(row)
+
+    def offers_in_states(self, states: Sequence[OfferState]) -> list[Offer]:
+        """Offers currently in any of ``states``, oldest first."""
+        marks = ", ".join("?" for _ in states)
+        rows = self._conn.execute(
+            f"SELECT * FROM offers WHERE state IN ({marks}) ORDER BY id",
+            [s.value for s in states],
+        ).fetchall()
+        return [_offer_from_row(row) for row in rows]
+
+    def undelivered_accepted(self) -> list[Offer]:
+        """Accepted offers whose delivery has not been recorded yet."""
+        rows = self._conn.execute(
+            "SELECT * FROM offers WHERE state = 'accepted' AND delivery_event_id IS NULL "
+            "ORDER BY id"
+        ).fetchall()
+        return [_offer_from_row(row) for row in rows]
+
+    def session_offers(self, session_id: int) -> list[Offer]:
+        """Every offer of one session, oldest first."""
+        rows = self._conn.execute(
+            "SELECT * FROM offers WHERE session_id = ? ORDER BY id", (session_id,)
+        ).fetchall()
+        return [_offer_from_row(row) for row in rows]
+
+    def transition(
+        self,
+        offer_id: int,
+        target: OfferState,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        **changes: Any,
+    ) -> Offer | None:
+        """Move an offer to ``target`` if the transition table allows it from its current state.
+
+        The check and the write are one conditional UPDATE, so of two racing decisions exactly
+        one wins. Returns the updated offer, or None when the move was refused.
+        """
+        sources = [state.value for state, targets in TRANSITIONS.items() if target in targets]
+        if not sources:
+            return None
+        now = time.time()
+        assignments = {"state": target.value, "updated_at": now, **changes}
+        if reason is not None:
+            assignments["reason"] = reason
+        if actor is not None and target in (OfferState.ACCEPTED, OfferState.DECLINED):
+            assignments["decided_by"] = actor
+        columns = ", ".join(f"{name} = ?" for name in assignments)
+        marks = ", ".join("?" for _ in sources)
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                f"UPDATE offers SET {columns} WHERE id = ? AND state IN ({marks})",
+                [*assignments.values(), offer_id, *sources],
+            )
+            if cursor.rowcount != 1:
+                return None
+            conn.execute(
+                "INSERT INTO offer_transitions(offer_id, state, at, actor, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (offer_id, target.value, now, actor, reason),
+            )
+            row = conn.execute("SELECT * FROM offers WHERE id = ?", (offer_id,)).fetchone()
+        return _offer_from_row(row)
+
+    def update_offer(self, offer_id: int, **changes: Any) -> Offer:
+        """Record progress that is not a state change (event ids, facts, temp path)."""
+        unknown = set(changes) - set(_OFFER_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown offer fields: {sorted(unknown)}")
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        self._conn.execute(
+            f"UPDATE offers SET {columns}, updated_at = ? WHERE id = ?",
+            [*changes.values(), time.time(), offer_id],
+        )
+        offer = self.get_offer(offer_id)
+        assert offer is not None
+        return offer
+
+    def attachment_log(
+        self, session_id: int | None = None, since: float | None = None
+    ) -> list[LogEntry]:
+        """Offers with their transition history, filtered by session and creation time."""
+        clauses, params = [], []
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            params.append(session_id)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._conn.execute(f"SELECT * FROM offers {where} ORDER BY id", params).fetchall()
+        entries = []
+        for row in rows:
+            steps = self._conn.execute(
+                "SELECT state, at, actor, reason FROM offer_transitions WHERE offer_id = ? "
+                "ORDER BY id",
+                (row["id"],),
+            ).fetchall()
+            entries.append(
+                LogEntry(
+                    offer=_offer_from_row(row),
+                    transitions=tuple(
+                        (s["state"], s["at"], s["actor"], s["reason"]) for s in steps
+                    ),
+                )
+            )
+        return entries
+
+    def unsettled_offers(self) -> list[Offer]:
+        """Offers whose current state still has side effects to carry out (resumed at start)."""
+        rows = self._conn.execute(
+            "SELECT * FROM offers WHERE settled_state IS NULL OR settled_state != state "
+            "ORDER BY id"
+        ).fetchall()
+        return [_offer_from_row(row) for row in rows]
+
+    def mark_settled(self, offer_id: int, state: OfferState) -> None:
+        """Record that every side effect of ``state`` has been carried out."""
+        self._conn.execute(
+            "UPDATE offers SET settled_state = ? WHERE id = ? AND state = ?",
+            (state.value, offer_id, state.value),
+        )
+
+    def is_settled(self, offer_id: int) -> bool:
+        """Whether the offer's current state has had all its side effects."""
+        row = self._conn.execute(
+            "SELECT settled_state = state AS done FROM offers WHERE id = ?", (offer_id,)
+        ).fetchone()
+        return bool(row and row["done"])
+
+    # -- the per-session job queue ------------------------------------------------------------
+
+    def enqueue(
+        self, session_id: int, kind: str, payload: dict[str, Any], handled_event: str | None = None
+    ) -> int:
+        """Queue work for a session; marks the inbound event handled in the same transaction."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO jobs(session_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                (session_id, kind, json.dumps(payload), time.time()),
+            )
+            if handled_event is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO handled_events(event_id, handled_at) VALUES (?, ?)",
+                    (handled_event, time.time()),
+                )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def next_job(self, session_id: int) -> Job | None:
+        """The oldest queued job of a session."""
+        row = self._conn.execute(
+            "SELECT * FROM jobs WHERE session_id = ? ORDER BY id LIMIT 1", (session_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Job(row["id"], row["session_id"], row["kind"], json.loads(row["payload"]),
+                   row["attempts"])
+
+    def finish_job(self, job_id: int) -> None:
+        """Remove a job that is done (or given up on)."""
+        self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def count_attempt(self, job_id: int) -> None:
+        """Note one more failed attempt at a job."""
+        self._conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
+
+    def sessions_with_jobs(self) -> list[int]:
+        """Sessions that have queued work (resumed at start)."""
+        rows = self._conn.execute("SELECT DISTINCT session_id FROM jobs ORDER BY session_id")
+        return [row["session_id"] for row in rows.fetchall()]
+
+    # -- inbound events and the outbox ------------------------------------------------------
+
+    def is_handled(self, event_id: str) -> bool:
+        """Whether an inbound event was already handled (so a replayed batch skips it)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return row is not None
+
+    def mark_handled(self, event_id: str) -> None:
+        """Remember that an inbound event has been handled."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO handled_events(event_id, handled_at) VALUES (?, ?)",
+            (event_id, time.time()),
+        )
+
+    def sent_event(self, txn_id: str) -> str | None:
+        """The event id a transaction id already produced, if it was sent before."""
+        row = self._conn.execute(
+            "SELECT event_id FROM outbox WHERE txn_id = ?", (txn_id,)
+        ).fetchone()
+        return None if row is None else row["event_id"]
+
+    def record_sent(self, txn_id: str, room_id: str, event_id: str) -> None:
+        """Remember what a transaction id produced, beyond the homeserver's 24 h memory."""
+        now = time.time()
+        self._conn.execute(
+            "INSERT INTO outbox(txn_id, room_id, event_id, created_at, sent_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(txn_id) DO UPDATE SET event_id = excluded.event_id, "
+            "sent_at = excluded.sent_at",
+            (txn_id, room_id, event_id, now, now),
+        )
