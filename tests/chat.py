@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nio import AsyncClient, Event, InviteMemberEvent, MegolmEvent, RoomCreateResponse
+from nio import (
+    AsyncClient,
+    Event,
+    InviteMemberEvent,
+    MegolmEvent,
+    MemoryDownloadResponse,
+    RoomCreateResponse,
+    UploadResponse,
+)
+from nio.crypto.attachments import decrypt_attachment
 
 from bot import config as config_module
 from bot.app import Parcel
@@ -105,6 +115,56 @@ class Person:
         response = await self.client.room_send(room_id, "m.room.message", content,
                                                ignore_unverified_devices=True)
         return response.event_id
+
+    async def send_file(
+        self,
+        room_id: str,
+        data: bytes,
+        name: str,
+        mimetype: str,
+        msgtype: str = "m.file",
+        *,
+        encrypt: bool = False,
+        info: dict[str, Any] | None = None,
+    ) -> str:
+        """Upload ``data`` and post it as a file message, like a client would."""
+        response, keys = await self.client.upload(
+            lambda *_: io.BytesIO(data), content_type="application/octet-stream" if encrypt
+            else mimetype, filename=name, encrypt=encrypt, filesize=len(data),
+        )
+        assert isinstance(response, UploadResponse), response
+        content: dict[str, Any] = {
+            "msgtype": msgtype,
+            "body": name,
+            "info": info if info is not None else {"mimetype": mimetype, "size": len(data)},
+        }
+        if encrypt:
+            assert keys is not None
+            content["file"] = {**keys, "url": response.content_uri}
+        else:
+            content["url"] = response.content_uri
+        sent = await self.client.room_send(room_id, "m.room.message", content,
+                                           ignore_unverified_devices=True)
+        return sent.event_id
+
+    async def download(self, content: dict[str, Any]) -> bytes:
+        """The bytes of a received media message (decrypted if it is encrypted)."""
+        if "file" in content:
+            response = await self.client.download(content["file"]["url"])
+            assert isinstance(response, MemoryDownloadResponse), response
+            return decrypt_attachment(response.body, content["file"]["key"]["k"],
+                                      content["file"]["hashes"]["sha256"], content["file"]["iv"])
+        response = await self.client.download(content["url"])
+        assert isinstance(response, MemoryDownloadResponse), response
+        return response.body
+
+    def reactions_on(self, room_id: str, event_id: str) -> list[dict[str, Any]]:
+        """Reactions seen on an event."""
+        return [
+            e for e in self.events[room_id]
+            if e.get("type") == "m.reaction"
+            and e["content"].get("m.relates_to", {}).get("event_id") == event_id
+        ]
 
     async def react(self, room_id: str, event_id: str, key: str) -> str:
         """React to an event."""

@@ -333,10 +333,18 @@ def test_load_resolves_data_dir_against_the_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overlay", "field", "expected"),
     [
-        ("homeserver: 'https://hs.example.org/matrix/'", "homeserver", "https://hs.example.org/matrix"),
+        (
+            "homeserver: 'https://hs.example.org/matrix/'",
+            "homeserver",
+            "https://hs.example.org/matrix",
+        ),
         ("logging: {level: warning}", "logging.level", "WARNING"),
         ("logging: {format: Json}", "logging.format", "json"),
-        ("policy: {scanner_failure: ALLOW, scanner: [s, '{path}']}", "policy.scanner.on_failure", "allow"),
+        (
+            "policy: {scanner_failure: ALLOW, scanner: [s, '{path}']}",
+            "policy.scanner.on_failure",
+            "allow",
+        ),
         ("encryption: false", "agents.room_encryption", False),
         ("encryption: false", "encryption", False),
         ("agents: {room_encryption: false}", "agents.room_encryption", False),
@@ -345,7 +353,11 @@ def test_load_resolves_data_dir_against_the_config_file(tmp_path: Path) -> None:
         ("reactions: {accept: '✔️', decline: '✖️'}", "reactions.decline", "✖️"),
         ("allowed_servers: [a.org, a.org, b.org]", "allowed_servers", ("a.org", "b.org")),
         ("policy: {offer_ttl: 1h30m}", "policy.offer_ttl", 5400.0),
-        ("messages: {agent_room_name: 'Session {session}'}", "messages.agent_room_name", "Session {session}"),
+        (
+            "messages: {agent_room_name: 'Session {session}'}",
+            "messages.agent_room_name",
+            "Session {session}",
+        ),
     ],
 )
 def test_values_are_normalised(overlay: str, field: str, expected: object) -> None:
@@ -373,11 +385,23 @@ VALIDATION_CASES = [
     ("homeserver: ftp://x", 'homeserver: expected an http:// or https:// URL, got "ftp://x"'),
     ("homeserver: 8008", "homeserver: expected an http:// or https:// URL, got 8008"),
     ("homeserver: 'https://'", 'homeserver: expected an http:// or https:// URL, got "https://"'),
-    ("homeserver: 'http://[::1'", 'homeserver: expected an http:// or https:// URL, got "http://[::1"'),
-    ("homeserver: 'http://h:99999'", 'homeserver: expected an http:// or https:// URL, got "http://h:99999"'),
+    (
+        "homeserver: 'http://[::1'",
+        'homeserver: expected an http:// or https:// URL, got "http://[::1"',
+    ),
+    (
+        "homeserver: 'http://h:99999'",
+        'homeserver: expected an http:// or https:// URL, got "http://h:99999"',
+    ),
     ("user_id: null", "user_id: missing required key"),
-    ("user_id: parcel", 'user_id: expected a Matrix user id like "@parcel:example.org", got "parcel"'),
-    ("user_id: '@parcel'", 'user_id: expected a Matrix user id like "@parcel:example.org", got "@parcel"'),
+    (
+        "user_id: parcel",
+        'user_id: expected a Matrix user id like "@parcel:example.org", got "parcel"',
+    ),
+    (
+        "user_id: '@parcel'",
+        'user_id: expected a Matrix user id like "@parcel:example.org", got "@parcel"',
+    ),
     ("password: 1234", "password: expected a string, got a number (quote it in YAML)"),
     ("access_token: [a]", "access_token: expected a string, got a list (quote it in YAML)"),
     (
@@ -399,13 +423,19 @@ VALIDATION_CASES = [
         'allowed_servers[0]: expected a homeserver name like "example.org", got "@a:b"',
     ),
     # agents
-    ("agents: ['@a:b']", "agents: expected a mapping with the keys users, room_encryption, label, got a list"),
+    (
+        "agents: ['@a:b']",
+        "agents: expected a mapping with the keys users, room_encryption, label, got a list",
+    ),
     ("agents: {users: '@a:b'}", 'agents.users: expected a list of Matrix user ids, got "@a:b"'),
     (
         "agents: {users: ['@a:example.org', alice]}",
         'agents.users[1]: expected a Matrix user id like "@alice:example.org", got "alice"',
     ),
-    ("agents: {users: [{a: 1}]}", "agents.users[0]: expected a Matrix user id like \"@alice:example.org\", got a mapping"),
+    (
+        "agents: {users: [{a: 1}]}",
+        'agents.users[0]: expected a Matrix user id like "@alice:example.org", got a mapping',
+    ),
     (
         "agents: {users: ['@alice:example.org', '@b:example.org', '@alice:example.org']}",
         'agents.users[2]: duplicate of agents.users[0] ("@alice:example.org")',
@@ -415,21 +445,30 @@ VALIDATION_CASES = [
         "agents.users[0]: is the bot's own user id (user_id); list the human agents",
     ),
     ("agents: {label: 5}", "agents.label: expected a string, got 5"),
-    ("agents: {room_encryption: sure}", 'agents.room_encryption: expected true or false, got "sure"'),
+    (
+        "agents: {room_encryption: sure}",
+        'agents.room_encryption: expected true or false, got "sure"',
+    ),
     (
         "{encryption: false, agents: {room_encryption: true}}",
         "agents.room_encryption: cannot be true while encryption is false "
         "(the bot could not read encrypted rooms)",
     ),
     # policy
-    ("policy: [max_size]", "policy: expected a mapping with the keys max_size, offer_ttl, allowed_types, "
-     "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, customer_to_agent, "
-     'agent_to_customer, got a list'),
+    (
+        "policy: [max_size]",
+        "policy: expected a mapping with the keys max_size, offer_ttl, allowed_types, "
+        "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
+        "customer_to_agent, agent_to_customer, got a list",
+    ),
     ("policy: {max_size: lots}", 'policy.max_size: expected a size like "25MB", got "lots"'),
     ("policy: {max_size: 0}", "policy.max_size: must be greater than 0, got 0"),
     ("policy: {max_size: -1MB}", 'policy.max_size: a size cannot be negative, got "-1MB"'),
     ("policy: {max_size: yes}", 'policy.max_size: expected a size like "25MB", got true'),
-    ("policy: {max_size: 10 parsecs}", f'policy.max_size: unknown size unit "parsecs" in "10 parsecs"; {SIZE_UNITS}'),
+    (
+        "policy: {max_size: 10 parsecs}",
+        f'policy.max_size: unknown size unit "parsecs" in "10 parsecs"; {SIZE_UNITS}',
+    ),
     (
         "policy: {customer_to_agent: {max_size: 0MB}}",
         'policy.customer_to_agent.max_size: must be greater than 0, got "0MB"',
@@ -444,7 +483,8 @@ VALIDATION_CASES = [
     ("policy: {offer_ttl: -5m}", 'policy.offer_ttl: a duration cannot be negative, got "-5m"'),
     (
         "policy: {allowed_types: image/*}",
-        'policy.allowed_types: expected a list of MIME type patterns like ["image/*"], got "image/*"',
+        "policy.allowed_types: expected a list of MIME type patterns like "
+        '["image/*"], got "image/*"',
     ),
     ("policy: {blocked_types: [pdf]}", f'policy.blocked_types[0]: {MIME}, got "pdf"'),
     (
@@ -455,29 +495,57 @@ VALIDATION_CASES = [
         "policy: {customer_to_agent: {blocked_types: [image/ png]}}",
         f'policy.customer_to_agent.blocked_types[0]: {MIME}, got "image/ png"',
     ),
-    ("policy: {block_executables: nope}", 'policy.block_executables: expected true or false, got "nope"'),
+    (
+        "policy: {block_executables: nope}",
+        'policy.block_executables: expected true or false, got "nope"',
+    ),
     (
         "policy: {scanner: 'clamdscan {path}'}",
-        f'policy.scanner: expected a list of strings like {SCANNER_EXAMPLE}, got "clamdscan {{path}}"',
+        f"policy.scanner: expected a list of strings like {SCANNER_EXAMPLE}, "
+        'got "clamdscan {path}"',
     ),
-    ("policy: {scanner: []}", f"policy.scanner: expected a command like {SCANNER_EXAMPLE}, got an empty one"),
+    (
+        "policy: {scanner: []}",
+        f"policy.scanner: expected a command like {SCANNER_EXAMPLE}, got an empty one",
+    ),
     (
         "policy: {scanner: [clamdscan]}",
-        'policy.scanner: the command must contain the placeholder "{path}" in one of its arguments, '
-        f"e.g. {SCANNER_EXAMPLE}",
+        'policy.scanner: the command must contain the placeholder "{path}" in one of its '
+        f"arguments, e.g. {SCANNER_EXAMPLE}",
     ),
     ("policy: {scanner: [clamdscan, 5]}", "policy.scanner[1]: expected a string, got 5"),
-    ("policy: {scanner_timeout: -5s}", 'policy.scanner_timeout: a duration cannot be negative, got "-5s"'),
-    ("policy: {scanner_failure: maybe}", 'policy.scanner_failure: expected "reject" or "allow", got "maybe"'),
+    (
+        "policy: {scanner_timeout: -5s}",
+        'policy.scanner_timeout: a duration cannot be negative, got "-5s"',
+    ),
+    (
+        "policy: {scanner_failure: maybe}",
+        'policy.scanner_failure: expected "reject" or "allow", got "maybe"',
+    ),
     # wording
     ("reactions: {accept: ''}", "reactions.accept: must not be empty"),
-    ("reactions: {accept: ok go}", 'reactions.accept: expected a single emoji without spaces, got "ok go"'),
-    ("reactions: {decline: \"\u2705\ufe0f\"}", 'reactions.decline: must differ from reactions.accept (both are "✅")'),
-    ("reactions: {accept: '❌'}", 'reactions.decline: must differ from reactions.accept (both are "❌")'),
+    (
+        "reactions: {accept: ok go}",
+        'reactions.accept: expected a single emoji without spaces, got "ok go"',
+    ),
+    (
+        'reactions: {decline: "\u2705\ufe0f"}',
+        'reactions.decline: must differ from reactions.accept (both are "✅")',
+    ),
+    (
+        "reactions: {accept: '❌'}",
+        'reactions.decline: must differ from reactions.accept (both are "❌")',
+    ),
     ("messages: {welcome: 3}", "messages.welcome: expected a string, got 3"),
     ("messages: {welcome: '  '}", "messages.welcome: must not be empty"),
-    ("messages: {agent_room_name: '{name}'}", f'messages.agent_room_name: unknown placeholder "{{name}}"; {TEMPLATE_HELP}'),
-    ("messages: {agent_room_name: 'Room {}'}", f'messages.agent_room_name: unknown placeholder "{{}}"; {TEMPLATE_HELP}'),
+    (
+        "messages: {agent_room_name: '{name}'}",
+        f'messages.agent_room_name: unknown placeholder "{{name}}"; {TEMPLATE_HELP}',
+    ),
+    (
+        "messages: {agent_room_name: 'Room {}'}",
+        f'messages.agent_room_name: unknown placeholder "{{}}"; {TEMPLATE_HELP}',
+    ),
     (
         "messages: {agent_room_name: '{customer.name}'}",
         f'messages.agent_room_name: unknown placeholder "{{customer.name}}"; {TEMPLATE_HELP}',
@@ -494,18 +562,36 @@ VALIDATION_CASES = [
     ),
     # operations
     ("media: {transfer_timeout: forever}", f'media.transfer_timeout: {DURATION}, got "forever"'),
-    ("media: {purge_refused: yes please}", 'media.purge_refused: expected true or false, got "yes please"'),
-    ("logging: {level: verbose}", 'logging.level: expected one of DEBUG, INFO, WARNING, ERROR, got "verbose"'),
+    (
+        "media: {purge_refused: yes please}",
+        'media.purge_refused: expected true or false, got "yes please"',
+    ),
+    (
+        "logging: {level: verbose}",
+        'logging.level: expected one of DEBUG, INFO, WARNING, ERROR, got "verbose"',
+    ),
     ("logging: {format: xml}", 'logging.format: expected "text" or "json", got "xml"'),
-    ("metrics: '127.0.0.1:9108'", 'metrics: expected a mapping with the keys listen, got "127.0.0.1:9108"'),
+    (
+        "metrics: '127.0.0.1:9108'",
+        'metrics: expected a mapping with the keys listen, got "127.0.0.1:9108"',
+    ),
     ("metrics: {}", "metrics.listen: missing required key"),
     ("metrics: {listen: 9108}", f"metrics.listen: {LISTEN}, got 9108"),
     ("metrics: {listen: '::1:9108'}", f'metrics.listen: {LISTEN}, got "::1:9108"'),
     ("metrics: {listen: '[nope]:9108'}", f'metrics.listen: {LISTEN}, got "[nope]:9108"'),
-    ("metrics: {listen: '127.0.0.1:70000'}", "metrics.listen: port must be between 1 and 65535, got 70000"),
+    (
+        "metrics: {listen: '127.0.0.1:70000'}",
+        "metrics.listen: port must be between 1 and 65535, got 70000",
+    ),
     ("metrics: {listen: '127.0.0.1:0'}", "metrics.listen: port must be between 1 and 65535, got 0"),
-    ("retention: {purge_after: 0s}", 'retention.purge_after: must be longer than 0 seconds, got "0s"'),
-    ("retention: {redact_delivered_on_close: 1}", "retention.redact_delivered_on_close: expected true or false, got 1"),
+    (
+        "retention: {purge_after: 0s}",
+        'retention.purge_after: must be longer than 0 seconds, got "0s"',
+    ),
+    (
+        "retention: {redact_delivered_on_close: 1}",
+        "retention.redact_delivered_on_close: expected true or false, got 1",
+    ),
 ]
 
 
@@ -532,11 +618,17 @@ def test_validation_error_names_the_key(overlay: str, message: str) -> None:
         ("agents: {user: []}", "agents.user: unknown key (did you mean 'users'?)"),
         ("metrics: {listen_port: 1}", "metrics.listen_port: unknown key (did you mean 'listen'?)"),
         ("logging: {levle: INFO}", "logging.levle: unknown key (did you mean 'level'?)"),
-        ("agents: {scaner_timeout: 1}", "agents.scaner_timeout: unknown key (did you mean 'policy.scanner_timeout'?)"),
+        (
+            "agents: {scaner_timeout: 1}",
+            "agents.scaner_timeout: unknown key (did you mean 'policy.scanner_timeout'?)",
+        ),
         ("reactions: {zzz: 1}", "reactions.zzz: unknown key (known keys here: accept, decline)"),
-        ("policy: {1: x}", "policy.1: unknown key (known keys here: max_size, offer_ttl, allowed_types, "
-         "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
-         "customer_to_agent, agent_to_customer)"),
+        (
+            "policy: {1: x}",
+            "policy.1: unknown key (known keys here: max_size, offer_ttl, allowed_types, "
+            "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
+            "customer_to_agent, agent_to_customer)",
+        ),
     ],
 )
 def test_unknown_key_suggests_the_closest_known_key(overlay: str, message: str) -> None:
@@ -630,8 +722,14 @@ def test_load_directory_and_bad_encoding(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("policy:\n  max_size: 1MB\n  max_size: 2MB\n", "policy.max_size: duplicate key on line 3 (first set on line 2)"),
-        ("agents: {}\nuser_id: x\nagents: {}\n", "agents: duplicate key on line 3 (first set on line 1)"),
+        (
+            "policy:\n  max_size: 1MB\n  max_size: 2MB\n",
+            "policy.max_size: duplicate key on line 3 (first set on line 2)",
+        ),
+        (
+            "agents: {}\nuser_id: x\nagents: {}\n",
+            "agents: duplicate key on line 3 (first set on line 1)",
+        ),
     ],
 )
 def test_load_refuses_duplicate_keys(tmp_path: Path, content: str, message: str) -> None:
@@ -646,9 +744,30 @@ def test_load_refuses_duplicate_keys(tmp_path: Path, content: str, message: str)
 def test_no_raw_exception_escapes_for_odd_input() -> None:
     """Random odd values anywhere in the tree give a ConfigError, never KeyError/TypeError."""
     odd: list[object] = [
-        None, True, 0, -1, 1.5, float("inf"), float("nan"), "", "x", "@a:b", "25MB", "{",
-        "{}", "[::1]:9108", [], [1], [None], [[1]], {}, {"a": 1}, {1: 2}, {None: 1},
-        b"\x00", "a" * 300,
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        float("inf"),
+        float("nan"),
+        "",
+        "x",
+        "@a:b",
+        "25MB",
+        "{",
+        "{}",
+        "[::1]:9108",
+        [],
+        [1],
+        [None],
+        [[1]],
+        {},
+        {"a": 1},
+        {1: 2},
+        {None: 1},
+        b"\x00",
+        "a" * 300,
     ]
     paths = list(known_keys()) + ["agents", "policy", "metrics", "policy.customer_to_agent"]
     rng = random.Random(1234)
@@ -835,7 +954,7 @@ def test_example_config_lists_every_known_key() -> None:
 
 
 def test_example_config_comments_every_key_with_its_default() -> None:
-    """Every key line has a comment (above or inline) giving its default or saying it is required."""
+    """Every key has a comment (above or inline) giving its default or saying it is required."""
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines):
         match = re.match(r"^\s*([a-z_]+):", line)
