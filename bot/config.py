@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 ENV_PASSWORD = "PARCEL_PASSWORD"
 ENV_ACCESS_TOKEN = "PARCEL_ACCESS_TOKEN"
@@ -548,18 +548,14 @@ class _Section:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def has(self, name: str) -> bool:
-        """Whether the key is set to something other than null."""
-        return self.data.get(name) is not None
-
-    def get(self, name: str, convert: Callable[[object], T], default: T) -> T:
+    def get(self, name: str, convert: Callable[[object], _T], default: _T) -> _T:
         """The converted value, or ``default`` when the key is absent or null."""
         value = self.data.get(name)
         if value is None:
             return default
         return _convert(self.key(name), value, convert)
 
-    def required(self, name: str, convert: Callable[[object], T]) -> T:
+    def required(self, name: str, convert: Callable[[object], _T]) -> _T:
         """The converted value; absent or null is an error."""
         value = self.data.get(name)
         if value is None:
@@ -567,8 +563,8 @@ class _Section:
         return _convert(self.key(name), value, convert)
 
     def items(
-        self, name: str, convert: Callable[[object], T], expected: str
-    ) -> tuple[T, ...] | None:
+        self, name: str, convert: Callable[[object], _T], expected: str
+    ) -> tuple[_T, ...] | None:
         """A list converted item by item (errors name ``key[i]``); None when absent or null."""
         value = self.data.get(name)
         if value is None:
@@ -593,7 +589,7 @@ class _Section:
         return _Section(value, self.key(name))
 
 
-def _convert(key: str, value: object, convert: Callable[[object], T]) -> T:
+def _convert(key: str, value: object, convert: Callable[[object], _T]) -> _T:
     try:
         return convert(value)
     except ValueError as exc:
@@ -605,7 +601,8 @@ def _key_text(key: object) -> str:
 
 
 def _suggestion(name: str, schema: _Schema) -> str:
-    """Advice for an unknown key: the same name elsewhere, a close local match, or the list."""
+    """Advice for an unknown key, best first: the same name in another section, a close match
+    in this section, a close match anywhere, or else the list of keys this section knows."""
     elsewhere = sorted(
         (path for path, _ in _walk_schema(_SCHEMA) if path.rsplit(".", 1)[-1] == name),
         key=lambda path: (path.count("."), path),
