@@ -175,7 +175,7 @@ class Person:
         return response.event_id
 
 
-def bot_config(homeserver: Homeserver, bot: RegisteredUser, agents: list[str], data_dir: Path,
+def bot_config(homeserver: Homeserver, bot: RegisteredUser, agent_ids: list[str], data_dir: Path,
                **overrides: Any) -> Config:
     """A bot configuration for the test homeserver."""
     raw: dict[str, Any] = {
@@ -185,7 +185,7 @@ def bot_config(homeserver: Homeserver, bot: RegisteredUser, agents: list[str], d
         "device_name": "parcel-test",
         "data_dir": str(data_dir),
         "encryption": True,
-        "agents": {"users": agents, "room_encryption": False},
+        "agents": {"users": agent_ids, "room_encryption": False},
         "policy": {"max_size": "5MB", "offer_ttl": "1h"},
     }
     for key, value in overrides.items():

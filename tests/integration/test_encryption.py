@@ -1,0 +1,44 @@
+"""End-to-end encryption: encrypted DM, encrypted agent room, encrypted media in and out."""
+
+from __future__ import annotations
+
+from tests import samples
+from tests.chat import OFFER_KEY
+from tests.conftest import Chat
+
+ACCEPT = "\u2705"
+
+
+async def test_encrypted_chat_relays_text_and_redelivers_an_encrypted_image(start_chat) -> None:
+    """In encrypted rooms text flows both ways and an accepted image arrives re-encrypted."""
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True})
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    assert agent.client.rooms[chat.agent_room].encrypted
+
+    await customer.say(chat.customer_room, "secret hello")
+    await agent.until(lambda: "Carol: secret hello" in agent.bodies(chat.agent_room),
+                      "the decrypted relay in the agent room")
+    await agent.say(chat.agent_room, "secret answer")
+    await customer.until(
+        lambda: "Alice (support): secret answer" in customer.bodies(chat.customer_room),
+        "the decrypted relay in the customer room",
+    )
+
+    image = samples.png(40, 30, "blue")
+    await customer.send_file(chat.customer_room, image, "photo.png", "image/png", "m.image",
+                             encrypt=True)
+    await agent.until(lambda: agent.offers(chat.agent_room), "the offer card")
+    card = agent.offers(chat.agent_room)[0]
+    await agent.react(chat.agent_room, card["event_id"], ACCEPT)
+    await agent.until(lambda: agent.media_events(chat.agent_room), "the delivered image")
+    delivered = agent.media_events(chat.agent_room)[0]["content"]
+    assert "file" in delivered and "url" not in delivered
+    assert await agent.download(delivered) == image
+    offer_id = card["content"][OFFER_KEY]["id"]
+    await customer.until(lambda: customer.offer_state(chat.customer_room, offer_id) == "accepted",
+                         "the status line edited to accepted")
+    sent = [e for e in customer.messages(chat.customer_room) if "file" in e["content"]]
+    assert sent[0]["content"]["file"]["key"]["k"] != delivered["file"]["key"]["k"]
+    assert sent[0]["content"]["file"]["url"] != delivered["file"]["url"]
+    assert customer.undecryptable == [] and agent.undecryptable == []
