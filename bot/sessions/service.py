@@ -107,7 +107,8 @@ class SessionService:
         allowed = self._config.allowed_servers
         if allowed and server_of(inviter) not in allowed:
             logger.info("refusing invite to %s from %s: server not allowed", room_id, inviter)
-            await self._refuse(room_id, inviter)
+            # Telling them needs the room from a later sync: not inline in this one.
+            self._tasks.spawn(self._refuse(room_id, inviter), name=f"refuse-{room_id}")
             return
         name = await self._profile_name(inviter)
         session, created = self._store.create_session(room_id, inviter, name)

@@ -29,3 +29,45 @@ async def test_invite_opens_session_and_text_relays_both_ways(start_chat) -> Non
     assert customer.bodies(chat.customer_room).count("Alice (support): Hi Carol, let's look") == 1
     relayed = [e for e in agent.messages(chat.agent_room) if "Carol: thanks" in e["content"]["body"]]
     assert relayed[0]["content"]["m.mentions"] == {}
+
+
+async def test_customer_leaving_closes_the_session(start_chat) -> None:
+    """When the customer leaves their room, agents are told and nothing more is relayed."""
+    chat: Chat = await start_chat()
+    await chat.open_session()
+    agent, customer = chat.agent, chat.customer
+    await customer.client.room_leave(chat.customer_room)
+    await agent.until(lambda: any("left the chat" in b for b in agent.bodies(chat.agent_room)),
+                      "the closing notice in the agent room")
+    await agent.say(chat.agent_room, "are you there?")
+    await agent.say(chat.agent_room, "!help")
+    # The session is closed: the bot neither relays nor answers commands any more.
+    await agent.until(lambda: "are you there?" in agent.bodies(chat.agent_room), "own message")
+    assert not any("Commands" in b for b in agent.bodies(chat.agent_room))
+
+
+async def test_invite_from_an_agent_opens_no_session(start_chat) -> None:
+    """An agent inviting the bot does not start a customer session."""
+    chat: Chat = await start_chat()
+    agent = chat.agent
+    room_id = await agent.open_chat_with(chat.bot_user.user_id)
+    await agent.until(
+        lambda: any(e.get("type") == "m.room.member" and e.get("state_key") == chat.bot_user.user_id
+                    and e["content"].get("membership") == "leave"
+                    for e in agent.events[room_id]),
+        "the bot declining the invite",
+    )
+    assert agent.client.invited_rooms == {}
+    assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
+    assert chat.bot.parcel.store.sessions() == []
+
+
+async def test_servers_outside_allowed_servers_cannot_open_sessions(start_chat) -> None:
+    """With allowed_servers set, a user of another server is told no and no session opens."""
+    chat: Chat = await start_chat(allowed_servers=["elsewhere.example"])
+    customer = chat.customer
+    room_id = await customer.open_chat_with(chat.bot_user.user_id)
+    await customer.until(lambda: any("not available" in b for b in customer.bodies(room_id)),
+                         "the refusal notice")
+    assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
+    assert chat.bot.parcel.store.sessions() == []
