@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import signal
+import sys
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from nio import (
     AsyncClient,
     Event,
@@ -17,11 +23,16 @@ from nio import (
     MegolmEvent,
     MemoryDownloadResponse,
     RoomCreateResponse,
+    RoomRedactResponse,
+    RoomSendResponse,
     UploadResponse,
 )
 from nio.crypto.attachments import decrypt_attachment
 
+import yaml
+
 from bot import config as config_module
+from bot import failpoints
 from bot.app import Parcel
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
@@ -174,6 +185,88 @@ class Person:
                                                ignore_unverified_devices=True)
         return response.event_id
 
+    async def send_raw(self, room_id: str, content: dict[str, Any],
+                       event_type: str = "m.room.message") -> str:
+        """Send any content as is (malformed on purpose, say); fails unless the server takes it."""
+        response = await self.client.room_send(room_id, event_type, content,
+                                               ignore_unverified_devices=True)
+        assert isinstance(response, RoomSendResponse), response
+        return response.event_id
+
+    async def redact(self, room_id: str, event_id: str) -> str:
+        """Redact (delete) one of the events in a room."""
+        response = await self.client.room_redact(room_id, event_id)
+        assert isinstance(response, RoomRedactResponse), response
+        return response.event_id
+
+    def bot_bodies(self, room_id: str, bot_id: str) -> list[str]:
+        """Bodies of the bot's messages in a room that are not edits."""
+        return [
+            str(e["content"].get("body")) for e in self.messages(room_id, bot_id)
+            if "m.new_content" not in e["content"]
+        ]
+
+    def replies(self, room_id: str, bot_id: str, start: str) -> list[dict[str, Any]]:
+        """The bot's messages (not edits) in a room whose body starts with ``start``."""
+        return [
+            e for e in self.messages(room_id, bot_id)
+            if "m.new_content" not in e["content"]
+            and str(e["content"].get("body")).startswith(start)
+        ]
+
+    def edits_of(self, room_id: str, event_id: str) -> list[dict[str, Any]]:
+        """The m.replace edits of one event seen in a room, oldest first."""
+        return [
+            e for e in self.messages(room_id)
+            if isinstance(e["content"].get("m.relates_to"), dict)
+            and e["content"]["m.relates_to"].get("rel_type") == "m.replace"
+            and e["content"]["m.relates_to"].get("event_id") == event_id
+        ]
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        """The latest membership of ``user_id`` in a room as seen in its timeline."""
+        state = None
+        for event in self.events[room_id]:
+            if event.get("type") == "m.room.member" and event.get("state_key") == user_id:
+                state = event["content"].get("membership")
+        return state
+
+
+async def barrier(sender: Person, sender_room: str, receiver: Person, receiver_room: str,
+                  timeout: float = 30.0) -> None:
+    """Send a unique text and wait until it is relayed to the other side.
+
+    The bot handles a room's events in order, so once the text is relayed every event sent
+    before it in that room has been handled (its decision, if any, is in the store).
+    """
+    token = f"barrier-{uuid.uuid4().hex[:12]}"
+    await sender.say(sender_room, token)
+    await receiver.until(lambda: any(b.endswith(f": {token}") for b in
+                                     receiver.bodies(receiver_room)),
+                         f"the relayed barrier text {token}", timeout)
+
+
+async def new_person(make_user: Any, make_client: Any, prefix: str, displayname: str,
+                     encrypted: bool = False) -> Person:
+    """Register a user and log a recording client in for them."""
+    user = await make_user(prefix, displayname=displayname)
+    return Person(await make_client(user, encrypted=encrypted), user)
+
+
+def config_yaml(config: Config) -> str:
+    """A YAML configuration file with the settings that locate a running bot's store."""
+    raw = {
+        "homeserver": config.homeserver,
+        "user_id": config.user_id,
+        "password": config.password,
+        "device_name": config.device_name,
+        "data_dir": str(config.data_dir),
+        "encryption": config.encryption,
+        "agents": {"users": list(config.agents.users),
+                   "room_encryption": config.agents.room_encryption},
+    }
+    return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
+
 
 def bot_config(homeserver: Homeserver, bot: RegisteredUser, agent_ids: list[str], data_dir: Path,
                **overrides: Any) -> Config:
@@ -243,3 +336,77 @@ async def first_invite_sender(client: AsyncClient) -> str | None:
             if isinstance(event, InviteMemberEvent):
                 return event.sender
     return None
+
+
+class BotProcess:
+    """The bot as a separate ``parcel-bot run`` process, so a test can SIGKILL it."""
+
+    def __init__(self, config: Config, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.log_path = config.data_dir.parent / f"{config.data_dir.name}-bot.log"
+        write_config(config, config_path)
+
+    async def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
+        """Start ``python -m bot run`` and wait until its first sync is done."""
+        env = dict(os.environ)
+        env.pop(failpoints.ENV_VAR, None)
+        if failpoint:
+            env[failpoints.ENV_VAR] = failpoint
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--log-level", "INFO", "run",
+            "--config", str(self.config_path), stdout=log, stderr=log, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while b"first sync done" not in self._log_since_start():
+            if self.process.returncode is not None:
+                raise AssertionError(f"the bot exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("the bot process did not become ready")
+            await asyncio.sleep(0.1)
+
+    def _log_since_start(self) -> bytes:
+        text = self.log_path.read_bytes()
+        marker = text.rfind(b"Parcel running as")
+        return text[marker:] if marker >= 0 else b""
+
+    async def wait_killed(self, timeout: float = 60.0) -> None:
+        """Wait for the process to die at its failpoint."""
+        assert self.process is not None
+        await asyncio.wait_for(self.process.wait(), timeout)
+        assert self.process.returncode == -signal.SIGKILL, self.process.returncode
+
+    async def kill(self) -> None:
+        """SIGKILL the bot, like a crash."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM the bot and wait for a clean exit."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await asyncio.wait_for(self.process.wait(), 30)
+
+
+def write_config(config: Config, path: Path) -> None:
+    """Write the essentials of ``config`` as YAML for ``parcel-bot`` to read."""
+    policy = config.policy
+    raw = {
+        "homeserver": config.homeserver,
+        "user_id": config.user_id,
+        "password": config.password,
+        "device_name": config.device_name,
+        "data_dir": str(config.data_dir),
+        "encryption": config.encryption,
+        "agents": {"users": list(config.agents.users),
+                   "room_encryption": config.agents.room_encryption},
+        "policy": {"max_size": policy.customer_to_agent.max_size,
+                   "offer_ttl": policy.offer_ttl},
+        "allowed_servers": list(config.allowed_servers),
+        "media": {"purge_refused": config.media.purge_refused},
+    }
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))

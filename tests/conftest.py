@@ -18,7 +18,7 @@ import pytest_asyncio
 from nio import AsyncClient, AsyncClientConfig, KeysUploadError, SyncError
 
 from bot.devserver import Homeserver, RegisteredUser, unique_localpart
-from tests.chat import BotRunner, Person, bot_config
+from tests.chat import BotProcess, BotRunner, Person, bot_config
 from tests.helpers import MakeClient, MakeUser
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ async def make_client(
 class Chat:
     """A running bot with one agent and one customer, ready for a session."""
 
-    bot: BotRunner
+    bot: Any  # BotRunner, or BotProcess for crash tests
     bot_user: RegisteredUser
     agent: Person
     customer: Person
@@ -131,9 +131,9 @@ async def start_chat(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Callable[..., Awaitable[Chat]]]:
     """Factory: ``await start_chat(**config_overrides)`` → a running bot, agent and customer."""
-    runners: list[BotRunner] = []
+    runners: list[Any] = []
 
-    async def start(encrypted: bool = False, **overrides: Any) -> Chat:
+    async def start(encrypted: bool = False, as_process: bool = False, **overrides: Any) -> Chat:
         bot_user = await make_user("parcel", displayname="Parcel")
         agent_user = await make_user("alice", displayname="Alice")
         customer_user = await make_user("carol", displayname="Carol")
@@ -141,7 +141,11 @@ async def start_chat(
         customer = Person(await make_client(customer_user, encrypted=encrypted), customer_user)
         config = bot_config(homeserver, bot_user, [agent_user.user_id],
                             tmp_path_factory.mktemp("parcel-data"), **overrides)
-        runner = BotRunner(config)
+        runner: Any
+        if as_process:
+            runner = BotProcess(config, config.data_dir.parent / f"{config.data_dir.name}.yaml")
+        else:
+            runner = BotRunner(config)
         runners.append(runner)
         await runner.start()
         return Chat(runner, bot_user, agent, customer, homeserver)
@@ -150,4 +154,7 @@ async def start_chat(
         yield start
     finally:
         for runner in runners:
-            await runner.stop()
+            if isinstance(runner, BotProcess):
+                await runner.kill()
+            else:
+                await runner.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 
 from PIL import Image
@@ -28,3 +29,8 @@ def pdf() -> bytes:
 def elf_program() -> bytes:
     """A real executable (this machine's /bin/true)."""
     return Path("/bin/true").read_bytes()
+
+
+def noise(size: int, seed: int = 7) -> bytes:
+    """``size`` bytes of reproducible random data (libmagic calls it application/octet-stream)."""
+    return random.Random(seed).randbytes(size)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bot import render
+from bot import failpoints, render
 from bot.attachments.inspect import inspect_file
 from bot.attachments.mediacrypto import BadEncryptedFile, encrypt_file
 from bot.attachments.model import Direction, Offer, OfferState
@@ -154,6 +154,7 @@ class OfferService:
         if created:
             logger.info("offer %d (session %d): %s from %s, event %s", offer.id, session.id,
                         offer.direction.value, sender, event_id)
+        failpoints.hit("offer-recorded")
         self.schedule(offer.id)
         return offer
 
@@ -385,6 +386,11 @@ class OfferService:
         if offer.temp_path is None or not Path(offer.temp_path).exists():
             self._fail(offer, "the checked copy of the file is missing")
             return
+        txn_id = f"offer-{offer.id}-deliver"
+        already = self._store.sent_event(txn_id)
+        if already is not None:  # sent before a crash that came before recording it
+            self._store.update_offer(offer.id, delivery_event_id=already)
+            return
         source = Path(offer.temp_path)
         room = await self._rooms.ready(recipient_room)
         name = safe_filename(offer.filename)
@@ -400,8 +406,9 @@ class OfferService:
             url = await self._media.upload(source, offer.mimetype or "application/octet-stream",
                                            name)
             content = delivery_content(offer, url, None)
-        event_id = await self._sender.send(recipient_room, content,
-                                           txn_id=f"offer-{offer.id}-deliver")
+        failpoints.hit("delivery-uploaded")
+        event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
+        failpoints.hit("delivery-sent")
         self._store.update_offer(offer.id, delivery_event_id=event_id)
         logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
 

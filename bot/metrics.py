@@ -1,0 +1,205 @@
+"""Prometheus metrics and the health endpoint.
+
+:class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry` (never the global
+one, so several bots in one process, e.g. in tests, do not collide) and offers one small method
+per thing the bot counts. The bot always keeps a ``Metrics`` object; :meth:`Metrics.serve`
+exposes it over HTTP only when ``metrics.listen`` is configured:
+
+* ``GET /metrics``: the text exposition format;
+* ``GET /health``: 200 "ok" while the bot is healthy, 503 with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+logger = logging.getLogger(__name__)
+
+Health = Callable[[], tuple[bool, str]]
+
+# Offer → decision is a person's reaction time: seconds to a day (the default offer TTL).
+DECISION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 24 * 3600)
+# Decision → delivered is download + re-encrypt + upload: sub-second to minutes.
+DELIVERY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def _label(value: str | Enum) -> str:
+    """A label value from a string or a string enum (``Direction``, ``OfferState``)."""
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+class Metrics:
+    """Everything the bot counts, in one registry of its own.
+
+    ``clock`` (monotonic seconds) is injectable for tests; the sync lag is measured from it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = CollectorRegistry()
+        self._clock = clock
+        self._last_sync = clock()
+        self._open_sessions = 0
+        registry = self.registry
+        self._sessions_open = Gauge(
+            "parcel_sessions_open", "Sessions currently open.", registry=registry
+        )
+        self._sessions = Counter(
+            "parcel_sessions", "Sessions opened since the bot started.", registry=registry
+        )
+        self._offers = Counter(
+            "parcel_offers",
+            "Offers that were made (state=offered) or reached a final state, by direction.",
+            ("direction", "state"),
+            registry=registry,
+        )
+        self._rejections = Counter(
+            "parcel_rejections",
+            "Files refused before being offered, by reason code (too_large, infected, ...).",
+            ("reason",),
+            registry=registry,
+        )
+        self._bytes_delivered = Counter(
+            "parcel_bytes_delivered", "Bytes of accepted files delivered.", registry=registry
+        )
+        self._decision_seconds = Histogram(
+            "parcel_offer_decision_seconds",
+            "Time from an offer to the recipient's decision.",
+            buckets=DECISION_BUCKETS,
+            registry=registry,
+        )
+        self._delivery_seconds = Histogram(
+            "parcel_delivery_seconds",
+            "Time from an accept decision to the file being delivered.",
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        )
+        self._homeserver_errors = Counter(
+            "parcel_homeserver_errors",
+            "Failed homeserver requests, by kind (sync, send, upload, download, ...).",
+            ("kind",),
+            registry=registry,
+        )
+        self._homeserver_retries = Counter(
+            "parcel_homeserver_retries",
+            "Homeserver requests retried (rate limits, transient errors).",
+            registry=registry,
+        )
+        self._sync_lag = Gauge(
+            "parcel_sync_lag_seconds",
+            "Seconds since the last successful sync (since start-up before the first one).",
+            registry=registry,
+        )
+        self._sync_lag.set_function(self.sync_lag)
+
+    # --- what the bot calls ------------------------------------------------------------------
+
+    def session_opened(self) -> None:
+        """A new session started."""
+        self._sessions.inc()
+        self.set_sessions_open(self._open_sessions + 1)
+
+    def session_closed(self) -> None:
+        """A session ended (never counts below zero)."""
+        self.set_sessions_open(self._open_sessions - 1)
+
+    def set_sessions_open(self, count: int) -> None:
+        """Set the number of open sessions, e.g. from the store after a restart."""
+        self._open_sessions = max(0, count)
+        self._sessions_open.set(self._open_sessions)
+
+    def offer_state(self, direction: str | Enum, state: str | Enum) -> None:
+        """An offer was made (``offered``) or reached a final state."""
+        self._offers.labels(direction=_label(direction), state=_label(state)).inc()
+
+    def rejected(self, code: str) -> None:
+        """A file was refused; ``code`` is the verdict code (``too_large``, ``infected``...)."""
+        self._rejections.labels(reason=code).inc()
+
+    def decided(self, offer_to_decision_s: float) -> None:
+        """The recipient decided, this many seconds after the offer."""
+        self._decision_seconds.observe(max(0.0, offer_to_decision_s))
+
+    def delivered(self, nbytes: int, decision_to_delivery_s: float) -> None:
+        """An accepted file of ``nbytes`` was delivered, this long after the decision."""
+        self._bytes_delivered.inc(max(0, nbytes))
+        self._delivery_seconds.observe(max(0.0, decision_to_delivery_s))
+
+    def homeserver_error(self, kind: str) -> None:
+        """A homeserver request failed; ``kind`` names the request (``sync``, ``send``...)."""
+        self._homeserver_errors.labels(kind=kind).inc()
+
+    def retry(self) -> None:
+        """A homeserver request is being retried."""
+        self._homeserver_retries.inc()
+
+    def synced(self) -> None:
+        """A sync succeeded just now."""
+        self._last_sync = self._clock()
+
+    def sync_lag(self) -> float:
+        """Seconds since the last successful sync (since creation before the first one)."""
+        return max(0.0, self._clock() - self._last_sync)
+
+    # --- exposition --------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    async def serve(self, host: str, port: int, health: Health) -> web.AppRunner:
+        """Serve ``/metrics`` and ``/health`` on ``host:port`` until the runner is cleaned up.
+
+        ``health()`` returns ``(healthy, detail)``; ``/health`` answers 200 "ok" when healthy,
+        503 with the detail otherwise (and 503 if ``health`` raises). Port 0 picks a free port:
+        read it from ``runner.addresses``. Stop with ``await runner.cleanup()``. Raises
+        OSError if the address cannot be bound.
+        """
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/health", _health_handler(health))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        logger.info("metrics and health endpoint listening on %s", _addresses(runner))
+        return runner
+
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _health_handler(health: Health) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            healthy, detail = health()
+        except Exception as exc:  # noqa: BLE001 - a broken check is "unhealthy", not a 500
+            logger.warning("health check raised", exc_info=True)
+            healthy, detail = False, f"health check failed: {exc}"
+        if healthy:
+            return web.Response(text="ok")
+        return web.Response(status=503, text=detail or "unhealthy")
+
+    return handle
+
+
+def _addresses(runner: web.AppRunner) -> str:
+    return ", ".join(
+        f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+        for addr in runner.addresses
+    )

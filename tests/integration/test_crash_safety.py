@@ -1,0 +1,77 @@
+"""SIGKILL at the interesting points: every offer ends right, delivered exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import samples
+from tests.chat import OFFER_KEY
+from tests.conftest import Chat
+
+ACCEPT = "\u2705"
+
+
+async def _settle_and_check(chat: Chat, image: bytes) -> None:
+    agent, customer = chat.agent, chat.customer
+    await agent.until(lambda: agent.media_events(chat.agent_room), "the delivery")
+    offer_id = agent.offers(chat.agent_room)[0]["content"][OFFER_KEY]["id"]
+    await customer.until(lambda: customer.offer_state(chat.customer_room, offer_id) == "accepted",
+                         "the accepted status line")
+    # A last relay proves the bot has caught up; then count.
+    await customer.say(chat.customer_room, "done?")
+    await agent.until(lambda: "Carol: done?" in agent.bodies(chat.agent_room), "the last relay")
+    assert len(agent.offers(chat.agent_room)) == 1, "the offer was posted twice"
+    assert len(customer.offers(chat.customer_room)) == 1, "the status line was posted twice"
+    assert len(agent.media_events(chat.agent_room)) == 1, "the file was delivered twice"
+    assert await agent.download(agent.media_events(chat.agent_room)[0]["content"]) == image
+    media_dir = chat.bot.config.data_dir / "media"
+    assert list(media_dir.iterdir()) == [], "the temporary copy outlived its offer"
+
+
+async def test_crash_after_the_upload_was_recorded_before_the_offer(start_chat) -> None:
+    """Killed right after recording the upload: the offer is posted once after the restart."""
+    chat: Chat = await start_chat(as_process=True)
+    await chat.bot.stop()
+    await chat.bot.start()
+    await chat.open_session()
+    await chat.bot.stop()
+    await chat.bot.start(failpoint="offer-recorded")
+    image = samples.png(30, 20)
+    await chat.customer.send_file(chat.customer_room, image, "a.png", "image/png", "m.image")
+    await chat.bot.wait_killed()
+    await chat.bot.start()
+    agent = chat.agent
+    await agent.until(lambda: agent.offers(chat.agent_room), "the offer card after restart")
+    await agent.react(chat.agent_room, agent.offers(chat.agent_room)[0]["event_id"], ACCEPT)
+    await _settle_and_check(chat, image)
+
+
+async def test_crash_after_offer_and_accept_while_down(start_chat) -> None:
+    """Killed with an offer pending; ✅ given while down is acted on once it is back."""
+    chat: Chat = await start_chat(as_process=True)
+    await chat.open_session()
+    image = samples.png(31, 21)
+    await chat.customer.send_file(chat.customer_room, image, "b.png", "image/png", "m.image")
+    agent = chat.agent
+    await agent.until(lambda: agent.offers(chat.agent_room), "the offer card")
+    await chat.bot.kill()
+    await agent.react(chat.agent_room, agent.offers(chat.agent_room)[0]["event_id"], ACCEPT)
+    await chat.bot.start()
+    await _settle_and_check(chat, image)
+
+
+@pytest.mark.parametrize("point", ["delivery-uploaded", "delivery-sent"])
+async def test_crash_in_the_middle_of_delivering(start_chat, point: str) -> None:
+    """Killed between upload and send, or after sending: still delivered exactly once."""
+    chat: Chat = await start_chat(as_process=True)
+    await chat.open_session()
+    await chat.bot.stop()
+    await chat.bot.start(failpoint=point)
+    image = samples.png(32, 22)
+    await chat.customer.send_file(chat.customer_room, image, "c.png", "image/png", "m.image")
+    agent = chat.agent
+    await agent.until(lambda: agent.offers(chat.agent_room), "the offer card")
+    await agent.react(chat.agent_room, agent.offers(chat.agent_room)[0]["event_id"], ACCEPT)
+    await chat.bot.wait_killed()
+    await chat.bot.start()
+    await _settle_and_check(chat, image)
