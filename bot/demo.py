@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import shutil
 import signal
 import sys
@@ -366,7 +367,7 @@ class Participant:
                         "edited": False, "reactions": {}}
                 if event.get("event_id") in collapse:
                     first = item["text"].split("\n", 1)[0]
-                    item["text"] = f"{first} (shown below)"
+                    item["text"] = f"{first} … (listed below)"
                 items[event.get("event_id", "")] = item
                 order.append(item)
             elif kind == "m.reaction" and target in items:
@@ -644,6 +645,28 @@ class Demo:
         await self.homeserver.stop()
 
 
+class _QuietNioSessionWarnings(logging.Filter):
+    """Drop nio's "Missing session for device X" warning: it is routine, not a problem.
+
+    nio logs it whenever it is about to claim one-time keys for a device it has not talked
+    to yet, i.e. on the first encrypted message to every new device, then carries on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Missing session for device")
+
+
+@contextlib.contextmanager
+def _quiet_nio() -> Iterator[None]:
+    quiet = _QuietNioSessionWarnings()
+    nio_crypto = logging.getLogger("nio.crypto.log")
+    nio_crypto.addFilter(quiet)
+    try:
+        yield
+    finally:
+        nio_crypto.removeFilter(quiet)
+
+
 @contextlib.contextmanager
 def _signals(handler: Callable[[], None]) -> Iterator[None]:
     """Route SIGINT and SIGTERM to ``handler`` while the demo runs."""
@@ -679,7 +702,7 @@ async def run_demo(keep: bool = False) -> int:
 
     print("Parcel demo: a scripted support chat on a throwaway Matrix homeserver", flush=True)
     code = 0
-    with _signals(on_signal):
+    with _signals(on_signal), _quiet_nio():
         try:
             await demo.setup()
             await demo.play()
@@ -697,7 +720,8 @@ async def run_demo(keep: bool = False) -> int:
             print("parcel-bot demo: interrupted", file=sys.stderr)
             code = 130
         except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
-            print(f"parcel-bot demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            print(f"parcel-bot demo: {type(exc).__name__}: {first}", file=sys.stderr)
             code = 1
         finally:
             try:

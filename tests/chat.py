@@ -314,6 +314,11 @@ class BotRunner:
             raise AssertionError("the bot did not become ready in time")
         return self.parcel
 
+    @property
+    def running(self) -> bool:
+        """Whether the bot's main task is still going."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         """Stop the bot the way SIGTERM does."""
         if self._task is None or self._stop is None:
