@@ -157,13 +157,18 @@ class Participant:
         )
         client.restore_login(user.user_id, user.device_id, user.access_token)
         person = cls(name, user, client, health)
-        synced = await client.sync(timeout=0, full_state=True, sync_filter=SYNC_FILTER)
-        if isinstance(synced, SyncError):
-            raise DemoError(f"{name}'s first sync failed: {synced.message}")
-        if ENCRYPTED and client.should_upload_keys:
-            uploaded = await client.keys_upload()
-            if isinstance(uploaded, KeysUploadError):
-                raise DemoError(f"{name}'s device keys were not accepted: {uploaded.message}")
+        try:
+            synced = await client.sync(timeout=0, full_state=True, sync_filter=SYNC_FILTER)
+            if isinstance(synced, SyncError):
+                raise DemoError(f"{name}'s first sync failed: {synced.message}")
+            if ENCRYPTED and client.should_upload_keys:
+                uploaded = await client.keys_upload()
+                if isinstance(uploaded, KeysUploadError):
+                    raise DemoError(f"{name}'s device keys were not accepted: "
+                                    f"{uploaded.message}")
+        except BaseException:
+            await client.close()
+            raise
         return person
 
     async def _record(self, room: Any, event: Event) -> None:
@@ -627,7 +632,7 @@ class Demo:
             print(f"  {person.name} ({role}): {person.user_id}  password: {person.user.password}")
         print(f"  Element Web/Desktop: sign in with a custom homeserver {url} and a login above "
               "(on this machine: loopback only).")
-        print(f"  Files: {self.base} (bot config: {self.config_path.name})", flush=True)
+        print(f"  Attachment log any time: parcel-bot log --config {self.config_path}", flush=True)
         waiter = asyncio.create_task(stop.wait())
         assert self._bot_task is not None
         await asyncio.wait({waiter, self._bot_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -218,7 +218,8 @@ class Router:
         self, session: Session, side: Side, sender: str, word: str, argument: str
     ) -> render.Message:
         number = argument.lstrip("#")
-        if not number.isdigit() or len(number) > 12:
+        # ASCII digits only: str.isdigit() is also true for "²", which int() refuses.
+        if not (number.isascii() and number.isdigit()) or len(number) > 12:
             return render.command_error(f"!{word} needs an offer number, like !{word} 3.")
         offer, problem = self._offers.decide(session, side, int(number), sender,
                                              accept=word == "accept")

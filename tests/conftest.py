@@ -133,8 +133,11 @@ async def start_chat(
     """Factory: ``await start_chat(**config_overrides)`` → a running bot, agent and customer."""
     runners: list[Any] = []
 
-    async def start(encrypted: bool = False, as_process: bool = False, **overrides: Any) -> Chat:
-        bot_user = await make_user("parcel", displayname="Parcel")
+    async def start(
+        encrypted: bool = False, as_process: bool = False, bot_admin: bool = False,
+        **overrides: Any,
+    ) -> Chat:
+        bot_user = await make_user("parcel", displayname="Parcel", admin=bot_admin)
         agent_user = await make_user("alice", displayname="Alice")
         customer_user = await make_user("carol", displayname="Carol")
         agent = Person(await make_client(agent_user, encrypted=encrypted), agent_user)

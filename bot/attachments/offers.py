@@ -163,12 +163,12 @@ class OfferService:
     ) -> tuple[Offer | None, str | None]:
         """Apply a decision from ``side``'s room; returns (offer, why-not) for command replies."""
         offer = self._store.get_offer(offer_id)
-        if (
-            offer is None
-            or offer.session_id != session.id
-            or sender_side(offer.direction) is side
-        ):
+        if offer is None or offer.session_id != session.id:
             return None, f"There is no offer #{offer_id} waiting for a decision in this chat."
+        if sender_side(offer.direction) is side:
+            recipient = render.side_name(offer.direction, recipient=True)
+            return None, (f"Offer #{offer_id} was sent from this side of the chat; only "
+                          f"{recipient} can accept or decline it.")
         if offer.state is OfferState.INSPECTING:
             return offer, f"Offer #{offer_id} is still being checked; try again in a moment."
         target = OfferState.ACCEPTED if accept else OfferState.DECLINED

@@ -436,14 +436,13 @@ class _Run:
             await self.upload_keys(seeds, replacing=False)
             keys_done = "published new cross-signing keys"
         else:
-            why = (
-                f"the homeserver publishes master key {published.master} for {self.user_id}, "
-                + (
-                    f"but {self.seeds_path} holds {seeds.master.public_key}"
-                    if seeds is not None
-                    else f"and {self.seeds_path} does not exist"
-                )
+            ours = (
+                f"but {self.seeds_path} holds {seeds.master.public_key}"
+                if seeds is not None
+                else f"and {self.seeds_path} does not exist"
             )
+            why = f"the homeserver publishes master key {published.master} for {self.user_id}"
+            why = f"{why}, {ours}"
             if self.password is None:
                 raise _Failed(
                     f"{why}; not replacing the bot's identity without a password (configure "
@@ -476,8 +475,9 @@ class _Run:
             body.get("self_signing_keys", {}).get(self.user_id)
         )
         device = body.get("device_keys", {}).get(self.user_id, {}).get(self.device_id)
-        return _Published(self.master, self.self_signing, device if isinstance(device, dict)
-                          else None)
+        if not isinstance(device, dict):
+            device = None
+        return _Published(self.master, self.self_signing, device)
 
     async def upload_keys(self, seeds: CrossSigningSeeds, *, replacing: bool) -> None:
         """Publish ``seeds``; answer the password challenge if one comes and we may."""
@@ -527,8 +527,9 @@ class _Run:
             "/keys/signatures/upload", {self.user_id: {self.device_id: signed}}
         )
         if reply.status != 200:
-            raise _Failed(f"uploading the signature of device {self.device_id} failed: "
-                          f"{reply.error}")
+            raise _Failed(
+                f"uploading the signature of device {self.device_id} failed: {reply.error}"
+            )
         # Synapse answers 200 even when it rejects a signature; the reasons are in here.
         failures = reply.body.get("failures") or {}
         failure = failures.get(self.user_id, {}).get(self.device_id)
