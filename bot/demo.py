@@ -694,11 +694,13 @@ async def run_demo(keep: bool = False) -> int:
     demo = Demo(base)
     stop = asyncio.Event()
     main = asyncio.current_task()
-    keeping = False
+    keeping = cleaning = False
     interrupted = False
 
     def on_signal() -> None:
         nonlocal interrupted
+        if cleaning:
+            return  # already on the way out
         interrupted = True
         if keeping:
             stop.set()
@@ -729,6 +731,7 @@ async def run_demo(keep: bool = False) -> int:
             print(f"parcel-bot demo: {type(exc).__name__}: {first}", file=sys.stderr)
             code = 1
         finally:
+            cleaning = True
             try:
                 await demo.close()
             finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nio import Api, RoomSendResponse
+
 from tests import samples
 from tests.chat import OFFER_KEY
 from tests.conftest import Chat
@@ -42,3 +44,25 @@ async def test_encrypted_chat_relays_text_and_redelivers_an_encrypted_image(star
     assert sent[0]["content"]["file"]["key"]["k"] != delivered["file"]["key"]["k"]
     assert sent[0]["content"]["file"]["url"] != delivered["file"]["url"]
     assert customer.undecryptable == [] and agent.undecryptable == []
+
+
+async def test_undecryptable_message_asks_the_sender_to_resend(start_chat, monkeypatch) -> None:
+    """A message the bot cannot decrypt is not dropped silently: the sender is asked to resend."""
+    monkeypatch.setattr("bot.router.UNDECRYPTABLE_WAIT", 3.0)
+    chat: Chat = await start_chat(encrypted=True)
+    await chat.open_session(encrypted=True)
+    customer = chat.customer
+    bogus = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEnACgAkLmt6qF84IK++J7UDH2Za1YVchHyprqTqsg",
+        "sender_key": customer.client.olm.account.identity_keys["curve25519"],
+        "session_id": "nosuchsessionnosuchsessionnosuchsession0",
+        "device_id": customer.client.device_id,
+    }
+    method, path, data = Api.room_send(customer.client.access_token, chat.customer_room,
+                                       "m.room.encrypted", bogus, "bogus-1")
+    await customer.client._send(RoomSendResponse, method, path, data, (chat.customer_room,))
+    await customer.until(
+        lambda: any("could not be read" in b for b in customer.bodies(chat.customer_room)),
+        "the please-resend notice",
+    )
