@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nio import AsyncClient
+from nio import AsyncClient, KeysUploadResponse
 
 from bot.attachments.offers import OfferService
 from bot.config import Config
 from bot.matrix.client import Sender, connect
+from bot.matrix.crosssign import CrossSigningStatus, ensure_cross_signed
 from bot.matrix.media import MediaClient
 from bot.matrix.rooms import RoomDirectory
 from bot.matrix.sync import SyncLoop
@@ -30,6 +31,7 @@ class Parcel:
         self.client: AsyncClient | None = None
         self.sync: SyncLoop | None = None
         self.ready = asyncio.Event()
+        self.cross_signing: CrossSigningStatus | None = None
         self._tasks = TaskGroup()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -40,6 +42,8 @@ class Parcel:
         media: MediaClient | None = None
         try:
             self.client = client = await connect(config)
+            if config.encryption:
+                await self._establish_identity(client)
             media = MediaClient(
                 config.homeserver,
                 lambda: client.access_token,
@@ -67,6 +71,22 @@ class Parcel:
             if self.client is not None:
                 await self.client.close()
             store.close()
+
+    async def _establish_identity(self, client: AsyncClient) -> None:
+        """Upload device keys and cross-sign the device, so Element trusts the bot."""
+        if client.should_upload_keys:
+            uploaded = await client.keys_upload()
+            if not isinstance(uploaded, KeysUploadResponse):
+                logger.error("uploading the device keys failed: %s", uploaded)
+                return
+        self.cross_signing = await ensure_cross_signed(
+            client, self.config.data_dir, self.config.password
+        )
+        if self.cross_signing.cross_signed:
+            logger.info("device cross-signed (%s)", self.cross_signing.detail)
+        else:
+            logger.error("the bot's device is NOT cross-signed: %s; Element users who exclude "
+                         "insecure devices will not see its messages", self.cross_signing.detail)
 
     async def _mark_ready(self) -> None:
         assert self.sync is not None

@@ -207,8 +207,10 @@ class Participant:
         self._retry_decryption()
 
     async def until(self, predicate: Callable[[], object], what: str,
-                    timeout: float = STEP_TIMEOUT) -> None:
-        """Sync until ``predicate()`` is true; DemoError naming ``what`` after ``timeout`` s."""
+                    timeout: float | None = None) -> None:
+        """Sync until ``predicate()`` is true; DemoError naming ``what`` after ``timeout`` s
+        (default :data:`STEP_TIMEOUT`)."""
+        timeout = STEP_TIMEOUT if timeout is None else timeout
 
         async def loop() -> None:
             while not predicate():

@@ -44,6 +44,8 @@ async def test_encrypted_chat_relays_text_and_redelivers_an_encrypted_image(star
     assert sent[0]["content"]["file"]["key"]["k"] != delivered["file"]["key"]["k"]
     assert sent[0]["content"]["file"]["url"] != delivered["file"]["url"]
     assert customer.undecryptable == [] and agent.undecryptable == []
+    assert chat.bot.parcel is not None and chat.bot.parcel.cross_signing is not None
+    assert chat.bot.parcel.cross_signing.cross_signed, chat.bot.parcel.cross_signing.detail
 
 
 async def test_undecryptable_message_asks_the_sender_to_resend(start_chat, monkeypatch) -> None:

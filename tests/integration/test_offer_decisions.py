@@ -95,7 +95,7 @@ async def assert_still_offered(chat: Chat, offer_id: int, card: dict[str, Any]) 
     assert stored_state(chat, offer_id) == "offered"
     assert chat.agent.edits_of(chat.agent_room, card["event_id"]) == []
     assert chat.customer.offer_state(chat.customer_room, offer_id) == "offered"
-    assert chat.deliveries(agent, chat.agent_room, chat) == []
+    assert deliveries(chat.agent, chat.agent_room, chat) == []
 
 
 
