@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
 
 from bot.attachments.offers import OfferService
@@ -14,9 +15,10 @@ from bot.matrix.crosssign import CrossSigningStatus, ensure_cross_signed
 from bot.matrix.media import MediaClient
 from bot.matrix.rooms import RoomDirectory
 from bot.matrix.sync import SyncLoop
+from bot.metrics import Metrics
 from bot.router import Router
 from bot.sessions.service import SessionService
-from bot.store import Store
+from bot.store import SessionState, Store
 from bot.tasks import TaskGroup
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class Parcel:
         self.sync: SyncLoop | None = None
         self.ready = asyncio.Event()
         self.cross_signing: CrossSigningStatus | None = None
+        self.metrics = Metrics()
         self._tasks = TaskGroup()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -40,6 +43,7 @@ class Parcel:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store = Store.open(config.data_dir / "parcel.db")
         media: MediaClient | None = None
+        metrics_server: web.AppRunner | None = None
         try:
             self.client = client = await connect(config)
             if config.encryption:
@@ -51,11 +55,18 @@ class Parcel:
             )
             sender = Sender(client, store)
             rooms = RoomDirectory(client)
-            sessions = SessionService(config, store, client, sender, rooms, self._tasks)
-            offers = OfferService(config, store, sender, media, rooms, self._tasks)
+            sessions = SessionService(config, store, client, sender, rooms, self._tasks,
+                                      self.metrics)
+            offers = OfferService(config, store, sender, media, rooms, self._tasks,
+                                  self.metrics)
             sessions.offers = offers
             router = Router(config, store, client, rooms, sessions, offers, self._tasks)
-            self.sync = SyncLoop(client, store, router.handle_batch)
+            self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics)
+            self.metrics.set_sessions_open(len(store.sessions(SessionState.OPEN)))
+            if config.metrics is not None:
+                metrics_server = await self.metrics.serve(
+                    config.metrics.listen_host, config.metrics.listen_port, self.health
+                )
             sessions.resume()
             offers.resume()
             self._tasks.spawn(self._expiry_loop(offers, stop), name="expiry")
@@ -66,6 +77,8 @@ class Parcel:
             logger.info("shutting down")
             # Every piece of work is durable and resumable, so waiting long buys nothing.
             await self._tasks.drain(timeout=2.0)
+            if metrics_server is not None:
+                await metrics_server.cleanup()
             if media is not None:
                 await media.close()
             if self.client is not None:
@@ -87,6 +100,15 @@ class Parcel:
         else:
             logger.error("the bot's device is NOT cross-signed: %s; Element users who exclude "
                          "insecure devices will not see its messages", self.cross_signing.detail)
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy once the first sync is done and while the homeserver answers."""
+        if not self.ready.is_set():
+            return False, "starting: the first sync has not completed"
+        assert self.sync is not None
+        if not self.sync.healthy:
+            return False, "the homeserver is unreachable; retrying"
+        return True, "ok"
 
     async def _mark_ready(self) -> None:
         assert self.sync is not None

@@ -23,12 +23,14 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from nio import (
+    Api,
     AsyncClient,
     AsyncClientConfig,
     Event,
@@ -324,8 +326,27 @@ class Participant:
         return await self._send(room_id, "m.room.message", content)
 
     async def react(self, room_id: str, event_id: str, key: str) -> str:
-        return await self._send(room_id, "m.reaction", {
-            "m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}})
+        """React like Element: in an encrypted room the reaction is encrypted too.
+
+        nio's ``room_send`` sends reactions in the clear, so this encrypts it itself (nio keeps
+        the relation in the clear part, as the spec asks) and sends the result as is.
+        """
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id,
+                                    "key": key}}
+        client = self.client
+        if not (client.olm and client.rooms[room_id].encrypted):
+            return await self._send(room_id, "m.reaction", content)
+        if client.olm.should_share_group_session(room_id):
+            await client.share_group_session(room_id, ignore_unverified_devices=True)
+        event_type, encrypted = client.encrypt(room_id, "m.reaction", content)
+        method, path, data = Api.room_send(client.access_token, room_id, event_type, encrypted,
+                                           uuid.uuid4())
+        response = await client.send(method, path, data,
+                                     headers={"Content-Type": "application/json"})
+        answer = await response.json()
+        if response.status != 200 or "event_id" not in answer:
+            raise DemoError(f"{self.name} could not react: {answer}")
+        return str(answer["event_id"])
 
     async def download(self, content: dict[str, Any]) -> bytes:
         """The bytes of a received media message (decrypted when encrypted)."""
@@ -341,7 +362,7 @@ class Participant:
 
     # -- the transcript ---------------------------------------------------------------------
 
-    def transcript(self, room_id: str, collapse: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    def transcript(self, room_id: str, collapse: Collection[str] = ()) -> list[str]:
         """One line per message as this client shows it: latest text of edits, media, reactions.
 
         Messages whose event id is in ``collapse`` show only their first line.
@@ -361,8 +382,8 @@ class Participant:
             relates = content.get("m.relates_to") or {}
             target = relates.get("event_id")
             if kind == "m.room.encrypted":
-                order.append({"sender": event.get("sender", "?"), "text": "🔒 (could not decrypt)",
-                              "edited": False, "reactions": {}})
+                order.append({"sender": event.get("sender", "?"),
+                              "text": "🔒 (could not decrypt)", "edited": False, "reactions": {}})
             elif kind == "m.room.message" and relates.get("rel_type") == "m.replace" \
                     and target in items:
                 new = content.get("m.new_content")
@@ -405,14 +426,13 @@ def _describe_content(content: dict[str, Any]) -> str:
     msgtype = content.get("msgtype")
     if msgtype in MEDIA_MSGTYPES and ("url" in content or "file" in content):
         info = content.get("info") if isinstance(content.get("info"), dict) else {}
-        facts = []
+        text = f"{MEDIA_MSGTYPES[msgtype]} {content.get('filename') or content.get('body')}"
         if msgtype == "m.image" and info.get("w") and info.get("h"):
-            facts.append(f"{info['w']}×{info['h']}")
+            text += f" {info['w']}×{info['h']}"
         if isinstance(info.get("size"), int):
-            facts.append(human_size(info["size"]))
-        name = content.get("filename") or content.get("body") or "file"
-        lock = " 🔒" if "file" in content else ""
-        return f"[{MEDIA_MSGTYPES[msgtype]} {name} {', '.join(facts)}]{lock}".replace(" ]", "]")
+            text += f", {human_size(info['size'])}"
+        lock = " 🔒" if "file" in content else ""  # sent encrypted
+        return f"[{text}]{lock}"
     body = str(content.get("body", ""))
     if msgtype == "m.emote":
         return f"* {body}"

@@ -20,12 +20,14 @@ from bot import failpoints, render
 from bot.attachments.inspect import inspect_file
 from bot.attachments.mediacrypto import BadEncryptedFile, encrypt_file
 from bot.attachments.model import Direction, Offer, OfferState
-from bot.attachments.policy import evaluate, too_large
+from bot.attachments.policy import Verdict, evaluate, too_large
+from bot.attachments.scanner import scan
 from bot.attachments.text import safe_filename
 from bot.config import Config, DirectionPolicy
 from bot.matrix.client import MatrixError, Sender
 from bot.matrix.media import MediaClient, MediaError, TooLarge
 from bot.matrix.rooms import RoomDirectory
+from bot.metrics import Metrics
 from bot.store import Session, Side, Store
 from bot.tasks import TaskGroup
 
@@ -117,11 +119,13 @@ class OfferService:
         media: MediaClient,
         rooms: RoomDirectory,
         tasks: TaskGroup,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._sender = sender
         self._media = media
+        self._metrics = metrics or Metrics()
         self._rooms = rooms
         self._tasks = tasks
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -179,6 +183,7 @@ class OfferService:
             return current, f"Offer #{offer_id} is already {state}."
         logger.info("offer %d (session %d): %s by %s", offer.id, offer.session_id,
                     target.value, actor)
+        self._metrics.decided(max(0.0, decided.updated_at - offer.updated_at))
         self.schedule(offer.id)
         return decided, None
 
@@ -263,6 +268,7 @@ class OfferService:
         elif offer.state is OfferState.OFFERED:
             await self._post_offer(offer, session)
             self._store.mark_settled(offer.id, OfferState.OFFERED)
+            self._metrics.offer_state(offer.direction, OfferState.OFFERED)
         elif offer.state is OfferState.ACCEPTED:
             if offer.delivery_event_id is None:
                 await self._deliver(offer, session)
@@ -292,7 +298,7 @@ class OfferService:
         final, part = self._paths(offer)
         upload = UploadEvent(json.loads(self._store.source_content(offer.id)))
         if offer.declared_size is not None and offer.declared_size > policy.max_size:
-            self._reject(offer, too_large(offer.declared_size, policy).reason)
+            self._reject(offer, too_large(offer.declared_size, policy))
             return
         try:
             if upload.url is None:
@@ -301,19 +307,25 @@ class OfferService:
                 upload.url, part, max_bytes=policy.max_size, encrypted_file=upload.encrypted_file
             )
         except TooLarge:
-            self._reject(offer, too_large(policy.max_size + 1, policy).reason)
+            self._reject(offer, too_large(policy.max_size + 1, policy))
             return
         except BadEncryptedFile as exc:
-            self._reject(offer, exc.reason)
+            self._reject(offer, Verdict(False, "bad_encryption", exc.reason))
             return
         except MediaError as exc:
-            self._reject(offer, exc.reason)
+            self._reject(offer, Verdict(False, "download_failed", exc.reason))
             return
         part.replace(final)
         facts = await asyncio.to_thread(inspect_file, final, downloaded.sha256)
         verdict = evaluate(facts, offer.filename, offer.declared_mimetype, policy)
+        scanned = False
+        if verdict.allowed and self._config.policy.scanner is not None:
+            result = await scan(final, self._config.policy.scanner)
+            logger.info("offer %d (session %d): scanner says %s", offer.id, session.id,
+                        result.detail)
+            verdict, scanned = result.verdict, result.scanned
         if not verdict.allowed:
-            self._reject(offer, verdict.reason, mimetype=facts.mimetype, size=facts.size,
+            self._reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
                          sha256=facts.sha256)
             return
         moved = self._store.transition(
@@ -325,6 +337,7 @@ class OfferService:
             sha256=facts.sha256,
             width=facts.width,
             height=facts.height,
+            scanned=int(scanned),
         )
         if moved is None:
             final.unlink(missing_ok=True)  # withdrawn or expired while we looked
@@ -332,13 +345,15 @@ class OfferService:
             logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                         session.id, facts.mimetype, facts.size, facts.sha256)
 
-    def _reject(self, offer: Offer, reason: str, **facts: Any) -> None:
+    def _reject(self, offer: Offer, verdict: Verdict, **facts: Any) -> None:
         final, part = self._paths(offer)
         final.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
-        if self._store.transition(offer.id, OfferState.REJECTED, reason=reason, **facts):
-            logger.info("offer %d (session %d): rejected: %s", offer.id, offer.session_id,
-                        reason)
+        if self._store.transition(offer.id, OfferState.REJECTED, reason=verdict.reason,
+                                  **facts):
+            self._metrics.rejected(verdict.code)
+            logger.info("offer %d (session %d): rejected (%s): %s", offer.id, offer.session_id,
+                        verdict.code, verdict.reason)
 
     def _rooms_of(self, offer: Offer, session: Session) -> tuple[str, str]:
         """(sender room, recipient room) of an offer."""
@@ -410,6 +425,7 @@ class OfferService:
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")
         self._store.update_offer(offer.id, delivery_event_id=event_id)
+        self._metrics.delivered(offer.size or 0, max(0.0, time.time() - offer.updated_at))
         logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
 
     def _fail(self, offer: Offer, reason: str) -> None:
@@ -440,6 +456,7 @@ class OfferService:
         if self._config.media.purge_refused and offer.state is not OfferState.ACCEPTED:
             await self._purge_source(offer)
         self._store.mark_settled(offer.id, offer.state)
+        self._metrics.offer_state(offer.direction, offer.state)
 
     async def _edit(self, room_id: str, event_id: str, content: dict[str, Any], txn: str) -> None:
         await self._rooms.ready(room_id)

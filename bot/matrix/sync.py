@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from nio import AsyncClient, SyncResponse
 
+from bot.metrics import Metrics
 from bot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ class SyncLoop:
         *,
         poll_timeout_ms: int = 30_000,
         max_backoff: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._client = client
         self._store = store
         self._handle = handle
@@ -60,6 +63,7 @@ class SyncLoop:
             if not isinstance(response, SyncResponse):
                 failures += 1
                 self.healthy = False
+                self._metrics.homeserver_error("sync")
                 delay = min(self._max_backoff, 2.0 ** min(failures - 1, 10))
                 delay *= 0.75 + random.random() / 2
                 logger.warning(
@@ -81,6 +85,7 @@ class SyncLoop:
             full_state = False
             catching_up = False
             self.last_sync_at = asyncio.get_running_loop().time()
+            self._metrics.synced()
             self.first_sync_done.set()
 
     async def _poll(self, stop: asyncio.Event, since: str | None, full_state: bool) -> object:

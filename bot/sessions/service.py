@@ -13,6 +13,7 @@ from bot import render
 from bot.config import Config
 from bot.matrix.client import MatrixError, Sender
 from bot.matrix.rooms import RoomDirectory
+from bot.metrics import Metrics
 from bot.sessions.naming import disambiguate
 from bot.store import Job, Session, SessionState, Side, Store
 from bot.tasks import TaskGroup
@@ -41,7 +42,9 @@ class SessionService:
         sender: Sender,
         rooms: RoomDirectory,
         tasks: TaskGroup,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._config = config
         self._store = store
         self._client = client
@@ -113,6 +116,7 @@ class SessionService:
         name = await self._profile_name(inviter)
         session, created = self._store.create_session(room_id, inviter, name)
         if created:
+            self._metrics.session_opened()
             logger.info("session %d opened for %s in %s", session.id, inviter, room_id)
         self._store.enqueue(session.id, "open", {})
         self.wake(session.id)
@@ -269,7 +273,8 @@ class SessionService:
 
     async def _run_close(self, session: Session, payload: dict[str, Any]) -> None:
         reason, by = payload["reason"], payload.get("by")
-        self._store.close_session(session.id, reason)
+        if self._store.close_session(session.id, reason):
+            self._metrics.session_closed()
         if self.offers is not None:
             await self.offers.expire_session(session.id, "the chat ended")
         notice = render.session_closed(by, reason)

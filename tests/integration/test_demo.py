@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -28,9 +29,10 @@ def test_demo_plays_the_whole_script_and_cleans_up(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bot", "demo"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)},
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # so leftovers would show up here
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=240,
     )
     took = time.monotonic() - began
