@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
@@ -69,7 +70,7 @@ class Parcel:
                 )
             sessions.resume()
             offers.resume()
-            self._tasks.spawn(self._expiry_loop(offers, stop), name="expiry")
+            self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
             self._tasks.spawn(self._mark_ready(), name="ready")
             logger.info("Parcel running as %s (device %s)", config.user_id, client.device_id)
             await self.sync.run(stop)
@@ -116,10 +117,18 @@ class Parcel:
         self.ready.set()
         logger.info("first sync done; ready")
 
-    async def _expiry_loop(self, offers: OfferService, stop: asyncio.Event) -> None:
-        interval = max(1.0, min(30.0, self.config.policy.offer_ttl / 4))
+    async def _maintenance_loop(self, offers: OfferService, stop: asyncio.Event) -> None:
+        """Expire overdue offers and purge old closed sessions, until ``stop``."""
+        assert self.store is not None
+        purge_after = self.config.retention.purge_after
+        interval = max(1.0, min(30.0, self.config.policy.offer_ttl / 4, (purge_after or 60) / 2))
         while not stop.is_set():
+            offers.expire_due()
+            if purge_after is not None:
+                purged = self.store.purge_closed_sessions(time.time() - purge_after)
+                if purged:
+                    logger.info("retention: purged %d closed sessions", purged)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             except TimeoutError:
-                offers.expire_due()
+                pass

@@ -277,6 +277,8 @@ class SessionService:
             self._metrics.session_closed()
         if self.offers is not None:
             await self.offers.expire_session(session.id, "the chat ended")
+        if self._config.retention.redact_delivered_on_close:
+            await self._redact_deliveries(session)
         notice = render.session_closed(by, reason)
         for room_id in (session.customer_room, session.agent_room):
             if room_id is None:
@@ -293,3 +295,20 @@ class SessionService:
         # Leaving the customer room lets their client start a fresh chat next time.
         await self._client.room_leave(session.customer_room)
         logger.info("session %d closed (%s)", session.id, reason)
+
+    async def _redact_deliveries(self, session: Session) -> None:
+        """Remove delivered files from the chat when it ends (images in-line only while live)."""
+        for offer in self._store.session_offers(session.id):
+            if offer.delivery_event_id is None:
+                continue
+            room_id = session.room_of(
+                Side.AGENT if offer.direction.value == "customer_to_agent" else Side.CUSTOMER
+            )
+            if room_id is None:
+                continue
+            try:
+                await self._sender.redact(room_id, offer.delivery_event_id, "the chat ended",
+                                          txn_id=f"offer-{offer.id}-redact")
+            except MatrixError as exc:
+                logger.warning("offer %d (session %d): could not redact the delivered file: %s",
+                               offer.id, session.id, exc)

@@ -223,6 +223,23 @@ class Store:
             ).fetchall()
         return [_session_from_row(row) for row in rows]
 
+    def purge_closed_sessions(self, closed_before: float) -> int:
+        """Delete every record of sessions closed before ``closed_before``; returns how many."""
+        with self.transaction() as conn:
+            ids = [row["id"] for row in conn.execute(
+                "SELECT id FROM sessions WHERE state = 'closed' AND closed_at < ?",
+                (closed_before,),
+            ).fetchall()]
+            for session_id in ids:
+                conn.execute(
+                    "DELETE FROM offer_transitions WHERE offer_id IN "
+                    "(SELECT id FROM offers WHERE session_id = ?)", (session_id,),
+                )
+                conn.execute("DELETE FROM offers WHERE session_id = ?", (session_id,))
+                conn.execute("DELETE FROM jobs WHERE session_id = ?", (session_id,))
+                conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        return len(ids)
+
     # -- offers ----------------------------------------------------------------------------
 
     def create_offer(
