@@ -541,7 +541,7 @@ class Demo:
         # Carol starts a chat; the bot opens a session and invites Alice.
         self.customer_room = croom = await carol.open_chat_with(bot.user_id)
         self.agent_room = aroom = await alice.accept_invite("Alice's invite to the agent room")
-        await carol.until(lambda: any("connected" in b for b in carol.bodies(croom, bot.user_id)),
+        await carol.until(lambda: carol.messages(croom, bot.user_id),
                           "the bot's welcome in Carol's chat")
         self.step(f"Carol opened {'an encrypted' if ENCRYPTED else 'a'} chat with the bot; "
                   "Alice joined the agent room")

@@ -17,7 +17,7 @@ import nh3
 
 from bot.attachments.inspect import describe_mimetype
 from bot.attachments.model import Direction, Offer, OfferState
-from bot.attachments.text import display_filename, human_size, safe_filename
+from bot.attachments.text import display_filename, human_size, safe_filename, strip_invisible
 
 OFFER_KEY = "io.parcel.offer"
 
@@ -71,7 +71,7 @@ def _e(text: object) -> str:
 
 def _plain(text: str) -> str:
     """Single-line text for places where a newline would break the layout."""
-    return " ".join(text.split())
+    return " ".join(strip_invisible(text).split())
 
 
 # -- text relay -----------------------------------------------------------------------------
@@ -81,6 +81,7 @@ def relayed_text(
     sender_label: str, msgtype: str, body: str, formatted_body: str | None
 ) -> dict[str, Any]:
     """A relayed m.text/m.notice/m.emote, attributed to ``sender_label``."""
+    sender_label = _plain(sender_label)
     if msgtype == "m.emote":
         text = f"* {sender_label} {body}"
         rich = f"* <b>{_e(sender_label)}</b> "

@@ -149,7 +149,7 @@ class Router:
     def _on_message(
         self, session: Session, side: Side, event_id: str, sender: str, content: dict[str, Any]
     ) -> None:
-        msgtype = content.get("msgtype")
+        msgtype = _text_field(content, "msgtype")
         relates = content.get("m.relates_to")
         is_edit = isinstance(relates, dict) and relates.get("rel_type") == "m.replace"
         if msgtype in FILE_MSGTYPES:
@@ -164,7 +164,7 @@ class Router:
             if not isinstance(new_content, dict):
                 return
             content = dict(new_content)
-            msgtype = content.get("msgtype")
+            msgtype = _text_field(content, "msgtype")
         body = content.get("body")
         if msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
             self._reply(session, side, event_id, render.command_error(
@@ -255,6 +255,12 @@ class Router:
                        event.event_id, event.sender)
         self._sessions.enqueue_send(session, side, render.undecryptable().content(),
                                     f"undecryptable-{event.event_id}")
+
+
+def _text_field(content: dict[str, Any], key: str) -> str | None:
+    """A string field of untrusted content; anything else (a list, a number) counts as absent."""
+    value = content.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _inviter(invite_state: list[Any], own_user_id: str) -> str | None:

@@ -7,6 +7,8 @@ from collections import defaultdict
 
 from nio import AsyncClient, MatrixRoom
 
+from bot.attachments.text import strip_invisible
+
 
 class RoomDirectory:
     """Tracks which rooms nio has state for (nio can send only to rooms it has synced)."""
@@ -42,8 +44,10 @@ class RoomDirectory:
         room = self._client.rooms.get(room_id)
         user = room.users.get(user_id) if room is not None else None
         name = user.display_name if user is not None else None
-        if isinstance(name, str) and name.strip():
-            return " ".join(name.split())[:64]
+        if isinstance(name, str):
+            cleaned = " ".join(strip_invisible(name).split())[:64]
+            if cleaned:
+                return cleaned
         return user_id.split(":", 1)[0].lstrip("@") or user_id
 
     def names_in(self, room_id: str) -> dict[str, str]:

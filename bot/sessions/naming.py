@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
+
+from bot.attachments.text import strip_invisible
 
 
 def _fold(name: str) -> str:
-    return " ".join(name.casefold().split())
+    """Compare names as a reader sees them: invisible characters and look-alike forms folded."""
+    return " ".join(strip_invisible(unicodedata.normalize("NFKC", name)).casefold().split())
 
 
 def disambiguate(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from nio import AsyncClient, ErrorResponse, RoomCreateResponse, RoomPreset
 
 from bot import render
+from bot.attachments.text import strip_invisible
 from bot.config import Config
 from bot.matrix.client import MatrixError, Sender
 from bot.matrix.rooms import RoomDirectory
@@ -139,8 +140,10 @@ class SessionService:
     async def _profile_name(self, user_id: str) -> str:
         response = await self._client.get_displayname(user_id)
         name = getattr(response, "displayname", None)
-        if isinstance(name, str) and name.strip():
-            return " ".join(name.split())[:64]
+        if isinstance(name, str):
+            cleaned = " ".join(strip_invisible(name).split())[:64]
+            if cleaned:
+                return cleaned
         return user_id.split(":", 1)[0].lstrip("@")
 
     async def _run_open(self, session: Session, payload: dict[str, Any]) -> None:

@@ -1,0 +1,289 @@
+"""Turning results into targets, text tables for stdout and the README's markdown table."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, OS, and the versions that matter."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = None
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1) if mem_kib else None,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "python_implementation": sys.implementation.name,
+        "synapse": version("matrix-synapse"),
+        "synapse_database": "sqlite3",
+        "matrix_nio": version("matrix-nio"),
+        "vodozemac": version("vodozemac"),
+        "aiohttp": version("aiohttp"),
+        "parcel_bot": version("parcel-bot"),
+    }
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _pp(stats: dict[str, Any] | None) -> str:
+    """'p50 / p95 ms'."""
+    if not stats or stats.get("p50") is None:
+        return "—"
+    return f"{_ms(stats['p50'])} / {_ms(stats['p95'])} ms"
+
+
+def _x(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _scale_level(results: dict[str, Any], wanted: int) -> tuple[dict[str, Any] | None, str]:
+    """The scale entry for ``wanted`` sessions, else the nearest level at or below it."""
+    levels = results.get("scale", {}).get("levels", [])
+    for entry in levels:
+        if entry["level"] == wanted:
+            return entry, ""
+    below = [e for e in levels if e["level"] <= wanted] or levels
+    if not below:
+        return None, ""
+    entry = max(below, key=lambda e: e["level"])
+    return entry, f" (measured at {entry['sessions']} sessions: no {wanted}-session level in this mode)"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 6 with the measured figure and whether it was met."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, limit: str, value: float | None, met: bool | None, note: str = "") -> None:
+        out.append({"target": name, "limit": limit, "measured": value, "met": met,
+                    "note": note})
+
+    plain = results.get("latency_plain", {})
+    for size, entry in plain.items():
+        value = entry["ratio_offer_p50"]
+        add(f"offer latency p50, {size}: Parcel / baseline", "≤ 1.3", value,
+            None if value is None else value <= 1.3)
+    for size, entry in plain.items():
+        value = entry["ratio_delivery_p50"]
+        add(f"delivery latency p50, {size}: Parcel / baseline", "≤ 1.3", value,
+            None if value is None else value <= 1.3)
+    for size, entry in results.get("latency_e2ee", {}).items():
+        for what in ("offer", "delivery"):
+            value = entry[f"enc_vs_plain_{what}_p50"]
+            add(f"{what} latency p50, {size}: encrypted / plain", "≤ 1.5", value,
+                None if value is None else value <= 1.5)
+    entry, note = _scale_level(results, 50)
+    if entry is not None:
+        value = entry["ratio_throughput"]
+        add("throughput at 50 sessions: Parcel / baseline", "≥ 0.8", value,
+            None if value is None else value >= 0.8, note.strip())
+    memory = results.get("memory", {}).get("files", [])
+    if memory:
+        biggest = max(memory, key=lambda r: r["bytes"])
+        value = biggest["peak_minus_idle_mib"]
+        note = "" if biggest["bytes"] >= 250_000_000 else (
+            f"measured with {biggest['file']}: no 250 MB file in this mode")
+        add("peak RSS growth relaying 250 MB (MiB)", "< 64", value, value < 64, note)
+    return out
+
+
+def text_report(results: dict[str, Any]) -> str:
+    """Plain-text tables for stdout, one per part."""
+    lines: list[str] = []
+
+    def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+        lines.append("")
+        lines.append(title)
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        lines.append("  ".join("-" * w for w in widths))
+        for row in rows:
+            lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+    base = results.get("baseline")
+    if base:
+        table("1. Baseline hops (text; p50 / p95)", ["path", "latency", "n"], [
+            ["one hop: client -> client", _pp(base["one_hop_text"]),
+             str(base["one_hop_text"]["n"])],
+            ["two hops: baseline relay", _pp(base["relay_two_hop_text"]),
+             str(base["relay_two_hop_text"]["n"])],
+            ["two hops: Parcel text relay", _pp(base["parcel_text_relay"]),
+             str(base["parcel_text_relay"]["n"])],
+        ])
+    for key, title in (("latency_plain", "2-3. Offer and delivery latency, E2EE off"),
+                       ("latency_e2ee", "4. Offer and delivery latency, E2EE on")):
+        data = results.get(key)
+        if not data:
+            continue
+        rows = []
+        for size, e in data.items():
+            row = [size, str(e["parcel_offer"]["n"]), _pp(e["baseline_forward"]),
+                   _pp(e["parcel_offer"]), _x(e["ratio_offer_p50"]),
+                   _pp(e["parcel_delivery"]), _x(e["ratio_delivery_p50"])]
+            if key == "latency_e2ee":
+                row += [_x(e["enc_vs_plain_offer_p50"]), _x(e["enc_vs_plain_delivery_p50"]),
+                        _x(e["enc_vs_plain_relay_p50"])]
+            rows.append(row)
+        header = ["file", "n", "baseline forward", "Parcel offer", "offer/base p50",
+                  "Parcel delivery", "deliv/base p50"]
+        if key == "latency_e2ee":
+            header += ["offer enc/plain", "deliv enc/plain", "relay enc/plain"]
+        table(title, header, rows)
+    scale = results.get("scale")
+    if scale:
+        rows = []
+        for e in scale["levels"]:
+            for kind in ("relay", "parcel"):
+                s = e[kind]
+                rows.append([
+                    str(e["level"]), str(s["sessions"]), kind, f"{s['throughput_per_s']:.1f}",
+                    f"{s['arrived']}/{s['sent']}", _pp(s["latency"]),
+                    "—" if s["bot_cpu_s_per_offer"] is None
+                    else f"{s['bot_cpu_s_per_offer'] * 1000:.1f} ms",
+                    f"{s['bot_cpu_utilisation'] * 100:.0f}%",
+                    "—" if s["synapse_cpu_s_per_offer"] is None
+                    else f"{s['synapse_cpu_s_per_offer'] * 1000:.1f} ms",
+                    f"{s['synapse_cpu_utilisation'] * 100:.0f}%",
+                    _x(e["ratio_throughput"]) if kind == "parcel" else "",
+                ])
+        table(f"5. Scale: each session posts a 4 KB file per second for "
+              f"{scale['window_s']:.0f} s (latency from send return to the recipient)",
+              ["level", "sessions", "bot", "files/s", "arrived/sent", "latency p50 / p95",
+               "bot CPU/file", "bot CPU", "Synapse CPU/file", "Synapse CPU",
+               "Parcel/relay"], rows)
+    memory = results.get("memory")
+    if memory:
+        table(f"6. Memory (Parcel process; idle RSS {memory['idle_rss_kib'] / 1024:.0f} MiB)",
+              ["file", "peak RSS", "peak - idle", "to offer", "to delivered"],
+              [[r["file"], f"{r['peak_rss_kib'] / 1024:.0f} MiB",
+                f"{r['peak_minus_idle_mib']:.1f} MiB", f"{r['seconds_to_offer']:.1f} s",
+                f"{r['seconds_to_delivered']:.1f} s"] for r in memory["files"]])
+    startup = results.get("startup")
+    if startup:
+        table("7. Start-up to 'first sync done; ready' (E2EE on)",
+              ["sessions in store", "cold start", "warm start (median)", "warm runs"],
+              [[str(r["sessions_in_store"]), f"{r['cold_s']:.2f} s",
+                f"{r['warm_median_s']:.2f} s", str(len(r["warm_s"]))]
+               for r in startup["runs"]])
+    goals = results.get("targets", [])
+    if goals:
+        table("Targets", ["target", "limit", "measured", "met"],
+              [[g["target"] + (f" [{g['note']}]" if g["note"] else ""), g["limit"],
+                "—" if g["measured"] is None else f"{g['measured']:.2f}",
+                {True: "yes", False: "NO", None: "?"}[g["met"]]] for g in goals])
+    for note in results.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One table for the README's "Performance" section."""
+    meta = results["meta"]
+    m = meta["machine"]
+    mode = "" if meta["mode"] == "full" else f" --{meta['mode']}"
+    out = [
+        f"Measured with `.venv/bin/python -m bench{mode}` on {m['cpu_model']} "
+        f"({m['cores']} cores, {m['memory_gib']} GiB), Python {m['python']}, Synapse "
+        f"{m['synapse']} (SQLite) and matrix-nio {m['matrix_nio']}, all on one machine over "
+        f"loopback. Latencies are p50 / p95. The baseline is a relay that forwards events "
+        f"unchanged (`bench/relay.py`): two hops through the homeserver, nothing else.",
+        "",
+        "| Measure | Parcel | Baseline relay | Parcel / baseline | Target |",
+        "|---|---|---|---|---|",
+    ]
+    met = {g["target"]: g for g in results.get("targets", [])}
+
+    def verdict(name: str) -> str:
+        g = met.get(name)
+        if g is None:
+            return ""
+        mark = {True: "✅", False: "❌ missed", None: "?"}[g["met"]]
+        return f"{g['limit']} {mark}"
+
+    base = results.get("baseline")
+    if base:
+        out.append(f"| Text, one hop (client → client) | — | {_pp(base['one_hop_text'])} | — | — |")
+        out.append(f"| Text, two hops | {_pp(base['parcel_text_relay'])} | "
+                   f"{_pp(base['relay_two_hop_text'])} | "
+                   f"{_x(base['ratio_parcel_text_p50'])} | — |")
+    plain = results.get("latency_plain", {})
+    for size, e in plain.items():
+        out.append(f"| File {size}: upload → offer card shown | {_pp(e['parcel_offer'])} | "
+                   f"{_pp(e['baseline_forward'])} (file forwarded) | "
+                   f"{_x(e['ratio_offer_p50'])} | "
+                   f"{verdict(f'offer latency p50, {size}: Parcel / baseline')} |")
+    for size, e in plain.items():
+        out.append(f"| File {size}: ✅ → file shown | {_pp(e['parcel_delivery'])} | "
+                   f"{_pp(e['baseline_forward'])} (file forwarded) | "
+                   f"{_x(e['ratio_delivery_p50'])} | "
+                   f"{verdict(f'delivery latency p50, {size}: Parcel / baseline')} |")
+    for size, e in results.get("latency_e2ee", {}).items():
+        out.append(f"| E2EE file {size}: offer / delivery | {_pp(e['parcel_offer'])} / "
+                   f"{_pp(e['parcel_delivery'])} | {_pp(e['baseline_forward'])} | "
+                   f"encrypted / plain: {_x(e['enc_vs_plain_offer_p50'])} / "
+                   f"{_x(e['enc_vs_plain_delivery_p50'])} | "
+                   f"{verdict(f'offer latency p50, {size}: encrypted / plain')} / "
+                   f"{verdict(f'delivery latency p50, {size}: encrypted / plain')} |")
+    scale = results.get("scale")
+    if scale:
+        for e in scale["levels"]:
+            p, r = e["parcel"], e["relay"]
+            target = verdict("throughput at 50 sessions: Parcel / baseline") \
+                if e["level"] == 50 else "—"
+            cpu = ("—" if p["bot_cpu_s_per_offer"] is None
+                   else f"{p['bot_cpu_s_per_offer'] * 1000:.1f} ms")
+            rcpu = ("—" if r["bot_cpu_s_per_offer"] is None
+                    else f"{r['bot_cpu_s_per_offer'] * 1000:.1f} ms")
+            out.append(
+                f"| {p['sessions']} sessions × 1 file/s ({scale['window_s']:.0f} s): files/s, "
+                f"p95, bot CPU per file | {p['throughput_per_s']:.1f}/s, "
+                f"{_ms(p['latency']['p95'])} ms, {cpu} | {r['throughput_per_s']:.1f}/s, "
+                f"{_ms(r['latency']['p95'])} ms, {rcpu} | {_x(e['ratio_throughput'])} | "
+                f"{target} |")
+    memory = results.get("memory")
+    if memory:
+        for r in memory["files"]:
+            target = verdict("peak RSS growth relaying 250 MB (MiB)") \
+                if r["bytes"] == max(x["bytes"] for x in memory["files"]) else "—"
+            out.append(f"| Bot peak RSS − idle, relaying {r['file']} | "
+                       f"+{r['peak_minus_idle_mib']:.1f} MiB | — | — | {target} |")
+    startup = results.get("startup")
+    if startup:
+        for r in startup["runs"]:
+            out.append(f"| Start-up to ready, {r['sessions_in_store']} sessions stored | "
+                       f"{r['warm_median_s']:.2f} s (first start {r['cold_s']:.2f} s) | — | — "
+                       f"| — |")
+    notes = results.get("notes", [])
+    if notes:
+        out.append("")
+        out.extend(f"Note: {n}" for n in notes)
+    return "\n".join(out) + "\n"
