@@ -39,3 +39,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # nio logs every request at INFO and warns about every undecryptable event; keep ours.
     for noisy in ("nio", "nio.client", "nio.rooms", "nio.crypto", "nio.responses", "peewee"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # "Missing session for device" is routine: it precedes the first message to a new device.
+    logging.getLogger("nio.crypto.log").setLevel(max(logging.ERROR, root.level))

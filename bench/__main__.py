@@ -1,0 +1,159 @@
+"""``python -m bench [--quick] [--only PARTS] [--out FILE] [--keep]``: run the benchmarks.
+
+Starts a throwaway Synapse on 127.0.0.1 (rate limits raised, uploads up to 300 MB), runs
+Parcel and the baseline relay as separate processes, and drives them with real nio clients.
+Progress goes to stderr; the tables and the README markdown go to stdout; every figure goes
+to a JSON file (``bench/results/latest.json``, or ``quick.json`` with ``--quick``) and the
+markdown to the ``.md`` file beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.harness import write_json
+from bench.scenarios import (
+    FULL,
+    QUICK,
+    Bench,
+    Params,
+    part_latencies,
+    part_memory,
+    part_scale,
+    part_startup,
+    say,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("latency", "e2ee", "memory", "startup", "scale")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions, 5 and 20 sessions for 10 s (under 3 minutes)")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated parts to run (default: all of {','.join(PARTS)};"
+                             " 'latency' includes the one-hop baseline, 'e2ee' needs 'latency')")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results file (default bench/results/latest.json, or "
+                             "quick.json with --quick); the markdown goes beside it as .md")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the working directory (homeserver, bot logs) afterwards")
+    return parser
+
+
+def _part_timeout(params: Params, part: str) -> float:
+    full = params.mode == "full"
+    return {
+        "latency": 900.0 if full else 300.0,
+        "memory": 600.0 if full else 240.0,
+        "startup": 300.0 if full else 180.0,
+        "scale": 1200.0 if full else 400.0,
+    }[part]
+
+
+async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[str, Any], bool]:
+    results: dict[str, Any] = {}
+    failed = False
+    async with Bench(params, workdir) as bench:
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if "latency" in parts:
+            steps.append(("latency", lambda: part_latencies(bench, "e2ee" in parts)))
+        if "memory" in parts:
+            steps.append(("memory", lambda: part_memory(bench)))
+        if "startup" in parts:
+            steps.append(("startup", lambda: part_startup(bench)))
+        if "scale" in parts:  # last: it leaves hundreds of rooms on the homeserver
+            steps.append(("scale", lambda: part_scale(bench)))
+        for name, step in steps:
+            began = time.monotonic()
+            try:
+                await asyncio.wait_for(step(), _part_timeout(params, name))
+            except Exception as exc:  # noqa: BLE001 - record it, go on with the next part
+                failed = True
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+                bench.notes.append(f"part '{name}' failed: {detail.splitlines()[0]}")
+                say(f"part '{name}' FAILED: {detail}")
+                traceback.print_exc(file=sys.stderr)
+            bench.results.setdefault("part_seconds", {})[name] = round(
+                time.monotonic() - began, 1)
+            say(f"part '{name}' took {time.monotonic() - began:.0f} s")
+        results = dict(bench.results)
+        results["notes"] = list(bench.notes)
+        results["synapse_startup_s"] = round(bench.hs.startup_seconds or 0.0, 2)
+    return results, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    params = QUICK if args.quick else FULL
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        print(f"unknown part(s): {', '.join(unknown)}; choose from {', '.join(PARTS)}",
+              file=sys.stderr)
+        return 2
+    out = args.out or RESULTS / ("quick.json" if args.quick else "latest.json")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("nio", "nio.client", "nio.rooms", "nio.crypto", "nio.responses", "peewee"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    workdir = Path(tempfile.mkdtemp(prefix="parcel-bench-"))
+    started = time.time()
+    say(f"{params.mode} run of {', '.join(parts)}; working directory {workdir}")
+    try:
+        results, failed = asyncio.run(_run(params, parts, workdir))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finished = time.time()
+    command = " ".join([".venv/bin/python -m bench", *map(shlex.quote, sys.argv[1:])])
+    results = {
+        "meta": {
+            "mode": params.mode,
+            "parts": parts,
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "duration_s": round(finished - started, 1),
+            "machine": report.machine(),
+            "params": {k: v for k, v in vars(params).items()},
+            "timing": "latency parts: origin_server_ts of the triggering event -> the recipient "
+                      "client handing over the resulting event (after decryption); scale: "
+                      "the customer's send returning -> the recipient client",
+        },
+        **results,
+    }
+    results["targets"] = report.targets(results)
+    write_json(out, results)
+    md = report.markdown(results)
+    out.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(report.text_report(results))
+    print("Markdown for the README's Performance section "
+          f"(also in {out.with_suffix('.md')}):\n")
+    print(md)
+    print(f"Results: {out}  ({params.mode} run took {finished - started:.0f} s)")
+    if args.keep or failed:
+        say(f"working directory kept: {workdir}")
+    else:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(workdir)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
