@@ -135,14 +135,14 @@ async def start_chat(
 
     async def start(
         encrypted: bool = False, as_process: bool = False, bot_admin: bool = False,
-        **overrides: Any,
+        extra_agents: tuple[str, ...] | list[str] = (), **overrides: Any,
     ) -> Chat:
         bot_user = await make_user("parcel", displayname="Parcel", admin=bot_admin)
         agent_user = await make_user("alice", displayname="Alice")
         customer_user = await make_user("carol", displayname="Carol")
         agent = Person(await make_client(agent_user, encrypted=encrypted), agent_user)
         customer = Person(await make_client(customer_user, encrypted=encrypted), customer_user)
-        config = bot_config(homeserver, bot_user, [agent_user.user_id],
+        config = bot_config(homeserver, bot_user, [agent_user.user_id, *extra_agents],
                             tmp_path_factory.mktemp("parcel-data"), **overrides)
         runner: Any
         if as_process:

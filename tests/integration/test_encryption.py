@@ -5,7 +5,7 @@ from __future__ import annotations
 from nio import Api, RoomSendResponse
 
 from tests import samples
-from tests.chat import OFFER_KEY
+from tests.chat import OFFER_KEY, Person
 from tests.conftest import Chat
 
 ACCEPT = "\u2705"
@@ -68,3 +68,22 @@ async def test_undecryptable_message_asks_the_sender_to_resend(start_chat, monke
         lambda: any("could not be read" in b for b in customer.bodies(chat.customer_room)),
         "the please-resend notice",
     )
+
+
+async def test_late_joining_agent_can_read_the_encrypted_agent_room(
+    start_chat, make_user, make_client
+) -> None:
+    """An agent who accepts the invite late still gets the keys for what is relayed after."""
+    late_user = await make_user("bob", displayname="Bob")
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True},
+                                  extra_agents=[late_user.user_id])
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    await customer.say(chat.customer_room, "first, before Bob")
+    await agent.until(lambda: "Carol: first, before Bob" in agent.bodies(chat.agent_room), "relay")
+
+    bob = Person(await make_client(late_user, encrypted=True), late_user)
+    await bob.accept_invite("Bob's invite to the agent room")
+    await customer.say(chat.customer_room, "second, after Bob joined")
+    await bob.until(lambda: "Carol: second, after Bob joined" in bob.bodies(chat.agent_room),
+                    "Bob reading the relayed message", timeout=60)
