@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 from nio import Api, RoomSendResponse
+from nio.crypto.attachments import encrypt_attachment
 
 from tests import samples
 from tests.chat import OFFER_KEY, Person
@@ -87,3 +90,43 @@ async def test_late_joining_agent_can_read_the_encrypted_agent_room(
     await customer.say(chat.customer_room, "second, after Bob joined")
     await bob.until(lambda: "Carol: second, after Bob joined" in bob.bodies(chat.agent_room),
                     "Bob reading the relayed message", timeout=60)
+
+
+async def test_tampered_encrypted_file_is_rejected_and_encrypted_pdf_declined(start_chat) -> None:
+    """A ciphertext whose hash does not match is refused; an encrypted PDF can be declined."""
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True})
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    ciphertext, keys = encrypt_attachment(samples.png(12, 12))
+    tampered = bytearray(ciphertext)
+    tampered[-1] ^= 0xFF
+    upload, _ = await customer.client.upload(lambda *_: io.BytesIO(bytes(tampered)),
+                                             content_type="application/octet-stream",
+                                             filesize=len(tampered))
+    content = {"msgtype": "m.image", "body": "tampered.png",
+               "info": {"mimetype": "image/png", "size": len(tampered)},
+               "file": {**keys, "url": upload.content_uri}}
+    await customer.client.room_send(chat.customer_room, "m.room.message", content,
+                                    ignore_unverified_devices=True)
+    await customer.until(
+        lambda: any("tampered.png was not sent" in b and "checksum" in b
+                    for b in customer.bodies(chat.customer_room)),
+        "the rejection of the tampered file",
+    )
+
+    await agent.send_file(chat.agent_room, samples.pdf(), "terms.pdf", "application/pdf",
+                          encrypt=True)
+    def pdf_cards() -> list[dict]:
+        return [e for e in customer.offers(chat.customer_room)
+                if e["content"][OFFER_KEY]["filename"] == "terms.pdf"]
+
+    await customer.until(pdf_cards, "the PDF offer card")
+    card = pdf_cards()[0]
+    await customer.react(chat.customer_room, card["event_id"], "\u274c")
+    offer_id = card["content"][OFFER_KEY]["id"]
+    await agent.until(lambda: agent.offer_state(chat.agent_room, offer_id) == "declined",
+                      "the declined status line")
+    assert [e for e in customer.media_events(chat.customer_room)
+            if e["sender"] != customer.user_id] == []
+    assert not any(e["content"][OFFER_KEY]["filename"] == "tampered.png"
+                   for e in agent.offers(chat.agent_room))
