@@ -212,7 +212,7 @@ class Router:
             self._sessions.request_close(session, "ended", name, event_id)
         else:
             self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
-        return True
+        return side is Side.CUSTOMER or self._sessions.is_agent(sender)
 
     def _decision_command(
         self, session: Session, side: Side, sender: str, word: str, argument: str
