@@ -29,8 +29,6 @@ from nio import (
 )
 from nio.crypto.attachments import decrypt_attachment
 
-import yaml
-
 from bot import config as config_module
 from bot import failpoints
 from bot.app import Parcel

@@ -188,7 +188,9 @@ class MediaClient:
                         raise MediaError("the homeserver does not accept files this large")
                     if response.status < 500 and response.status != 429:
                         text = await response.text()
-                        raise MediaError(f"the upload was refused ({response.status}: {text[:200]})")
+                        raise MediaError(
+                            f"the upload was refused ({response.status}: {text[:200]})"
+                        )
                     logger.warning("upload of %s: HTTP %d (attempt %d)", path.name,
                                    response.status, attempt)
                     await self._backoff(attempt, response)

@@ -520,7 +520,7 @@ class Store:
         now = time.time()
         self._conn.execute(
             "INSERT INTO outbox(txn_id, room_id, event_id, created_at, sent_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(txn_id) DO UPDATE SET event_id = excluded.event_id, "
-            "sent_at = excluded.sent_at",
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(txn_id) "
+            "DO UPDATE SET event_id = excluded.event_id, sent_at = excluded.sent_at",
             (txn_id, room_id, event_id, now, now),
         )

@@ -1,4 +1,4 @@
-"""No leak, no swap: the recipient never sees the sender's media before ✅, and gets what was checked."""
+"""No leak, no swap: the recipient never sees the sender's media, and gets what was checked."""
 
 from __future__ import annotations
 

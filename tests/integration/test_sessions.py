@@ -14,8 +14,10 @@ async def test_invite_opens_session_and_text_relays_both_ways(start_chat) -> Non
     assert "Carol" in (room.name or "")
 
     await customer.say(chat.customer_room, "hello, my router is broken")
-    await agent.until(lambda: "Carol: hello, my router is broken" in agent.bodies(chat.agent_room),
-                      "the customer's text in the agent room")
+    await agent.until(
+        lambda: "Carol: hello, my router is broken" in agent.bodies(chat.agent_room),
+        "the customer's text in the agent room",
+    )
 
     await agent.say(chat.agent_room, "Hi Carol, let's look")
     await customer.until(
