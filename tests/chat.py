@@ -357,7 +357,7 @@ class BotProcess:
         env.pop(failpoints.ENV_VAR, None)
         if failpoint:
             env[failpoints.ENV_VAR] = failpoint
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")  # noqa: ASYNC230, SIM115 - handed to the child
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "--log-level", "INFO", "run",
             "--config", str(self.config_path), stdout=log, stderr=log, env=env,

@@ -29,7 +29,8 @@ async def test_invite_opens_session_and_text_relays_both_ways(start_chat) -> Non
     await agent.until(lambda: "Carol: thanks" in agent.bodies(chat.agent_room), "thanks")
     assert agent.bodies(chat.agent_room).count("Carol: hello, my router is broken") == 1
     assert customer.bodies(chat.customer_room).count("Alice (support): Hi Carol, let's look") == 1
-    relayed = [e for e in agent.messages(chat.agent_room) if "Carol: thanks" in e["content"]["body"]]
+    relayed = [e for e in agent.messages(chat.agent_room)
+               if "Carol: thanks" in e["content"]["body"]]
     assert relayed[0]["content"]["m.mentions"] == {}
 
 
