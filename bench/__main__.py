@@ -74,7 +74,11 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
         if "latency" in parts:
             steps.append(("latency", lambda: part_latencies(bench, "e2ee" in parts)))
         if "memory" in parts:
-            steps.append(("memory", lambda: part_memory(bench)))
+            async def memory() -> None:
+                await part_memory(bench)
+                if "e2ee" in parts:
+                    await part_memory(bench, encrypted=True)
+            steps.append(("memory", memory))
         if "startup" in parts:
             steps.append(("startup", lambda: part_startup(bench)))
         if "scale" in parts:  # last: it leaves hundreds of rooms on the homeserver

@@ -476,11 +476,18 @@ class Child:
 
 
 def synapse_pid(base_dir: Path) -> int | None:
-    """Synapse's pid from the pid file the dev server's config names."""
-    try:
-        return int((base_dir / "homeserver.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
+    """Synapse's pid: the process whose command line names this server's config file."""
+    config = str(base_dir / "homeserver.yaml").encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"synapse.app.homeserver" in cmdline and config in cmdline:
+            return int(entry.name)
+    return None
 
 
 def write_json(path: Path, data: Any) -> None:

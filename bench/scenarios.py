@@ -40,7 +40,6 @@ from bench.harness import (
     reset_peak_rss,
     summary,
     synapse_pid,
-    write_json,
 )
 from bot.devserver import Homeserver, RegisteredUser, unique_localpart
 
@@ -214,6 +213,11 @@ class Bench:
         self.results: dict[str, Any] = {}
         self.notes: list[str] = []
         self._blobs: dict[int, bytes] = {}
+        self._synapse_pid: int | None = None
+        # For the profiler: which bots the scale part measures, and calls around each window.
+        self.scale_sides: tuple[str, ...] = ("relay", "parcel")
+        self.background: set[asyncio.Task[Any]] = set()
+        self.window_hooks: list[Callable[[str, str, int, Child], Awaitable[None]]] = []
 
     async def __aenter__(self) -> Bench:
         await self.hs.start()
@@ -221,6 +225,9 @@ class Bench:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         for actor in self.actors:
             await actor.close()
         for child in self.children:
@@ -229,7 +236,9 @@ class Bench:
 
     @property
     def synapse_pid(self) -> int | None:
-        return synapse_pid(self.hs.base_dir)
+        if self._synapse_pid is None:
+            self._synapse_pid = synapse_pid(self.hs.base_dir)
+        return self._synapse_pid
 
     def blob(self, size: int) -> bytes:
         """Random bytes (libmagic: application/octet-stream), one buffer per size."""
@@ -386,6 +395,25 @@ class Bench:
             timeout=self.p.step_timeout)
         return seen.at - await self._own_ts(chat.customer, event_id)
 
+    async def offer_shown(self, chat: Chat, card: Seen, offer_id: int) -> None:
+        """Wait for what a person sees before deciding: the bot's ✅/❌ under the card and the
+        sender's status line. (A person clicks the bot's ✅, so it must be there; reacting the
+        instant the card lands would also time the bot's own posting of those three events.)"""
+        card_id = card.source["event_id"]
+
+        def bot_reactions() -> int:
+            return sum(1 for s in chat.agent.seen if s.room_id == chat.agent_room
+                       and s.type == "m.reaction" and s.sender == chat.bot_id
+                       and s.content.get("m.relates_to", {}).get("event_id") == card_id)
+
+        await chat.agent.wait_until(lambda: bot_reactions() >= 2, "the bot's reactions",
+                                    timeout=self.p.step_timeout)
+        await chat.customer.wait_for(
+            lambda s: s.room_id == chat.customer_room and s.sender == chat.bot_id
+            and isinstance(s.content.get(OFFER_KEY), dict)
+            and s.content[OFFER_KEY].get("id") == offer_id and "m.new_content" not in s.content,
+            "the status line", timeout=self.p.step_timeout)
+
     async def parcel_cycle(self, chat: Chat, name: str, size: int) -> tuple[float, float]:
         """Offer, ✅, delivery and both edits; returns (offer latency, delivery latency)."""
         customer, agent = chat.customer, chat.agent
@@ -394,6 +422,7 @@ class Bench:
                                     f"the offer card for {name}", timeout=self.p.step_timeout)
         offer_latency = card.at - await self._own_ts(customer, event_id)
         offer_id = card.content[OFFER_KEY]["id"]
+        await self.offer_shown(chat, card, offer_id)
         reaction_id, _ = await agent.react(chat.agent_room, str(card.source["event_id"]), ACCEPT)
         media = await agent.wait_for(
             lambda s: s.room_id == chat.agent_room and s.sender == chat.bot_id
@@ -616,9 +645,16 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
     errors = 0
     tag = f"{side.kind[0]}L{level}"
     spid = b.synapse_pid
+    # Start from a quiet homeserver and bot: a backlog left by the last window would count here.
+    quiet = 0.0
+    if spid:
+        quiet += await _wait_idle(spid, max_wait=drain, threshold=0.1)
+    quiet += await _wait_idle(side.child.pid, max_wait=drain)
     cpu0 = side.child.cpu()
     syn0 = proc_cpu_seconds(spid) if spid else 0.0
     own0 = time.process_time()
+    for hook in b.window_hooks:
+        await hook("start", side.kind, level, side.child)
     start_mono = time.monotonic() + 1.0
     start_wall = time.time() + 1.0
     tasks: set[asyncio.Task[None]] = set()
@@ -645,9 +681,17 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
             task = asyncio.create_task(post(i, f"{tag}-s{i}-k{k}.bin"))
             inflight.add(task)
             tasks.add(task)
+            b.background.add(task)  # a send still pending after the drain keeps running
+            task.add_done_callback(b.background.discard)
 
     await asyncio.gather(*(sender(slot, i) for slot, i in enumerate(sessions)))
     end_wall = start_wall + window
+    cpu_w = side.child.cpu()
+    syn_w = proc_cpu_seconds(spid) if spid else 0.0
+    own_w = time.process_time()
+    window_wall = time.time() - start_wall
+    for hook in b.window_hooks:
+        await hook("stop", side.kind, level, side.child)
     if tasks:
         await asyncio.wait(tasks, timeout=drain)
     drain_until = time.monotonic() + drain
@@ -664,6 +708,11 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
     steady = [at for at in arrived.values() if start_wall + warm <= at <= end_wall]
     lat = summary(latencies)
     done = len(arrived)
+    # Sustained rate: files completed from the first send to the last arrival (at least the
+    # window). Below saturation this is the offered rate; above it, what the pipeline
+    # (homeserver + bot) completes per second while it has a backlog.
+    last = max(arrived.values(), default=start_wall)
+    span = max(window, last - start_wall)
     attempted = n * int(window)
     return {
         "sessions": n,
@@ -674,17 +723,25 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
         "skipped_client_backlog": skipped,
         "arrived": done,
         "missing_after_drain": len(sent) - done,
-        "throughput_per_s": round(len(steady) / (window - warm), 2),
-        "completed_per_s_overall": round(done / elapsed, 2),
+        "throughput_per_s": round(done / span, 2),
+        "throughput_span_s": round(span, 1),
+        "in_window_arrivals_per_s": round(len(steady) / (window - warm), 2),
         "latency": lat,
+        "latency_censored": len(sent) - done > 0.05 * max(1, len(sent)),
         "bot_cpu_s": round(cpu1 - cpu0, 2),
         "bot_cpu_s_per_offer": round((cpu1 - cpu0) / done, 4) if done else None,
         "bot_cpu_utilisation": round((cpu1 - cpu0) / elapsed, 3),
         "synapse_cpu_s_per_offer": round((syn1 - syn0) / done, 4) if done else None,
         "synapse_cpu_utilisation": round((syn1 - syn0) / elapsed, 3),
         "harness_cpu_utilisation": round((own1 - own0) / elapsed, 3),
+        "during_window": {
+            "bot_cpu_utilisation": round((cpu_w - cpu0) / window_wall, 3),
+            "synapse_cpu_utilisation": round((syn_w - syn0) / window_wall, 3),
+            "harness_cpu_utilisation": round((own_w - own0) / window_wall, 3),
+        },
         "wall_s": round(elapsed, 1),
         "idle_wait_s": round(idle_wait, 1),
+        "quiet_wait_before_s": round(quiet, 1),
     }
 
 
@@ -742,18 +799,21 @@ async def part_scale(b: Bench) -> None:
             continue
         entry: dict[str, Any] = {"level": level, "sessions": len(ready)}
         for side in (r_side, p_side):  # the relay first: Parcel's backlog cannot spill onto it
+            if side.kind not in b.scale_sides:
+                continue
             say(f"  level {level}: {side.kind} window")
             entry[side.kind] = await _scale_window(b, side, customers, media, ready, level)
             if side is p_side:
                 entry["parcel"]["offers_in_store"] = parcel.offer_count()
-        entry["ratio_throughput"] = ratio(entry["parcel"]["throughput_per_s"],
-                                          entry["relay"]["throughput_per_s"])
-        entry["ratio_p95"] = ratio(entry["parcel"]["latency"]["p95"],
-                                   entry["relay"]["latency"]["p95"])
+            say(f"  level {level}: {side.kind} {entry[side.kind]['throughput_per_s']} files/s, "
+                f"p95 {entry[side.kind]['latency']['p95']} s, Synapse CPU "
+                f"{entry[side.kind]['during_window']['synapse_cpu_utilisation']:.0%}")
+        if "parcel" in entry and "relay" in entry:
+            entry["ratio_throughput"] = ratio(entry["parcel"]["throughput_per_s"],
+                                              entry["relay"]["throughput_per_s"])
+            entry["ratio_p95"] = ratio(entry["parcel"]["latency"]["p95"],
+                                       entry["relay"]["latency"]["p95"])
         out_levels.append(entry)
-        say(f"  level {level}: parcel {entry['parcel']['throughput_per_s']}/s "
-            f"p95 {entry['parcel']['latency']['p95']} s; relay "
-            f"{entry['relay']['throughput_per_s']}/s p95 {entry['relay']['latency']['p95']} s")
     b.results["scale"] = {
         "window_s": b.p.scale_window,
         "drain_s": b.p.scale_drain,
@@ -768,15 +828,17 @@ async def part_scale(b: Bench) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-async def part_memory(b: Bench) -> None:
+async def part_memory(b: Bench, encrypted: bool = False) -> None:
     """6. Peak RSS of the bot process while relaying big files (offer, ✅, delivery)."""
-    say("part 6: memory")
-    customer = await b.actor("mem-cust", "Mem Customer")
-    agent = await b.actor("mem-agent", "Mem Agent", auto_join=True)
-    parcel = await b.parcel("memory", encryption=False, agents=[agent.user_id])
-    chat = await b.open_parcel_chat(parcel, customer, agent, encrypted=False)
+    tag = "e2ee" if encrypted else "plain"
+    say(f"part 6: memory, E2EE {'on' if encrypted else 'off'}")
+    customer = await b.actor(f"mem-cust-{tag}", "Mem Customer", encrypted=encrypted)
+    agent = await b.actor(f"mem-agent-{tag}", "Mem Agent", auto_join=True, encrypted=encrypted)
+    parcel = await b.parcel(f"memory-{tag}", encryption=encrypted, agents=[agent.user_id])
+    chat = await b.open_parcel_chat(parcel, customer, agent, encrypted=encrypted)
     pid = parcel.child.pid
-    await b.parcel_cycle(chat, "mem-warm.bin", 4 * KB)  # load libmagic, PIL, connections
+    for i in range(2):  # load libmagic, PIL, room keys, connections
+        await b.parcel_cycle(chat, f"mem-warm-{i}.bin", 4 * KB)
     await _wait_idle(pid, 5.0)
     idle = parcel.child.memory()["VmRSS"]
     hwm_reset = reset_peak_rss(pid)
@@ -790,8 +852,8 @@ async def part_memory(b: Bench) -> None:
                 piece = min(left, 8 * MB)
                 handle.write(os.urandom(piece))
                 left -= piece
-        name = f"mem-{label.replace(' ', '')}.bin"
-        media = await customer.upload(path, name, OCTET)
+        name = f"mem-{tag}-{label.replace(' ', '')}.bin"
+        media = await customer.upload(path, name, OCTET, encrypt=encrypted)
         await _wait_idle(pid, 5.0)
         before = parcel.child.memory()["VmRSS"]
         reset_peak_rss(pid)
@@ -806,15 +868,16 @@ async def part_memory(b: Bench) -> None:
 
         sampler = asyncio.create_task(sample())
         began = time.monotonic()
-        event_id, _ = await customer.send(chat.customer_room,
-                                          Actor.file_content(media, name, OCTET, size))
+        await customer.send(chat.customer_room, Actor.file_content(media, name, OCTET, size))
         card = await agent.wait_for(lambda s, n=name: s.room_id == chat.agent_room
                                     and is_card(s, n), f"the card for {name}", timeout=600)
         offered = time.monotonic() - began
         offer_id = card.content[OFFER_KEY]["id"]
+        await b.offer_shown(chat, card, offer_id)
         await agent.react(chat.agent_room, str(card.source["event_id"]), ACCEPT)
         await agent.wait_for(lambda s, n=name: s.room_id == chat.agent_room
-                             and s.sender == parcel.user_id and "url" in s.content
+                             and s.sender == parcel.user_id
+                             and ("url" in s.content or "file" in s.content)
                              and s.content.get("body") == n, f"the delivery of {name}",
                              timeout=600)
         await agent.wait_for(lambda s, o=offer_id: s.room_id == chat.agent_room
@@ -837,14 +900,18 @@ async def part_memory(b: Bench) -> None:
             "seconds_to_delivered": round(total, 2),
         })
         path.unlink(missing_ok=True)
+        del media
         say(f"  {label}: peak {peak / 1024:.0f} MiB, +{(peak - idle) / 1024:.1f} MiB over idle "
             f"({total:.1f} s)")
-    b.results["memory"] = {
+    await parcel.child.stop()
+    b.results["memory_e2ee" if encrypted else "memory"] = {
         "idle_rss_kib": idle,
         "peak_reset_per_file": hwm_reset,
         "files": rows,
-        "how": "Parcel process, plain rooms; idle RSS after one 4 KB warm-up exchange; peak = "
-               "max(VmHWM after /proc/<pid>/clear_refs reset, VmRSS sampled every 10 ms)",
+        "how": f"Parcel process, E2EE {'on, encrypted rooms and files' if encrypted else 'off'}; "
+               "idle RSS after two 4 KB warm-up exchanges; peak = max(VmHWM after a "
+               "/proc/<pid>/clear_refs reset, VmRSS sampled every 10 ms) during upload event "
+               "-> offer -> ✅ -> delivery -> card edited",
     }
 
 

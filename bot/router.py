@@ -81,9 +81,13 @@ class Router:
         if self._store.is_handled(event_id):
             return
         found = self._store.session_for_room(room_id)
-        if found is None or found[0].state is SessionState.CLOSED:
+        if found is None:
             return
         session, side = found
+        if session.state is SessionState.CLOSED:
+            self._on_closed(session, side, event_id, sender, source)
+            self._store.mark_handled(event_id)
+            return
         try:
             await self._handle(session, side, event_id, sender, event, source)
         except Exception:  # noqa: BLE001 - logged; the next event goes on
@@ -118,6 +122,22 @@ class Router:
             redacts = source.get("redacts") or content.get("redacts")
             if isinstance(redacts, str):
                 self._offers.on_redaction(session, redacts, sender)
+
+    def _on_closed(
+        self, session: Session, side: Side, event_id: str, sender: str, source: dict[str, Any]
+    ) -> None:
+        """An agent writing in the room of an ended chat is told that nothing is relayed."""
+        content = source.get("content")
+        if (
+            side is not Side.AGENT
+            or source.get("type") != "m.room.message"
+            or not isinstance(content, dict)
+            or _text_field(content, "msgtype") not in TEXT_MSGTYPES
+            or "m.new_content" in content
+            or not self._sessions.is_agent(sender)
+        ):
+            return
+        self._reply(session, side, event_id, render.session_closed_already())
 
     def _may_speak(self, session: Session, side: Side, sender: str) -> bool:
         """Only configured agents count in the agent room; anyone but the bot in the other."""
@@ -212,7 +232,7 @@ class Router:
             self._sessions.request_close(session, "ended", name, event_id)
         else:
             self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
-        return side is Side.CUSTOMER or self._sessions.is_agent(sender)
+        return True
 
     def _decision_command(
         self, session: Session, side: Side, sender: str, word: str, argument: str

@@ -41,7 +41,7 @@ MAX_STEP_ATTEMPTS = 6
 
 def normalize_key(key: object) -> str:
     """A reaction key without emoji variation selectors, for comparison."""
-    return str(key).strip() if isinstance(key, str) else ""
+    return str(key).replace("\ufe0f", "").strip() if isinstance(key, str) else ""
 
 
 def direction_from(side: Side) -> Direction:

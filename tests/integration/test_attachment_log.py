@@ -103,7 +103,7 @@ async def log_reply(chat: Chat, side: str) -> dict[str, object]:
 
 
 async def test_attachments_command_lists_states_from_each_rooms_viewpoint(start_chat) -> None:
-    """`!attachments` shows both offers with their states, "sent"/"received" as seen from that room."""
+    """`!attachments` lists both offers with states, "sent"/"received" as seen from that room."""
     chat: Chat = await start_chat()
     await chat.open_session()
     bot = chat.bot_user.user_id

@@ -1,4 +1,4 @@
-"""Hostile input through the real Synapse: evil file names, lying sizes, empty and malformed events."""
+"""Hostile input via the real Synapse: evil file names, lying sizes, empty and malformed events."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ async def test_hostile_file_names_are_shown_safely_everywhere(start_chat) -> Non
 
 
 async def test_right_to_left_override_cannot_disguise_a_program(start_chat) -> None:
-    """`invoice<U+202E>fdp.exe` (shown as "invoiceexe.pdf") is refused as a program, shown without the override."""
+    """`invoice<U+202E>fdp.exe` (seen as "invoiceexe.pdf") is refused as a program, shown plain."""
     chat: Chat = await start_chat()
     await chat.open_session()
     agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
@@ -198,7 +198,7 @@ async def test_empty_file_is_refused_as_empty(start_chat) -> None:
 async def test_malformed_events_get_a_clear_notice_and_the_relay_goes_on(
     start_chat, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Wrong-typed or missing fields in messages and reactions are answered or ignored, never fatal."""
+    """Wrong-typed or missing fields in messages and reactions are answered or ignored, unharmed."""
     # An encrypted DM, as Element makes it: the server cannot check what it cannot read, so
     # a number for a body or a list for a msgtype reaches the bot only this way.
     chat: Chat = await start_chat(encrypted=True)

@@ -173,7 +173,7 @@ async def test_accept_and_decline_commands_decide_and_confirm(start_chat) -> Non
 
 
 async def test_bad_decision_commands_get_a_reply_and_change_nothing(start_chat) -> None:
-    """Malformed, unknown-number and wrong-side `!accept`/`!decline` are answered; the offer stays open."""
+    """Malformed, unknown and wrong-side `!accept`/`!decline` are answered; the offer stays open."""
     chat: Chat = await start_chat()
     await chat.open_session()
     agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
@@ -188,7 +188,7 @@ async def test_bad_decision_commands_get_a_reply_and_change_nothing(start_chat) 
     for text, expected in cases:
         before = len(agent.bot_bodies(chat.agent_room, bot))
         await agent.say(chat.agent_room, text)
-        await agent.until(lambda: len(agent.bot_bodies(chat.agent_room, bot)) > before,
+        await agent.until(lambda n=before: len(agent.bot_bodies(chat.agent_room, bot)) > n,
                           f"the reply to {text!r}")
         assert agent.bot_bodies(chat.agent_room, bot)[before] == expected, text
 
@@ -292,7 +292,7 @@ async def test_redacted_upload_is_withdrawn_and_a_later_accept_delivers_nothing(
 
 
 async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
-    """An offer nobody decides within `policy.offer_ttl` is edited to expired and cannot be accepted."""
+    """An offer undecided after `policy.offer_ttl` is edited to expired and cannot be accepted."""
     chat: Chat = await start_chat(policy={"offer_ttl": "3s"})
     await chat.open_session()
     agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
@@ -316,7 +316,7 @@ async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
 
 
 async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(start_chat) -> None:
-    """`!end` expires every pending offer, tells the customer who closed the chat, and the bot leaves."""
+    """`!end` expires pending offers, tells the customer who closed the chat, and the bot leaves."""
     chat: Chat = await start_chat()
     await chat.open_session()
     agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
@@ -339,6 +339,13 @@ async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(sta
                       "the closing notice for the agents")
     assert deliveries(agent, chat.agent_room, chat) == []
     assert deliveries(customer, chat.customer_room, chat) == []
+
+    # Writing into the ended chat is answered, and decides nothing any more.
+    await agent.say(chat.agent_room, f"!accept {to_agent}")
+    assert await reply(agent, chat.agent_room, bot, "This chat is closed") == (
+        "This chat is closed; nothing you write here is relayed any more."
+    )
+    assert stored_state(chat, to_agent) == "expired"
 
 
 # --- reactions that must not count ---------------------------------------------------------
@@ -386,7 +393,7 @@ async def test_stranger_in_agent_room_is_kicked_and_cannot_decide(
 async def test_reactions_on_the_wrong_message_or_with_the_wrong_key_change_nothing(
     start_chat,
 ) -> None:
-    """✅ on a status line or on plain messages, and ✔️ on the card, decide nothing; ✅+VS16 accepts."""
+    """✅ on a status line or plain message, or ✔️ on the card, decides nothing; ✅+VS16 accepts."""
     chat: Chat = await start_chat()
     await chat.open_session()
     agent, customer = chat.agent, chat.customer
@@ -443,7 +450,7 @@ async def test_repeated_accepts_from_two_agents_deliver_once(start_team_chat) ->
 
 
 async def test_racing_accept_and_decline_settle_on_exactly_one_outcome(start_team_chat) -> None:
-    """✅ and ❌ sent at once by two agents give one outcome, shown alike everywhere, one delivery at most."""
+    """✅ and ❌ at once from two agents give one outcome, shown alike everywhere, ≤ 1 delivery."""
     chat, bob = await start_team_chat()
     agent, customer = chat.agent, chat.customer
     offer_id, card, _ = await offer_to_agent(chat, samples.png(), "race.png", "image/png",
