@@ -270,11 +270,12 @@ def markdown(results: dict[str, Any]) -> str:
                    f"{_x(e['ratio_delivery_p50'])} | "
                    f"{verdict(f'delivery latency p50, {size}: Parcel / baseline')} |")
     for size, e in results.get("latency_e2ee", {}).items():
-        out.append(f"| E2EE file {size}: offer / delivery | {_pp(e['parcel_offer'])} / "
-                   f"{_pp(e['parcel_delivery'])} | {_pp(e['baseline_forward'])} | "
-                   f"encrypted / plain: {_x(e['enc_vs_plain_offer_p50'])} / "
+        out.append(f"| E2EE file {size}: offer; delivery | offer {_pp(e['parcel_offer'])}; "
+                   f"delivery {_pp(e['parcel_delivery'])} | {_pp(e['baseline_forward'])} "
+                   f"(encrypted file forwarded) | encrypted / plain Parcel: offer "
+                   f"{_x(e['enc_vs_plain_offer_p50'])}, delivery "
                    f"{_x(e['enc_vs_plain_delivery_p50'])} | "
-                   f"{verdict(f'offer latency p50, {size}: encrypted / plain')} / "
+                   f"{verdict(f'offer latency p50, {size}: encrypted / plain')}; "
                    f"{verdict(f'delivery latency p50, {size}: encrypted / plain')} |")
     scale = results.get("scale")
     if scale:
@@ -304,7 +305,8 @@ def markdown(results: dict[str, Any]) -> str:
     startup = results.get("startup")
     if startup:
         for r in startup["runs"]:
-            out.append(f"| Start-up to ready, {r['sessions_in_store']} sessions stored | "
+            plural = "" if r["sessions_in_store"] == 1 else "s"
+            out.append(f"| Start-up to ready, {r['sessions_in_store']} session{plural} stored | "
                        f"{r['warm_median_s']:.2f} s (first start {r['cold_s']:.2f} s) | — | — "
                        f"| — |")
     notes = results.get("notes", [])

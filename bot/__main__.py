@@ -142,8 +142,15 @@ def print_log(config: Config, session: int | None, since: str | None, fmt: str) 
         writer.writeheader()
         for row in rows:
             row["transitions"] = " ".join(f"{t['state']}@{t['at']}" for t in row["transitions"])
-            writer.writerow(row)
+            writer.writerow({key: _spreadsheet_safe(value) for key, value in row.items()})
     return 0
+
+
+def _spreadsheet_safe(value: object) -> object:
+    """Keep spreadsheets from running a cell as a formula (a file named "=HYPERLINK(...)")."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _iso(ts: float) -> str:

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from nio import AsyncClient, MegolmEvent, SyncResponse
+from nio import AsyncClient, MegolmEvent, MessageDirection, RoomMessagesResponse, SyncResponse
 from nio.events.invite_events import InviteMemberEvent
 
 from bot import render
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
 _COMMAND = re.compile(r"^!([A-Za-z]+)(?:\s+(.*))?$", re.DOTALL)
 UNDECRYPTABLE_WAIT = 20.0
+BACKFILL_CAP = 1000
 
 
 class Router:
@@ -67,8 +68,47 @@ class Router:
         if catching_up:
             return
         for room_id, info in response.rooms.join.items():
-            for event in info.timeline.events:
+            events = list(info.timeline.events)
+            if info.timeline.limited and info.timeline.prev_batch:
+                events = await self._backfill(room_id, info.timeline.prev_batch) + events
+            for event in events:
                 await self.dispatch(room_id, event)
+
+    async def _backfill(self, room_id: str, prev_batch: str) -> list[Any]:
+        """Events the server left out of a "limited" timeline, oldest first.
+
+        Pages backwards until an event already handled (the gap is closed) or a cap is hit.
+        Only rooms of live sessions are worth it.
+        """
+        found = self._store.session_for_room(room_id)
+        if found is None or found[0].state is SessionState.CLOSED:
+            return []
+        session_start_ms = found[0].created_at * 1000
+        missed: list[Any] = []
+        token: str | None = prev_batch
+        while token and len(missed) < BACKFILL_CAP:
+            page = await self._client.room_messages(
+                room_id, start=token, direction=MessageDirection.back, limit=100
+            )
+            if not isinstance(page, RoomMessagesResponse) or not page.chunk:
+                break
+            for event in page.chunk:
+                event_id = getattr(event, "event_id", None)
+                if (
+                    event_id is None
+                    or self._store.is_handled(event_id)
+                    or getattr(event, "server_timestamp", 0) < session_start_ms
+                ):
+                    token = None
+                    break
+                missed.append(event)
+            else:
+                token = page.end
+        if missed:
+            logger.warning("room %s: the sync skipped events; backfilled %d", room_id,
+                           len(missed))
+        missed.reverse()
+        return missed
 
     async def dispatch(self, room_id: str, event: Any) -> None:
         """Handle one timeline event, exactly once, logging any failure."""
@@ -155,13 +195,14 @@ class Router:
             self._sessions.request_close(session, "customer_left", None, source["event_id"])
         elif (
             side is Side.AGENT
-            and membership == "join"
+            and membership in ("invite", "join")
             and isinstance(member, str)
             and member != self._own
             and not self._sessions.is_agent(member)
         ):
-            logger.warning("session %d: %s joined the agent room but is not an agent; removing",
-                           session.id, member)
+            logger.warning("session %d: %s is not an agent but was %s to the agent room; "
+                           "removing", session.id, member,
+                           "invited" if membership == "invite" else "joined")
             assert session.agent_room is not None
             await self._client.room_kick(session.agent_room, member,
                                          reason="Only support agents may be in this room")

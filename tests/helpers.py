@@ -12,6 +12,9 @@ from nio import AsyncClient, SyncError
 
 from bot.devserver import RegisteredUser
 
+# Without it a burst of more than ten events between two syncs comes back "limited".
+TIMELINE_FILTER = {"room": {"timeline": {"limit": 200}}}
+
 Predicate = Callable[[], bool | Awaitable[bool]]
 """A condition to wait for: a plain or async function without arguments."""
 
@@ -53,7 +56,7 @@ async def sync_until(
 
     async def loop() -> None:
         while not await _holds(predicate):
-            response = await client.sync(timeout=1000)
+            response = await client.sync(timeout=1000, sync_filter=TIMELINE_FILTER)
             if isinstance(response, SyncError):
                 # Don't spin on an error answer; the deadline still bounds the wait.
                 await asyncio.sleep(0.2)

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 SYNC_TOKEN_KEY = "sync_token"
 BatchHandler = Callable[[SyncResponse, bool], Awaitable[None]]
+# Ask for long timelines so a burst between two polls rarely arrives "limited"; the router
+# backfills the gap when it still does.
+SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
 
 
 class SyncLoop:
@@ -95,6 +98,7 @@ class SyncLoop:
                 timeout=0 if full_state else self._poll_timeout_ms,
                 since=since,
                 full_state=full_state,
+                sync_filter=SYNC_FILTER,
             )
         )
         stopping = asyncio.ensure_future(stop.wait())

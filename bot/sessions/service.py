@@ -169,7 +169,14 @@ class SessionService:
         )
 
     async def _create_agent_room(self, session: Session) -> Session:
-        initial_state = []
+        # Someone let in later (and removed by the bot) must not read the chat so far.
+        initial_state: list[dict[str, Any]] = [
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "invited"},
+            }
+        ]
         if self._config.encryption and self._config.agents.room_encryption:
             initial_state.append(
                 {

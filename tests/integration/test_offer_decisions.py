@@ -362,12 +362,13 @@ async def test_stranger_in_agent_room_is_kicked_and_cannot_decide(
                                              "m.image")
     mallory = await new_person(make_user, make_client, "mallory", "Mallory")
 
+    # With the bot stopped, Mallory surely gets to act before she can be removed (the bot
+    # revokes such invites at once); it then finds her invite, join, ✅ and command in one
+    # batch when it comes back.
+    await chat.bot.stop()
     await agent.client.room_invite(chat.agent_room, mallory.user_id)
     await mallory.until(lambda: chat.agent_room in mallory.client.invited_rooms,
                         "Mallory's invite")
-    # With the bot stopped, Mallory surely gets to act before she can be removed; the bot
-    # then finds her join, her ✅ and her command in one batch when it comes back.
-    await chat.bot.stop()
     await mallory.client.join(chat.agent_room)
     reaction = await mallory.client.room_send(
         chat.agent_room, "m.reaction",
@@ -385,6 +386,9 @@ async def test_stranger_in_agent_room_is_kicked_and_cannot_decide(
     kick = [e for e in agent.events[chat.agent_room]
             if e.get("type") == "m.room.member" and e.get("state_key") == mallory.user_id][-1]
     assert kick["sender"] == bot
+    # The agent room's history is visible only from one's invite on: Mallory saw no card.
+    seen = {e.get("event_id") for e in mallory.events[chat.agent_room]}
+    assert card["event_id"] not in seen
     await assert_still_offered(chat, offer_id, card)
     assert agent.replies(chat.agent_room, bot, "Accepted") == []
     assert not any("!accept" in b for b in chat.customer.bodies(chat.customer_room))

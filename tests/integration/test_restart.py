@@ -51,3 +51,20 @@ async def test_decision_made_while_the_bot_was_down_is_acted_on(start_chat) -> N
     await agent.until(lambda: "Carol: got it?" in agent.bodies(chat.agent_room), "relay")
     assert len(agent.media_events(chat.agent_room)) == 1
     assert await agent.download(agent.media_events(chat.agent_room)[0]["content"]) == image
+
+
+async def test_a_burst_larger_than_one_sync_is_backfilled(start_chat) -> None:
+    """250 messages sent while the bot is down all arrive, once each and in order."""
+    chat: Chat = await start_chat()
+    await chat.open_session()
+    agent, customer = chat.agent, chat.customer
+    await customer.say(chat.customer_room, "warm-up")
+    await agent.until(lambda: "Carol: warm-up" in agent.bodies(chat.agent_room), "relay")
+    await chat.bot.stop()
+    for number in range(250):
+        await customer.say(chat.customer_room, f"burst {number}")
+    await chat.bot.start()
+    await agent.until(lambda: "Carol: burst 249" in agent.bodies(chat.agent_room),
+                      "the end of the burst", timeout=120)
+    relayed = [b for b in agent.bodies(chat.agent_room) if b.startswith("Carol: burst ")]
+    assert relayed == [f"Carol: burst {n}" for n in range(250)]

@@ -58,3 +58,14 @@ def test_log_without_a_store_says_so(tmp_path: Path) -> None:
     config.write_text(f"homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\ndata_dir: {tmp_path}/d\n")
     result = _run("log", "--config", str(config))
     assert result.returncode == 1 and "no store" in result.stderr
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"), ("+1", "'+1"), ("@a", "'@a"),
+    ("report.pdf", "report.pdf"), (42, 42), (None, None),
+])
+def test_csv_cells_cannot_become_formulas(value: object, expected: object) -> None:
+    """File names that a spreadsheet would run as formulas are exported quoted."""
+    from bot.__main__ import _spreadsheet_safe
+
+    assert _spreadsheet_safe(value) == expected
