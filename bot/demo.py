@@ -48,6 +48,7 @@ from bot import config as config_module
 from bot.attachments.text import human_size
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
+from bot.matrix.sync import SYNC_FILTER, maintain_keys
 
 OFFER_KEY = "io.parcel.offer"
 ACCEPT, DECLINE = "\u2705", "\u274c"
@@ -64,7 +65,6 @@ IMAGE_NAME, IMAGE_SIZE = "router.png", (320, 200)
 PDF_NAME = "terms.pdf"
 ALICE_AFTER_PDF = "No problem. Please unplug it for 30 seconds and plug it back in."
 MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio"}
-SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
 
 
 class DemoError(Exception):
@@ -197,15 +197,7 @@ class Participant:
         if isinstance(response, SyncError):
             await asyncio.sleep(0.2)  # no spinning on errors; the caller's deadline holds
             return
-        client = self.client
-        if client.olm:
-            if client.should_upload_keys:
-                await client.keys_upload()
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
-            await client.send_to_device_messages()
+        await maintain_keys(self.client)
         self._retry_decryption()
 
     async def until(self, predicate: Callable[[], object], what: str,

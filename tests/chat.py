@@ -252,7 +252,8 @@ async def new_person(make_user: Any, make_client: Any, prefix: str, displayname:
 
 
 def config_yaml(config: Config) -> str:
-    """A YAML configuration file with the settings that locate a running bot's store."""
+    """A YAML configuration file with the settings a test bot runs with."""
+    policy = config.policy
     raw = {
         "homeserver": config.homeserver,
         "user_id": config.user_id,
@@ -262,6 +263,10 @@ def config_yaml(config: Config) -> str:
         "encryption": config.encryption,
         "agents": {"users": list(config.agents.users),
                    "room_encryption": config.agents.room_encryption},
+        "policy": {"max_size": policy.customer_to_agent.max_size,
+                   "offer_ttl": policy.offer_ttl},
+        "allowed_servers": list(config.allowed_servers),
+        "media": {"purge_refused": config.media.purge_refused},
     }
     return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
 
@@ -396,20 +401,5 @@ class BotProcess:
 
 
 def write_config(config: Config, path: Path) -> None:
-    """Write the essentials of ``config`` as YAML for ``parcel-bot`` to read."""
-    policy = config.policy
-    raw = {
-        "homeserver": config.homeserver,
-        "user_id": config.user_id,
-        "password": config.password,
-        "device_name": config.device_name,
-        "data_dir": str(config.data_dir),
-        "encryption": config.encryption,
-        "agents": {"users": list(config.agents.users),
-                   "room_encryption": config.agents.room_encryption},
-        "policy": {"max_size": policy.customer_to_agent.max_size,
-                   "offer_ttl": policy.offer_ttl},
-        "allowed_servers": list(config.allowed_servers),
-        "media": {"purge_refused": config.media.purge_refused},
-    }
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    """Write ``config`` as YAML for ``parcel-bot`` to read."""
+    path.write_text(config_yaml(config))

@@ -114,20 +114,23 @@ class SyncLoop:
             return exc
 
     async def _crypto_housekeeping(self) -> None:
-        """What ``sync_forever`` would do for E2EE after each sync."""
-        client = self._client
-        if not client.olm:
-            return
         try:
-            if client.should_upload_keys:
-                await client.keys_upload()
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
-            await client.send_to_device_messages()
+            await maintain_keys(self._client)
         except Exception as exc:  # noqa: BLE001 - keys are retried after the next sync
             logger.warning("key maintenance failed: %r", exc)
+
+
+async def maintain_keys(client: AsyncClient) -> None:
+    """What nio's ``sync_forever`` does for E2EE after each sync: upload, query, claim, send."""
+    if not client.olm:
+        return
+    if client.should_upload_keys:
+        await client.keys_upload()
+    if client.should_query_keys:
+        await client.keys_query()
+    if client.should_claim_keys:
+        await client.keys_claim(client.get_users_for_key_claiming())
+    await client.send_to_device_messages()
 
 
 def _describe(response: object) -> str:
