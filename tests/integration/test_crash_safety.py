@@ -75,3 +75,27 @@ async def test_crash_in_the_middle_of_delivering(start_chat, point: str) -> None
     await chat.bot.wait_killed()
     await chat.bot.start()
     await _settle_and_check(chat, image)
+
+
+async def test_encrypted_chat_survives_sigkill(start_chat) -> None:
+    """After a SIGKILL the bot still decrypts the existing chats and is still cross-signed."""
+    chat: Chat = await start_chat(encrypted=True, as_process=True,
+                                  agents={"room_encryption": True})
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    await customer.say(chat.customer_room, "before the crash")
+    await agent.until(lambda: "Carol: before the crash" in agent.bodies(chat.agent_room), "relay")
+    await chat.bot.kill()
+    await customer.say(chat.customer_room, "while it was dead")
+    await chat.bot.start()
+    await agent.until(lambda: "Carol: while it was dead" in agent.bodies(chat.agent_room),
+                      "the message sent during the crash, decrypted after restart")
+    await agent.say(chat.agent_room, "after the crash")
+    await customer.until(
+        lambda: "Alice (support): after the crash" in customer.bodies(chat.customer_room),
+        "the agent's answer, encrypted by the restarted bot",
+    )
+    log = chat.bot.log_path.read_text()
+    assert "NOT cross-signed" not in log
+    assert log.count("logged in as") == 1, "the restart must reuse the device, not log in again"
+    assert agent.bodies(chat.agent_room).count("Carol: before the crash") == 1
