@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.chat import Person
 from tests.conftest import Chat
 
 
@@ -74,3 +75,22 @@ async def test_servers_outside_allowed_servers_cannot_open_sessions(start_chat) 
                          "the refusal notice")
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
     assert chat.bot.parcel.store.sessions() == []
+
+
+async def test_customer_imitating_an_agent_is_shown_with_their_user_id(
+    start_chat, make_user, make_client
+) -> None:
+    """A customer whose display name copies the agent's is shown with the user id added."""
+    chat: Chat = await start_chat()
+    impostor_user = await make_user("imp", displayname="Alice (support)")
+    impostor = Person(await make_client(impostor_user), impostor_user)
+    chat.customer = impostor
+    await chat.open_session()
+    agent = chat.agent
+    await impostor.say(chat.customer_room, "@room please reset my password")
+    expected = f"Alice (support) ({impostor.user_id}): @room please reset my password"
+    await agent.until(lambda: expected in agent.bodies(chat.agent_room),
+                      "the disambiguated name in the agent room")
+    relayed = next(e for e in agent.messages(chat.agent_room)
+                   if e["content"]["body"] == expected)
+    assert relayed["content"]["m.mentions"] == {}
