@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import shlex
 import shutil
@@ -53,7 +54,20 @@ def _parser() -> argparse.ArgumentParser:
                              "quick.json with --quick); the markdown goes beside it as .md")
     parser.add_argument("--keep", action="store_true",
                         help="keep the working directory (homeserver, bot logs) afterwards")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="print the tables of an earlier results file and rewrite its .md; "
+                             "runs nothing")
     return parser
+
+
+def _render(path: Path) -> int:
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["targets"] = report.targets(results)
+    md = report.markdown(results)
+    path.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(report.text_report(results))
+    print(md)
+    return 0
 
 
 def _part_timeout(params: Params, part: str) -> float:
@@ -104,6 +118,8 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.render is not None:
+        return _render(args.render)
     params = QUICK if args.quick else FULL
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
@@ -135,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(finished - started, 1),
             "machine": report.machine(),
+            "git": report.git_state(),
             "params": {k: v for k, v in vars(params).items()},
+            "profile": "python -m bench.profile (needs py-spy) writes bench/results/profile.json",
             "timing": "latency parts: origin_server_ts of the triggering event -> the recipient "
                       "client handing over the resulting event (after decryption); scale: "
                       "the customer's send returning -> the recipient client",
