@@ -18,7 +18,7 @@ from typing import Any
 
 from bot import failpoints, render
 from bot.attachments.inspect import inspect_file
-from bot.attachments.mediacrypto import BadEncryptedFile, encrypt_file
+from bot.attachments.mediacrypto import BadEncryptedFile
 from bot.attachments.model import Direction, Offer, OfferState
 from bot.attachments.policy import Verdict, evaluate, too_large
 from bot.attachments.scanner import scan
@@ -409,18 +409,15 @@ class OfferService:
         source = Path(offer.temp_path)
         room = await self._rooms.ready(recipient_room)
         name = safe_filename(offer.filename)
-        if room.encrypted:
-            cipher_path = source.with_suffix(".enc")
-            try:
-                encryptor = await encrypt_file(source, cipher_path)
-                url = await self._media.upload(cipher_path, "application/octet-stream", name)
-            finally:
-                cipher_path.unlink(missing_ok=True)
-            content = delivery_content(offer, None, encryptor.file_info(url, offer.mimetype))
-        else:
-            url = await self._media.upload(source, offer.mimetype or "application/octet-stream",
-                                           name)
-            content = delivery_content(offer, url, None)
+        uploaded = await self._media.upload(
+            source, offer.mimetype or "application/octet-stream", name, encrypt=room.encrypted
+        )
+        if uploaded.sha256 != offer.sha256:
+            # Only the inspected bytes may go out; a copy changed on disk is never delivered.
+            await self._media.purge(uploaded.uri)
+            self._fail(offer, "the checked copy of the file was altered")
+            return
+        content = delivery_content(offer, uploaded.uri, uploaded.file_block(offer.mimetype))
         failpoints.hit("delivery-uploaded")
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")

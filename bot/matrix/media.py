@@ -21,7 +21,7 @@ import aiofiles.os
 import aiohttp
 
 from bot.attachments.inspect import StreamingDigest
-from bot.attachments.mediacrypto import AttachmentDecryptor
+from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,21 @@ class TooLarge(MediaError):
     def __init__(self, limit: int) -> None:
         super().__init__("it is larger than the limit")
         self.limit = limit
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """A finished upload: its URI, the SHA-256 of the plaintext sent, and the encryption used."""
+
+    uri: str
+    sha256: str
+    encryptor: AttachmentEncryptor | None
+
+    def file_block(self, mimetype: str | None) -> dict[str, Any] | None:
+        """The event's ``file`` block for an encrypted upload, else None."""
+        if self.encryptor is None:
+            return None
+        return self.encryptor.file_info(self.uri, mimetype)
 
 
 @dataclass(frozen=True)
@@ -170,21 +185,38 @@ class MediaClient:
                     await out.write(tail)
         return Downloaded(size=digest.size, sha256=digest.hexdigest())
 
-    async def upload(self, path: Path, content_type: str, filename: str) -> str:
-        """Stream the file at ``path`` to the content repository; returns its new mxc URI."""
+    async def upload(
+        self, path: Path, content_type: str, filename: str, *, encrypt: bool = False
+    ) -> Uploaded:
+        """Stream the file at ``path`` to the content repository as a new upload.
+
+        With ``encrypt``, the bytes are encrypted on the way (a fresh key per attempt), so no
+        ciphertext copy is written to disk. The plaintext is hashed as it is read, so the
+        caller can check it is still the file it inspected.
+        """
         size = (await aiofiles.os.stat(path)).st_size
         url = f"{self._homeserver}/_matrix/media/v3/upload?filename={quote(filename, safe='')}"
+        if encrypt:
+            content_type = "application/octet-stream"
         headers = self._headers({"Content-Type": content_type, "Content-Length": str(size)})
         for attempt in range(1, self._max_attempts + 1):
+            encryptor = AttachmentEncryptor() if encrypt else None
+            digest = StreamingDigest()
             try:
                 async with self._http().post(
-                    url, data=_read_chunks(path), headers=headers
+                    url, data=_read_chunks(path, digest, encryptor), headers=headers
                 ) as response:
                     if response.status == 200:
                         body = await response.json(content_type=None)
                         uri = body.get("content_uri") if isinstance(body, dict) else None
                         parse_mxc(uri)
-                        return str(uri)
+                        if digest.size != size:
+                            raise MediaError("the file changed while it was being uploaded")
+                        if encryptor is not None:
+                            # CTR has no final block; finalize only seals the checksum. aiohttp
+                            # stops pulling at Content-Length, so it is done here, not at EOF.
+                            encryptor.finalize()
+                        return Uploaded(str(uri), digest.hexdigest(), encryptor)
                     if response.status == 413:
                         raise MediaError("the homeserver does not accept files this large")
                     if response.status < 500 and response.status != 429:
@@ -220,7 +252,10 @@ class MediaClient:
         return False
 
 
-async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+async def _read_chunks(
+    path: Path, digest: StreamingDigest, encryptor: AttachmentEncryptor | None
+) -> AsyncIterator[bytes]:
     async with aiofiles.open(path, "rb") as handle:
         while chunk := await handle.read(CHUNK_SIZE):
-            yield chunk
+            digest.update(chunk)
+            yield encryptor.update(chunk) if encryptor is not None else chunk

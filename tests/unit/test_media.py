@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from nio.crypto.attachments import decrypt_attachment
 
 from bot.matrix.media import MediaClient, MediaError, TooLarge, parse_mxc
 
@@ -34,7 +36,7 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
             return await answer(request)
         return answer
 
-    app = web.Application()
+    app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -123,10 +125,32 @@ async def test_upload_honours_429_and_streams_the_file(server, tmp_path: Path) -
                         web.json_response({"content_uri": "mxc://x/new"})]
     client = _client(url)
     try:
-        assert await client.upload(source, "image/png", "a.png") == "mxc://x/new"
+        uploaded = await client.upload(source, "image/png", "a.png")
     finally:
         await client.close()
+    assert uploaded.uri == "mxc://x/new" and uploaded.file_block("image/png") is None
+    assert uploaded.sha256 == hashlib.sha256(b"a" * 300_000).hexdigest()
     assert script.last_body == b"a" * 300_000
+
+
+async def test_encrypted_upload_streams_ciphertext_that_decrypts(server, tmp_path: Path) -> None:
+    """With encrypt=True the server receives only ciphertext, decryptable with the file block."""
+    url, script = server
+    plaintext = bytes(range(256)) * 5000
+    source = tmp_path / "src"
+    source.write_bytes(plaintext)
+    script.responses = [_rate_limited(), web.json_response({"content_uri": "mxc://x/enc"})]
+    client = _client(url)
+    try:
+        uploaded = await client.upload(source, "image/png", "a.png", encrypt=True)
+    finally:
+        await client.close()
+    block = uploaded.file_block("image/png")
+    assert block is not None and block["url"] == "mxc://x/enc"
+    assert script.last_body != plaintext and len(script.last_body) == len(plaintext)
+    assert decrypt_attachment(script.last_body, block["key"]["k"], block["hashes"]["sha256"],
+                              block["iv"]) == plaintext
+    assert uploaded.sha256 == hashlib.sha256(plaintext).hexdigest()
 
 
 async def test_transfer_timeout_applies(server, tmp_path: Path) -> None:
