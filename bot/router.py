@@ -218,7 +218,6 @@ class Router:
                 return  # an edited file message must not swap what was offered
             name = self._sessions.label(session, side, sender)
             self._offers.on_upload(session, side, event_id, sender, name, content)
-            self._store.mark_handled(event_id)
             return
         if is_edit:
             new_content = content.get("m.new_content")
