@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bot import config as config_module
 from bot.config import Config, ConfigError
@@ -111,7 +112,7 @@ def print_log(config: Config, session: int | None, since: str | None, fmt: str) 
         entries = store.attachment_log(session, _parse_since(since) if since else None)
     finally:
         store.close()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in entries:
         offer = entry.offer
         rows.append({

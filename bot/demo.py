@@ -152,7 +152,7 @@ class Participant:
     async def login(cls, name: str, homeserver: Homeserver, user: RegisteredUser,
                     store_dir: Path, health: Callable[[], None]) -> Participant:
         """A client on the user's registered device, synced once, device keys uploaded."""
-        store_dir.mkdir(parents=True, exist_ok=True)
+        store_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at set-up
         client = AsyncClient(
             homeserver.url, user.user_id, device_id=user.device_id, store_path=str(store_dir),
             config=AsyncClientConfig(encryption_enabled=ENCRYPTED, store_sync_tokens=False),
@@ -417,7 +417,8 @@ def _describe_content(content: dict[str, Any]) -> str:
     """A message as one (or a few) lines of text; media as ``[image a.png 320×200, 1.2 KB]``."""
     msgtype = content.get("msgtype")
     if msgtype in MEDIA_MSGTYPES and ("url" in content or "file" in content):
-        info = content.get("info") if isinstance(content.get("info"), dict) else {}
+        raw_info = content.get("info")
+        info: dict[str, Any] = raw_info if isinstance(raw_info, dict) else {}
         text = f"{MEDIA_MSGTYPES[msgtype]} {content.get('filename') or content.get('body')}"
         if msgtype == "m.image" and info.get("w") and info.get("h"):
             text += f" {info['w']}×{info['h']}"
@@ -553,8 +554,9 @@ class Demo:
                               {"w": IMAGE_SIZE[0], "h": IMAGE_SIZE[1]})
         await alice.until(lambda: alice.offer_card(aroom, IMAGE_NAME),
                           f"the offer card for {IMAGE_NAME} in the agent room")
-        card = alice.offer_card(aroom, IMAGE_NAME)
-        assert card is not None
+        found = alice.offer_card(aroom, IMAGE_NAME)
+        assert found is not None
+        card: dict[str, Any] = found
         image_offer = card["content"][OFFER_KEY]["id"]
         await alice.until(lambda: len(alice.reactions_on(aroom, card["event_id"])) >= 2,
                           "the bot's ✅/❌ on the image offer")
@@ -575,12 +577,13 @@ class Demo:
         await alice.send_file(aroom, terms_pdf(), PDF_NAME, "application/pdf", "m.file")
         await carol.until(lambda: carol.offer_card(croom, PDF_NAME),
                           f"the offer card for {PDF_NAME} in Carol's chat")
-        card = carol.offer_card(croom, PDF_NAME)
-        assert card is not None
-        pdf_offer = card["content"][OFFER_KEY]["id"]
-        await carol.until(lambda: len(carol.reactions_on(croom, card["event_id"])) >= 2,
+        found = carol.offer_card(croom, PDF_NAME)
+        assert found is not None
+        pdf_card: dict[str, Any] = found
+        pdf_offer = pdf_card["content"][OFFER_KEY]["id"]
+        await carol.until(lambda: len(carol.reactions_on(croom, pdf_card["event_id"])) >= 2,
                           "the bot's ✅/❌ on the PDF offer")
-        await carol.react(croom, card["event_id"], DECLINE)
+        await carol.react(croom, pdf_card["event_id"], DECLINE)
         await carol.until(lambda: carol.offer_state(croom, pdf_offer) == "declined",
                           f"Carol's offer card for {PDF_NAME} to say declined")
         await alice.until(lambda: alice.offer_state(aroom, pdf_offer) == "declined",

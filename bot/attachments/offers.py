@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import aiofiles.os
+
 from bot import failpoints, render
 from bot.attachments.inspect import inspect_file
 from bot.attachments.mediacrypto import BadEncryptedFile
@@ -278,7 +280,7 @@ class OfferService:
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
             notice = render.rejection_notice(offer.filename, offer.reason or "it was refused")
-            content = notice.content(**{render.OFFER_KEY: render.offer_block(offer, session.id)})
+            content = self._with_block(notice.content(), offer)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
             await self._finish(offer)
         else:
@@ -398,7 +400,7 @@ class OfferService:
 
     async def _deliver(self, offer: Offer, session: Session) -> None:
         _, recipient_room = self._rooms_of(offer, session)
-        if offer.temp_path is None or not Path(offer.temp_path).exists():
+        if offer.temp_path is None or not await aiofiles.os.path.exists(offer.temp_path):
             self._fail(offer, "the checked copy of the file is missing")
             return
         txn_id = f"offer-{offer.id}-deliver"

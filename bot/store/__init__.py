@@ -404,7 +404,8 @@ class Store:
         self, session_id: int | None = None, since: float | None = None
     ) -> list[LogEntry]:
         """Offers with their transition history, filtered by session and creation time."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[float] = []
         if session_id is not None:
             clauses.append("session_id = ?")
             params.append(session_id)
