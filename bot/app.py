@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
 
@@ -46,7 +47,10 @@ class Parcel:
         media: MediaClient | None = None
         metrics_server: web.AppRunner | None = None
         try:
-            self.client = client = await connect(config)
+            connected = await self._connect(stop)
+            if connected is None:
+                return  # stopped before the homeserver could be reached
+            self.client = client = connected
             if config.encryption:
                 await self._establish_identity(client)
             media = MediaClient(
@@ -85,6 +89,25 @@ class Parcel:
             if self.client is not None:
                 await self.client.close()
             store.close()
+
+    async def _connect(self, stop: asyncio.Event) -> AsyncClient | None:
+        """Log in, waiting out a homeserver that is not up yet (as after a host reboot).
+
+        A refused login is a configuration problem and ends the run; an unreachable
+        homeserver is retried with capped backoff until ``stop``.
+        """
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                return await connect(self.config)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                logger.warning("homeserver %s unreachable (%r); retrying in %.0f s",
+                               self.config.homeserver, exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                delay = min(delay * 2, 60.0)
+        return None
 
     async def _establish_identity(self, client: AsyncClient) -> None:
         """Upload device keys and cross-sign the device, so Element trusts the bot."""

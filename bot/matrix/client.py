@@ -32,6 +32,13 @@ class MatrixError(RuntimeError):
     """A homeserver request failed for good (after the retries it deserved)."""
 
 
+class HomeserverUnavailable(OSError):
+    """The homeserver is there but not answering properly (5xx); worth retrying."""
+
+
+TOKEN_REFUSED = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_FORBIDDEN"})
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What identifies the bot's device across restarts."""
@@ -98,15 +105,17 @@ async def connect(config: Config) -> AsyncClient:
         store_path=str(store_path),
         config=client_config(config.encryption),
     )
-    saved = load_credentials(config.data_dir)
-    if saved is not None and saved.user_id == config.user_id:
-        client.restore_login(saved.user_id, saved.device_id, saved.access_token)
-        whoami = await client.whoami()
-        if isinstance(whoami, WhoamiResponse):
-            logger.info("restored device %s for %s", saved.device_id, saved.user_id)
-            return client
-        logger.warning("saved access token no longer works (%s); logging in again", whoami)
     try:
+        saved = load_credentials(config.data_dir)
+        if saved is not None and saved.user_id == config.user_id:
+            client.restore_login(saved.user_id, saved.device_id, saved.access_token)
+            whoami = await client.whoami()
+            if isinstance(whoami, WhoamiResponse):
+                logger.info("restored device %s for %s", saved.device_id, saved.user_id)
+                return client
+            if whoami.status_code not in TOKEN_REFUSED:
+                raise HomeserverUnavailable(f"the homeserver answered {whoami.message!r}")
+            logger.warning("saved access token no longer works (%s); logging in again", whoami)
         credentials = await _login(client, config, saved)
     except BaseException:
         await client.close()

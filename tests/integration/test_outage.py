@@ -32,3 +32,23 @@ async def test_homeserver_outage_is_survived_without_loss(start_chat, homeserver
     assert chat.bot.parcel is not None
     sync = chat.bot.parcel.sync
     assert sync is not None and sync.healthy
+
+
+async def test_bot_started_before_the_homeserver_waits_for_it(start_chat, homeserver) -> None:
+    """A bot whose homeserver is down at start-up retries until it is up, then works."""
+    chat: Chat = await start_chat()
+    await chat.bot.stop()
+    await homeserver.stop()
+    try:
+        starting = asyncio.create_task(chat.bot.start(timeout=120))
+        await asyncio.sleep(5)  # the homeserver stays down for a while, on purpose
+        assert not starting.done(), "the bot gave up instead of waiting for the homeserver"
+    finally:
+        await homeserver.start()
+    await starting
+    await chat.open_session()
+    await chat.customer.say(chat.customer_room, "hello after a cold start")
+    await chat.agent.until(
+        lambda: "Carol: hello after a cold start" in chat.agent.bodies(chat.agent_room),
+        "the relay after the cold start",
+    )
