@@ -388,15 +388,28 @@ class OfferService:
             event_id = await self._send_ready(recipient_room, card, f"offer-{offer.id}-card")
             offer = self._store.update_offer(offer.id, offer_event_id=event_id,
                                              offer_room=recipient_room)
-        assert offer.offer_event_id is not None
-        for word, key in (("accept", self._config.reactions.accept),
-                          ("decline", self._config.reactions.decline)):
-            await self._sender.react(recipient_room, offer.offer_event_id, key,
-                                     txn_id=f"offer-{offer.id}-react-{word}")
-        if offer.status_event_id is None:
-            status = self._with_block(render.status_line(offer), offer)
-            event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
-            self._store.update_offer(offer.id, status_event_id=event_id, status_room=sender_room)
+        card_event = offer.offer_event_id
+        assert card_event is not None
+
+        async def seed_reactions() -> None:
+            for word, key in (("accept", self._config.reactions.accept),
+                              ("decline", self._config.reactions.decline)):
+                await self._sender.react(recipient_room, card_event, key,
+                                         txn_id=f"offer-{offer.id}-react-{word}")
+
+        async def post_status() -> None:
+            if offer.status_event_id is None:
+                status = self._with_block(render.status_line(offer), offer)
+                event_id = await self._send_ready(sender_room, status,
+                                                  f"offer-{offer.id}-status")
+                self._store.update_offer(offer.id, status_event_id=event_id,
+                                         status_room=sender_room)
+
+        # The two rooms are independent: both at once, so a quick decision waits less.
+        results = await asyncio.gather(seed_reactions(), post_status(), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _deliver(self, offer: Offer, session: Session) -> None:
         _, recipient_room = self._rooms_of(offer, session)
