@@ -40,6 +40,7 @@ from nio import (
 )
 
 from bot.devserver import RegisteredUser
+from bot.matrix.sync import maintain_keys
 
 logger = logging.getLogger("bench")
 
@@ -207,13 +208,7 @@ class Actor:
     async def _housekeeping(self) -> None:
         client = self.client
         with contextlib.suppress(Exception):
-            if client.should_upload_keys:
-                await client.keys_upload()
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
-            await client.send_to_device_messages()
+            await maintain_keys(client)
 
     async def _join(self, room_id: str) -> None:
         async with self._join_sem:

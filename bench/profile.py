@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.harness import BenchError, Child, summary, write_json
 from bench.report import machine
-from bench.scenarios import FULL, QUICK, KB, MB, Bench, Chat, part_scale, say
+from bench.scenarios import FULL, KB, MB, QUICK, Bench, Chat, part_scale, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PY_SPY = Path(sys.executable).parent / "py-spy"

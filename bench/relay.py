@@ -28,6 +28,8 @@ from typing import Any
 
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomSendResponse, SyncResponse
 
+from bot.matrix.sync import maintain_keys
+
 logger = logging.getLogger("relay")
 
 SYNC_FILTER = {"room": {"timeline": {"limit": 500}}, "presence": {"types": []}}
@@ -144,13 +146,7 @@ class Relay:
         if not self.encryption:
             return
         try:
-            if client.should_upload_keys:
-                await client.keys_upload()
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
-            await client.send_to_device_messages()
+            await maintain_keys(client)
         except Exception as exc:  # noqa: BLE001 - retried after the next sync
             logger.warning("key maintenance failed: %r", exc)
 

@@ -105,7 +105,8 @@ def _scale_level(results: dict[str, Any], wanted: int) -> tuple[dict[str, Any] |
     if not below:
         return None, ""
     entry = max(below, key=lambda e: e["level"])
-    return entry, f"measured at {entry['sessions']} sessions: no {wanted}-session level in this mode"
+    return entry, (f"measured at {entry['sessions']} sessions: "
+                   f"no {wanted}-session level in this mode")
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

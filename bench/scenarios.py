@@ -952,8 +952,9 @@ def seed_store(db_path: Path, sessions: int) -> float:
     store = Store.open(db_path)
     try:
         for i in range(sessions):
-            session, _ = store.create_session(f"!seed-c{i}:bench.invalid", f"@seed{i}:bench.invalid",
-                                              f"Seeded customer {i}")
+            session, _ = store.create_session(
+                f"!seed-c{i}:bench.invalid", f"@seed{i}:bench.invalid", f"Seeded customer {i}"
+            )
             store.attach_agent_room(session.id, f"!seed-a{i}:bench.invalid")
     finally:
         store.close()
