@@ -29,6 +29,7 @@ from typing import Any
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomSendResponse, SyncResponse
 
 from bot.matrix.sync import maintain_keys
+from bot.tasks import Stopped, unless_stopped
 
 logger = logging.getLogger("relay")
 
@@ -74,18 +75,13 @@ class Relay:
         since: str | None = None
         first = True
         while not stop.is_set():
-            request = asyncio.ensure_future(self.client.sync(
+            request = self.client.sync(
                 timeout=0 if first else 30_000, sync_filter=SYNC_FILTER, since=since,
-                full_state=first))
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({request, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not request.done():
-                request.cancel()
-                await asyncio.gather(request, return_exceptions=True)
-                break
+                full_state=first)
             try:
-                response = request.result()
+                response = await unless_stopped(request, stop)
+            except Stopped:
+                break
             except Exception as exc:  # noqa: BLE001 - retry after a pause
                 response = exc
             if not isinstance(response, SyncResponse):

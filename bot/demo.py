@@ -49,8 +49,8 @@ from bot.attachments.text import human_size
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
 from bot.matrix.sync import SYNC_FILTER, maintain_keys
+from bot.render import OFFER_KEY, latest_offer_state
 
-OFFER_KEY = "io.parcel.offer"
 ACCEPT, DECLINE = "\u2705", "\u274c"
 STEP_TIMEOUT = 60.0
 """Seconds any one step of the script may take before the demo gives up."""
@@ -239,13 +239,7 @@ class Participant:
 
     def offer_state(self, room_id: str, offer_id: int) -> str | None:
         """The latest state of an offer as its messages and their edits in a room show it."""
-        state = None
-        for event in self.messages(room_id):
-            content = event["content"]
-            block = content.get("m.new_content", content).get(OFFER_KEY)
-            if isinstance(block, dict) and block.get("id") == offer_id:
-                state = block.get("state")
-        return state
+        return latest_offer_state(self.messages(room_id), offer_id)
 
     def media(self, room_id: str, sender: str, filename: str) -> dict[str, Any] | None:
         for event in self.messages(room_id, sender):

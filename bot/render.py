@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,23 @@ def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
 def describe(offer: Offer) -> str:
     """The kind of file in plain words ("PNG image"), from the detected type."""
     return describe_mimetype(offer.mimetype) if offer.mimetype else "file"
+
+
+def latest_offer_state(events: Iterable[dict[str, Any]], offer_id: int) -> str | None:
+    """An offer's state as a client sees it: the newest of its messages and their edits.
+
+    Reads only the machine-readable block (in ``m.new_content`` for edits), never the text.
+    """
+    state = None
+    for event in events:
+        content = event.get("content")
+        if not isinstance(content, dict):
+            continue
+        new_content = content.get("m.new_content")
+        block = (new_content if isinstance(new_content, dict) else content).get(OFFER_KEY)
+        if isinstance(block, dict) and block.get("id") == offer_id:
+            state = block.get("state")
+    return state
 
 
 def _facts(offer: Offer) -> list[str]:

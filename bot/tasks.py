@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """Raised by :func:`unless_stopped` when the stop event won the race."""
+
+
+async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
+    """Await ``awaitable``, abandoning (cancelling) it as soon as ``stop`` is set.
+
+    A long poll can take 30 s; shutting down must not wait for it. Raises :class:`Stopped`.
+    """
+    request = asyncio.ensure_future(awaitable)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({request, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not request.done():
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+        raise Stopped
+    return request.result()
 
 
 class TaskGroup:

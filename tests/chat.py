@@ -34,9 +34,8 @@ from bot import failpoints
 from bot.app import Parcel
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
+from bot.render import OFFER_KEY, latest_offer_state
 from tests.helpers import sync_until
-
-OFFER_KEY = "io.parcel.offer"
 
 
 class Person:
@@ -81,13 +80,7 @@ class Person:
 
     def offer_state(self, room_id: str, offer_id: int) -> str | None:
         """The latest state of an offer as shown by its messages and their edits in a room."""
-        state = None
-        for event in self.messages(room_id):
-            content = event["content"]
-            block = content.get("m.new_content", content).get(OFFER_KEY)
-            if isinstance(block, dict) and block.get("id") == offer_id:
-                state = block.get("state")
-        return state
+        return latest_offer_state(self.messages(room_id), offer_id)
 
     def media_events(self, room_id: str) -> list[dict[str, Any]]:
         """Messages in a room that carry media (a url or an encrypted file)."""

@@ -16,6 +16,7 @@ from nio import AsyncClient, SyncResponse
 
 from bot.metrics import Metrics
 from bot.store import Store
+from bot.tasks import Stopped, unless_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -92,24 +93,17 @@ class SyncLoop:
             self.first_sync_done.set()
 
     async def _poll(self, stop: asyncio.Event, since: str | None, full_state: bool) -> object:
-        """One sync request, abandoned as soon as ``stop`` is set (a long poll can take 30 s)."""
-        request = asyncio.ensure_future(
-            self._client.sync(
-                timeout=0 if full_state else self._poll_timeout_ms,
-                since=since,
-                full_state=full_state,
-                sync_filter=SYNC_FILTER,
-            )
+        """One sync request; None when ``stop`` came first, a failure returned, not raised."""
+        request = self._client.sync(
+            timeout=0 if full_state else self._poll_timeout_ms,
+            since=since,
+            full_state=full_state,
+            sync_filter=SYNC_FILTER,
         )
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({request, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not request.done():
-            request.cancel()
-            await asyncio.gather(request, return_exceptions=True)
-            return None
         try:
-            return request.result()
+            return await unless_stopped(request, stop)
+        except Stopped:
+            return None
         except Exception as exc:  # noqa: BLE001 - network trouble: log and retry
             return exc
 

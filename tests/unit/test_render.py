@@ -585,3 +585,17 @@ def test_rejection_notice() -> None:
     """A rejection names the cleaned file and the reason."""
     assert render.rejection_notice("../a\u202e.exe", "blocked type").body == (
         "⛔ a.exe was not sent: blocked type")
+
+
+def test_latest_offer_state_follows_edits_of_one_offer_only() -> None:
+    """The newest block for the offer wins, edits read from m.new_content, others ignored."""
+    events = [
+        {"content": {render.OFFER_KEY: {"id": 1, "state": "offered"}}},
+        {"content": {render.OFFER_KEY: {"id": 2, "state": "offered"}}},
+        {"content": {"body": "hello"}},
+        {"content": "not a dict"},
+        {"content": {"m.new_content": {render.OFFER_KEY: {"id": 1, "state": "accepted"}}}},
+    ]
+    assert render.latest_offer_state(events, 1) == "accepted"
+    assert render.latest_offer_state(events, 2) == "offered"
+    assert render.latest_offer_state(events, 3) is None
