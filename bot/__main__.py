@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     log.add_argument("--since", default=None, help="only offers since this date (YYYY-MM-DD "
                      "or ISO 8601 time, UTC unless it names a zone)")
     log.add_argument("--format", choices=("csv", "json"), default="csv")
+    reset = commands.add_parser(
+        "reset-identity",
+        help="replace the bot's cross-signing identity (when its seeds file is lost); stop the "
+             "bot first",
+    )
+    reset.add_argument("--config", required=True, type=Path)
     demo = commands.add_parser("demo", help="play a scripted chat on a throwaway Synapse")
     demo.add_argument("--keep", action="store_true",
                       help="leave everything running and print the logins")
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "log":
             return print_log(config, args.session, args.since, args.format)
         setup_logging(args.log_level or config.logging.level, config.logging.format)
+        if args.command == "reset-identity":
+            return asyncio.run(_reset_identity(config))
         return asyncio.run(_run(config))
     except ConfigError as exc:
         print(f"parcel-bot: configuration error: {exc}", file=sys.stderr)
@@ -82,6 +90,14 @@ async def _run(config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     await Parcel(config).run(stop)
     return 0
+
+
+async def _reset_identity(config: Config) -> int:
+    from bot.app import reset_identity
+
+    status = await reset_identity(config)
+    print(f"parcel-bot: {status.detail}")
+    return 0 if status.cross_signed else 1
 
 
 def _parse_since(text: str) -> float:

@@ -6,22 +6,23 @@ import asyncio
 import logging
 import time
 
-import aiohttp
 from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
 
 from bot.attachments.offers import OfferService
 from bot.config import Config
-from bot.matrix.client import Sender, connect
-from bot.matrix.crosssign import CrossSigningStatus, ensure_cross_signed
+from bot.matrix.client import Sender, call, connect
+from bot.matrix.crosssign import CrossSigningError, CrossSigningStatus, ensure_cross_signed
 from bot.matrix.media import MediaClient
 from bot.matrix.rooms import RoomDirectory
 from bot.matrix.sync import SyncLoop
 from bot.metrics import Metrics
+from bot.retry import Backoff, sleep_or_stop, until_done
 from bot.router import Router
 from bot.sessions.service import SessionService
-from bot.store import SessionState, Store
+from bot.store import DELIVERY_RECORDS_KEPT, SessionState, Store
 from bot.tasks import TaskGroup
+from bot.work import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class Parcel:
         self.ready = asyncio.Event()
         self.cross_signing: CrossSigningStatus | None = None
         self.metrics = Metrics()
+        self.work: Scheduler | None = None
+        self._backoff = Backoff(cap=config.retry.max_backoff)
         self._tasks = TaskGroup()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -52,7 +55,7 @@ class Parcel:
                 return  # stopped before the homeserver could be reached
             self.client = client = connected
             if config.encryption:
-                await self._establish_identity(client)
+                await self._establish_identity(client, stop)
             media = MediaClient(
                 config.homeserver,
                 lambda: client.access_token,
@@ -60,22 +63,22 @@ class Parcel:
             )
             sender = Sender(client, store)
             rooms = RoomDirectory(client)
-            sessions = SessionService(config, store, client, sender, rooms, self._tasks,
-                                      self.metrics)
-            offers = OfferService(config, store, sender, media, rooms, self._tasks,
-                                  self.metrics)
+            self.work = work = Scheduler(store, self._backoff, self.metrics)
+            sessions = SessionService(config, store, client, sender, rooms, work, self.metrics)
+            offers = OfferService(config, store, sender, media, rooms, work, self.metrics)
             sessions.offers = offers
-            router = Router(config, store, client, rooms, sessions, offers, self._tasks)
-            self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics)
+            router = Router(config, store, client, rooms, sessions, offers, work)
+            self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics,
+                                 backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
+                                 on_recovered=work.hurry)
             self.metrics.set_sessions_open(len(store.sessions(SessionState.OPEN)))
             if config.metrics is not None:
                 metrics_server = await self.metrics.serve(
                     config.metrics.listen_host, config.metrics.listen_port, self.health
                 )
-            sessions.resume()
             offers.resume()
             self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
-            self._tasks.spawn(self._mark_ready(), name="ready")
+            self._tasks.spawn(self._start_work(sessions, work, stop), name="work")
             logger.info("Parcel running as %s (device %s)", config.user_id, client.device_id)
             await self.sync.run(stop)
         finally:
@@ -94,31 +97,29 @@ class Parcel:
         """Log in, waiting out a homeserver that is not up yet (as after a host reboot).
 
         A refused login is a configuration problem and ends the run; an unreachable
-        homeserver is retried with capped backoff until ``stop``.
+        homeserver is retried with the shared backoff until ``stop``.
         """
-        delay = 1.0
-        while not stop.is_set():
-            try:
-                return await connect(self.config)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                logger.warning("homeserver %s unreachable (%r); retrying in %.0f s",
-                               self.config.homeserver, exc, delay)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                delay = min(delay * 2, 60.0)
-        return None
+        return await until_done(lambda: connect(self.config),
+                                f"connecting to {self.config.homeserver}", stop, self._backoff)
 
-    async def _establish_identity(self, client: AsyncClient) -> None:
-        """Upload device keys and cross-sign the device, so Element trusts the bot."""
-        if client.should_upload_keys:
-            uploaded = await client.keys_upload()
-            if not isinstance(uploaded, KeysUploadResponse):
-                logger.error("uploading the device keys failed: %s", uploaded)
-                return
-        self.cross_signing = await ensure_cross_signed(
-            client, self.config.data_dir, self.config.password
-        )
+    async def _establish_identity(self, client: AsyncClient, stop: asyncio.Event) -> None:
+        """Upload device keys and cross-sign the device, so Element trusts the bot.
+
+        Waits out an unreachable homeserver; an identity on the server whose seeds are
+        missing here stops start-up (``IdentityMismatch``): only the admin may replace it.
+        """
+
+        async def establish() -> CrossSigningStatus:
+            if client.should_upload_keys:
+                await call("uploading the device keys", client.keys_upload(),
+                           KeysUploadResponse)
+            return await ensure_cross_signed(client, self.config.data_dir, self.config.password)
+
+        status = await until_done(establish, "establishing the bot's identity", stop,
+                                  self._backoff)
+        if status is None:
+            return
+        self.cross_signing = status
         if self.cross_signing.cross_signed:
             logger.info("device cross-signed (%s)", self.cross_signing.detail)
         else:
@@ -134,14 +135,20 @@ class Parcel:
             return False, "the homeserver is unreachable; retrying"
         return True, "ok"
 
-    async def _mark_ready(self) -> None:
+    async def _start_work(self, sessions: SessionService, work: Scheduler,
+                          stop: asyncio.Event) -> None:
+        """After the first sync (nio knows the rooms only then), run the durable work."""
         assert self.sync is not None
         await self.sync.first_sync_done.wait()
+        tidied = sessions.tidy_closed_rooms()
+        if tidied:
+            logger.info("leaving %d rooms of closed sessions", tidied)
         self.ready.set()
         logger.info("first sync done; ready")
+        await work.run(stop)
 
     async def _maintenance_loop(self, offers: OfferService, stop: asyncio.Event) -> None:
-        """Expire overdue offers and purge old closed sessions, until ``stop``."""
+        """Expire overdue offers, purge old closed sessions, prune delivery records."""
         assert self.store is not None
         purge_after = self.config.retention.purge_after
         interval = max(1.0, min(30.0, self.config.policy.offer_ttl / 4, (purge_after or 60) / 2))
@@ -151,7 +158,28 @@ class Parcel:
                 purged = self.store.purge_closed_sessions(time.time() - purge_after)
                 if purged:
                     logger.info("retention: purged %d closed sessions", purged)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+            handled, sent = self.store.prune_delivery_records(
+                time.time() - DELIVERY_RECORDS_KEPT
+            )
+            if handled or sent:
+                logger.info("pruned %d handled events and %d sent-message records", handled,
+                            sent)
+            await sleep_or_stop(stop, interval)
+
+
+async def reset_identity(config: Config) -> CrossSigningStatus:
+    """The admin's explicit decision: give the bot a new cross-signing identity.
+
+    Logs in as the saved device, publishes fresh cross-signing keys through password auth and
+    signs the device with them. Everyone who verified the bot must verify it again.
+    """
+    if not config.encryption:
+        raise CrossSigningError("encryption is off in the configuration: there is no identity "
+                                "to reset")
+    client = await connect(config)
+    try:
+        if client.should_upload_keys:
+            await call("uploading the device keys", client.keys_upload(), KeysUploadResponse)
+        return await ensure_cross_signed(client, config.data_dir, config.password, reset=True)
+    finally:
+        await client.close()

@@ -159,6 +159,15 @@ class RetentionConfig:
 
     purge_after: float | None = None
     redact_delivered_on_close: bool = False
+    leave_closed_rooms: bool = True
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """How work that failed for a passing reason is tried again."""
+
+    max_backoff: float = 300.0
+    undecryptable_for: float = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ class Config:
     metrics: MetricsConfig | None
     retention: RetentionConfig
     allowed_servers: tuple[str, ...]
+    retry: RetryConfig = RetryConfig()
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +233,12 @@ _SCHEMA: _Schema = {
     "media": {"transfer_timeout": None, "purge_refused": None},
     "logging": {"level": None, "format": None},
     "metrics": {"listen": None},
-    "retention": {"purge_after": None, "redact_delivered_on_close": None},
+    "retention": {
+        "purge_after": None,
+        "redact_delivered_on_close": None,
+        "leave_closed_rooms": None,
+    },
+    "retry": {"max_backoff": None, "undecryptable_for": None},
 }
 
 
@@ -789,6 +804,7 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
     logging_section = section("logging")
     messages = section("messages")
     retention = section("retention")
+    retry = section("retry")
     return Config(
         homeserver=homeserver,
         user_id=user_id,
@@ -822,6 +838,13 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
         retention=RetentionConfig(
             purge_after=retention.get("purge_after", _positive_duration, None),
             redact_delivered_on_close=retention.get("redact_delivered_on_close", _boolean, False),
+            leave_closed_rooms=retention.get("leave_closed_rooms", _boolean, True),
+        ),
+        retry=RetryConfig(
+            max_backoff=retry.get("max_backoff", _positive_duration, RetryConfig.max_backoff),
+            undecryptable_for=retry.get(
+                "undecryptable_for", _positive_duration, RetryConfig.undecryptable_for
+            ),
         ),
         allowed_servers=tuple(
             dict.fromkeys(

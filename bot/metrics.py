@@ -94,9 +94,27 @@ class Metrics:
         )
         self._homeserver_retries = Counter(
             "parcel_homeserver_retries",
-            "Homeserver requests retried (rate limits, transient errors).",
+            "Work units postponed after a transient homeserver failure, by kind of work.",
+            ("kind",),
             registry=registry,
         )
+        self._work_failed = Counter(
+            "parcel_work_failed",
+            "Work units ended by a permanent failure, by kind of work and cause.",
+            ("kind", "code"),
+            registry=registry,
+        )
+        self._backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
+        self._work_waiting = Gauge(
+            "parcel_work_units_waiting", "Work units waiting to run or to be retried.",
+            registry=registry,
+        )
+        self._work_waiting.set_function(lambda: float(self._backlog()[0]))
+        self._work_oldest = Gauge(
+            "parcel_work_oldest_seconds", "Age of the oldest waiting work unit (0 when none).",
+            registry=registry,
+        )
+        self._work_oldest.set_function(lambda: self._backlog()[1])
         self._sync_lag = Gauge(
             "parcel_sync_lag_seconds",
             "Seconds since the last successful sync (since start-up before the first one).",
@@ -141,9 +159,19 @@ class Metrics:
         """A homeserver request failed; ``kind`` names the request (``sync``, ``send``...)."""
         self._homeserver_errors.labels(kind=kind).inc()
 
-    def retry(self) -> None:
-        """A homeserver request is being retried."""
-        self._homeserver_retries.inc()
+    def retry(self, kind: str) -> None:
+        """A unit of ``kind`` failed transiently and will be retried."""
+        self._homeserver_errors.labels(kind=kind).inc()
+        self._homeserver_retries.labels(kind=kind).inc()
+
+    def work_failed(self, kind: str, code: str) -> None:
+        """A unit of ``kind`` failed for good (``code``: M_FORBIDDEN, M_TOO_LARGE, internal...)."""
+        self._homeserver_errors.labels(kind=kind).inc()
+        self._work_failed.labels(kind=kind, code=code).inc()
+
+    def watch_backlog(self, backlog: Callable[[], tuple[int, float]]) -> None:
+        """Report ``backlog()`` = (units waiting, oldest age in s) at every scrape."""
+        self._backlog = backlog
 
     def synced(self) -> None:
         """A sync succeeded just now."""

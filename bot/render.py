@@ -132,6 +132,11 @@ def session_closed(by: str | None, side_closed: str) -> Message:
     return Message("This chat is closed. Pending files were not delivered.")
 
 
+def closed_room_name(name: str) -> str:
+    """The name of an agent room once its chat has ended."""
+    return f"[closed] {name}"
+
+
 def session_closed_already() -> Message:
     """Reply to a message in a room whose session has ended."""
     return Message("This chat is closed; nothing you write here is relayed any more.")
@@ -140,6 +145,32 @@ def session_closed_already() -> Message:
 def not_delivered(reason: str) -> Message:
     """A message could not be relayed to the other side."""
     return Message(f"⚠️ Your last message could not be relayed: {reason}")
+
+
+# Plain words for the permanent failures a person may be told about, by error code.
+FAILURE_CAUSES = {
+    "M_FORBIDDEN": "the bot is not allowed to post there",
+    "M_TOO_LARGE": "the file is larger than the homeserver allows",
+    "M_NOT_FOUND": "the room no longer exists",
+}
+
+
+def failure_cause(code: str, detail: str) -> str:
+    """A permanent failure in plain words: the known cause for ``code``, else ``detail``."""
+    return FAILURE_CAUSES.get(code, detail)
+
+
+def offer_failed(filename: str, reason: str, accepted: bool) -> Message:
+    """Tells the sender that their file will not arrive although nobody declined it."""
+    name = display_filename(filename)
+    if accepted:
+        return Message(f"⚠️ {name} was accepted but could not be delivered: {reason}")
+    return Message(f"⚠️ {name} could not be offered: {reason}")
+
+
+def chat_not_opened(reason: str) -> Message:
+    """Tells the customer that no agent can be reached through this chat."""
+    return Message(f"⚠️ Sorry, the chat with support could not be opened: {reason}")
 
 
 def undecryptable() -> Message:

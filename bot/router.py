@@ -1,34 +1,43 @@
 """From a sync batch to small typed handler calls. Ignores the bot's own events.
 
 Each event is handled at most once (the store remembers handled event ids, so a batch replayed
-after a crash is skipped) and its failure is logged, never fatal. Handlers here are quick:
-they record intent in the store and hand slow work to the session queue or the offer tasks.
+after a crash is skipped) and its failure is logged, never fatal. Handlers here are quick and
+never wait on the homeserver: they record intent in the store as durable work units (relays,
+offers, kicks, decryption retries) that the scheduler carries out.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+import time
 from typing import Any
 
-from nio import AsyncClient, MegolmEvent, MessageDirection, RoomMessagesResponse, SyncResponse
+from nio import (
+    AsyncClient,
+    ForwardedRoomKeyEvent,
+    MegolmEvent,
+    MessageDirection,
+    RoomKeyEvent,
+    RoomMessagesResponse,
+    SyncResponse,
+)
 from nio.events.invite_events import InviteMemberEvent
 
 from bot import render
 from bot.attachments.model import Direction
 from bot.attachments.offers import FILE_MSGTYPES, OfferService
 from bot.config import Config
+from bot.errors import TransientError
 from bot.matrix.rooms import RoomDirectory
 from bot.sessions.service import SessionService
-from bot.store import Session, SessionState, Side, Store
-from bot.tasks import TaskGroup
+from bot.store import DELIVERY_RECORDS_KEPT, Session, SessionState, Side, Store, WorkUnit
+from bot.work import Scheduler
 
 logger = logging.getLogger(__name__)
 
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
 _COMMAND = re.compile(r"^!([A-Za-z]+)(?:\s+(.*))?$", re.DOTALL)
-UNDECRYPTABLE_WAIT = 20.0
 BACKFILL_CAP = 1000
 
 
@@ -43,7 +52,7 @@ class Router:
         rooms: RoomDirectory,
         sessions: SessionService,
         offers: OfferService,
-        tasks: TaskGroup,
+        work: Scheduler,
     ) -> None:
         self._config = config
         self._store = store
@@ -51,12 +60,16 @@ class Router:
         self._rooms = rooms
         self._sessions = sessions
         self._offers = offers
-        self._tasks = tasks
+        self._work = work
         self._own = config.user_id
+        work.register("decrypt", self._run_decrypt)
 
     async def handle_batch(self, response: SyncResponse, catching_up: bool) -> None:
         """Handle one sync batch. On a fresh store's first sync, only invites count."""
         self._rooms.refresh()
+        if any(isinstance(e, RoomKeyEvent | ForwardedRoomKeyEvent)
+               for e in response.to_device_events):
+            self._work.hurry("decrypt")  # keys arrived: messages waiting for them may open now
         for room_id, info in response.rooms.invite.items():
             inviter = _inviter(info.invite_state, self._own)
             if inviter is None:
@@ -70,7 +83,10 @@ class Router:
         for room_id, info in response.rooms.join.items():
             events = list(info.timeline.events)
             if info.timeline.limited and info.timeline.prev_batch:
-                events = await self._backfill(room_id, info.timeline.prev_batch) + events
+                try:
+                    events = await self._backfill(room_id, info.timeline.prev_batch) + events
+                except Exception:  # noqa: BLE001 - the events we have are still handled
+                    logger.exception("room %s: backfilling the skipped events failed", room_id)
             for event in events:
                 await self.dispatch(room_id, event)
 
@@ -83,7 +99,8 @@ class Router:
         found = self._store.session_for_room(room_id)
         if found is None or found[0].state is SessionState.CLOSED:
             return []
-        session_start_ms = found[0].created_at * 1000
+        # Events from before the session, or older than the handled-event records, are done.
+        horizon_ms = max(found[0].created_at, time.time() - DELIVERY_RECORDS_KEPT) * 1000
         missed: list[Any] = []
         token: str | None = prev_batch
         while token and len(missed) < BACKFILL_CAP:
@@ -97,7 +114,7 @@ class Router:
                 if (
                     event_id is None
                     or self._store.is_handled(event_id)
-                    or getattr(event, "server_timestamp", 0) < session_start_ms
+                    or getattr(event, "server_timestamp", 0) < horizon_ms
                 ):
                     token = None
                     break
@@ -203,9 +220,8 @@ class Router:
             logger.warning("session %d: %s is not an agent but was %s to the agent room; "
                            "removing", session.id, member,
                            "invited" if membership == "invite" else "joined")
-            assert session.agent_room is not None
-            await self._client.room_kick(session.agent_room, member,
-                                         reason="Only support agents may be in this room")
+            # Durable and retried; meanwhile nothing is sent into the room (Sender's guard).
+            self._sessions.remove_stranger(session, member, handled_event=source["event_id"])
 
     def _on_message(
         self, session: Session, side: Side, event_id: str, sender: str, content: dict[str, Any]
@@ -241,7 +257,8 @@ class Router:
         label = self._sessions.label(session, side, sender)
         relayed = render.relayed_text(label, str(msgtype), body, formatted)
         other = Side.AGENT if side is Side.CUSTOMER else Side.CUSTOMER
-        self._sessions.enqueue_send(session, other, relayed, f"relay-{event_id}", event_id)
+        self._sessions.enqueue_send(session, other, relayed, f"relay-{event_id}", event_id,
+                                    origin=side)
 
     def _reply(self, session: Session, side: Side, event_id: str, message: render.Message) -> None:
         self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",
@@ -290,27 +307,40 @@ class Router:
         return render.command_error(f"{verb} offer #{offer.id}.")
 
     def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
-        """Ask for the keys, retry for a while, and tell the sender if it stays unreadable."""
-        self._tasks.spawn(self._retry_decrypt(session, side, event),
-                          name=f"decrypt-{event.event_id}")
+        """Keep the message as work that is tried again when keys arrive, and on a schedule."""
+        room_id = session.room_of(side)
+        self._work.submit("decrypt", f"decrypt:{event.event_id}",
+                          {"room": room_id, "event": event.source},
+                          handled_event=event.event_id)
 
-    async def _retry_decrypt(self, session: Session, side: Side, event: MegolmEvent) -> None:
+    async def _run_decrypt(self, unit: WorkUnit) -> None:
+        """Decrypt a stored event and handle it; ask the sender to resend once time is up."""
+        found = self._store.session_for_room(unit.payload["room"])
+        if found is None or found[0].state is SessionState.CLOSED:
+            return  # the chat ended: nobody waits for this message any more
+        session, side = found
+        event = MegolmEvent.from_dict(unit.payload["event"])
+        if not isinstance(event, MegolmEvent):
+            logger.warning("session %d: stored encrypted event is malformed; dropped",
+                           session.id)
+            return
+        event.room_id = unit.payload["room"]  # the key lookup needs it; sync sets it, JSON not
         try:
-            await self._client.request_room_key(event)
-        except Exception as exc:  # noqa: BLE001 - a key request is best effort
-            logger.info("key request for %s failed: %r", event.event_id, exc)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + UNDECRYPTABLE_WAIT
-        while loop.time() < deadline:
-            await asyncio.sleep(1.0)
-            try:
-                decrypted = self._client.decrypt_event(event)
-            except Exception:  # noqa: BLE001 - still no key
-                continue
+            decrypted = self._client.decrypt_event(event)
+        except Exception:  # noqa: BLE001 - nio raises when the key is still missing
+            decrypted = None
+        if decrypted is not None:
             logger.info("event %s decrypted after its keys arrived", event.event_id)
             await self._handle(session, side, event.event_id, event.sender, decrypted,
                                decrypted.source)
             return
+        if unit.attempts == 0:
+            try:
+                await self._client.request_room_key(event)
+            except Exception as exc:  # noqa: BLE001 - a key request is best effort
+                logger.info("key request for %s failed: %r", event.event_id, exc)
+        if time.time() - unit.created_at < self._config.retry.undecryptable_for:
+            raise TransientError(f"the keys for {event.event_id} have not arrived yet")
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
         self._sessions.enqueue_send(session, side, render.undecryptable().content(),

@@ -260,15 +260,18 @@ def config_yaml(config: Config) -> str:
                    "offer_ttl": policy.offer_ttl},
         "allowed_servers": list(config.allowed_servers),
         "media": {"purge_refused": config.media.purge_refused},
+        "retention": {"leave_closed_rooms": config.retention.leave_closed_rooms},
+        "retry": {"max_backoff": config.retry.max_backoff,
+                  "undecryptable_for": config.retry.undecryptable_for},
     }
     return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
 
 
-def bot_config(homeserver: Homeserver, bot: RegisteredUser, agent_ids: list[str], data_dir: Path,
+def bot_config(server: Homeserver, bot: RegisteredUser, agent_ids: list[str], data_dir: Path,
                **overrides: Any) -> Config:
-    """A bot configuration for the test homeserver."""
+    """A bot configuration for the test homeserver (``homeserver=URL`` reaches it otherwise)."""
     raw: dict[str, Any] = {
-        "homeserver": homeserver.url,
+        "homeserver": server.url,
         "user_id": bot.user_id,
         "password": bot.password,
         "device_name": "parcel-test",
@@ -347,6 +350,7 @@ class BotProcess:
         self.config_path = config_path
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = config.data_dir.parent / f"{config.data_dir.name}-bot.log"
+        self._log_offset = 0
         write_config(config, config_path)
 
     async def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
@@ -355,6 +359,8 @@ class BotProcess:
         env.pop(failpoints.ENV_VAR, None)
         if failpoint:
             env[failpoints.ENV_VAR] = failpoint
+        # Only this run's lines count: the log is appended to across restarts.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: ASYNC230, SIM115 - handed to the child
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "--log-level", "INFO", "run",
@@ -370,9 +376,10 @@ class BotProcess:
             await asyncio.sleep(0.1)
 
     def _log_since_start(self) -> bytes:
-        text = self.log_path.read_bytes()
-        marker = text.rfind(b"Parcel running as")
-        return text[marker:] if marker >= 0 else b""
+        """What the current run has logged so far."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_offset)
+            return log.read()
 
     async def wait_killed(self, timeout: float = 60.0) -> None:
         """Wait for the process to die at its failpoint."""

@@ -23,6 +23,8 @@ import aiofiles
 import aiofiles.os
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from bot.errors import PermanentError
+
 CHUNK_SIZE = 1 << 20
 _KEY_BYTES = 32
 _IV_BYTES = 16
@@ -30,12 +32,11 @@ _BLOCK = 16
 _COUNTER_SPACE = 1 << 64
 
 
-class BadEncryptedFile(Exception):
+class BadEncryptedFile(PermanentError):
     """An encrypted attachment that cannot be decrypted; ``reason`` says why in plain words."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        super().__init__(reason, code="bad_encryption")
 
 
 def _unpadded_b64(data: bytes, urlsafe: bool = False) -> str:

@@ -37,8 +37,10 @@ TRANSITIONS: dict[OfferState, frozenset[OfferState]] = {
     OfferState.INSPECTING: frozenset(
         {OfferState.OFFERED, OfferState.REJECTED, OfferState.WITHDRAWN, OfferState.EXPIRED}
     ),
+    # FAILED from OFFERED: the offer could never be shown to the recipient.
     OfferState.OFFERED: frozenset(
-        {OfferState.ACCEPTED, OfferState.DECLINED, OfferState.WITHDRAWN, OfferState.EXPIRED}
+        {OfferState.ACCEPTED, OfferState.DECLINED, OfferState.WITHDRAWN, OfferState.EXPIRED,
+         OfferState.FAILED}
     ),
     OfferState.ACCEPTED: frozenset({OfferState.FAILED}),
     OfferState.DECLINED: frozenset(),

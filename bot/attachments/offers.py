@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,19 @@ from bot.attachments.policy import Verdict, evaluate, too_large
 from bot.attachments.scanner import scan
 from bot.attachments.text import safe_filename
 from bot.config import Config, DirectionPolicy
-from bot.matrix.client import MatrixError, Sender
+from bot.errors import PermanentError, TransientError
+from bot.matrix.client import Sender
 from bot.matrix.media import MediaClient, MediaError, TooLarge
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
-from bot.store import Session, Side, Store
-from bot.tasks import TaskGroup
+from bot.store import Session, Side, Store, WorkUnit, offer_lane
+from bot.work import Scheduler
 
 logger = logging.getLogger(__name__)
 
 FILE_MSGTYPES = frozenset({"m.image", "m.file", "m.video", "m.audio"})
 # Types every Matrix client renders in-line; anything else goes out as m.file.
 INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-MAX_STEP_ATTEMPTS = 6
 
 
 def normalize_key(key: object) -> str:
@@ -120,7 +119,7 @@ class OfferService:
         sender: Sender,
         media: MediaClient,
         rooms: RoomDirectory,
-        tasks: TaskGroup,
+        work: Scheduler,
         metrics: Metrics | None = None,
     ) -> None:
         self._config = config
@@ -129,8 +128,8 @@ class OfferService:
         self._media = media
         self._metrics = metrics or Metrics()
         self._rooms = rooms
-        self._tasks = tasks
-        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._work = work
+        work.register("offer", self._run_unit, self._give_up)
         self._media_dir = config.data_dir / "media"
         self._media_dir.mkdir(parents=True, exist_ok=True)
         self._accept_key = normalize_key(config.reactions.accept)
@@ -210,12 +209,12 @@ class OfferService:
             logger.info("offer %d (session %d): withdrawn by %s", offer.id, session.id, actor)
             self.schedule(offer.id)
 
-    async def expire_session(self, session_id: int, reason: str) -> None:
-        """Expire every pending offer of a session and wait until the edits are out."""
+    def expire_session(self, session_id: int, reason: str) -> None:
+        """Expire every pending offer of a session; their edits follow as their own work."""
         for offer in self._store.session_offers(session_id):
-            if offer.is_pending:
-                self._store.transition(offer.id, OfferState.EXPIRED, reason=reason)
-            await self.advance(offer.id)
+            if offer.is_pending and self._store.transition(offer.id, OfferState.EXPIRED,
+                                                           reason=reason):
+                self.schedule(offer.id)
 
     def expire_due(self, now: float | None = None) -> int:
         """Expire offers older than the TTL; returns how many."""
@@ -238,30 +237,42 @@ class OfferService:
     # -- the per-offer step machine ---------------------------------------------------------
 
     def schedule(self, offer_id: int) -> None:
-        """Run :meth:`advance` for the offer in the background."""
-        self._tasks.spawn(self.advance(offer_id), name=f"offer-{offer_id}")
+        """Queue (durably) a look at the offer: :meth:`advance` runs as its work unit."""
+        self._work.submit("offer", f"offer:{offer_id}", {"offer": offer_id},
+                          lane=offer_lane(offer_id))
+
+    async def _run_unit(self, unit: WorkUnit) -> None:
+        await self.advance(unit.payload["offer"])
 
     async def advance(self, offer_id: int) -> None:
-        """Carry out what the offer's state owes, until it is settled."""
-        async with self._locks[offer_id]:
-            attempts = 0
-            while True:
-                offer = self._store.get_offer(offer_id)
-                if offer is None or self._store.is_settled(offer_id):
-                    return
-                try:
-                    await self._step(offer)
-                    attempts = 0
-                except (MatrixError, MediaError, TimeoutError, OSError) as exc:
-                    attempts += 1
-                    if attempts >= MAX_STEP_ATTEMPTS:
-                        logger.error("offer %d: giving up on state %s for now: %s", offer.id,
-                                     offer.state.value, exc)
-                        return
-                    delay = min(2.0**attempts, 30.0)
-                    logger.warning("offer %d: %s step failed (%s); retrying in %.0f s",
-                                   offer.id, offer.state.value, exc, delay)
-                    await asyncio.sleep(delay)
+        """Carry out what the offer's state owes, step by step, until it is settled.
+
+        Failures are raised for the scheduler: a transient one runs this again later, a
+        permanent one ends in :meth:`_give_up`. Every step is idempotent.
+        """
+        while True:
+            offer = self._store.get_offer(offer_id)
+            if offer is None or self._store.is_settled(offer_id):
+                return
+            await self._step(offer)
+
+    async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
+        """A step failed for good: the offer fails with the cause, and its sender is told."""
+        offer = self._store.get_offer(unit.payload["offer"])
+        if offer is None:
+            return
+        cause = render.failure_cause(error.code, error.reason)
+        if offer.state is OfferState.INSPECTING:
+            self._reject(offer, Verdict(False, "download_failed", cause))
+        elif offer.state in (OfferState.OFFERED, OfferState.ACCEPTED):
+            self._fail(offer, cause)
+        else:
+            # Even its final messages cannot be posted: nothing more can be done for it.
+            logger.error("offer %d (session %d): the %s messages could not be posted: %s",
+                         offer.id, offer.session_id, offer.state.value, cause)
+            self._store.mark_settled(offer.id, offer.state)
+            return
+        self.schedule(offer.id)
 
     async def _step(self, offer: Offer) -> None:
         session = self._store.get_session(offer.session_id)
@@ -282,6 +293,13 @@ class OfferService:
             notice = render.rejection_notice(offer.filename, offer.reason or "it was refused")
             content = self._with_block(notice.content(), offer)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
+            await self._finish(offer)
+        elif offer.state is OfferState.FAILED:
+            # The sender first: they are the one waiting, and their room may still work.
+            notice = render.offer_failed(offer.filename, offer.reason or "unknown error",
+                                         accepted=offer.decided_by is not None)
+            content = self._with_block(notice.content(), offer)
+            await self._send_ready(offer.source_room, content, f"offer-{offer.id}-failed")
             await self._finish(offer)
         else:
             await self._finish(offer)
@@ -315,6 +333,7 @@ class OfferService:
             self._reject(offer, Verdict(False, "bad_encryption", exc.reason))
             return
         except MediaError as exc:
+            # Permanent (gone, refused); a transient failure is raised to be retried.
             self._reject(offer, Verdict(False, "download_failed", exc.reason))
             return
         part.replace(final)
@@ -363,14 +382,12 @@ class OfferService:
         sender_room = session.room_of(side)
         recipient_room = session.other_room(side)
         if sender_room is None or recipient_room is None:
-            raise MatrixError(f"session {session.id} has no agent room yet")
+            # The session's opening (creating the agent room) is still under way.
+            raise TransientError(f"session {session.id} has no agent room yet", retry_after=1.0)
         return sender_room, recipient_room
 
     async def _send_ready(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
-        try:
-            await self._rooms.ready(room_id)
-        except TimeoutError as exc:
-            raise MatrixError(f"room {room_id} is not known yet") from exc
+        await self._rooms.ready(room_id)
         return await self._sender.send(room_id, content, txn_id=txn_id)
 
     def _with_block(self, content: dict[str, Any], offer: Offer) -> dict[str, Any]:
@@ -397,19 +414,21 @@ class OfferService:
                 await self._sender.react(recipient_room, card_event, key,
                                          txn_id=f"offer-{offer.id}-react-{word}")
 
-        async def post_status() -> None:
-            if offer.status_event_id is None:
-                status = self._with_block(render.status_line(offer), offer)
-                event_id = await self._send_ready(sender_room, status,
-                                                  f"offer-{offer.id}-status")
-                self._store.update_offer(offer.id, status_event_id=event_id,
-                                         status_room=sender_room)
-
         # The two rooms are independent: both at once, so a quick decision waits less.
-        results = await asyncio.gather(seed_reactions(), post_status(), return_exceptions=True)
+        results = await asyncio.gather(seed_reactions(), self._post_status(offer, sender_room),
+                                       return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _post_status(self, offer: Offer, sender_room: str) -> Offer:
+        """Post the sender's status line (in the offer's current state) unless it is there."""
+        if offer.status_event_id is not None:
+            return offer
+        status = self._with_block(render.status_line(offer), offer)
+        event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
+        return self._store.update_offer(offer.id, status_event_id=event_id,
+                                        status_room=sender_room)
 
     async def _deliver(self, offer: Offer, session: Session) -> None:
         _, recipient_room = self._rooms_of(offer, session)
@@ -448,6 +467,9 @@ class OfferService:
     async def _finish(self, offer: Offer) -> None:
         """Edit the card and status line to the final state, drop the copy, settle."""
         state = offer.state.value
+        if offer.offer_event_id is not None and offer.status_event_id is None:
+            # Decided before the status line went out (a crash in between): post it now.
+            offer = await self._post_status(offer, offer.source_room)
         if offer.offer_event_id and offer.offer_room:
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,

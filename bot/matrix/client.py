@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ from nio import (
     WhoamiResponse,
 )
 
+from bot import errors
 from bot.config import Config
+from bot.errors import PermanentError, TransientError
 from bot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -28,13 +30,15 @@ logger = logging.getLogger(__name__)
 CREDENTIALS_FILE = "credentials.json"
 
 
-class MatrixError(RuntimeError):
-    """A homeserver request failed for good (after the retries it deserved)."""
+class LoginRefused(PermanentError):
+    """The homeserver refused the bot's credentials, or they are unusable: an admin's problem."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, code="login")
 
 
-class HomeserverUnavailable(OSError):
-    """The homeserver is there but not answering properly (5xx); worth retrying."""
-
+# Checks a room before anything is sent into it; raises TransientError while it must wait.
+RoomGuard = Callable[[str], None]
 
 TOKEN_REFUSED = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_FORBIDDEN"})
 
@@ -74,7 +78,7 @@ def load_credentials(data_dir: Path) -> Credentials | None:
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
-        raise MatrixError(f"{path} is damaged ({exc}); move it away to log in afresh") from exc
+        raise LoginRefused(f"{path} is damaged ({exc}); move it away to log in afresh") from exc
 
 
 def save_credentials(data_dir: Path, credentials: Credentials) -> None:
@@ -84,13 +88,17 @@ def save_credentials(data_dir: Path, credentials: Credentials) -> None:
 
 
 def client_config(encryption: bool) -> AsyncClientConfig:
-    """nio settings: our own loop persists sync tokens; nio gives up after a few timeouts."""
+    """nio settings: our own loop persists sync tokens, and nio never retries by itself.
+
+    Every request is tried once; a 429 comes back as an error response and a dropped
+    connection as an exception, both classified by ``bot.errors`` and retried by the one
+    scheduler, so retries are never nested.
+    """
     return AsyncClientConfig(
         encryption_enabled=encryption,
         store_sync_tokens=False,
-        max_limit_exceeded=50,
-        max_timeouts=2,
-        max_timeout_retry_wait_time=5,
+        max_limit_exceeded=0,
+        max_timeouts=0,
         request_timeout=60,
     )
 
@@ -114,7 +122,7 @@ async def connect(config: Config) -> AsyncClient:
                 logger.info("restored device %s for %s", saved.device_id, saved.user_id)
                 return client
             if whoami.status_code not in TOKEN_REFUSED:
-                raise HomeserverUnavailable(f"the homeserver answered {whoami.message!r}")
+                raise TransientError(f"the homeserver answered {whoami.message!r}")
             logger.warning("saved access token no longer works (%s); logging in again", whoami)
         credentials = await _login(client, config, saved)
     except BaseException:
@@ -129,20 +137,23 @@ async def _login(client: AsyncClient, config: Config, saved: Credentials | None)
         client.access_token = config.access_token
         whoami = await client.whoami()
         if not isinstance(whoami, WhoamiResponse):
-            raise MatrixError(f"the access token was refused: {whoami.message}")
+            raise LoginRefused(f"the access token was refused: {whoami.message}")
         if whoami.user_id != config.user_id:
-            raise MatrixError(
+            raise LoginRefused(
                 f"the access token belongs to {whoami.user_id}, not to {config.user_id}"
             )
         if not whoami.device_id:
-            raise MatrixError("the access token has no device; log in with a password instead")
+            raise LoginRefused("the access token has no device; log in with a password instead")
         client.restore_login(whoami.user_id, whoami.device_id, config.access_token)
     else:
         if saved is not None and saved.user_id == config.user_id:
             client.device_id = saved.device_id  # keep the device (and its crypto identity)
         response = await client.login(password=config.password, device_name=config.device_name)
         if not isinstance(response, LoginResponse):
-            raise MatrixError(f"login as {config.user_id} failed: {response.message}")
+            error = errors.from_response(response, f"login as {config.user_id}")
+            if isinstance(error, TransientError):
+                raise error
+            raise LoginRefused(f"login as {config.user_id} failed: {response.message}")
         logger.info("logged in as %s, device %s", response.user_id, response.device_id)
     assert client.device_id is not None and client.access_token
     return Credentials(config.homeserver, config.user_id, client.device_id, client.access_token)
@@ -153,12 +164,16 @@ class Sender:
 
     The transaction id is derived from what the event is for (``offer-12-card``), so a retry
     after a crash reuses it: the homeserver returns the same event for 24 hours, and the store's
-    outbox remembers it for longer.
+    outbox remembers it for longer. Each call is one attempt: failures are raised as
+    :class:`~bot.errors.TransientError` or :class:`~bot.errors.PermanentError` for the
+    scheduler to handle. ``guard`` vets the room first (no sending, and so no sharing of room
+    keys, while someone is in a room who must not be).
     """
 
-    def __init__(self, client: AsyncClient, store: Store) -> None:
+    def __init__(self, client: AsyncClient, store: Store, guard: RoomGuard | None = None) -> None:
         self._client = client
         self._store = store
+        self.guard = guard
 
     async def send(
         self,
@@ -172,35 +187,22 @@ class Sender:
         already = self._store.sent_event(txn_id)
         if already is not None:
             return already
-        delay = 1.0
-        for attempt in range(1, 6):
-            try:
-                response = await self._client.room_send(
-                    room_id,
-                    event_type,
-                    content,
-                    tx_id=txn_id,
-                    ignore_unverified_devices=True,
-                )
-            except LocalProtocolError as exc:
-                # An encrypted room nio has not seen in a sync yet: let the next sync add it.
-                response = None
-                logger.info("room %s not ready for sending yet (%s)", room_id, exc)
-            if isinstance(response, RoomSendResponse):
-                self._store.record_sent(txn_id, room_id, response.event_id)
-                return response.event_id
-            if isinstance(response, ErrorResponse) and response.status_code in (
-                "M_FORBIDDEN",
-                "M_NOT_FOUND",
-                "M_BAD_JSON",
-                "M_TOO_LARGE",
-            ):
-                raise MatrixError(f"sending {txn_id} to {room_id} failed: {response.message}")
-            logger.warning("sending %s to %s failed (attempt %d): %s", txn_id, room_id, attempt,
-                           response)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-        raise MatrixError(f"sending {txn_id} to {room_id} kept failing")
+        if self.guard is not None:
+            self.guard(room_id)
+        what = f"sending {txn_id} to {room_id}"
+        try:
+            response = await self._client.room_send(
+                room_id, event_type, content, tx_id=txn_id, ignore_unverified_devices=True
+            )
+        except LocalProtocolError as exc:
+            # A room nio has not seen in a sync yet: the next sync adds it.
+            raise TransientError(f"{what}: the room is not synced yet ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            raise errors.from_exception(exc, what) from exc
+        if not isinstance(response, RoomSendResponse):
+            raise errors.from_response(response, what)
+        self._store.record_sent(txn_id, room_id, response.event_id)
+        return response.event_id
 
     async def react(self, room_id: str, event_id: str, key: str, *, txn_id: str) -> str:
         """Add a reaction (annotation) from the bot to an event."""
@@ -223,7 +225,27 @@ class Sender:
         """Redact an event, idempotently."""
         if self._store.sent_event(txn_id) is not None:
             return
-        response = await self._client.room_redact(room_id, event_id, reason=reason, tx_id=txn_id)
+        what = f"redacting {event_id} in {room_id}"
+        try:
+            response = await self._client.room_redact(room_id, event_id, reason=reason,
+                                                      tx_id=txn_id)
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            raise errors.from_exception(exc, what) from exc
         if isinstance(response, ErrorResponse):
-            raise MatrixError(f"redacting {event_id} failed: {response.message}")
+            raise errors.from_response(response, what)
         self._store.record_sent(txn_id, room_id, response.event_id)
+
+
+async def call(what: str, request: Awaitable[Any], expected: type) -> Any:
+    """Await one nio request; return its response if it is ``expected``, else raise it classified.
+
+    For the requests that are not sends (join, leave, kick, create room, state): one attempt,
+    transport exceptions and error responses both turned into ``bot.errors`` exceptions.
+    """
+    try:
+        response = await request
+    except Exception as exc:  # noqa: BLE001 - classified here, once
+        raise errors.from_exception(exc, what) from exc
+    if not isinstance(response, expected):
+        raise errors.from_response(response, what)
+    return response

@@ -39,6 +39,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nio import AsyncClient
 
+from bot import errors
+
 logger = logging.getLogger(__name__)
 
 SEEDS_FILE = "cross_signing.json"
@@ -48,11 +50,18 @@ _SEEDS_VERSION = 1
 _SEED_NAMES = ("master", "self_signing", "user_signing")
 _MAX_SAFE_INT = 2**53 - 1
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
-_ATTEMPTS = 3
 
 
 class CrossSigningError(RuntimeError):
     """A local problem the operator must fix: a damaged or foreign seeds file, no login."""
+
+
+class IdentityMismatch(CrossSigningError):
+    """The homeserver publishes an identity for the bot whose seeds are not in the data dir.
+
+    Replacing it makes every customer's client warn that the bot's identity changed, so it is
+    never done by itself: the admin restores the seeds file or runs ``reset-identity``.
+    """
 
 
 @dataclass(frozen=True)
@@ -327,7 +336,7 @@ class _Reply:
 
 
 class _Api:
-    """The three client-server endpoints cross-signing needs, with a little retrying."""
+    """The three client-server endpoints cross-signing needs; one attempt per call."""
 
     def __init__(self, session: aiohttp.ClientSession, homeserver: str, token: str) -> None:
         self._session = session
@@ -335,32 +344,24 @@ class _Api:
         self._headers = {"Authorization": f"Bearer {token}"}
 
     async def post(self, path: str, body: Mapping[str, Any]) -> _Reply:
-        """POST JSON; 429, 5xx and connection errors are retried, other answers returned."""
+        """POST JSON; other answers are returned, 429 and 5xx and dropped connections raised
+        as :class:`~bot.errors.TransientError` for the caller's retry."""
         what = f"POST {path}"
-        for attempt in range(1, _ATTEMPTS + 1):
-            delay = float(attempt)
-            try:
-                async with self._session.post(
-                    self._base + path, json=body, headers=self._headers, timeout=_REQUEST_TIMEOUT
-                ) as response:
-                    try:
-                        payload = await response.json(content_type=None)
-                    except ValueError:
-                        payload = None
-                    reply = _Reply(response.status, payload if isinstance(payload, dict) else {})
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = f"{what} failed: {exc or type(exc).__name__}"
-            else:
-                if reply.status != 429 and reply.status < 500:
-                    return reply
-                problem = f"{what} answered {reply.error}"
-                retry_ms = reply.body.get("retry_after_ms")
-                if reply.status == 429 and isinstance(retry_ms, int):
-                    delay = min(retry_ms / 1000, 10.0)
-            if attempt < _ATTEMPTS:
-                logger.warning("%s (attempt %d of %d); retrying", problem, attempt, _ATTEMPTS)
-                await asyncio.sleep(delay)
-        raise _Failed(problem)
+        try:
+            async with self._session.post(
+                self._base + path, json=body, headers=self._headers, timeout=_REQUEST_TIMEOUT
+            ) as response:
+                try:
+                    payload = await response.json(content_type=None)
+                except ValueError:
+                    payload = None
+                reply = _Reply(response.status, payload if isinstance(payload, dict) else {})
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            raise errors.from_exception(exc, what) from exc
+        if reply.status == 429 or reply.status >= 500:
+            raise errors.from_http(reply.status, reply.body.get("errcode"), reply.error, what,
+                                   reply.body.get("retry_after_ms"))
+        return reply
 
 
 @contextlib.asynccontextmanager
@@ -394,7 +395,9 @@ class _Run:
         device_ed25519: str,
         seeds_path: Path,
         password: str | None,
+        reset: bool,
     ) -> None:
+        self.reset = reset
         self.api = api
         self.user_id = user_id
         self.device_id = device_id
@@ -443,11 +446,16 @@ class _Run:
             )
             why = f"the homeserver publishes master key {published.master} for {self.user_id}"
             why = f"{why}, {ours}"
+            if not self.reset:
+                raise IdentityMismatch(
+                    f"{why}. Restore that file from a backup, or, to give the bot a new "
+                    "identity (everyone who verified it must verify it again), run "
+                    "`parcel-bot reset-identity --config FILE`"
+                )
             if self.password is None:
                 raise _Failed(
-                    f"{why}; not replacing the bot's identity without a password (configure "
-                    f"one to reset it, or restore the seeds file): device {self.device_id} "
-                    "stays unsigned"
+                    f"{why}; replacing the bot's identity needs its password in the "
+                    f"configuration: device {self.device_id} stays unsigned"
                 )
             old_master = published.master
             if seeds is None:
@@ -550,6 +558,7 @@ async def ensure_cross_signed(
     data_dir: Path,
     password: str | None,
     *,
+    reset: bool = False,
     session: aiohttp.ClientSession | None = None,
 ) -> CrossSigningStatus:
     """Make sure the bot's device is cross-signed by the bot's own identity; say how it went.
@@ -558,14 +567,16 @@ async def ensure_cross_signed(
     the master, self-signing and user-signing keys live in ``data_dir/cross_signing.json``
     (mode 0600). When the homeserver has no identity for the bot, a new one is published
     (Synapse needs no interactive auth for that). When it has a different one (or we have no
-    seeds), it is replaced only if ``password`` is given, with a WARNING; otherwise the
-    device stays unsigned and the returned status says why. A second call does one
-    ``/keys/query`` and nothing else.
+    seeds), :class:`IdentityMismatch` is raised, unless ``reset`` is given (the admin's
+    ``reset-identity`` command): then it is replaced through password auth, with a WARNING.
+    A second call does one ``/keys/query`` and nothing else.
 
-    Homeserver refusals and unreachable homeservers are logged as errors and returned as a
-    status with ``cross_signed=False``. :class:`CrossSigningError` is raised for local
-    problems only: no login, or a damaged or foreign seeds file. ``session`` lets the caller
-    share an aiohttp session; by default a private one is used and closed.
+    Homeserver refusals are logged as errors and returned as a status with
+    ``cross_signed=False``; an unreachable homeserver raises
+    :class:`~bot.errors.TransientError` for the caller to retry. :class:`CrossSigningError`
+    is raised for local problems: no login, a damaged or foreign seeds file, an identity
+    mismatch. ``session`` lets the caller share an aiohttp session; by default a private one
+    is used and closed.
     """
     user_id, device_id, token = client.user_id, client.device_id, client.access_token
     if not (user_id and device_id and token):
@@ -583,7 +594,7 @@ async def ensure_cross_signed(
     async with _http_session(session) as http:
         run = _Run(
             _Api(http, client.homeserver, token),
-            user_id, device_id, device_ed25519, seeds_path, password,
+            user_id, device_id, device_ed25519, seeds_path, password, reset,
         )
         try:
             status = await run.run(seeds)

@@ -1,8 +1,8 @@
 """Streaming media transfer: downloads to disk with a size cap and decryption, uploads from disk.
 
 nio's ``download``/``upload`` have no timeout and cannot stop at a size limit, so Parcel talks
-to the media endpoints itself with aiohttp: constant memory, a deadline per transfer, 429 and
-5xx retried with backoff.
+to the media endpoints itself with aiohttp: constant memory, a deadline per transfer. Each call
+is one attempt; failures are raised classified (``bot.errors``) and retried by the scheduler.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import aiofiles
 import aiofiles.os
 import aiohttp
 
+from bot import errors
 from bot.attachments.inspect import StreamingDigest
 from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor
+from bot.errors import PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +31,18 @@ CHUNK_SIZE = 1 << 20
 _MXC = re.compile(r"^mxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_\-]+)$")
 
 
-class MediaError(RuntimeError):
-    """A transfer failed; ``reason`` is fit to show to the person who sent the file."""
+class MediaError(PermanentError):
+    """A transfer failed for good; ``reason`` is fit to show to the person who sent the file."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, reason: str, code: str = "media") -> None:
+        super().__init__(reason, code)
 
 
 class TooLarge(MediaError):
     """The download passed the size limit; reading stopped there."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__("it is larger than the limit")
+        super().__init__("it is larger than the limit", code="too_large")
         self.limit = limit
 
 
@@ -86,12 +87,10 @@ class MediaClient:
         homeserver: str,
         token: Callable[[], str],
         transfer_timeout: float,
-        max_attempts: int = 5,
     ) -> None:
         self._homeserver = homeserver.rstrip("/")
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=transfer_timeout, sock_connect=15)
-        self._max_attempts = max_attempts
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -110,16 +109,6 @@ class MediaClient:
         headers.update(extra or {})
         return headers
 
-    async def _backoff(self, attempt: int, response: aiohttp.ClientResponse | None) -> None:
-        delay = min(2.0 ** (attempt - 1), 30.0)
-        if response is not None and response.status == 429:
-            try:
-                body = await response.json(content_type=None)
-                delay = max(float(body.get("retry_after_ms", 1000)) / 1000.0, 0.1)
-            except (ValueError, aiohttp.ClientError, AttributeError):
-                delay = 1.0
-        await asyncio.sleep(delay)
-
     async def download(
         self,
         mxc: str,
@@ -130,7 +119,8 @@ class MediaClient:
     ) -> Downloaded:
         """Stream ``mxc`` into ``dest``, decrypting if needed, stopping past ``max_bytes``.
 
-        Raises :class:`TooLarge`, :class:`MediaError`, or the decryptor's ``BadEncryptedFile``.
+        Raises :class:`TooLarge` or :class:`MediaError` (permanent), the decryptor's
+        ``BadEncryptedFile``, or :class:`~bot.errors.TransientError` (try again later).
         ``dest`` is removed on any failure.
         """
         server, media_id = parse_mxc(mxc)
@@ -138,27 +128,21 @@ class MediaClient:
             f"{self._homeserver}/_matrix/client/v1/media/download/"
             f"{quote(server, safe='')}/{quote(media_id, safe='')}"
         )
-        for attempt in range(1, self._max_attempts + 1):
-            decryptor = AttachmentDecryptor(encrypted_file) if encrypted_file is not None else None
-            try:
-                async with self._http().get(url, headers=self._headers()) as response:
-                    if response.status == 200:
-                        return await self._save(response, dest, max_bytes, decryptor)
-                    if response.status in (404, 403):
-                        raise MediaError("the file is not available on the server any more")
-                    if response.status < 500 and response.status != 429:
-                        raise MediaError(f"the server refused the download ({response.status})")
-                    logger.warning("download of %s: HTTP %d (attempt %d)", mxc, response.status,
-                                   attempt)
-                    await self._backoff(attempt, response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                dest.unlink(missing_ok=True)  # noqa: ASYNC240 - local metadata, no I/O wait
-                logger.warning("download of %s failed (attempt %d): %r", mxc, attempt, exc)
-                await self._backoff(attempt, None)
-            except BaseException:
-                dest.unlink(missing_ok=True)  # noqa: ASYNC240 - also runs on cancellation
-                raise
-        raise MediaError("the file could not be fetched from the server")
+        decryptor = AttachmentDecryptor(encrypted_file) if encrypted_file is not None else None
+        what = f"downloading {mxc}"
+        try:
+            async with self._http().get(url, headers=self._headers()) as response:
+                if response.status == 200:
+                    return await self._save(response, dest, max_bytes, decryptor)
+                if response.status in (404, 403):
+                    raise MediaError("the file is not available on the server any more",
+                                     code="M_NOT_FOUND")
+                raise await _refusal(response, what)
+        except BaseException as exc:
+            dest.unlink(missing_ok=True)  # noqa: ASYNC240 - local metadata; also on cancellation
+            if isinstance(exc, Exception) and not isinstance(exc, errors.WorkError):
+                raise errors.from_exception(exc, what) from exc
+            raise
 
     async def _save(
         self,
@@ -199,38 +183,32 @@ class MediaClient:
         if encrypt:
             content_type = "application/octet-stream"
         headers = self._headers({"Content-Type": content_type, "Content-Length": str(size)})
-        for attempt in range(1, self._max_attempts + 1):
-            encryptor = AttachmentEncryptor() if encrypt else None
-            digest = StreamingDigest()
-            try:
-                async with self._http().post(
-                    url, data=_read_chunks(path, digest, encryptor), headers=headers
-                ) as response:
-                    if response.status == 200:
-                        body = await response.json(content_type=None)
-                        uri = body.get("content_uri") if isinstance(body, dict) else None
-                        parse_mxc(uri)
-                        if digest.size != size:
-                            raise MediaError("the file changed while it was being uploaded")
-                        if encryptor is not None:
-                            # CTR has no final block; finalize only seals the checksum. aiohttp
-                            # stops pulling at Content-Length, so it is done here, not at EOF.
-                            encryptor.finalize()
-                        return Uploaded(str(uri), digest.hexdigest(), encryptor)
+        encryptor = AttachmentEncryptor() if encrypt else None
+        digest = StreamingDigest()
+        what = f"uploading {filename}"
+        try:
+            async with self._http().post(
+                url, data=_read_chunks(path, digest, encryptor), headers=headers
+            ) as response:
+                if response.status != 200:
                     if response.status == 413:
-                        raise MediaError("the homeserver does not accept files this large")
-                    if response.status < 500 and response.status != 429:
-                        text = await response.text()
-                        raise MediaError(
-                            f"the upload was refused ({response.status}: {text[:200]})"
-                        )
-                    logger.warning("upload of %s: HTTP %d (attempt %d)", path.name,
-                                   response.status, attempt)
-                    await self._backoff(attempt, response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.warning("upload of %s failed (attempt %d): %r", path.name, attempt, exc)
-                await self._backoff(attempt, None)
-        raise MediaError("the file could not be uploaded")
+                        raise MediaError("the file is larger than the homeserver allows",
+                                         code="M_TOO_LARGE")
+                    raise await _refusal(response, what)
+                body = await response.json(content_type=None)
+        except errors.WorkError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            raise errors.from_exception(exc, what) from exc
+        uri = body.get("content_uri") if isinstance(body, dict) else None
+        parse_mxc(uri)
+        if digest.size != size:
+            raise MediaError("the file changed while it was being uploaded")
+        if encryptor is not None:
+            # CTR has no final block; finalize only seals the checksum. aiohttp stops pulling
+            # at Content-Length, so it is done here, not at EOF.
+            encryptor.finalize()
+        return Uploaded(str(uri), digest.hexdigest(), encryptor)
 
     async def purge(self, mxc: str) -> bool:
         """Delete media from the homeserver with the Synapse admin API (needs admin rights)."""
@@ -259,3 +237,25 @@ async def _read_chunks(
         while chunk := await handle.read(CHUNK_SIZE):
             digest.update(chunk)
             yield encryptor.update(chunk) if encryptor is not None else chunk
+
+
+async def _refusal(response: aiohttp.ClientResponse, what: str) -> errors.WorkError:
+    """Classify a media endpoint's error answer (429 and 5xx transient, other 4xx permanent)."""
+    errcode: str | None = None
+    message = ""
+    retry_after_ms: object = None
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        body = None
+    if isinstance(body, dict):
+        errcode = body.get("errcode") if isinstance(body.get("errcode"), str) else None
+        message = str(body.get("error", ""))[:200]
+        retry_after_ms = body.get("retry_after_ms")
+    error = errors.from_http(response.status, errcode, message or f"HTTP {response.status}",
+                             what, retry_after_ms)
+    if isinstance(error, TransientError):
+        logger.warning("%s: HTTP %d", what, response.status)
+        return error
+    return MediaError(f"the server refused it ({response.status}: {message or errcode})",
+                      code=errcode or f"http_{response.status}")

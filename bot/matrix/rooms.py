@@ -8,6 +8,7 @@ from collections import defaultdict
 from nio import AsyncClient, MatrixRoom
 
 from bot.attachments.text import strip_invisible
+from bot.errors import TransientError
 
 
 class RoomDirectory:
@@ -25,14 +26,20 @@ class RoomDirectory:
                     if not waiter.done():
                         waiter.set_result(None)
 
-    async def ready(self, room_id: str, timeout: float = 120.0) -> MatrixRoom:
-        """Wait until nio knows ``room_id`` (after a sync) and return it."""
+    async def ready(self, room_id: str, timeout: float = 30.0) -> MatrixRoom:
+        """Wait until nio knows ``room_id`` (after a sync) and return it.
+
+        Raises :class:`TransientError` when no sync brought the room within ``timeout``.
+        """
         room = self._client.rooms.get(room_id)
         if room is not None:
             return room
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[room_id].append(waiter)
-        await asyncio.wait_for(waiter, timeout)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError as exc:
+            raise TransientError(f"room {room_id} has not come in a sync yet") from exc
         return self._client.rooms[room_id]
 
     def room(self, room_id: str) -> MatrixRoom | None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
 from nio import AsyncClient, SyncResponse
 
 from bot.metrics import Metrics
+from bot.retry import Backoff, sleep_or_stop
 from bot.store import Store
 from bot.tasks import Stopped, unless_stopped
 
@@ -41,15 +41,17 @@ class SyncLoop:
         handle: BatchHandler,
         *,
         poll_timeout_ms: int = 30_000,
-        max_backoff: float = 60.0,
+        backoff: Backoff | None = None,
         metrics: Metrics | None = None,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._client = client
         self._store = store
         self._handle = handle
         self._poll_timeout_ms = poll_timeout_ms
-        self._max_backoff = max_backoff
+        self._backoff = backoff or Backoff(cap=60.0)
+        self._on_recovered = on_recovered
         self.first_sync_done = asyncio.Event()
         self.healthy = False
         self.last_sync_at: float | None = None
@@ -68,18 +70,19 @@ class SyncLoop:
                 failures += 1
                 self.healthy = False
                 self._metrics.homeserver_error("sync")
-                delay = min(self._max_backoff, 2.0 ** min(failures - 1, 10))
-                delay *= 0.75 + random.random() / 2
+                delay = self._backoff.delay(failures, _retry_after(response))
                 logger.warning(
                     "sync failed (%s); retrying in %.1f s (failure %d)",
                     _describe(response),
                     delay,
                     failures,
                 )
-                await _sleep_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
                 continue
             if failures:
                 logger.info("sync recovered after %d failures", failures)
+                if self._on_recovered is not None:
+                    self._on_recovered()  # the homeserver is back: waiting work goes now
             failures = 0
             self.healthy = True
             await self._crypto_housekeeping()
@@ -127,16 +130,17 @@ async def maintain_keys(client: AsyncClient) -> None:
     await client.send_to_device_messages()
 
 
+def _retry_after(response: object) -> float | None:
+    """The wait a 429 answer asked for, in seconds."""
+    retry_after_ms = getattr(response, "retry_after_ms", None)
+    if isinstance(retry_after_ms, int | float) and not isinstance(retry_after_ms, bool):
+        return max(0.0, retry_after_ms / 1000.0)
+    return None
+
+
 def _describe(response: object) -> str:
     if isinstance(response, BaseException):
         return f"{type(response).__name__}: {response}" if str(response) else repr(response)
     message = getattr(response, "message", None)
     status = getattr(response, "status_code", None)
     return f"{status}: {message}" if message else repr(response)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=delay)
-    except TimeoutError:
-        pass

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from nio import AsyncClient, ErrorResponse, RoomCreateResponse, RoomPreset
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    ProfileGetDisplayNameResponse,
+    RoomCreateResponse,
+    RoomGetStateEventResponse,
+    RoomKickResponse,
+    RoomLeaveResponse,
+    RoomPreset,
+    RoomPutStateResponse,
+)
 
 from bot import render
 from bot.attachments.text import strip_invisible
 from bot.config import Config
-from bot.matrix.client import MatrixError, Sender
+from bot.errors import PermanentError, TransientError
+from bot.matrix.client import Sender, call
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
 from bot.sessions.naming import disambiguate
-from bot.store import Job, Session, SessionState, Side, Store
-from bot.tasks import TaskGroup
+from bot.store import Session, SessionState, Side, Store, WorkUnit, session_lane
+from bot.work import Scheduler
 
 if TYPE_CHECKING:
     from bot.attachments.offers import OfferService
 
 logger = logging.getLogger(__name__)
 
-MAX_JOB_ATTEMPTS = 6
+# How often a send into a room that holds a stranger looks again (the kick is under way).
+STRANGER_RECHECK = 2.0
 
 
 def server_of(user_id: str) -> str:
@@ -33,7 +43,7 @@ def server_of(user_id: str) -> str:
 
 
 class SessionService:
-    """Owns sessions: every action on one session runs in order through its job queue."""
+    """Owns sessions: every action on one session runs in order, as durable work units."""
 
     def __init__(
         self,
@@ -42,7 +52,7 @@ class SessionService:
         client: AsyncClient,
         sender: Sender,
         rooms: RoomDirectory,
-        tasks: TaskGroup,
+        work: Scheduler,
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
@@ -51,14 +61,15 @@ class SessionService:
         self._client = client
         self._sender = sender
         self._rooms = rooms
-        self._tasks = tasks
-        self._wakeups: dict[int, asyncio.Event] = {}
+        self._work = work
         self.offers: OfferService | None = None  # set by the composition root
-        self._job_kinds: dict[str, Callable[[Session, dict[str, Any]], Awaitable[None]]] = {
-            "open": self._run_open,
-            "send": self._run_send,
-            "close": self._run_close,
-        }
+        work.register("open", self._run_open, self._open_failed)
+        work.register("send", self._run_send, self._send_failed)
+        work.register("close", self._run_close)
+        work.register("leave", self._run_leave)
+        work.register("kick", self._run_kick)
+        work.register("refuse", self._run_refuse)
+        sender.guard = self.guard_room
 
     @property
     def own_user_id(self) -> str:
@@ -93,6 +104,67 @@ class SessionService:
             return render.agent_label(shown, self._config.agents.label)
         return shown
 
+    # -- isolation ------------------------------------------------------------------------
+
+    def strangers(self, session: Session) -> set[str]:
+        """Members (joined or invited) of the session's agent room who are not agents."""
+        if session.agent_room is None:
+            return set()
+        members = self._rooms.members(session.agent_room)
+        return {m for m in members if m != self.own_user_id and not self.is_agent(m)}
+
+    def remove_stranger(self, session: Session, user_id: str, handled_event: str | None = None
+                        ) -> None:
+        """Queue the removal of someone who is not an agent from the agent room."""
+        assert session.agent_room is not None
+        self._work.submit(
+            "kick", f"kick:{session.agent_room}:{user_id}",
+            {"session": session.id, "room": session.agent_room, "user": user_id},
+            handled_event=handled_event,
+        )
+
+    def guard_room(self, room_id: str) -> None:
+        """Refuse to send into an agent room while a stranger is in it (keys would go too)."""
+        found = self._store.session_for_room(room_id)
+        if found is None or found[1] is not Side.AGENT:
+            return
+        session = found[0]
+        strangers = self.strangers(session)
+        if not strangers:
+            return
+        for user_id in strangers:
+            self.remove_stranger(session, user_id)
+        raise TransientError(
+            f"the agent room holds {', '.join(sorted(strangers))}, who is not an agent; "
+            "waiting until they are removed",
+            retry_after=STRANGER_RECHECK,
+        )
+
+    async def _run_kick(self, unit: WorkUnit) -> None:
+        room_id, user_id = unit.payload["room"], unit.payload["user"]
+        if await self._membership(room_id, user_id) not in ("join", "invite", "knock"):
+            return  # gone already: the purpose of the kick is met
+        logger.warning("session %s: removing %s (not an agent) from the agent room %s",
+                       unit.payload["session"], user_id, room_id)
+        await call(f"removing {user_id} from {room_id}",
+                   self._client.room_kick(room_id, user_id,
+                                          reason="Only support agents may be in this room"),
+                   RoomKickResponse)
+
+    async def _membership(self, room_id: str, user_id: str) -> str | None:
+        """A user's membership of a room as the homeserver has it now."""
+        try:
+            state = await call(f"reading {user_id}'s membership of {room_id}",
+                               self._client.room_get_state_event(room_id, "m.room.member",
+                                                                 user_id),
+                               RoomGetStateEventResponse)
+        except PermanentError as exc:
+            if exc.code == "M_NOT_FOUND":
+                return None
+            raise
+        membership = state.content.get("membership") if isinstance(state.content, dict) else None
+        return membership if isinstance(membership, str) else None
+
     # -- opening --------------------------------------------------------------------------
 
     async def on_invite(self, room_id: str, inviter: str) -> None:
@@ -106,51 +178,54 @@ class SessionService:
             return
         if self.is_agent(inviter):
             logger.info("ignoring invite to %s from agent %s", room_id, inviter)
-            await self._client.room_leave(room_id)
+            self._work.submit("leave", f"leave:{room_id}:invite", {"room": room_id})
             return
         allowed = self._config.allowed_servers
         if allowed and server_of(inviter) not in allowed:
             logger.info("refusing invite to %s from %s: server not allowed", room_id, inviter)
-            # Telling them needs the room from a later sync: not inline in this one.
-            self._tasks.spawn(self._refuse(room_id, inviter), name=f"refuse-{room_id}")
+            self._work.submit("refuse", f"refuse:{room_id}", {"room": room_id,
+                                                               "inviter": inviter})
             return
-        name = await self._profile_name(inviter)
-        session, created = self._store.create_session(room_id, inviter, name)
+        # The display name is looked up by the open unit: nothing here may wait on the network.
+        session, created = self._store.create_session(room_id, inviter, localpart(inviter))
         if created:
             self._metrics.session_opened()
             logger.info("session %d opened for %s in %s", session.id, inviter, room_id)
-        self._store.enqueue(session.id, "open", {})
-        self.wake(session.id)
+        self._work.submit("open", f"open:{session.id}", {"session": session.id},
+                          lane=session_lane(session.id))
 
-    async def _refuse(self, room_id: str, inviter: str) -> None:
-        joined = await self._client.join(room_id)
-        if isinstance(joined, ErrorResponse):
-            return
-        try:
-            await self._rooms.ready(room_id, timeout=30)
-            notice = render.Message(
-                "Sorry, this support service is not available to accounts on "
-                f"{server_of(inviter)}."
-            )
-            await self._sender.send(room_id, notice.content(), txn_id=f"refuse-{room_id}")
-        except (TimeoutError, MatrixError) as exc:
-            logger.warning("could not tell %s why the invite was refused: %s", inviter, exc)
-        await self._client.room_leave(room_id)
+    async def _run_refuse(self, unit: WorkUnit) -> None:
+        room_id, inviter = unit.payload["room"], unit.payload["inviter"]
+        await call(f"joining {room_id}", self._client.join(room_id), JoinResponse)
+        await self._rooms.ready(room_id)
+        notice = render.Message(
+            "Sorry, this support service is not available to accounts on "
+            f"{server_of(inviter)}."
+        )
+        await self._sender.send(room_id, notice.content(), txn_id=f"refuse-{room_id}")
+        await call(f"leaving {room_id}", self._client.room_leave(room_id), RoomLeaveResponse)
 
     async def _profile_name(self, user_id: str) -> str:
-        response = await self._client.get_displayname(user_id)
-        name = getattr(response, "displayname", None)
+        response = await call(f"reading {user_id}'s profile",
+                              self._client.get_displayname(user_id), object)
+        name = response.displayname if isinstance(response, ProfileGetDisplayNameResponse) \
+            else None
         if isinstance(name, str):
             cleaned = " ".join(strip_invisible(name).split())[:64]
             if cleaned:
                 return cleaned
-        return user_id.split(":", 1)[0].lstrip("@")
+        return localpart(user_id)
 
-    async def _run_open(self, session: Session, payload: dict[str, Any]) -> None:
-        joined = await self._client.join(session.customer_room)
-        if isinstance(joined, ErrorResponse):
-            raise MatrixError(f"could not join {session.customer_room}: {joined.message}")
+    async def _run_open(self, unit: WorkUnit) -> None:
+        session = self._store.get_session(unit.payload["session"])
+        if session.state is SessionState.CLOSED:
+            return
         if session.agent_room is None:
+            name = await self._profile_name(session.customer_id)
+            if name != session.customer_name:
+                session = self._store.rename_customer(session.id, name)
+            await call(f"joining {session.customer_room}",
+                       self._client.join(session.customer_room), JoinResponse)
             session = await self._create_agent_room(session)
         assert session.agent_room is not None
         await self._rooms.ready(session.customer_room)
@@ -167,6 +242,16 @@ class SessionService:
             ).content(),
             txn_id=f"session-{session.id}-opened",
         )
+
+    async def _open_failed(self, unit: WorkUnit, error: PermanentError) -> None:
+        """A chat that cannot be opened is closed, and the customer told if they can be."""
+        session = self._store.get_session(unit.payload["session"])
+        if session.customer_room in self._client.rooms:
+            self.enqueue_send(session, Side.CUSTOMER,
+                              render.chat_not_opened(
+                                  render.failure_cause(error.code, error.reason)).content(),
+                              f"session-{session.id}-not-opened")
+        self.request_close(session, "open_failed", None, None)
 
     async def _create_agent_room(self, session: Session) -> Session:
         # Someone let in later (and removed by the bot) must not read the chat so far.
@@ -185,22 +270,26 @@ class SessionService:
                     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
                 }
             )
-        name = self._config.messages.agent_room_name.format(
-            customer=session.customer_name, session=session.id
+        response = await call(
+            "creating the agent room",
+            self._client.room_create(
+                name=self._agent_room_name(session),
+                topic=f"Parcel session #{session.id} with {session.customer_id}",
+                invite=list(self._config.agents.users),
+                preset=RoomPreset.private_chat,
+                initial_state=initial_state,
+            ),
+            RoomCreateResponse,
         )
-        response = await self._client.room_create(
-            name=name,
-            topic=f"Parcel session #{session.id} with {session.customer_id}",
-            invite=list(self._config.agents.users),
-            preset=RoomPreset.private_chat,
-            initial_state=initial_state,
-        )
-        if not isinstance(response, RoomCreateResponse):
-            raise MatrixError(f"could not create the agent room: {response.message}")
         logger.info("session %d: agent room %s created", session.id, response.room_id)
         return self._store.attach_agent_room(session.id, response.room_id)
 
-    # -- the queue --------------------------------------------------------------------------
+    def _agent_room_name(self, session: Session) -> str:
+        return self._config.messages.agent_room_name.format(
+            customer=session.customer_name, session=session.id
+        )
+
+    # -- sending ----------------------------------------------------------------------------
 
     def enqueue_send(
         self,
@@ -209,67 +298,40 @@ class SessionService:
         content: dict[str, Any],
         txn_id: str,
         handled_event: str | None = None,
+        origin: Side | None = None,
     ) -> None:
-        """Queue a message for one side's room, in order with the session's other work."""
-        payload = {"side": to_side.value, "content": content, "txn_id": txn_id}
-        self._store.enqueue(session.id, "send", payload, handled_event)
-        self.wake(session.id)
+        """Queue a message for one side's room, in order with the session's other work.
 
-    def wake(self, session_id: int) -> None:
-        """Make sure the session's worker runs."""
-        event = self._wakeups.get(session_id)
-        if event is None:
-            event = self._wakeups[session_id] = asyncio.Event()
-            self._tasks.spawn(self._worker(session_id, event), name=f"session-{session_id}")
-        event.set()
+        ``origin`` is the side whose person wrote it (for a relayed message): they are told
+        if it can never be delivered.
+        """
+        payload: dict[str, Any] = {"session": session.id, "side": to_side.value,
+                                   "content": content, "txn_id": txn_id}
+        if origin is not None:
+            payload["origin"] = origin.value
+        self._work.submit("send", txn_id, payload, lane=session_lane(session.id),
+                          handled_event=handled_event)
 
-    def resume(self) -> None:
-        """Restart the workers of sessions with queued work (after a restart)."""
-        for session_id in self._store.sessions_with_jobs():
-            self.wake(session_id)
-
-    async def _worker(self, session_id: int, wakeup: asyncio.Event) -> None:
-        try:
-            while True:
-                job = self._store.next_job(session_id)
-                if job is None:
-                    wakeup.clear()
-                    if self._store.next_job(session_id) is None:
-                        await wakeup.wait()
-                    continue
-                await self._run_job(job)
-        finally:
-            self._wakeups.pop(session_id, None)
-
-    async def _run_job(self, job: Job) -> None:
-        session = self._store.get_session(job.session_id)
-        handler = self._job_kinds.get(job.kind)
-        if handler is None:
-            logger.error("session %d: unknown job kind %r dropped", job.session_id, job.kind)
-            self._store.finish_job(job.id)
-            return
-        try:
-            await handler(session, job.payload)
-        except (MatrixError, TimeoutError, OSError) as exc:
-            self._store.count_attempt(job.id)
-            if job.attempts + 1 >= MAX_JOB_ATTEMPTS:
-                logger.error("session %d: giving up on %s job %d: %s", session.id, job.kind,
-                             job.id, exc)
-                self._store.finish_job(job.id)
-            else:
-                delay = min(2.0 ** job.attempts, 30.0)
-                logger.warning("session %d: %s job %d failed (%s); retrying in %.0f s",
-                               session.id, job.kind, job.id, exc, delay)
-                await asyncio.sleep(delay)
-            return
-        self._store.finish_job(job.id)
-
-    async def _run_send(self, session: Session, payload: dict[str, Any]) -> None:
+    async def _run_send(self, unit: WorkUnit) -> None:
+        payload = unit.payload
+        session = self._store.get_session(payload["session"])
         room_id = session.room_of(Side(payload["side"]))
         if room_id is None:
-            raise MatrixError(f"session {session.id} has no agent room yet")
+            raise PermanentError(f"session {session.id} has no agent room", code="no_room")
         await self._rooms.ready(room_id)
         await self._sender.send(room_id, payload["content"], txn_id=payload["txn_id"])
+
+    async def _send_failed(self, unit: WorkUnit, error: PermanentError) -> None:
+        """A relayed message that can never be delivered: its writer is told, in order."""
+        origin = unit.payload.get("origin")
+        if origin is None:
+            return
+        session = self._store.get_session(unit.payload["session"])
+        if session.state is SessionState.CLOSED:
+            return
+        notice = render.not_delivered(render.failure_cause(error.code, error.reason))
+        self.enqueue_send(session, Side(origin), notice.content(),
+                          f"undelivered-{unit.payload['txn_id']}")
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -277,34 +339,84 @@ class SessionService:
         self, session: Session, reason: str, by: str | None, handled_event: str | None
     ) -> None:
         """Queue the end of a session (after the work already queued for it)."""
-        payload = {"reason": reason, "by": by}
-        self._store.enqueue(session.id, "close", payload, handled_event)
-        self.wake(session.id)
+        self._work.submit("close", f"close:{session.id}",
+                          {"session": session.id, "reason": reason, "by": by},
+                          lane=session_lane(session.id), handled_event=handled_event)
 
-    async def _run_close(self, session: Session, payload: dict[str, Any]) -> None:
-        reason, by = payload["reason"], payload.get("by")
+    async def _run_close(self, unit: WorkUnit) -> None:
+        session = self._store.get_session(unit.payload["session"])
+        reason, by = unit.payload["reason"], unit.payload.get("by")
         if self._store.close_session(session.id, reason):
             self._metrics.session_closed()
+            logger.info("session %d closed (%s)", session.id, reason)
         if self.offers is not None:
-            await self.offers.expire_session(session.id, "the chat ended")
+            self.offers.expire_session(session.id, "the chat ended")
         if self._config.retention.redact_delivered_on_close:
             await self._redact_deliveries(session)
         notice = render.session_closed(by, reason)
         for room_id in (session.customer_room, session.agent_room):
-            if room_id is None:
+            if room_id is None or room_id not in self._client.rooms:
                 continue
             if room_id == session.customer_room and reason == "customer_left":
                 continue
-            try:
-                await self._sender.send(
-                    room_id, notice.content(), txn_id=f"session-{session.id}-closed-{room_id}"
-                )
-            except MatrixError as exc:
-                logger.warning("session %d: could not post the closing notice: %s", session.id,
-                               exc)
-        # Leaving the customer room lets their client start a fresh chat next time.
-        await self._client.room_leave(session.customer_room)
-        logger.info("session %d closed (%s)", session.id, reason)
+            await self._sender.send(
+                room_id, notice.content(), txn_id=f"session-{session.id}-closed-{room_id}"
+            )
+        rooms = [session.customer_room]
+        if session.agent_room is not None and self._config.retention.leave_closed_rooms:
+            rooms.append(session.agent_room)
+        for room_id in rooms:
+            self.leave(session, room_id)
+
+    def leave(self, session: Session, room_id: str) -> None:
+        """Queue leaving one of a closed session's rooms (after its offers are settled)."""
+        self._work.submit("leave", f"leave:{room_id}:{session.id}",
+                          {"session": session.id, "room": room_id},
+                          lane=session_lane(session.id))
+
+    def tidy_closed_rooms(self) -> int:
+        """Leave the rooms of closed sessions the bot is still in (left by an older version)."""
+        count = 0
+        for room_id in list(self._client.rooms):
+            found = self._store.session_for_room(room_id)
+            if found is None or found[0].state is not SessionState.CLOSED:
+                continue
+            session, side = found
+            if side is Side.AGENT and not self._config.retention.leave_closed_rooms:
+                continue
+            self.leave(session, room_id)
+            count += 1
+        return count
+
+    async def _run_leave(self, unit: WorkUnit) -> None:
+        room_id = unit.payload["room"]
+        session_id = unit.payload.get("session")
+        if session_id is not None:
+            if not self._store.session_settled(session_id):
+                # The offers' final edits still need the rooms.
+                raise TransientError(f"session {session_id} still has offers to settle",
+                                     retry_after=1.0)
+            found = self._store.session_for_room(room_id)
+            session = self._store.get_session(session_id)
+            if found is not None and found[0].id != session_id:
+                return  # the room started a new session meanwhile: stay
+            if room_id == session.agent_room:
+                await self._mark_closed(session)
+        if room_id not in self._client.rooms and room_id not in self._client.invited_rooms:
+            return
+        await call(f"leaving {room_id}", self._client.room_leave(room_id), RoomLeaveResponse)
+
+    async def _mark_closed(self, session: Session) -> None:
+        """Rename the agent room "[closed] …" so agents see at a glance that it is over."""
+        assert session.agent_room is not None
+        name = render.closed_room_name(self._agent_room_name(session))
+        room = self._rooms.room(session.agent_room)
+        if room is not None and room.name == name:
+            return
+        await call(f"renaming {session.agent_room}",
+                   self._client.room_put_state(session.agent_room, "m.room.name",
+                                               {"name": name}),
+                   RoomPutStateResponse)
 
     async def _redact_deliveries(self, session: Session) -> None:
         """Remove delivered files from the chat when it ends (images in-line only while live)."""
@@ -319,6 +431,11 @@ class SessionService:
             try:
                 await self._sender.redact(room_id, offer.delivery_event_id, "the chat ended",
                                           txn_id=f"offer-{offer.id}-redact")
-            except MatrixError as exc:
+            except PermanentError as exc:
                 logger.warning("offer %d (session %d): could not redact the delivered file: %s",
-                               offer.id, session.id, exc)
+                               offer.id, session.id, exc.reason)
+
+
+def localpart(user_id: str) -> str:
+    """The name part of a user id (``@carol:example.org`` → ``carol``), never empty."""
+    return user_id.split(":", 1)[0].lstrip("@") or user_id

@@ -7,6 +7,7 @@ transaction. The database is small and local, so calls are made directly from th
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from typing import Any
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.store.migrations import SchemaTooNew, migrate
 
-__all__ = ["Store", "Session", "SessionState", "Side", "SchemaTooNew", "LogEntry", "Job"]
+__all__ = ["DELIVERY_RECORDS_KEPT", "Store", "Session", "SessionState", "Side", "SchemaTooNew", "LogEntry", "WorkUnit"]
 
 
 class SessionState(StrEnum):
@@ -61,14 +62,24 @@ class Session:
 
 
 @dataclass(frozen=True)
-class Job:
-    """Queued work for one session, run in order by the session's worker."""
+class WorkUnit:
+    """One durable piece of work with a side effect on the homeserver, and its retry schedule.
+
+    ``lane`` orders units: of the units sharing a lane only the oldest may run, so a session's
+    messages go out in order. ``generation`` counts the times the unit was asked for again
+    while it existed.
+    """
 
     id: int
-    session_id: int
     kind: str
+    key: str
+    lane: str | None
     payload: dict[str, Any]
     attempts: int
+    generation: int
+    next_at: float
+    last_error: str | None
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,26 @@ class LogEntry:
     transitions: tuple[tuple[str, float, str | None, str | None], ...]
 
 
+# Handled events and sent transactions are remembered for twice the homeserver's 24 h
+# transaction window: long enough for any replay or retry to find them. Older events count as
+# handled (the router's backfill stops there).
+DELIVERY_RECORDS_KEPT = 48 * 3600.0
+
+
+def session_lane(session_id: int) -> str:
+    """The lane that keeps one session's messages in order."""
+    return f"session:{session_id}"
+
+
+def offer_lane(offer_id: int) -> str:
+    """The lane that runs one offer's steps one at a time."""
+    return f"offer:{offer_id}"
+
+
+# A unit may run when no older unit shares its lane.
+_MAY_RUN = ("(w.lane IS NULL OR NOT EXISTS "
+            "(SELECT 1 FROM work AS e WHERE e.lane = w.lane AND e.id < w.id))")
+
 _OFFER_FIELDS = tuple(f.name for f in fields(Offer))
 
 
@@ -88,6 +119,21 @@ def _offer_from_row(row: sqlite3.Row) -> Offer:
     values["state"] = OfferState(values["state"])
     values["scanned"] = bool(values["scanned"])
     return Offer(**values)
+
+
+def _work_from_row(row: sqlite3.Row) -> WorkUnit:
+    return WorkUnit(
+        id=row["id"],
+        kind=row["kind"],
+        key=row["key"],
+        lane=row["lane"],
+        payload=json.loads(row["payload"]),
+        attempts=row["attempts"],
+        generation=row["generation"],
+        next_at=row["next_at"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+    )
 
 
 def _session_from_row(row: sqlite3.Row) -> Session:
@@ -186,6 +232,20 @@ class Store:
         )
         return self.get_session(session_id)
 
+    def rename_customer(self, session_id: int, name: str) -> Session:
+        """Record the customer's display name (looked up after the session was opened)."""
+        self._conn.execute("UPDATE sessions SET customer_name = ? WHERE id = ?",
+                           (name, session_id))
+        return self.get_session(session_id)
+
+    def session_settled(self, session_id: int) -> bool:
+        """Whether every offer of a session has carried out what its state owes."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) AS n FROM offers WHERE session_id = ? AND "
+            "(settled_state IS NULL OR settled_state != state)", (session_id,)
+        ).fetchone()
+        return int(row["n"]) == 0
+
     def close_session(self, session_id: int, reason: str) -> bool:
         """Close an open session; False when it was already closed."""
         cursor = self._conn.execute(
@@ -237,8 +297,12 @@ class Store:
                     "DELETE FROM offer_transitions WHERE offer_id IN "
                     "(SELECT id FROM offers WHERE session_id = ?)", (session_id,),
                 )
+                conn.execute(
+                    "DELETE FROM work WHERE lane = ? OR lane IN "
+                    "(SELECT 'offer:' || id FROM offers WHERE session_id = ?)",
+                    (session_lane(session_id), session_id),
+                )
                 conn.execute("DELETE FROM offers WHERE session_id = ?", (session_id,))
-                conn.execute("DELETE FROM jobs WHERE session_id = ?", (session_id,))
                 conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         return len(ids)
 
@@ -453,47 +517,107 @@ class Store:
         ).fetchone()
         return bool(row and row["done"])
 
-    # -- the per-session job queue ------------------------------------------------------------
+    # -- durable work units ---------------------------------------------------------------
 
-    def enqueue(
-        self, session_id: int, kind: str, payload: dict[str, Any], handled_event: str | None = None
-    ) -> int:
-        """Queue work for a session; marks the inbound event handled in the same transaction."""
+    def submit_work(
+        self,
+        kind: str,
+        key: str,
+        payload: dict[str, Any],
+        *,
+        lane: str | None = None,
+        handled_event: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Add a unit of work, due now; marks the inbound event handled in the same transaction.
+
+        ``key`` makes submitting idempotent: submitting a key that is already waiting (or
+        running) asks for one more run of it instead (its generation goes up and it is due
+        at once), which is how "the offer changed, look at it again" works.
+        """
+        at = time.time() if now is None else now
         with self.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO jobs(session_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
-                (session_id, kind, json.dumps(payload), time.time()),
+            conn.execute(
+                "INSERT INTO work(kind, key, lane, payload, next_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "generation = generation + 1, next_at = MIN(next_at, excluded.next_at)",
+                (kind, key, lane, json.dumps(payload), at, at),
             )
             if handled_event is not None:
                 conn.execute(
                     "INSERT OR IGNORE INTO handled_events(event_id, handled_at) VALUES (?, ?)",
-                    (handled_event, time.time()),
+                    (handled_event, at),
                 )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
 
-    def next_job(self, session_id: int) -> Job | None:
-        """The oldest queued job of a session."""
+    def due_work(self, now: float, limit: int) -> list[WorkUnit]:
+        """Units due by ``now`` that may run: the oldest of each lane, and every lane-less one."""
+        rows = self._conn.execute(
+            f"SELECT * FROM work AS w WHERE next_at <= ? AND {_MAY_RUN} "
+            "ORDER BY next_at, id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [_work_from_row(row) for row in rows]
+
+    def lane_head(self, lane: str) -> WorkUnit | None:
+        """The oldest unit of a lane, due or not."""
         row = self._conn.execute(
-            "SELECT * FROM jobs WHERE session_id = ? ORDER BY id LIMIT 1", (session_id,)
+            "SELECT * FROM work WHERE lane = ? ORDER BY id LIMIT 1", (lane,)
         ).fetchone()
-        if row is None:
-            return None
-        return Job(row["id"], row["session_id"], row["kind"], json.loads(row["payload"]),
-                   row["attempts"])
+        return None if row is None else _work_from_row(row)
 
-    def finish_job(self, job_id: int) -> None:
-        """Remove a job that is done (or given up on)."""
-        self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    def next_work_at(self) -> float | None:
+        """When the next unit that may run (a lane's oldest, or lane-less) falls due."""
+        row = self._conn.execute(
+            f"SELECT MIN(next_at) AS at FROM work AS w WHERE {_MAY_RUN}"
+        ).fetchone()
+        return None if row is None or row["at"] is None else float(row["at"])
 
-    def count_attempt(self, job_id: int) -> None:
-        """Note one more failed attempt at a job."""
-        self._conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
+    def finish_work(self, unit: WorkUnit) -> bool:
+        """Remove a unit that is done, unless more was asked of it while it ran (then False)."""
+        cursor = self._conn.execute(
+            "DELETE FROM work WHERE id = ? AND generation = ?", (unit.id, unit.generation)
+        )
+        return cursor.rowcount == 1
 
-    def sessions_with_jobs(self) -> list[int]:
-        """Sessions that have queued work (resumed at start)."""
-        rows = self._conn.execute("SELECT DISTINCT session_id FROM jobs ORDER BY session_id")
-        return [row["session_id"] for row in rows.fetchall()]
+    def drop_work(self, unit_id: int) -> None:
+        """Remove a unit whatever was asked of it since (it can never succeed)."""
+        self._conn.execute("DELETE FROM work WHERE id = ?", (unit_id,))
+
+    def postpone_work(self, unit: WorkUnit, next_at: float, error: str) -> None:
+        """Record a failed attempt and when to try again (at once if re-asked meanwhile)."""
+        self._conn.execute(
+            "UPDATE work SET attempts = attempts + 1, last_error = ?, "
+            "next_at = CASE WHEN generation = ? THEN ? ELSE MIN(next_at, ?) END WHERE id = ?",
+            (error, unit.generation, next_at, next_at, unit.id),
+        )
+
+    def hurry_work(self, now: float, kind: str | None = None) -> int:
+        """Make waiting units (of one kind, or all) due now; returns how many."""
+        if kind is None:
+            cursor = self._conn.execute("UPDATE work SET next_at = ? WHERE next_at > ?",
+                                        (now, now))
+        else:
+            cursor = self._conn.execute(
+                "UPDATE work SET next_at = ? WHERE next_at > ? AND kind = ?", (now, now, kind)
+            )
+        return cursor.rowcount
+
+    def work_units(self, kind: str | None = None) -> list[WorkUnit]:
+        """Every waiting unit (of one kind), oldest first."""
+        if kind is None:
+            rows = self._conn.execute("SELECT * FROM work ORDER BY id").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM work WHERE kind = ? ORDER BY id", (kind,)
+            ).fetchall()
+        return [_work_from_row(row) for row in rows]
+
+    def work_backlog(self) -> tuple[int, float | None]:
+        """How many units wait, and when the oldest of them was submitted."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM work"
+        ).fetchone()
+        return int(row["n"]), (None if row["oldest"] is None else float(row["oldest"]))
 
     # -- inbound events and the outbox ------------------------------------------------------
 
@@ -527,3 +651,49 @@ class Store:
             "DO UPDATE SET event_id = excluded.event_id, sent_at = excluded.sent_at",
             (txn_id, room_id, event_id, now, now),
         )
+
+    def prune_delivery_records(self, older_than: float, batch: int = 5000) -> tuple[int, int]:
+        """Forget handled events and sent transactions older than ``older_than``.
+
+        An outbox row is kept while its owner (the offer or session named in its transaction
+        id) still has work to do, since a retry of that work must find what was already sent.
+        Returns (handled events removed, outbox rows removed).
+        """
+        handled = self._conn.execute(
+            "DELETE FROM handled_events WHERE handled_at < ?", (older_than,)
+        ).rowcount
+        rows = self._conn.execute(
+            "SELECT txn_id FROM outbox WHERE created_at < ? LIMIT ?", (older_than, batch)
+        ).fetchall()
+        done: list[str] = []
+        for row in rows:
+            owner = outbox_owner(row["txn_id"])
+            if owner is None or not self._owner_busy(*owner):
+                done.append(row["txn_id"])
+        for start in range(0, len(done), 500):
+            chunk = done[start:start + 500]
+            self._conn.execute(
+                f"DELETE FROM outbox WHERE txn_id IN ({', '.join('?' for _ in chunk)})", chunk
+            )
+        return handled, len(done)
+
+    def _owner_busy(self, kind: str, owner_id: int) -> bool:
+        if kind == "offer":
+            row = self._conn.execute(
+                "SELECT settled_state IS NULL OR settled_state != state AS busy FROM offers "
+                "WHERE id = ?", (owner_id,)
+            ).fetchone()
+        else:
+            row = self._conn.execute(
+                "SELECT state != 'closed' AS busy FROM sessions WHERE id = ?", (owner_id,)
+            ).fetchone()
+        return bool(row and row["busy"])
+
+
+_OWNED_TXN = re.compile(r"^(offer|session)-(\d+)-")
+
+
+def outbox_owner(txn_id: str) -> tuple[str, int] | None:
+    """Which offer or session a transaction id belongs to (``offer-12-card`` → offer 12)."""
+    match = _OWNED_TXN.match(txn_id)
+    return None if match is None else (match.group(1), int(match.group(2)))

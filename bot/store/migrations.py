@@ -90,6 +90,31 @@ MIGRATIONS: list[str] = [
         sent_at REAL
     );
     """,
+    # 2: one durable table of work units (kind, key, lane, payload, retry schedule) replacing
+    # the per-session job queue; indexes for pruning handled events and the outbox by age.
+    """
+    CREATE TABLE work (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL UNIQUE,
+        lane TEXT,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX work_lane ON work(lane, id);
+    CREATE INDEX work_due ON work(next_at);
+    INSERT INTO work(kind, key, lane, payload, attempts, next_at, created_at)
+        SELECT kind, 'job-' || id, 'session:' || session_id,
+               json_set(payload, '$.session', session_id), attempts, created_at, created_at
+        FROM jobs ORDER BY id;
+    DROP TABLE jobs;
+    CREATE INDEX handled_events_at ON handled_events(handled_at);
+    CREATE INDEX outbox_created ON outbox(created_at);
+    """,
 ]
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from bot.matrix.crosssign import (
     SEEDS_FILE,
     CrossSigningSeeds,
     CrossSigningStatus,
+    IdentityMismatch,
     decode_base64,
     ensure_cross_signed,
     save_seeds,
@@ -47,12 +50,13 @@ class Recorder:
 
 
 async def run(client: AsyncClient, data_dir: Path, password: str | None = None,
-              recorder: Recorder | None = None) -> CrossSigningStatus:
+              recorder: Recorder | None = None, reset: bool = False) -> CrossSigningStatus:
     """ensure_cross_signed, through a recording session when a recorder is given."""
     if recorder is None:
-        return await ensure_cross_signed(client, data_dir, password)
+        return await ensure_cross_signed(client, data_dir, password, reset=reset)
     async with recorder.session() as session:
-        return await ensure_cross_signed(client, data_dir, password, session=session)
+        return await ensure_cross_signed(client, data_dir, password, reset=reset,
+                                         session=session)
 
 
 async def keys_seen_by(homeserver: Homeserver, observer: RegisteredUser,
@@ -166,13 +170,14 @@ async def test_new_device_with_same_data_dir_keeps_identity(
     assert assert_chain(keys, bot_user.user_id, bot_user.device_id)[0] == first.master_key
 
 
+@pytest.mark.parametrize("password", [None, "configured"])
 @pytest.mark.parametrize("lost", ["seeds deleted", "other seeds"])
-async def test_refuses_to_reset_identity_without_password(
+async def test_never_replaces_the_identity_by_itself(
     homeserver: Homeserver, make_user: MakeUser, make_client: MakeClient, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, lost: str,
+    lost: str, password: str | None,
 ) -> None:
-    """With seeds missing or different and no password, nothing is replaced: the status says
-    the device is not cross-signed and the published master key stays."""
+    """With seeds missing or different, start-up stops with the key and the reset command,
+    password or not: nothing is uploaded and the published master key stays."""
     bot_user, observer = await make_user("parcel"), await make_user("alice")
     bot = await make_client(bot_user, encrypted=True)
     first = await run(bot, tmp_path)
@@ -182,35 +187,47 @@ async def test_refuses_to_reset_identity_without_password(
         save_seeds(seeds_path, CrossSigningSeeds.generate(bot_user.user_id))
     other_seeds = seeds_path.read_bytes() if seeds_path.exists() else None
     recorder = Recorder()
-    caplog.set_level(logging.ERROR, logger=LOGGER)
 
-    status = await run(bot, tmp_path, password=None, recorder=recorder)
+    with pytest.raises(IdentityMismatch) as caught:
+        await run(bot, tmp_path, password=bot_user.password if password else None,
+                  recorder=recorder)
 
-    assert not status.cross_signed
-    assert "not replacing" in status.detail and first.master_key in status.detail
-    assert status.master_key == first.master_key  # what the server publishes
+    assert first.master_key in str(caught.value)
+    assert "parcel-bot reset-identity --config" in str(caught.value)
     assert recorder.uploads() == []
     keys = await keys_seen_by(homeserver, observer, bot_user.user_id)
     assert _single_key(keys["master_keys"][bot_user.user_id]) == first.master_key
     # The seeds file is left as it was: not created, not overwritten.
     assert (seeds_path.read_bytes() if seeds_path.exists() else None) == other_seeds
-    assert any(r.levelno == logging.ERROR and "not cross-signed" in r.getMessage()
-               for r in caplog.records)
+
+
+async def test_reset_without_a_password_changes_nothing(
+    homeserver: Homeserver, make_user: MakeUser, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The explicit reset still needs the password: without one the status says so."""
+    bot_user, observer = await make_user("parcel"), await make_user("alice")
+    bot = await make_client(bot_user, encrypted=True)
+    first = await run(bot, tmp_path)
+    (tmp_path / SEEDS_FILE).unlink()
+    status = await run(bot, tmp_path, password=None, reset=True)
+    assert not status.cross_signed and "needs its password" in status.detail
+    keys = await keys_seen_by(homeserver, observer, bot_user.user_id)
+    assert _single_key(keys["master_keys"][bot_user.user_id]) == first.master_key
 
 
 async def test_replaces_identity_with_password(
     homeserver: Homeserver, make_user: MakeUser, make_client: MakeClient, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With the seeds lost and a password configured, a new identity replaces the old one
-    through interactive auth, with a warning, and the device is signed by it."""
+    """With the seeds lost, the admin's reset replaces the identity through password auth,
+    with a warning, and the device is signed by it."""
     bot_user, observer = await make_user("parcel"), await make_user("alice")
     bot = await make_client(bot_user, encrypted=True)
     first = await run(bot, tmp_path)
     (tmp_path / SEEDS_FILE).unlink()
     caplog.set_level(logging.WARNING, logger=LOGGER)
 
-    status = await run(bot, tmp_path, password=bot_user.password)
+    status = await run(bot, tmp_path, password=bot_user.password, reset=True)
 
     assert status.cross_signed, status.detail
     assert status.master_key not in (None, first.master_key)
@@ -234,7 +251,7 @@ async def test_wrong_password_leaves_identity(
     first = await run(bot, tmp_path)
     (tmp_path / SEEDS_FILE).unlink()
 
-    status = await run(bot, tmp_path, password="not-the-password")
+    status = await run(bot, tmp_path, password="not-the-password", reset=True)
 
     assert not status.cross_signed
     assert "refused the password" in status.detail
@@ -253,3 +270,34 @@ async def test_unencrypted_client_is_not_cross_signed(
 
     assert not status.cross_signed and "encryption is off" in status.detail
     assert recorder.requests == [] and not (tmp_path / SEEDS_FILE).exists()
+
+
+async def test_lost_seeds_stop_start_up_until_the_admin_resets(start_chat) -> None:
+    """A bot whose seeds file is gone refuses to start, naming the command; after
+    ``parcel-bot reset-identity`` it starts cross-signed with a new identity."""
+    chat = await start_chat(as_process=True)
+    await chat.bot.stop()
+    seeds = chat.bot.config.data_dir / SEEDS_FILE
+    old = seeds.read_bytes()
+    seeds.unlink()
+
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", "--config", str(chat.bot.config_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(refused.communicate(), 60)
+    assert refused.returncode == 1
+    assert b"reset-identity --config" in err and not seeds.exists()
+
+    reset = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "reset-identity", "--config", str(chat.bot.config_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(reset.communicate(), 60)
+    assert reset.returncode == 0, err.decode()
+    assert b"replaced master key" in out
+    assert seeds.exists() and seeds.read_bytes() != old
+
+    await chat.bot.start()
+    await chat.open_session()
+    await chat.customer.say(chat.customer_room, "after the reset")
+    await chat.agent.until(lambda: "Carol: after the reset" in chat.agent.bodies(chat.agent_room),
+                           "a relay after the reset")

@@ -51,10 +51,10 @@ async def test_encrypted_chat_relays_text_and_redelivers_an_encrypted_image(star
     assert chat.bot.parcel.cross_signing.cross_signed, chat.bot.parcel.cross_signing.detail
 
 
-async def test_undecryptable_message_asks_the_sender_to_resend(start_chat, monkeypatch) -> None:
+async def test_undecryptable_message_asks_the_sender_to_resend(start_chat) -> None:
     """A message the bot cannot decrypt is not dropped silently: the sender is asked to resend."""
-    monkeypatch.setattr("bot.router.UNDECRYPTABLE_WAIT", 3.0)
-    chat: Chat = await start_chat(encrypted=True)
+    chat: Chat = await start_chat(encrypted=True,
+                                  retry={"undecryptable_for": "3s", "max_backoff": "1s"})
     await chat.open_session(encrypted=True)
     customer = chat.customer
     bogus = {

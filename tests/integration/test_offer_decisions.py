@@ -316,8 +316,9 @@ async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
 
 
 async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(start_chat) -> None:
-    """`!end` expires pending offers, tells the customer who closed the chat, and the bot leaves."""
-    chat: Chat = await start_chat()
+    """`!end` expires pending offers, tells the customer who closed the chat, and the bot leaves
+    the customer room; kept in the agent room (by configuration), it answers agents there."""
+    chat: Chat = await start_chat(retention={"leave_closed_rooms": False})
     await chat.open_session()
     agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
     to_agent, _, _ = await offer_to_agent(chat, samples.png(), "mine.png", "image/png",

@@ -1,4 +1,4 @@
-"""Media transfer against a scripted loopback HTTP server: 429, 5xx, size caps, timeouts."""
+"""Media transfer against a scripted loopback HTTP server: one attempt, failures classified."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest_asyncio
 from aiohttp import web
 from nio.crypto.attachments import decrypt_attachment
 
+from bot.errors import TransientError
 from bot.matrix.media import MediaClient, MediaError, TooLarge, parse_mxc
 
 
@@ -48,7 +49,7 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
 
 
 def _client(url: str, timeout: float = 10.0) -> MediaClient:
-    return MediaClient(url, lambda: "token", timeout, max_attempts=3)
+    return MediaClient(url, lambda: "token", timeout)
 
 
 def _rate_limited() -> web.Response:
@@ -68,17 +69,61 @@ def test_parse_mxc_refuses_anything_else(uri: object) -> None:
         parse_mxc(uri)
 
 
-async def test_download_honours_429_then_succeeds(server, tmp_path: Path) -> None:
-    """A 429 is retried after retry_after_ms and the file then arrives."""
+async def test_download_of_a_file_streams_it_to_disk(server, tmp_path: Path) -> None:
+    """A 200 answer is written to the destination and measured."""
     url, script = server
-    script.responses = [_rate_limited(), web.Response(body=b"hello")]
+    script.responses = [web.Response(body=b"hello")]
     client = _client(url)
     try:
         got = await client.download("mxc://x/y", tmp_path / "f", max_bytes=100)
     finally:
         await client.close()
     assert (tmp_path / "f").read_bytes() == b"hello" and got.size == 5
-    assert script.requests == 2
+    assert got.sha256 == hashlib.sha256(b"hello").hexdigest()
+
+
+async def test_download_rate_limited_is_transient_with_its_wait(server, tmp_path: Path) -> None:
+    """A 429 is raised as transient carrying retry_after_ms, after one request, nothing on disk."""
+    url, script = server
+    script.responses = [_rate_limited()]
+    client = _client(url)
+    try:
+        with pytest.raises(TransientError) as caught:
+            await client.download("mxc://x/y", tmp_path / "f", max_bytes=100)
+    finally:
+        await client.close()
+    assert caught.value.retry_after == 0.05
+    assert script.requests == 1 and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    ("status", "errcode", "permanent", "code"),
+    [
+        (502, None, False, None),
+        (503, "M_UNKNOWN", False, None),
+        (500, None, False, None),
+        (404, "M_NOT_FOUND", True, "M_NOT_FOUND"),
+        (403, "M_FORBIDDEN", True, "M_NOT_FOUND"),
+        (400, "M_UNKNOWN", True, "M_UNKNOWN"),
+    ],
+)
+async def test_download_error_answers_are_classified(
+    server, tmp_path: Path, status: int, errcode: str | None, permanent: bool, code: str | None
+) -> None:
+    """5xx answers are transient; 4xx ones are permanent MediaErrors with a reason."""
+    url, script = server
+    body = {"errcode": errcode, "error": "no"} if errcode else {}
+    script.responses = [web.json_response(body, status=status)]
+    client = _client(url)
+    try:
+        with pytest.raises((MediaError, TransientError)) as caught:
+            await client.download("mxc://x/y", tmp_path / "f", max_bytes=100)
+    finally:
+        await client.close()
+    assert isinstance(caught.value, MediaError) is permanent
+    if permanent:
+        assert caught.value.code == code and caught.value.reason
+    assert script.requests == 1
 
 
 async def test_download_stops_at_the_limit_without_content_length(server, tmp_path: Path) -> None:
@@ -103,26 +148,12 @@ async def test_download_stops_at_the_limit_without_content_length(server, tmp_pa
     assert not (tmp_path / "f").exists()
 
 
-async def test_download_gives_up_after_repeated_5xx(server, tmp_path: Path) -> None:
-    """A homeserver answering 502 again and again ends in a MediaError, not a hang."""
-    url, script = server
-    script.responses = [web.Response(status=502) for _ in range(3)]
-    client = _client(url)
-    try:
-        with pytest.raises(MediaError):
-            await client.download("mxc://x/y", tmp_path / "f", max_bytes=100)
-    finally:
-        await client.close()
-    assert script.requests == 3
-
-
-async def test_upload_honours_429_and_streams_the_file(server, tmp_path: Path) -> None:
-    """An upload rate-limited once is sent again in full and returns the new URI."""
+async def test_upload_streams_the_file(server, tmp_path: Path) -> None:
+    """An upload sends the file in full and returns the new URI and the plaintext's hash."""
     url, script = server
     source = tmp_path / "src"
     source.write_bytes(b"a" * 300_000)
-    script.responses = [_rate_limited(),
-                        web.json_response({"content_uri": "mxc://x/new"})]
+    script.responses = [web.json_response({"content_uri": "mxc://x/new"})]
     client = _client(url)
     try:
         uploaded = await client.upload(source, "image/png", "a.png")
@@ -139,7 +170,7 @@ async def test_encrypted_upload_streams_ciphertext_that_decrypts(server, tmp_pat
     plaintext = bytes(range(256)) * 5000
     source = tmp_path / "src"
     source.write_bytes(plaintext)
-    script.responses = [_rate_limited(), web.json_response({"content_uri": "mxc://x/enc"})]
+    script.responses = [web.json_response({"content_uri": "mxc://x/enc"})]
     client = _client(url)
     try:
         uploaded = await client.upload(source, "image/png", "a.png", encrypt=True)
@@ -154,7 +185,7 @@ async def test_encrypted_upload_streams_ciphertext_that_decrypts(server, tmp_pat
 
 
 async def test_transfer_timeout_applies(server, tmp_path: Path) -> None:
-    """A server that never answers cannot stall a download forever."""
+    """A server that never answers cannot stall a download forever: it is a transient failure."""
     url, script = server
 
     async def stall(request: web.Request) -> web.Response:
@@ -162,9 +193,40 @@ async def test_transfer_timeout_applies(server, tmp_path: Path) -> None:
         return web.Response(body=b"late")
 
     script.responses = [stall]
-    client = MediaClient(url, lambda: "token", 0.5, max_attempts=1)
+    client = MediaClient(url, lambda: "token", 0.5)
     try:
-        with pytest.raises(MediaError):
+        with pytest.raises(TransientError):
             await client.download("mxc://x/y", tmp_path / "f", max_bytes=100)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "permanent", "code"),
+    [
+        (lambda: web.json_response({"errcode": "M_TOO_LARGE"}, status=413), True, "M_TOO_LARGE"),
+        (_rate_limited, False, None),
+        (lambda: web.Response(status=502), False, None),
+        (lambda: web.json_response({"errcode": "M_FORBIDDEN", "error": "no"}, status=403), True,
+         "M_FORBIDDEN"),
+    ],
+)
+async def test_upload_error_answers_are_classified(
+    server, tmp_path: Path, answer, permanent: bool, code: str | None
+) -> None:
+    """413 and other 4xx are permanent (413 in plain words); 429 and 5xx are transient."""
+    url, script = server
+    source = tmp_path / "src"
+    source.write_bytes(b"a" * 1000)
+    script.responses = [answer()]
+    client = _client(url)
+    try:
+        with pytest.raises((MediaError, TransientError)) as caught:
+            await client.upload(source, "image/png", "a.png")
+    finally:
+        await client.close()
+    assert isinstance(caught.value, MediaError) is permanent
+    if permanent:
+        assert caught.value.code == code
+    if code == "M_TOO_LARGE":
+        assert caught.value.reason == "the file is larger than the homeserver allows"

@@ -82,8 +82,9 @@ async def test_fresh_metrics_are_zero(served: tuple[Metrics, FakeClock, HealthSw
         "parcel_sessions_open",
         "parcel_sessions_total",
         "parcel_bytes_delivered_total",
-        "parcel_homeserver_retries_total",
         "parcel_sync_lag_seconds",
+        "parcel_work_units_waiting",
+        "parcel_work_oldest_seconds",
         "parcel_offer_decision_seconds_count",
         "parcel_delivery_seconds_count",
     ):
@@ -109,8 +110,10 @@ async def test_counters_after_calls(served: tuple[Metrics, FakeClock, HealthSwit
     metrics.delivered(500_000, 2.0)
     metrics.homeserver_error("sync")
     metrics.homeserver_error("upload")
-    metrics.homeserver_error("upload")
-    metrics.retry()
+    metrics.retry("upload")
+    metrics.retry("send")
+    metrics.work_failed("send", "M_FORBIDDEN")
+    metrics.watch_backlog(lambda: (7, 12.5))
 
     samples = await scrape(url)
     assert samples[key("parcel_sessions_open")] == 2
@@ -131,7 +134,12 @@ async def test_counters_after_calls(served: tuple[Metrics, FakeClock, HealthSwit
     assert samples[key("parcel_delivery_seconds_bucket", le="0.5")] == 1
     assert samples[key("parcel_homeserver_errors_total", kind="sync")] == 1
     assert samples[key("parcel_homeserver_errors_total", kind="upload")] == 2
-    assert samples[key("parcel_homeserver_retries_total")] == 1
+    assert samples[key("parcel_homeserver_errors_total", kind="send")] == 2
+    assert samples[key("parcel_homeserver_retries_total", kind="upload")] == 1
+    assert samples[key("parcel_homeserver_retries_total", kind="send")] == 1
+    assert samples[key("parcel_work_failed_total", kind="send", code="M_FORBIDDEN")] == 1
+    assert samples[key("parcel_work_units_waiting")] == 7
+    assert samples[key("parcel_work_oldest_seconds")] == 12.5
 
 
 async def test_open_sessions_never_go_negative(

@@ -20,7 +20,7 @@ S = OfferState
 # The expected table, written out independently of the code: from-state → allowed targets.
 EXPECTED: dict[OfferState, set[OfferState]] = {
     S.INSPECTING: {S.OFFERED, S.REJECTED, S.WITHDRAWN, S.EXPIRED},
-    S.OFFERED: {S.ACCEPTED, S.DECLINED, S.WITHDRAWN, S.EXPIRED},
+    S.OFFERED: {S.ACCEPTED, S.DECLINED, S.WITHDRAWN, S.EXPIRED, S.FAILED},
     S.ACCEPTED: {S.FAILED},
     S.DECLINED: set(),
     S.WITHDRAWN: set(),

@@ -1,4 +1,4 @@
-"""The SQLite store: migrations, sessions, offers and their log, jobs, outbox, retention."""
+"""The SQLite store: migrations, sessions, offers and their log, work units, outbox, retention."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 import bot.store as store_module
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
-from bot.store import SchemaTooNew, SessionState, Side, Store
+from bot.store import SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
 from bot.store import migrations as migrations_module
 from bot.store.migrations import MIGRATIONS, migrate
 
@@ -106,7 +106,7 @@ def count(store: Store, sql: str, *params: Any) -> int:
 
 # -- migrations ---------------------------------------------------------------------------------
 
-EXPECTED_TABLES = {"kv", "sessions", "offers", "offer_transitions", "handled_events", "jobs",
+EXPECTED_TABLES = {"kv", "sessions", "offers", "offer_transitions", "handled_events", "work",
                    "outbox"}
 
 
@@ -437,74 +437,139 @@ def test_is_settled_for_unknown_offer_is_false(store: Store) -> None:
     assert store.is_settled(999) is False
 
 
-# -- jobs ---------------------------------------------------------------------------------------
+# -- work units ---------------------------------------------------------------------------------
 
 
-def test_jobs_run_in_order_per_session(store: Store) -> None:
-    """next_job returns a session's oldest job; finish_job removes it; other sessions are apart."""
-    one = open_session(store, "!one:hs", "!agents-one:hs")
-    two = open_session(store, "!two:hs", "!agents-two:hs")
-    a = store.enqueue(one, "relay", {"n": 1})
-    store.enqueue(two, "relay", {"n": 2})
-    b = store.enqueue(one, "offer", {"n": 3, "nested": {"k": [1, 2]}})
-    assert store.sessions_with_jobs() == [one, two]
-    job = store.next_job(one)
-    assert job is not None and (job.id, job.kind, job.payload, job.attempts) == (
-        a, "relay", {"n": 1}, 0)
-    store.finish_job(a)
-    job = store.next_job(one)
-    assert job is not None and (job.id, job.payload) == (b, {"n": 3, "nested": {"k": [1, 2]}})
-    store.finish_job(b)
-    assert store.next_job(one) is None
-    assert store.sessions_with_jobs() == [two]
+def keys(units: list[WorkUnit]) -> list[str]:
+    return [unit.key for unit in units]
 
 
-def test_count_attempt_increments(store: Store) -> None:
-    """count_attempt adds one to a job's attempts each time."""
-    session_id = open_session(store)
-    job_id = store.enqueue(session_id, "relay", {})
-    for expected in (1, 2, 3):
-        store.count_attempt(job_id)
-        job = store.next_job(session_id)
-        assert job is not None and job.attempts == expected
+def test_due_work_gives_each_lane_its_oldest_unit(store: Store, clock: Clock) -> None:
+    """Of a lane only the oldest unit is due; lane-less units are all due; later ones wait."""
+    store.submit_work("send", "a1", {"n": 1}, lane="session:1")
+    store.submit_work("send", "a2", {"n": 2}, lane="session:1")
+    store.submit_work("send", "b1", {"n": 3, "nested": {"k": [1, 2]}}, lane="session:2")
+    store.submit_work("decrypt", "free1", {}, lane=None)
+    store.submit_work("decrypt", "free2", {}, lane=None)
+    due = store.due_work(clock.now, 10)
+    assert keys(due) == ["a1", "b1", "free1", "free2"]
+    assert due[1].payload == {"n": 3, "nested": {"k": [1, 2]}}
+    assert (due[0].kind, due[0].lane, due[0].attempts, due[0].generation) == (
+        "send", "session:1", 0, 0)
+    assert store.finish_work(due[0]) is True
+    assert keys(store.due_work(clock.now, 10)) == ["a2", "b1", "free1", "free2"]
+    assert keys(store.due_work(clock.now, 2)) == ["a2", "b1"]
 
 
-def test_enqueue_marks_the_handled_event(store: Store) -> None:
-    """enqueue with handled_event records the event as handled; without one, nothing is marked."""
-    session_id = open_session(store)
-    store.enqueue(session_id, "relay", {}, handled_event="$in1")
-    store.enqueue(session_id, "relay", {})
+def test_a_postponed_lane_head_holds_its_lane(store: Store, clock: Clock) -> None:
+    """A unit waiting for its retry keeps the units behind it in its lane from running."""
+    store.submit_work("send", "a1", {}, lane="session:1")
+    store.submit_work("send", "a2", {}, lane="session:1")
+    head = store.due_work(clock.now, 10)[0]
+    store.postpone_work(head, clock.now + 30, "homeserver down")
+    assert store.due_work(clock.now, 10) == []
+    assert store.next_work_at() == clock.now + 30
+    later = store.due_work(clock.now + 30, 10)
+    assert keys(later) == ["a1"]
+    assert (later[0].attempts, later[0].last_error) == (1, "homeserver down")
+
+
+def test_submitting_a_waiting_key_asks_for_another_run(store: Store, clock: Clock) -> None:
+    """A second submit of a key adds no row: the unit's generation rises and it is due now."""
+    store.submit_work("offer", "offer:1", {"offer": 1}, lane="offer:1")
+    unit = store.due_work(clock.now, 10)[0]
+    store.postpone_work(unit, clock.now + 100, "down")
+    store.submit_work("offer", "offer:1", {"offer": 1}, lane="offer:1")
+    [again] = store.work_units()
+    assert (again.generation, again.next_at, again.attempts) == (1, clock.now, 1)
+
+
+def test_a_unit_asked_for_again_while_running_is_not_finished(store: Store, clock: Clock) -> None:
+    """finish_work keeps a unit re-submitted during its run, due at once; drop_work removes it."""
+    store.submit_work("offer", "offer:1", {"offer": 1})
+    running = store.due_work(clock.now, 10)[0]
+    store.submit_work("offer", "offer:1", {"offer": 1})
+    assert store.finish_work(running) is False
+    [left] = store.work_units()
+    assert left.next_at <= clock.now
+    store.postpone_work(running, clock.now + 50, "failed")  # re-asked: stays due now
+    assert store.work_units()[0].next_at <= clock.now
+    store.drop_work(left.id)
+    assert store.work_units() == []
+
+
+def test_hurry_work_makes_waiting_units_due(store: Store, clock: Clock) -> None:
+    """hurry_work brings every waiting unit (or only one kind's) forward to now."""
+    for key, kind in (("s1", "send"), ("d1", "decrypt"), ("d2", "decrypt")):
+        store.submit_work(kind, key, {})
+        store.postpone_work(store.work_units()[-1], clock.now + 500, "later")
+    assert store.due_work(clock.now, 10) == []
+    assert store.hurry_work(clock.now, "decrypt") == 2
+    assert keys(store.due_work(clock.now, 10)) == ["d1", "d2"]
+    assert store.hurry_work(clock.now) == 1
+    assert keys(store.due_work(clock.now, 10)) == ["s1", "d1", "d2"]
+
+
+def test_work_backlog_counts_units_and_finds_the_oldest(store: Store, clock: Clock) -> None:
+    """work_backlog reports how many units wait and when the oldest was submitted."""
+    assert store.work_backlog() == (0, None)
+    store.submit_work("send", "x", {})
+    first = clock.now
+    clock.now += 10
+    store.submit_work("send", "y", {})
+    assert store.work_backlog() == (2, first)
+
+
+def test_submit_work_marks_the_handled_event(store: Store) -> None:
+    """submit_work with handled_event records the event as handled; without one, nothing is."""
+    store.submit_work("send", "k1", {}, handled_event="$in1")
+    store.submit_work("send", "k2", {})
     assert store.is_handled("$in1") is True
     assert count(store, "SELECT count(*) FROM handled_events") == 1
-    store.enqueue(session_id, "relay", {}, handled_event="$in1")
+    store.submit_work("send", "k3", {}, handled_event="$in1")
     assert count(store, "SELECT count(*) FROM handled_events") == 1
 
 
-def test_enqueue_writes_job_and_handled_event_in_one_transaction(store: Store) -> None:
-    """The job insert and the handled-event insert sit between one BEGIN and one COMMIT."""
-    session_id = open_session(store)
+def test_submit_work_writes_unit_and_handled_event_in_one_transaction(store: Store) -> None:
+    """The unit insert and the handled-event insert sit between one BEGIN and one COMMIT."""
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
     try:
-        store.enqueue(session_id, "relay", {}, handled_event="$in")
+        store.submit_work("send", "k", {}, handled_event="$in")
     finally:
         store._conn.set_trace_callback(None)
     kinds = []
     for sql in statements:
         head = sql.strip().upper()
-        for word in ("BEGIN", "COMMIT", "ROLLBACK", "INSERT INTO JOBS",
+        for word in ("BEGIN", "COMMIT", "ROLLBACK", "INSERT INTO WORK",
                      "INSERT OR IGNORE INTO HANDLED_EVENTS"):
             if head.startswith(word):
                 kinds.append(word)
-    assert kinds == ["BEGIN", "INSERT INTO JOBS", "INSERT OR IGNORE INTO HANDLED_EVENTS", "COMMIT"]
+    assert kinds == ["BEGIN", "INSERT INTO WORK", "INSERT OR IGNORE INTO HANDLED_EVENTS",
+                     "COMMIT"]
 
 
-def test_enqueue_failure_leaves_the_event_unhandled(store: Store) -> None:
-    """If the job cannot be written, the inbound event is not marked handled either."""
-    with pytest.raises(sqlite3.IntegrityError):
-        store.enqueue(404, "relay", {}, handled_event="$lost")  # no such session (foreign key)
-    assert store.is_handled("$lost") is False
-    assert count(store, "SELECT count(*) FROM jobs") == 0
+def test_old_jobs_become_work_units_in_order(tmp_path: Path) -> None:
+    """Migration 2 turns a version-1 store's queued jobs into session-lane units, in order."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO sessions(customer_room, customer_id, customer_name, state, "
+                 "created_at) VALUES ('!c:hs', '@c:hs', 'C', 'open', 1.0)")
+    for n in (1, 2):
+        conn.execute("INSERT INTO jobs(session_id, kind, payload, attempts, created_at) "
+                     "VALUES (1, 'send', ?, ?, ?)", (f'{{"n": {n}}}', n, float(n)))
+    conn.close()
+    store = Store.open(path)
+    try:
+        units = store.work_units()
+        assert [(u.kind, u.lane, u.payload, u.attempts) for u in units] == [
+            ("send", "session:1", {"n": 1, "session": 1}, 1),
+            ("send", "session:1", {"n": 2, "session": 1}, 2),
+        ]
+        assert keys(store.due_work(10.0, 10)) == [units[0].key]
+    finally:
+        store.close()
 
 
 def test_mark_handled_is_idempotent(store: Store) -> None:
@@ -532,6 +597,51 @@ def test_outbox_record_sent_again_keeps_the_latest(store: Store) -> None:
     store.record_sent("txn-1", AGENT_ROOM, "$b")
     assert store.sent_event("txn-1") == "$b"
     assert count(store, "SELECT count(*) FROM outbox") == 1
+
+
+@pytest.mark.parametrize(
+    ("txn_id", "owner"),
+    [
+        ("offer-12-card", ("offer", 12)),
+        ("offer-3-accepted-status", ("offer", 3)),
+        ("session-7-welcome", ("session", 7)),
+        ("session-7-closed-!room:hs", ("session", 7)),
+        ("relay-$event", None),
+        ("reply-$event", None),
+        ("undecryptable-$event", None),
+        ("offer-x-card", None),
+        ("offers-1-card", None),
+    ],
+)
+def test_outbox_owner(txn_id: str, owner: tuple[str, int] | None) -> None:
+    """A transaction id names the offer or session it was sent for, if any."""
+    assert outbox_owner(txn_id) == owner
+
+
+def test_pruning_forgets_old_records_but_keeps_those_still_needed(store: Store,
+                                                                  clock: Clock) -> None:
+    """Old handled events and sent records go, except outbox rows of offers with work owed
+    and of open sessions; recent rows all stay."""
+    session_id = open_session(store)
+    closed_id = open_session(store, "!closed:hs", "!agents-closed:hs")
+    store.close_session(closed_id, "ended")
+    busy, _ = make_offer(store, session_id, "$busy")
+    settled, _ = make_offer(store, session_id, "$settled")
+    store.transition(settled.id, S.REJECTED, reason="no")
+    store.mark_settled(settled.id, S.REJECTED)
+    store.mark_handled("$old-event")
+    for txn in (f"offer-{busy.id}-card", f"offer-{settled.id}-card", f"session-{session_id}-x",
+                f"session-{closed_id}-x", "relay-$old"):
+        store.record_sent(txn, AGENT_ROOM, f"${txn}")
+    clock.now += 100
+    store.mark_handled("$new-event")
+    store.record_sent("relay-$new", AGENT_ROOM, "$new")
+
+    assert store.prune_delivery_records(clock.now - 50) == (1, 3)
+
+    assert not store.is_handled("$old-event") and store.is_handled("$new-event")
+    kept = {row[0] for row in store._conn.execute("SELECT txn_id FROM outbox")}
+    assert kept == {f"offer-{busy.id}-card", f"session-{session_id}-x", "relay-$new"}
 
 
 # -- attachment log -----------------------------------------------------------------------------
@@ -575,7 +685,8 @@ def _seed_session(store: Store, clock: Clock, name: str, close_at: float | None)
     session_id = open_session(store, f"!{name}:hs", f"!agents-{name}:hs")
     offer, _ = make_offer(store, session_id, f"${name}-upload")
     store.transition(offer.id, S.OFFERED)
-    store.enqueue(session_id, "relay", {"name": name})
+    store.submit_work("send", f"relay-{name}", {"session": session_id},
+                      lane=session_lane(session_id))
     if close_at is not None:
         saved = clock.now
         clock.now = close_at
@@ -590,7 +701,7 @@ def _rows(store: Store, session_id: int) -> tuple[int, int, int, int]:
         count(store, "SELECT count(*) FROM offers WHERE session_id = ?", session_id),
         count(store, "SELECT count(*) FROM offer_transitions WHERE offer_id IN "
                      "(SELECT id FROM offers WHERE session_id = ?)", session_id),
-        count(store, "SELECT count(*) FROM jobs WHERE session_id = ?", session_id),
+        count(store, "SELECT count(*) FROM work WHERE lane = ?", session_lane(session_id)),
     )
 
 
@@ -602,7 +713,7 @@ def _rows(store: Store, session_id: int) -> tuple[int, int, int, int]:
 def test_purge_closed_sessions(
     store: Store, clock: Clock, close_offset: float | None, purged: bool
 ) -> None:
-    """Only sessions closed before the cutoff are purged, with their offers, log rows and jobs."""
+    """Only sessions closed before the cutoff are purged, with their offers, log rows and work."""
     cutoff = clock.now + 1000
     keeper = _seed_session(store, clock, "keeper", None)
     target = _seed_session(

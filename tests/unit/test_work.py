@@ -1,0 +1,238 @@
+"""The durable scheduler on a real SQLite store: order, retries without limit, failures, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.errors import PermanentError, TransientError
+from bot.metrics import Metrics
+from bot.retry import Backoff
+from bot.store import Store, WorkUnit
+from bot.work import Scheduler
+
+FAST = Backoff(initial=0.001, cap=0.01)
+
+
+class Running:
+    """A scheduler running in the background on its own stop event."""
+
+    def __init__(self, store: Store, backoff: Backoff = FAST) -> None:
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(store, backoff, self.metrics)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.scheduler.run(self.stop))
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store.open(tmp_path / "parcel.db")
+    yield opened
+    opened.close()
+
+
+@pytest_asyncio.fixture
+async def running(store: Store) -> AsyncIterator[Running]:
+    runner = Running(store)
+    yield runner
+    await runner.close()
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_lane_runs_in_order_through_transient_failures(store: Store,
+                                                               running: Running) -> None:
+    """The head of a lane failing transiently holds the rest; all then run once, in order."""
+    done: list[int] = []
+    failures = {"left": 5}
+
+    async def send(unit: WorkUnit) -> None:
+        if unit.payload["n"] == 1 and failures["left"]:
+            failures["left"] -= 1
+            raise TransientError("homeserver down")
+        done.append(unit.payload["n"])
+
+    running.scheduler.register("send", send)
+    for n in range(1, 6):
+        running.scheduler.submit("send", f"m{n}", {"n": n}, lane="session:1")
+    running.start()
+    await until(lambda: len(done) == 5, "all five sends")
+    assert done == [1, 2, 3, 4, 5]
+    assert store.work_units() == []
+
+
+async def test_transient_failures_are_retried_without_a_limit(store: Store,
+                                                              running: Running) -> None:
+    """Fifty transient failures in a row are ridden out; the work is done once at the end."""
+    attempts: list[int] = []
+
+    async def flaky(unit: WorkUnit) -> None:
+        attempts.append(unit.attempts)
+        if len(attempts) <= 50:
+            raise ConnectionResetError("reset by peer")
+
+    running.scheduler.register("flaky", flaky)
+    running.scheduler.submit("flaky", "k", {})
+    running.start()
+    await until(lambda: len(attempts) == 51 and not store.work_units(), "the 51st attempt")
+    assert attempts == list(range(51))
+
+
+async def test_a_permanent_failure_ends_the_unit_tells_and_frees_the_lane(
+    store: Store, running: Running
+) -> None:
+    """A permanent error calls give_up with it once, removes the unit, and the lane goes on."""
+    done: list[str] = []
+    told: list[tuple[str, str]] = []
+
+    async def send(unit: WorkUnit) -> None:
+        if unit.key == "bad":
+            raise PermanentError("the bot is not allowed to post there", code="M_FORBIDDEN")
+        done.append(unit.key)
+
+    async def give_up(unit: WorkUnit, error: PermanentError) -> None:
+        told.append((unit.key, error.code))
+
+    running.scheduler.register("send", send, give_up)
+    for key in ("first", "bad", "after"):
+        running.scheduler.submit("send", key, {}, lane="session:1")
+    running.start()
+    await until(lambda: done == ["first", "after"], "the unit after the failed one")
+    assert told == [("bad", "M_FORBIDDEN")]
+    assert store.work_units() == []
+
+
+async def test_an_unexpected_exception_is_a_permanent_internal_failure(
+    store: Store, running: Running
+) -> None:
+    """A bug in a handler ends that unit as "internal" and the scheduler keeps running."""
+    told: list[str] = []
+    done: list[str] = []
+
+    async def buggy(unit: WorkUnit) -> None:
+        if unit.key == "bug":
+            raise KeyError("missing")
+        done.append(unit.key)
+
+    async def give_up(unit: WorkUnit, error: PermanentError) -> None:
+        told.append(error.code)
+
+    running.scheduler.register("job", buggy, give_up)
+    running.scheduler.submit("job", "bug", {}, lane="l")
+    running.scheduler.submit("job", "fine", {}, lane="l")
+    running.start()
+    await until(lambda: done == ["fine"], "the next unit")
+    assert told == ["internal"]
+
+
+async def test_a_unit_asked_for_again_while_it_runs_runs_again(store: Store,
+                                                               running: Running) -> None:
+    """Submitting the key of a running unit makes it run once more after this run."""
+    runs: list[int] = []
+    gate = asyncio.Event()
+
+    async def look(unit: WorkUnit) -> None:
+        runs.append(unit.generation)
+        if len(runs) == 1:
+            await gate.wait()
+
+    running.scheduler.register("offer", look)
+    running.scheduler.submit("offer", "offer:1", {}, lane="offer:1")
+    running.start()
+    await until(lambda: runs == [0], "the first run")
+    running.scheduler.submit("offer", "offer:1", {}, lane="offer:1")
+    gate.set()
+    await until(lambda: runs == [0, 1] and not store.work_units(), "the second run")
+
+
+async def test_work_left_by_a_stopped_scheduler_runs_after_a_restart(store: Store) -> None:
+    """Units still waiting when the process stops run when a new scheduler starts on the store."""
+    first = Running(store, Backoff(initial=60.0, cap=60.0))
+
+    async def down(unit: WorkUnit) -> None:
+        raise TransientError("homeserver down")
+
+    first.scheduler.register("send", down)
+    first.scheduler.submit("send", "m1", {"n": 1}, lane="s")
+    first.scheduler.submit("send", "m2", {"n": 2}, lane="s")
+    first.start()
+    await until(lambda: store.work_units()[0].attempts == 1, "the failed attempt")
+    await first.close()
+
+    second = Running(store)
+    done: list[int] = []
+
+    async def up(unit: WorkUnit) -> None:
+        done.append(unit.payload["n"])
+
+    second.scheduler.register("send", up)
+    second.start()
+    second.scheduler.hurry()  # as the sync loop does when the homeserver answers again
+    try:
+        await until(lambda: done == [1, 2], "both sends after the restart")
+    finally:
+        await second.close()
+
+
+async def test_hurry_runs_waiting_units_at_once(store: Store) -> None:
+    """Units postponed for long run at once when hurried (keys arrived, homeserver back)."""
+    runner = Running(store, Backoff(initial=3600.0, cap=3600.0))
+    state = {"up": False}
+    done: list[str] = []
+
+    async def decrypt(unit: WorkUnit) -> None:
+        if not state["up"]:
+            raise TransientError("no keys yet")
+        done.append(unit.key)
+
+    runner.scheduler.register("decrypt", decrypt)
+    runner.scheduler.submit("decrypt", "d1", {})
+    runner.start()
+    try:
+        await until(lambda: store.work_units() and store.work_units()[0].attempts == 1,
+                    "the first failure")
+        state["up"] = True
+        runner.scheduler.hurry("decrypt")
+        await until(lambda: done == ["d1"], "the hurried unit")
+    finally:
+        await runner.close()
+
+
+async def test_backlog_reports_waiting_units_and_retries_are_counted(store: Store) -> None:
+    """The backlog gauge sees waiting units; each transient failure counts as a retry."""
+    runner = Running(store, Backoff(initial=3600.0, cap=3600.0))
+
+    async def down(unit: WorkUnit) -> None:
+        raise TransientError("down")
+
+    runner.scheduler.register("send", down)
+    runner.scheduler.submit("send", "a", {})
+    runner.scheduler.submit("send", "b", {})
+    runner.start()
+    try:
+        await until(lambda: all(u.attempts == 1 for u in store.work_units()), "two failures")
+        count, oldest = runner.scheduler.backlog()
+        assert count == 2 and oldest >= 0.0
+        text = runner.metrics.exposition().decode()
+        assert 'parcel_homeserver_retries_total{kind="send"} 2.0' in text
+        assert "parcel_work_units_waiting 2.0" in text
+    finally:
+        await runner.close()
