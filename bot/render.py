@@ -35,6 +35,9 @@ _ALLOWED_ATTRIBUTES = {
     "ol": {"start"},
 }
 _URL_SCHEMES = {"https", "http", "ftp", "mailto", "magnet"}
+# Removed together with everything inside them: a reply fallback (<mx-reply>) only quotes what
+# the sender claims the other message said (client-server spec, "Rich replies").
+_DROPPED_WITH_CONTENT = {"mx-reply", "script", "style"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def sanitize_html(fragment: str) -> str:
         attributes=_ALLOWED_ATTRIBUTES,
         url_schemes=_URL_SCHEMES,
         link_rel="noopener noreferrer",
+        clean_content_tags=_DROPPED_WITH_CONTENT,
     )
 
 
@@ -78,10 +82,22 @@ def _plain(text: str) -> str:
 
 
 def relayed_text(
-    sender_label: str, msgtype: str, body: str, formatted_body: str | None
+    sender_label: str,
+    msgtype: str,
+    body: str,
+    formatted_body: str | None,
+    *,
+    reply_to: str | None = None,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """A relayed m.text/m.notice/m.emote, attributed to ``sender_label``."""
+    """A relayed m.text/m.notice/m.emote, attributed to ``sender_label``.
+
+    ``reply_to`` makes it a reply (without fallback quote) to that event in the room it is
+    sent to; ``part`` = (k, n) marks the k-th of n parts of a message too long for one event.
+    """
     sender_label = _plain(sender_label)
+    if part is not None:
+        sender_label = f"{sender_label} ({part[0]}/{part[1]})"
     if msgtype == "m.emote":
         text = f"* {sender_label} {body}"
         rich = f"* <b>{_e(sender_label)}</b> "
@@ -91,9 +107,25 @@ def relayed_text(
     if formatted_body is not None:
         rich += sanitize_html(formatted_body)
     else:
-        rich += _e(body).replace("\n", "<br>")
+        rich += plain_to_html(body)
     out_type = "m.notice" if msgtype == "m.notice" else "m.text"
-    return Message(text, rich).content(out_type)
+    extra: dict[str, Any] = {}
+    if reply_to is not None:
+        extra["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+    return Message(text, rich).content(out_type, **extra)
+
+
+def plain_to_html(text: str) -> str:
+    """Plain text as HTML: escaped, newlines as line breaks."""
+    return _e(text).replace("\n", "<br>")
+
+
+def message_too_long(size: int) -> Message:
+    """Tells the sender a message was too long to relay even in parts; nothing was sent."""
+    return Message(
+        f"⚠️ Your last message was not relayed: at {human_size(size)} it is too long to send "
+        "even in parts. Please send it as several shorter messages, or as a file."
+    )
 
 
 def agent_label(name: str, label: str) -> str:

@@ -30,6 +30,7 @@ from bot.attachments.offers import FILE_MSGTYPES, OfferService
 from bot.config import Config
 from bot.errors import TransientError
 from bot.matrix.rooms import RoomDirectory
+from bot.sessions import relay
 from bot.sessions.service import SessionService
 from bot.store import DELIVERY_RECORDS_KEPT, Session, SessionState, Side, Store, WorkUnit
 from bot.work import Scheduler
@@ -251,14 +252,34 @@ class Router:
         formatted = content.get("formatted_body")
         if content.get("format") != "org.matrix.custom.html" or not isinstance(formatted, str):
             formatted = None
+        self._relay_text(session, side, event_id, sender, str(msgtype), body, formatted,
+                         reply_to=None if is_edit else relay.reply_target(content),
+                         is_edit=is_edit)
+
+    def _relay_text(
+        self, session: Session, side: Side, event_id: str, sender: str, msgtype: str,
+        body: str, formatted: str | None, reply_to: str | None, is_edit: bool,
+    ) -> None:
+        """Relay text to the other side: no fake quotes, real replies, in parts if long."""
+        body, formatted = relay.strip_fallbacks(body, formatted, is_reply=reply_to is not None)
         if is_edit:
             body = f"(edited) {body}"
             formatted = f"<i>(edited)</i> {formatted}" if formatted is not None else None
-        label = self._sessions.label(session, side, sender)
-        relayed = render.relayed_text(label, str(msgtype), body, formatted)
         other = Side.AGENT if side is Side.CUSTOMER else Side.CUSTOMER
-        self._sessions.enqueue_send(session, other, relayed, f"relay-{event_id}", event_id,
-                                    origin=side)
+        here, there = session.room_of(side), session.room_of(other)
+        target = None
+        if reply_to is not None and here is not None and there is not None:
+            target = relay.counterpart(self._store, here, reply_to, there)
+        label = self._sessions.label(session, side, sender)
+        contents = relay.relayed_messages(label, msgtype, body, formatted, reply_to=target)
+        if contents is None:
+            logger.warning("session %d: %s is too long to relay even in parts", session.id,
+                           event_id)
+            self._reply(session, side, event_id, render.message_too_long(len(body.encode())))
+            return
+        for part, relayed in enumerate(contents, start=1):
+            self._sessions.enqueue_send(session, other, relayed,
+                                        relay.relay_txn(event_id, part), event_id, origin=side)
 
     def _reply(self, session: Session, side: Side, event_id: str, message: render.Message) -> None:
         self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",

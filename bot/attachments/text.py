@@ -132,3 +132,25 @@ def human_size(n: int) -> str:
                 text = text[:-2]
             return f"{text} {unit}"
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def strip_reply_fallback(body: str, is_reply: bool) -> str:
+    """Remove a rich-reply fallback (the leading "> " quote lines) from a plain body.
+
+    Matrix clients used to quote the message replied to at the top of ``body`` ("> <@alice:hs>
+    words", more "> " lines, an empty line). The quote is only the sender's claim, so it is never
+    relayed: the relay carries the real reply relation instead. For a reply every leading "> "
+    line goes (as Element strips them); for a message that is not a reply only a quote shaped
+    like a fallback ("> <@user…" or "> * <@user…") does, so an ordinary "> quote" stays.
+    """
+    if not (is_reply or body.startswith(("> <", "> * <"))):
+        return body
+    lines = body.split("\n")
+    index = 0
+    while index < len(lines) and (lines[index].startswith("> ") or lines[index] == ">"):
+        index += 1
+    if index == 0:
+        return body
+    if index < len(lines) and lines[index] == "":
+        index += 1
+    return "\n".join(lines[index:])

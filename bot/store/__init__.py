@@ -642,6 +642,21 @@ class Store:
         ).fetchone()
         return None if row is None else row["event_id"]
 
+    def sent_txn(self, room_id: str, event_id: str) -> str | None:
+        """The transaction id that produced ``event_id`` in ``room_id``, if the bot sent it."""
+        row = self._conn.execute(
+            "SELECT txn_id FROM outbox WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+        ).fetchone()
+        return None if row is None else str(row["txn_id"])
+
+    def sent_in_room(self, txn_id: str) -> tuple[str, str] | None:
+        """(room id, event id) that a transaction id produced, if it was sent."""
+        row = self._conn.execute(
+            "SELECT room_id, event_id FROM outbox WHERE txn_id = ? AND event_id IS NOT NULL",
+            (txn_id,),
+        ).fetchone()
+        return None if row is None else (str(row["room_id"]), str(row["event_id"]))
+
     def record_sent(self, txn_id: str, room_id: str, event_id: str) -> None:
         """Remember what a transaction id produced, beyond the homeserver's 24 h memory."""
         now = time.time()

@@ -115,6 +115,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX handled_events_at ON handled_events(handled_at);
     CREATE INDEX outbox_created ON outbox(created_at);
     """,
+    # 3: find what an outgoing event was for from its event id (a reply to a relayed copy is
+    # carried back to the original it copies).
+    """
+    CREATE INDEX outbox_event ON outbox(event_id);
+    """,
 ]
 
 
