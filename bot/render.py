@@ -159,6 +159,12 @@ def session_closed(by: str | None, side_closed: str) -> Message:
     """Notice that a session ended; ``by`` is who closed it, if a person did."""
     if side_closed == "customer_left":
         return Message("The customer left the chat. This session is closed.")
+    if side_closed == "bot_removed":
+        return Message(
+            "The bot was removed from the customer's chat (or that room was shut down), so "
+            "nothing more can reach the customer. This session is closed; pending files were "
+            "not delivered."
+        )
     if by:
         return Message(f"This chat was closed by {by}. Pending files were not delivered.")
     return Message("This chat is closed. Pending files were not delivered.")
@@ -203,6 +209,16 @@ def offer_failed(filename: str, reason: str, accepted: bool) -> Message:
 def chat_not_opened(reason: str) -> Message:
     """Tells the customer that no agent can be reached through this chat."""
     return Message(f"⚠️ Sorry, the chat with support could not be opened: {reason}")
+
+
+def not_relayable(what: str) -> Message:
+    """Reply to an event that is neither text nor a file ("location", "poll", "call")."""
+    return Message(f"That {what} could not be relayed: only text and files are supported.")
+
+
+def sticker_name(description: str) -> str:
+    """The name an offered sticker goes by: "sticker (thumbs up)", or "sticker"."""
+    return f"sticker ({description})" if description else "sticker"
 
 
 def undecryptable() -> Message:

@@ -90,6 +90,11 @@ class Router:
                     logger.exception("room %s: backfilling the skipped events failed", room_id)
             for event in events:
                 await self.dispatch(room_id, event)
+        # Rooms the bot was removed from (kicked, banned, the room shut down): their last
+        # events, the removal included, come only here.
+        for room_id, info in response.rooms.leave.items():
+            for event in info.timeline.events:
+                await self.dispatch(room_id, event)
 
     async def _backfill(self, room_id: str, prev_batch: str) -> list[Any]:
         """Events the server left out of a "limited" timeline, oldest first.
@@ -170,6 +175,11 @@ class Router:
             return
         if kind == "m.room.message":
             self._on_message(session, side, event_id, sender, content)
+        elif kind == "m.sticker":
+            # A sticker is an image: offered like one, never relayed as is.
+            name = self._sessions.label(session, side, sender)
+            self._offers.on_upload(session, side, event_id, sender, name,
+                                   relay.sticker_as_image(content))
         elif kind == "m.reaction":
             relates = content.get("m.relates_to")
             if isinstance(relates, dict) and relates.get("rel_type") == "m.annotation":
@@ -180,6 +190,10 @@ class Router:
             redacts = source.get("redacts") or content.get("redacts")
             if isinstance(redacts, str):
                 self._offers.on_redaction(session, redacts, sender)
+        elif "state_key" not in source:
+            what = relay.unsupported_event(str(kind))
+            if what is not None:
+                self._reply(session, side, event_id, render.not_relayable(what))
 
     def _on_closed(
         self, session: Session, side: Side, event_id: str, sender: str, source: dict[str, Any]
@@ -211,6 +225,12 @@ class Router:
             "leave", "ban"
         ):
             self._sessions.request_close(session, "customer_left", None, source["event_id"])
+        elif side is Side.CUSTOMER and member == self._own and membership in ("leave", "ban"):
+            # Kicked or banned from the customer's room, or the room was shut down: nothing
+            # can reach the customer any more, so the session ends as if they had left.
+            logger.info("session %d: the bot was removed from the customer room by %s",
+                        session.id, sender)
+            self._sessions.request_close(session, "bot_removed", None, source["event_id"])
         elif (
             side is Side.AGENT
             and membership in ("invite", "join")
@@ -244,8 +264,8 @@ class Router:
             msgtype = _text_field(content, "msgtype")
         body = content.get("body")
         if msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
-            self._reply(session, side, event_id, render.command_error(
-                "That message could not be relayed: only text and files are supported."))
+            what = "location" if msgtype == "m.location" else "message"
+            self._reply(session, side, event_id, render.not_relayable(what))
             return
         if not is_edit and self._on_command(session, side, event_id, sender, body):
             return

@@ -493,8 +493,20 @@ class OfferService:
         self._metrics.offer_state(offer.direction, offer.state)
 
     async def _edit(self, room_id: str, event_id: str, content: dict[str, Any], txn: str) -> None:
+        if self._removed_from(room_id):
+            logger.info("not editing %s in %s: the bot was removed from that room", event_id,
+                        room_id)
+            return
         await self._rooms.ready(room_id)
         await self._sender.edit(room_id, event_id, content, txn_id=txn)
+
+    def _removed_from(self, room_id: str) -> bool:
+        """Whether the bot was removed from this room, so nothing can be posted there."""
+        found = self._store.session_for_room(room_id)
+        if found is None:
+            return False
+        session, side = found
+        return side is Side.CUSTOMER and session.close_reason == "bot_removed"
 
     async def _purge_source(self, offer: Offer) -> None:
         upload = UploadEvent(json.loads(self._store.source_content(offer.id)))

@@ -328,3 +328,50 @@ def counterpart(outbox: _Outbox, room_id: str, event_id: str, other_room: str) -
         return copy[1] if copy[0] == other_room else None
     txn = outbox.sent_txn(room_id, event_id)
     return original_of(txn) if txn is not None else None
+
+
+# -- events that are neither text nor files -----------------------------------------------
+
+# Sent by clients as part of something else (a call's signalling, a poll's votes, device
+# verification, live-location updates): answering each would flood the chat, and the event
+# that starts the thing (the call invite, the poll) already got its answer.
+_SILENT_PREFIXES = ("m.call.", "m.key.verification.", "org.matrix.msc3401.")
+_SILENT_TYPES = frozenset(
+    {
+        "m.room.encrypted", "m.poll.response", "m.poll.end", "org.matrix.msc3381.poll.response",
+        "org.matrix.msc3381.poll.end", "org.matrix.msc3381.v2.poll.response",
+        "org.matrix.msc3381.v2.poll.end", "m.beacon", "org.matrix.msc3672.beacon",
+    }
+)  # fmt: skip
+_NAMED_TYPES = {
+    "m.call.invite": "call",
+    "m.poll.start": "poll",
+    "org.matrix.msc3381.poll.start": "poll",
+    "org.matrix.msc3381.v2.poll.start": "poll",
+}
+
+
+def unsupported_event(event_type: str) -> str | None:
+    """What to call a non-state event that is neither text nor a file, or None to stay silent.
+
+    Every such event a person sends is answered, except the follow-ups listed above.
+    """
+    if event_type in _NAMED_TYPES:
+        return _NAMED_TYPES[event_type]
+    if event_type in _SILENT_TYPES or event_type.startswith(_SILENT_PREFIXES):
+        return None
+    return "message"
+
+
+def sticker_as_image(content: dict[str, Any]) -> dict[str, Any]:
+    """An ``m.sticker`` event's content as the ``m.image`` message it amounts to.
+
+    Its ``body`` describes the sticker ("thumbs up") rather than naming a file, so the offer is
+    named "sticker (thumbs up)"; ``url``/``file`` and ``info`` stay as sent.
+    """
+    image = {key: content[key] for key in ("url", "file", "info") if key in content}
+    description = content.get("body")
+    description = " ".join(description.split())[:80] if isinstance(description, str) else ""
+    image["msgtype"] = "m.image"
+    image["body"] = render.sticker_name(description)
+    return image

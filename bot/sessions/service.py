@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 # How often a send into a room that holds a stranger looks again (the kick is under way).
 STRANGER_RECHECK = 2.0
+# Close reasons after which nothing is posted in the customer room: nobody reads it any more,
+# or the bot may not write there.
+CUSTOMER_ROOM_GONE = frozenset({"customer_left", "bot_removed"})
 
 
 def server_of(user_id: str) -> str:
@@ -357,7 +360,7 @@ class SessionService:
         for room_id in (session.customer_room, session.agent_room):
             if room_id is None or room_id not in self._client.rooms:
                 continue
-            if room_id == session.customer_room and reason == "customer_left":
+            if room_id == session.customer_room and reason in CUSTOMER_ROOM_GONE:
                 continue
             await self._sender.send(
                 room_id, notice.content(), txn_id=f"session-{session.id}-closed-{room_id}"
