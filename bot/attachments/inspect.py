@@ -7,11 +7,12 @@ from the content with libmagic, never taken from the sender's claims.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import magic
 from PIL import Image
@@ -25,8 +26,6 @@ UNKNOWN_MIMETYPE = "application/octet-stream"
 # buffer; both become EMPTY_MIMETYPE.
 _EMPTY_ALIASES = frozenset({"inode/x-empty", "application/x-empty"})
 _ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed"})
-# A zip with more entries than this is not opened to look for a JAR manifest (bounded memory).
-_MAX_ZIP_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,9 @@ class FileFacts:
     width: int | None
     height: int | None
     is_executable: bool
+    # A runnable format the content is *as well as* its detected type (a PDF that is also a
+    # JAR): the MIME type of that other reading, or None.
+    also_runnable: str | None = None
 
 
 class StreamingDigest:
@@ -314,36 +316,144 @@ def _detect_mimetype(path: Path) -> str:
     return normalize_mimetype(raw if isinstance(raw, str) else UNKNOWN_MIMETYPE)
 
 
-def _zip_entry_count(path: Path) -> int | None:
-    """Entry count from the zip's end-of-central-directory record, or None if not found."""
-    with path.open("rb") as f:
-        f.seek(0, 2)
-        end = f.tell()
-        tail_size = min(end, 22 + 0xFFFF)
-        f.seek(end - tail_size)
-        tail = f.read(tail_size)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + 22 > len(tail):
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL_ENTRY = b"PK\x01\x02"
+_EOCD_SIZE = 22
+_CENTRAL_HEADER_SIZE = 46
+_TAIL = _EOCD_SIZE + 0xFFFF  # the record plus the longest possible archive comment
+
+
+@dataclass(frozen=True)
+class ZipDirectory:
+    """What a ZIP central directory at the end of a file lists (whatever precedes it)."""
+
+    entries: int
+    has_manifest: bool  # META-INF/MANIFEST.MF: runnable with "java -jar"
+    is_android_app: bool  # AndroidManifest.xml and classes.dex
+
+
+def _central_directory_span(f: BinaryIO, end: int) -> tuple[int, int, int] | None:
+    """(start, size, entries) of the central directory that the EOCD record describes.
+
+    Only the tail of the file is read. The directory is located from the record's own position
+    (record offset − directory size), as unzip and Java do, so data put in front of the archive
+    (a PDF, an image) does not hide it. ZIP64 records are followed.
+    """
+    tail_size = min(end, _TAIL)
+    f.seek(end - tail_size)
+    tail = f.read(tail_size)
+    at = tail.rfind(_EOCD)
+    while at >= 0 and at + _EOCD_SIZE > len(tail):
+        at = tail.rfind(_EOCD, 0, at)
+    if at < 0:
         return None
-    (count,) = struct.unpack_from("<H", tail, at + 10)
-    return None if count == 0xFFFF else int(count)
-
-
-def _refine_zip(path: Path) -> str | None:
-    """Spot a JAR or APK that libmagic calls a plain zip (it only checks the first entry)."""
-    try:
-        count = _zip_entry_count(path)
-        if count is None or count > _MAX_ZIP_ENTRIES:
+    eocd_pos = end - tail_size + at
+    entries, size, _offset = struct.unpack_from("<HII", tail, at + 10)
+    if entries == 0xFFFF or size == 0xFFFFFFFF:
+        # ZIP64: a locator just before the record points at the ZIP64 record, which normally
+        # sits right before the locator (its claimed offset counts from the archive's start).
+        if eocd_pos < 20 + 56:
             return None
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except Exception:  # a damaged zip is still a zip
+        f.seek(eocd_pos - 20)
+        locator = f.read(20)
+        if locator[:4] != _ZIP64_LOCATOR:
+            return None
+        (claimed,) = struct.unpack_from("<Q", locator, 8)
+        record_pos = eocd_pos - 20 - 56
+        f.seek(record_pos)
+        record = f.read(56)
+        if record[:4] != _ZIP64_EOCD and claimed < end:
+            record_pos = claimed
+            f.seek(record_pos)
+            record = f.read(56)
+        if record[:4] != _ZIP64_EOCD or len(record) < 56:
+            return None
+        entries, size = struct.unpack_from("<QQ", record, 32)
+        start = record_pos - size
+    else:
+        start = eocd_pos - size
+    if start < 0 or size == 0:
         return None
-    if "AndroidManifest.xml" in names and "classes.dex" in names:
-        return "application/vnd.android.package-archive"
-    if "META-INF/MANIFEST.MF" in names:
-        return "application/java-archive"
+    return start, size, entries
+
+
+def zip_directory(path: Path) -> ZipDirectory | None:
+    """The ZIP central directory at the end of ``path``, or None if it has none.
+
+    Streaming: seeks to the tail for the end-of-central-directory record, then reads the
+    directory entry by entry (names only; nothing is decompressed), so memory stays flat
+    whatever the file's size or entry count.
+    """
+    with path.open("rb") as f:
+        end = f.seek(0, io.SEEK_END)
+        span = _central_directory_span(f, end)
+        if span is None:
+            return None
+        start, size, expected = span
+        f.seek(start)
+        names_seen = 0
+        manifest = android = dex = False
+        consumed = 0
+        while consumed < size and names_seen < expected:
+            header = f.read(_CENTRAL_HEADER_SIZE)
+            if len(header) < _CENTRAL_HEADER_SIZE or header[:4] != _CENTRAL_ENTRY:
+                break
+            name_len, extra_len, comment_len = struct.unpack_from("<HHH", header, 28)
+            name = f.read(name_len).decode("utf-8", "replace").replace("\\", "/").lower()
+            f.seek(extra_len + comment_len, io.SEEK_CUR)
+            consumed += _CENTRAL_HEADER_SIZE + name_len + extra_len + comment_len
+            names_seen += 1
+            name = name.lstrip("/")
+            manifest = manifest or name == "meta-inf/manifest.mf"
+            android = android or name == "androidmanifest.xml"
+            dex = dex or name == "classes.dex"
+    if names_seen == 0:
+        return None
+    return ZipDirectory(entries=names_seen, has_manifest=manifest,
+                        is_android_app=android and dex)
+
+
+# Signatures of programs at the start of a file, whatever libmagic made of the rest.
+_ELF = b"\x7fELF"
+_MACHO = (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe")
+
+
+def program_header(path: Path) -> str | None:
+    """The MIME type of a program header at offset 0 (ELF, PE, Mach-O), read in a few bytes.
+
+    A PE file is "MZ" with the offset of its "PE\\0\\0" header at 0x3C; the header itself is
+    checked, so text that merely begins with "MZ" is not a program.
+    """
+    with path.open("rb") as f:
+        head = f.read(64)
+        if head.startswith(_ELF):
+            return "application/x-executable"
+        if head[:4] in _MACHO:
+            return "application/x-mach-binary"
+        if head.startswith(b"MZ") and len(head) == 64:
+            (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
+            if 0 < pe_offset < 1 << 20:
+                f.seek(pe_offset)
+                if f.read(4) == b"PE\0\0":
+                    return "application/x-dosexec"
     return None
+
+
+def _runnable_inside(path: Path) -> str | None:
+    """A runnable format the content also is, whatever its detected type (a polyglot's other
+    half): a Java or Android archive by its central directory, or a program header."""
+    try:
+        directory = zip_directory(path)
+        header = program_header(path)
+    except (OSError, struct.error, ValueError):
+        return None
+    if directory is not None and directory.is_android_app:
+        return "application/vnd.android.package-archive"
+    if directory is not None and directory.has_manifest:
+        return "application/java-archive"
+    return header
 
 
 def _image_size(path: Path) -> tuple[int | None, int | None]:
@@ -370,8 +480,13 @@ def inspect_file(path: Path, sha256: str | None = None) -> FileFacts:
         size = path.stat().st_size
         sha256 = sha256.lower()
     mimetype = EMPTY_MIMETYPE if size == 0 else _detect_mimetype(path)
-    if mimetype in _ZIP_TYPES:
-        mimetype = _refine_zip(path) or mimetype
+    # Whatever libmagic saw at the start, the end may hold a runnable archive.
+    runnable = _runnable_inside(path) if size else None
+    also_runnable = None
+    if mimetype in _ZIP_TYPES and runnable is not None:
+        mimetype = runnable  # a JAR or APK that libmagic calls a plain zip
+    elif runnable is not None and executable_kind(mimetype) is None:
+        also_runnable = runnable
     width: int | None = None
     height: int | None = None
     if mimetype.startswith("image/"):
@@ -383,5 +498,6 @@ def inspect_file(path: Path, sha256: str | None = None) -> FileFacts:
         description=describe_mimetype(mimetype),
         width=width,
         height=height,
-        is_executable=executable_kind(mimetype) is not None,
+        is_executable=executable_kind(mimetype) is not None or also_runnable is not None,
+        also_runnable=also_runnable,
     )

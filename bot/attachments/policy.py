@@ -1,6 +1,7 @@
 """Pure verdicts: may this file go to the other side, and if not, why (in plain words)?
 
-Rules, in order: empty files, files over the size limit, disguised code (a name or declared
+Rules, in order: empty files, files over the size limit, polyglots (a document or image that
+is at the same time a runnable archive or program), disguised code (a name or declared
 type claiming a harmless type over executable content), executables (by content, or by a
 dangerous name extension) when the direction blocks them, then the blocked and allowed type
 lists matched on the *detected* type. A declared type that merely differs from the detected
@@ -213,6 +214,17 @@ def evaluate(
             False,
             "too_large",
             f"it is {human_size(facts.size)}, and the limit is {human_size(policy.max_size)}",
+        )
+
+    if facts.also_runnable is not None:
+        # A polyglot: shown as a document, runnable as a program. Refused whatever the rules on
+        # programs say, since the recipient would trust what the card calls it.
+        return Verdict(
+            False,
+            "polyglot",
+            f"it is {_with_article(_inline(facts.description))} ({detected}) but also a "
+            f"runnable {_inline(describe_mimetype(facts.also_runnable))} "
+            f"({facts.also_runnable}), and a file that is both is never sent",
         )
 
     kind = executable_kind(detected) or ("program" if facts.is_executable else None)
