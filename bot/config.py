@@ -38,6 +38,8 @@ ENV_ACCESS_TOKEN = "PARCEL_ACCESS_TOKEN"
 
 DEFAULT_MAX_SIZE = 25_000_000  # "25MB"
 DEFAULT_OFFER_TTL = 24 * 3600.0  # "24h"
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: about 160 MB once a client decodes it
+LARGE_IMAGE_MODES = ("file", "reject")
 DEFAULT_SCANNER_TIMEOUT = 60.0  # "60s"
 DEFAULT_TRANSFER_TIMEOUT = 300.0  # "5m"
 DEFAULT_DATA_DIR = "./data"
@@ -108,6 +110,9 @@ class PolicyConfig:
     customer_to_agent: DirectionPolicy
     agent_to_customer: DirectionPolicy
     scanner: ScannerConfig | None = None
+    # Images with more pixels are never shown in-line: sent as files, or refused ("reject").
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    large_images: str = "file"
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,8 @@ _SCHEMA: _Schema = {
         "scanner": None,
         "scanner_timeout": None,
         "scanner_failure": None,
+        "max_image_pixels": None,
+        "large_images": None,
         "customer_to_agent": _DIRECTION_SCHEMA,
         "agent_to_customer": _DIRECTION_SCHEMA,
     },
@@ -397,6 +404,14 @@ def _positive_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"must be longer than 0 seconds, got {_describe(value)}")
     return seconds
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number like 40000000, got {_describe(value)}")
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {_describe(value)}")
+    return value
 
 
 def _boolean(value: object) -> bool:
@@ -730,6 +745,9 @@ def _policy(section: _Section) -> PolicyConfig:
         customer_to_agent=direction("customer_to_agent"),
         agent_to_customer=direction("agent_to_customer"),
         scanner=scanner,
+        max_image_pixels=section.get("max_image_pixels", _positive_int,
+                                     DEFAULT_MAX_IMAGE_PIXELS),
+        large_images=section.get("large_images", _choice(LARGE_IMAGE_MODES), "file"),
     )
 
 

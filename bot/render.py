@@ -314,11 +314,16 @@ def _facts(offer: Offer) -> list[str]:
     return parts
 
 
-def offer_card(offer: Offer, accept_key: str, decline_key: str) -> dict[str, Any]:
-    """The recipient's message for an offer, in its current state."""
+def offer_card(
+    offer: Offer, accept_key: str, decline_key: str, as_file: bool = False
+) -> dict[str, Any]:
+    """The recipient's message for an offer, in its current state.
+
+    ``as_file``: an image too large to show in-line, which will arrive as a plain file.
+    """
     name = display_filename(offer.filename)
     sender = _plain(offer.sender_name)
-    facts = " · ".join(_facts(offer))
+    facts = " · ".join(_facts(offer) + ([LARGE_IMAGE_NOTE] if as_file else []))
     scanned = " · scanned: clean" if offer.scanned else ""
     state = offer.state
     if state is OfferState.OFFERED:
@@ -345,6 +350,9 @@ def offer_card(offer: Offer, accept_key: str, decline_key: str) -> dict[str, Any
         text = f"{name} from {sender} (offer #{offer.id}): {outcome}"
         rich = f"<b>{_e(name)}</b> from {_e(sender)} (offer #{offer.id}): {_e(outcome)}"
     return Message(text, rich).content("m.notice")
+
+
+LARGE_IMAGE_NOTE = "too large to show in-line: it will arrive as a file"
 
 
 def status_line(offer: Offer) -> dict[str, Any]:

@@ -21,10 +21,10 @@ from bot import failpoints, render
 from bot.attachments.inspect import inspect_file
 from bot.attachments.mediacrypto import BadEncryptedFile
 from bot.attachments.model import Direction, Offer, OfferState
-from bot.attachments.policy import Verdict, evaluate, too_large
+from bot.attachments.policy import Verdict, evaluate, image_too_large, too_large
 from bot.attachments.scanner import scan
 from bot.attachments.text import safe_filename
-from bot.config import Config, DirectionPolicy
+from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config, DirectionPolicy
 from bot.errors import PermanentError, TransientError
 from bot.matrix.client import Sender
 from bot.matrix.media import MediaClient, MediaError, TooLarge
@@ -66,12 +66,32 @@ def delivery_msgtype(mimetype: str) -> str:
     return "m.file"
 
 
-def delivery_content(offer: Offer, url: str | None, file_block: dict[str, Any] | None) -> dict:
-    """The message that hands the accepted file to the recipient."""
+def shown_inline(offer: Offer, max_image_pixels: int) -> bool:
+    """Whether the accepted file goes out as an in-line image (never a pixel bomb)."""
+    return (
+        offer.mimetype is not None
+        and delivery_msgtype(offer.mimetype) == "m.image"
+        and not image_too_large(offer.mimetype, offer.width, offer.height, max_image_pixels)
+    )
+
+
+def delivery_content(
+    offer: Offer,
+    url: str | None,
+    file_block: dict[str, Any] | None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> dict:
+    """The message that hands the accepted file to the recipient.
+
+    An image over ``max_image_pixels`` (or of unreadable size) goes out as m.file: a client
+    shows an m.image in-line and would decode all of it.
+    """
     assert offer.mimetype is not None and offer.size is not None
     name = safe_filename(offer.filename)
     info: dict[str, Any] = {"mimetype": offer.mimetype, "size": offer.size}
     msgtype = delivery_msgtype(offer.mimetype)
+    if msgtype == "m.image" and not shown_inline(offer, max_image_pixels):
+        msgtype = "m.file"
     if msgtype == "m.image" and offer.width and offer.height:
         info["w"], info["h"] = offer.width, offer.height
     content: dict[str, Any] = {
@@ -338,7 +358,9 @@ class OfferService:
             return
         part.replace(final)
         facts = await asyncio.to_thread(inspect_file, final, downloaded.sha256)
-        verdict = evaluate(facts, offer.filename, offer.declared_mimetype, policy)
+        reject_over = (self._config.policy.max_image_pixels
+                       if self._config.policy.large_images == "reject" else None)
+        verdict = evaluate(facts, offer.filename, offer.declared_mimetype, policy, reject_over)
         scanned = False
         if verdict.allowed and self._config.policy.scanner is not None:
             result = await scan(final, self._config.policy.scanner)
@@ -399,7 +421,8 @@ class OfferService:
         if offer.offer_event_id is None:
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,
-                                  self._config.reactions.decline),
+                                  self._config.reactions.decline,
+                                  as_file=self._sent_as_file(offer)),
                 offer,
             )
             event_id = await self._send_ready(recipient_room, card, f"offer-{offer.id}-card")
@@ -451,7 +474,8 @@ class OfferService:
             await self._media.purge(uploaded.uri)
             self._fail(offer, "the checked copy of the file was altered")
             return
-        content = delivery_content(offer, uploaded.uri, uploaded.file_block(offer.mimetype))
+        content = delivery_content(offer, uploaded.uri, uploaded.file_block(offer.mimetype),
+                                   self._config.policy.max_image_pixels)
         failpoints.hit("delivery-uploaded")
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")
@@ -473,7 +497,8 @@ class OfferService:
         if offer.offer_event_id and offer.offer_room:
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,
-                                  self._config.reactions.decline),
+                                  self._config.reactions.decline,
+                                  as_file=self._sent_as_file(offer)),
                 offer,
             )
             await self._edit(offer.offer_room, offer.offer_event_id, card,
@@ -499,6 +524,14 @@ class OfferService:
             return
         await self._rooms.ready(room_id)
         await self._sender.edit(room_id, event_id, content, txn_id=txn)
+
+    def _sent_as_file(self, offer: Offer) -> bool:
+        """An image that would be in-line but is too large for it (the card says so)."""
+        return (
+            offer.mimetype is not None
+            and delivery_msgtype(offer.mimetype) == "m.image"
+            and not shown_inline(offer, self._config.policy.max_image_pixels)
+        )
 
     def _removed_from(self, room_id: str) -> bool:
         """Whether the bot was removed from this room, so nothing can be posted there."""

@@ -26,6 +26,33 @@ if TYPE_CHECKING:
     from bot.config import DirectionPolicy
 
 
+# Raster types clients decode and show in-line; one whose size cannot be read is not trusted.
+_RASTER_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/x-ms-bmp",
+     "image/tiff", "image/avif", "image/heic", "image/heif"}
+)  # fmt: skip
+
+
+def image_too_large(
+    mimetype: str | None, width: int | None, height: int | None, max_pixels: int
+) -> bool:
+    """Whether an image has more pixels than ``max_pixels`` (a decompression bomb, perhaps).
+
+    Measured from the header only. A raster image whose size could not be read (Pillow
+    refuses to even open images of hundreds of megapixels) counts as too large; anything that
+    is not an image never does.
+    """
+    if width and height:
+        return width * height > max_pixels
+    return mimetype in _RASTER_TYPES
+
+
+def megapixels(pixels: int) -> str:
+    """ "40 megapixels", "1.5 megapixels"."""
+    value = round(pixels / 1_000_000, 1)
+    return f"{value:g} megapixels"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The policy's answer for one file.
@@ -200,11 +227,14 @@ def evaluate(
     filename: str,
     declared_mimetype: str | None,
     policy: DirectionPolicy,
+    reject_large_images_over: int | None = None,
 ) -> Verdict:
     """Decide whether a file may be offered to the other side.
 
     ``filename`` and ``declared_mimetype`` are the sender's (untrusted) claims; every type
-    rule is applied to ``facts.mimetype``, the type detected from the content.
+    rule is applied to ``facts.mimetype``, the type detected from the content. With
+    ``reject_large_images_over`` (``policy.large_images: reject``), images with more pixels
+    are refused.
     """
     detected = facts.mimetype
     if facts.size == 0:
@@ -254,6 +284,20 @@ def evaluate(
         )
 
     description = f"{_with_article(_inline(facts.description))} ({detected})"
+    if reject_large_images_over is not None and image_too_large(
+        detected, facts.width, facts.height, reject_large_images_over
+    ):
+        if facts.width and facts.height:
+            size = (f"{facts.width}×{facts.height} pixels "
+                    f"({megapixels(facts.width * facts.height)})")
+        else:
+            size = "so large that its size could not even be read"
+        return Verdict(
+            False,
+            "image_too_large",
+            f"it is an image of {size}, and images over "
+            f"{megapixels(reject_large_images_over)} are not allowed",
+        )
     if any(mime_matches(detected, p) for p in policy.blocked_types):
         return Verdict(False, "blocked_type", f"it is {description}, and this type is not allowed")
     if policy.allowed_types and not any(mime_matches(detected, p) for p in policy.allowed_types):
