@@ -288,15 +288,15 @@ def evaluate(
         detected, facts.width, facts.height, reject_large_images_over
     ):
         if facts.width and facts.height:
-            size = (f"{facts.width}×{facts.height} pixels "
+            what = (f"a {facts.width}×{facts.height} image "
                     f"({megapixels(facts.width * facts.height)})")
         else:
-            size = "so large that its size could not even be read"
+            what = "an image too large to measure"
         return Verdict(
             False,
             "image_too_large",
-            f"it is an image of {size}, and images over "
-            f"{megapixels(reject_large_images_over)} are not allowed",
+            f"it is {what}, and images over {megapixels(reject_large_images_over)} are not "
+            "allowed",
         )
     if any(mime_matches(detected, p) for p in policy.blocked_types):
         return Verdict(False, "blocked_type", f"it is {description}, and this type is not allowed")

@@ -335,3 +335,115 @@ def test_describe_mimetype(mimetype: str, expected: str) -> None:
 def test_executable_kind(mimetype: str, expected: str | None) -> None:
     """Runnable content is classed as a program or a script; everything else is not runnable."""
     assert executable_kind(mimetype) == expected
+
+
+# --- polyglots: runnable content whatever the detected type -----------------------------------
+
+
+def _jar_bytes(extra_entries: int = 0) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for i in range(extra_entries):
+            archive.writestr(f"f{i}.txt", b"")
+        archive.writestr("META-INF/MANIFEST.MF", MANIFEST + b"Main-Class: Evil\n")
+        archive.writestr("Evil.class", b"\xca\xfe\xba\xbe" + bytes(40))
+    return out.getvalue()
+
+
+def _apk_bytes() -> bytes:
+    import io
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("AndroidManifest.xml", b"<manifest/>")
+        archive.writestr("classes.dex", b"dex\n035\x00")
+    return out.getvalue()
+
+
+def _docx_bytes() -> bytes:
+    import io
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in DOCX_ENTRIES:
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(out, format="PNG")
+    return out.getvalue()
+
+
+# (id, bytes, detected type, also runnable)
+POLYGLOTS: list[tuple[str, bytes, str, str | None]] = [
+    ("pdf+jar", MINIMAL_PDF + _jar_bytes(), "application/pdf", "application/java-archive"),
+    ("png+jar", _png_bytes() + _jar_bytes(), "image/png", "application/java-archive"),
+    ("pdf+apk", MINIMAL_PDF + _apk_bytes(), "application/pdf",
+     "application/vnd.android.package-archive"),
+    ("pdf+jar-with-comment", MINIMAL_PDF + _jar_bytes()[:-2] + b"\x05\x00hello",
+     "application/pdf", "application/java-archive"),
+    ("pdf+plain-zip", MINIMAL_PDF + _docx_bytes(), "application/pdf", None),
+    ("plain-pdf", MINIMAL_PDF, "application/pdf", None),
+    ("bytes-mentioning-eocd", b"hello PK\x05\x06 there\n" * 3, "application/octet-stream",
+     None),
+    ("text-starting-MZ", b"MZ is a postcode prefix, not a program\n", "text/plain", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "mimetype", "also"),
+    [pytest.param(*case[1:], id=case[0]) for case in POLYGLOTS],
+)
+def test_runnable_archives_are_found_whatever_the_detected_type(
+    tmp_path: Path, data: bytes, mimetype: str, also: str | None
+) -> None:
+    """A ZIP central directory at the end is read even when the file starts as a document."""
+    facts = inspect_file(_write(tmp_path / "f", data))
+    assert facts.mimetype == mimetype
+    assert facts.also_runnable == also
+    assert facts.is_executable is (also is not None)
+
+
+def test_a_plain_jar_is_still_a_java_archive_not_a_polyglot(tmp_path: Path) -> None:
+    """A JAR alone is detected as a Java program (no "also" reading)."""
+    facts = inspect_file(_write(tmp_path / "app.jar", _jar_bytes()))
+    assert facts.mimetype == "application/java-archive"
+    assert facts.also_runnable is None and facts.is_executable
+
+
+def _as_zip64(archive: bytes) -> bytes:
+    """The same archive ending in ZIP64 records (as archives over 4 GB or 65 535 entries do)."""
+    at = archive.rfind(b"PK\x05\x06")
+    entries, size, offset = struct.unpack_from("<HII", archive, at + 10)
+    body = archive[:at]
+    record = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
+                         size, offset)
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, len(body), 1)
+    classic = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF,
+                          0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return body + record + locator + classic
+
+
+def test_zip64_directory_is_followed(tmp_path: Path) -> None:
+    """A JAR ending in ZIP64 records is still found behind a PDF."""
+    data = _as_zip64(_jar_bytes())
+    with zipfile.ZipFile(_write(tmp_path / "plain64.jar", data)) as archive:
+        assert "META-INF/MANIFEST.MF" in archive.namelist()  # a valid archive
+    facts = inspect_file(_write(tmp_path / "z.pdf", MINIMAL_PDF + data))
+    assert facts.also_runnable == "application/java-archive"
+
+
+def test_program_header_needs_a_real_pe_signature(tmp_path: Path) -> None:
+    """ "MZ" alone is not a Windows program; "MZ" with a PE header at e_lfanew is."""
+    from bot.attachments.inspect import program_header
+
+    assert program_header(_mz_stub(tmp_path)) is None
+    assert program_header(_pe_stub(tmp_path)) == "application/x-dosexec"
+    assert program_header(_elf_binary(tmp_path)) == "application/x-executable"
+    assert program_header(_macho(tmp_path)) == "application/x-mach-binary"

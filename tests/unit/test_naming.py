@@ -92,3 +92,43 @@ def test_agent_names_may_be_any_iterable() -> None:
 def test_invisible_characters_do_not_hide_imitation(name: str, others: dict[str, str]) -> None:
     """A name that differs from an agent's or member's only by invisible characters gets the id."""
     assert disambiguate("@eve:hs", name, others, AGENTS, LABEL, False).endswith(" (@eve:hs)")
+
+
+LOOK_ALIKES = [
+    # (id, name, others, is_agent, expected)
+    ("cyrillic-capital-a", "\u0410lice", {}, False, "\u0410lice (@eve:hs)"),
+    ("cyrillic-in-two-words", "B\u043eb Smith", {}, False, "B\u043eb Smith (@eve:hs)"),
+    ("capital-i-for-l", "AIice", {}, False, "AIice (@eve:hs)"),
+    ("digit-zero-for-o", "B0b Smith", {}, False, "B0b Smith (@eve:hs)"),
+    ("fullwidth", "\uff21lice", {}, False, "\uff21lice (@eve:hs)"),
+    ("greek-label", "Eve (\u0455upport)", {}, False, "Eve (\u0455upport) (@eve:hs)"),
+    ("member-look-alike", "C\u0430rol", {"@carol:hs": "Carol"}, False,
+     "C\u0430rol (@eve:hs)"),
+    ("rn-for-m", "Sarn", {"@sam:hs": "Sam"}, False, "Sarn (@eve:hs)"),
+    ("accent-is-a-different-name", "Alicé", {}, False, "Alicé"),
+    ("other-name", "Karol", {"@carol:hs": "Carol"}, False, "Karol"),
+    ("cyrillic-name-of-its-own", "\u0411\u043e\u0440\u0438\u0441", {}, False,
+     "\u0411\u043e\u0440\u0438\u0441"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "others", "is_agent", "expected"),
+    [pytest.param(*case[1:], id=case[0]) for case in LOOK_ALIKES],
+)
+def test_look_alike_names_get_the_user_id(
+    name: str, others: dict[str, str], is_agent: bool, expected: str
+) -> None:
+    """Names that only look like an agent's or a member's (UTS #39 confusables) are flagged."""
+    assert disambiguate("@eve:hs", name, others, AGENTS, LABEL, is_agent) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("\u0410gent", "Agent"), ("AIice", "Alice"), ("m", "rn"), ("\u0455", "s"), ("0", "O")],
+)
+def test_skeletons_of_look_alikes_agree(a: str, b: str) -> None:
+    """Look-alike strings share one skeleton."""
+    from bot.sessions.naming import skeleton
+
+    assert skeleton(a) == skeleton(b)

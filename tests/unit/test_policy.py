@@ -276,3 +276,85 @@ def test_real_disguised_file_end_to_end(tmp_path: Path) -> None:
     assert verdict == Verdict(
         False, "disguised", "it claims to be a PNG image but is a program (application/x-dosexec)"
     )
+
+
+# --- polyglots and pixel bombs ----------------------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from bot.attachments.policy import image_too_large, megapixels  # noqa: E402
+
+POLYGLOT_PDF = replace(PDF, is_executable=True, also_runnable="application/java-archive")
+POLYGLOT_PNG = replace(PNG, is_executable=True,
+                       also_runnable="application/vnd.android.package-archive")
+
+
+@pytest.mark.parametrize(
+    ("facts_", "policy", "reason"),
+    [
+        (POLYGLOT_PDF, DEFAULT,
+         "it is a PDF document (application/pdf) but also a runnable Java program "
+         "(application/java-archive), and a file that is both is never sent"),
+        (POLYGLOT_PDF, PERMISSIVE,
+         "it is a PDF document (application/pdf) but also a runnable Java program "
+         "(application/java-archive), and a file that is both is never sent"),
+        (POLYGLOT_PNG, IMAGES_AND_PDF,
+         "it is a PNG image (image/png) but also a runnable Android app "
+         "(application/vnd.android.package-archive), and a file that is both is never sent"),
+    ],
+)
+def test_polyglots_are_refused_whatever_the_rules_on_programs(
+    facts_: FileFacts, policy: DirectionPolicy, reason: str
+) -> None:
+    """A document that is also a runnable archive is refused, saying both, even if programs pass."""
+    verdict = evaluate(facts_, "invoice.pdf", "application/pdf", policy)
+    assert (verdict.allowed, verdict.code, verdict.reason) == (False, "polyglot", reason)
+
+
+@pytest.mark.parametrize(
+    ("mimetype", "width", "height", "limit", "expected"),
+    [
+        ("image/png", 6000, 6000, 40_000_000, False),
+        ("image/png", 7000, 7000, 40_000_000, True),
+        ("image/png", 30000, 30000, 40_000_000, True),
+        ("image/png", None, None, 40_000_000, True),  # too big for Pillow to even open
+        ("image/jpeg", 1, 40_000_000, 40_000_000, False),
+        ("image/gif", 1, 40_000_001, 40_000_000, True),
+        ("image/svg+xml", None, None, 40_000_000, False),  # no pixels to count
+        ("application/pdf", None, None, 40_000_000, False),
+        (None, None, None, 1, False),
+    ],
+)
+def test_image_too_large(
+    mimetype: str | None, width: int | None, height: int | None, limit: int, expected: bool
+) -> None:
+    """Images over the pixel limit, or raster images of unreadable size, are too large."""
+    assert image_too_large(mimetype, width, height, limit) is expected
+
+
+@pytest.mark.parametrize(
+    ("pixels", "words"),
+    [(40_000_000, "40 megapixels"), (1_500_000, "1.5 megapixels"), (900_000_000,
+                                                                     "900 megapixels")],
+)
+def test_megapixels(pixels: int, words: str) -> None:
+    """Pixel counts read as megapixels."""
+    assert megapixels(pixels) == words
+
+
+def test_large_images_refused_when_the_policy_says_so() -> None:
+    """With a rejection limit, a huge image is refused with its size; a small one passes."""
+    huge = replace(PNG, width=30000, height=30000)
+    verdict = evaluate(huge, "photo.png", "image/png", DEFAULT, 40_000_000)
+    assert (verdict.code, verdict.reason) == (
+        "image_too_large",
+        "it is a 30000×30000 image (900 megapixels), and images over 40 megapixels are not "
+        "allowed",
+    )
+    unreadable = evaluate(PNG, "photo.png", "image/png", DEFAULT, 40_000_000)
+    assert unreadable.reason == (
+        "it is an image too large to measure, and images over 40 megapixels are not allowed"
+    )
+    small = replace(PNG, width=100, height=100)
+    assert evaluate(small, "photo.png", "image/png", DEFAULT, 40_000_000).allowed
+    assert evaluate(huge, "photo.png", "image/png", DEFAULT).allowed  # default: sent as a file
