@@ -353,6 +353,10 @@ def test_load_resolves_data_dir_against_the_config_file(tmp_path: Path) -> None:
         ("reactions: {accept: '✔️', decline: '✖️'}", "reactions.decline", "✖️"),
         ("allowed_servers: [a.org, a.org, b.org]", "allowed_servers", ("a.org", "b.org")),
         ("policy: {offer_ttl: 1h30m}", "policy.offer_ttl", 5400.0),
+        ("policy: {}", "policy.max_image_pixels", 40_000_000),
+        ("policy: {max_image_pixels: 1000}", "policy.max_image_pixels", 1000),
+        ("policy: {}", "policy.large_images", "file"),
+        ("policy: {large_images: REJECT}", "policy.large_images", "reject"),
         (
             "messages: {agent_room_name: 'Session {session}'}",
             "messages.agent_room_name",
@@ -479,6 +483,17 @@ VALIDATION_CASES = [
         'blocked_types, block_executables, got "big"',
     ),
     ("policy: {offer_ttl: soon}", f'policy.offer_ttl: {DURATION}, got "soon"'),
+    ("policy: {max_image_pixels: 0}", "policy.max_image_pixels: must be greater than 0, got 0"),
+    (
+        "policy: {max_image_pixels: 40MP}",
+        'policy.max_image_pixels: expected a whole number like 40000000, got "40MP"',
+    ),
+    (
+        "policy: {max_image_pixels: true}",
+        "policy.max_image_pixels: expected a whole number like 40000000, got true",
+    ),
+    ("policy: {large_images: inline}",
+     'policy.large_images: expected "file" or "reject", got "inline"'),
     ("policy: {offer_ttl: 0}", "policy.offer_ttl: must be longer than 0 seconds, got 0"),
     ("policy: {offer_ttl: -5m}", 'policy.offer_ttl: a duration cannot be negative, got "-5m"'),
     (

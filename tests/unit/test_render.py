@@ -563,6 +563,10 @@ def test_message_content(message: render.Message, extra: dict[str, Any],
     ("by", "how", "body"),
     [
         (None, "customer_left", "The customer left the chat. This session is closed."),
+        (None, "bot_removed",
+         "The bot was removed from the customer's chat (or that room was shut down), so nothing "
+         "more can reach the customer. This session is closed; pending files were not "
+         "delivered."),
         ("Alice", "command", "This chat was closed by Alice. Pending files were not delivered."),
         (None, "command", "This chat is closed. Pending files were not delivered."),
     ],
@@ -599,3 +603,65 @@ def test_latest_offer_state_follows_edits_of_one_offer_only() -> None:
     assert render.latest_offer_state(events, 1) == "accepted"
     assert render.latest_offer_state(events, 2) == "offered"
     assert render.latest_offer_state(events, 3) is None
+
+
+@pytest.mark.parametrize(
+    ("what", "body"),
+    [
+        ("location", "That location could not be relayed: only text and files are supported."),
+        ("poll", "That poll could not be relayed: only text and files are supported."),
+        ("message", "That message could not be relayed: only text and files are supported."),
+    ],
+)
+def test_not_relayable(what: str, body: str) -> None:
+    """Events that are neither text nor files get a plain answer naming what they were."""
+    assert render.not_relayable(what).body == body
+
+
+def test_message_too_long_names_the_size() -> None:
+    """A message too long even for parts is answered with its size and what to do instead."""
+    assert render.message_too_long(812_000).body == (
+        "⚠️ Your last message was not relayed: at 812 KB it is too long to send even in parts. "
+        "Please send it as several shorter messages, or as a file."
+    )
+
+
+@pytest.mark.parametrize(
+    ("part", "msgtype", "body", "rich"),
+    [
+        ((1, 3), "m.text", "Carol (1/3): hi", "<b>Carol (1/3)</b>: hi"),
+        ((3, 3), "m.emote", "* Carol (3/3) hi", "* <b>Carol (3/3)</b> hi"),
+    ],
+)
+def test_relayed_parts_are_marked(
+    part: tuple[int, int], msgtype: str, body: str, rich: str
+) -> None:
+    """Each part of a long message says which part it is and of how many."""
+    content = render.relayed_text("Carol", msgtype, "hi", None, part=part)
+    assert (content["body"], content["formatted_body"]) == (body, rich)
+
+
+def test_relayed_text_drops_reply_fallback_html_with_its_content() -> None:
+    """<mx-reply> never survives the sanitiser, quote and all."""
+    content = render.relayed_text(
+        "Carol", "m.text", "x",
+        "<mx-reply><blockquote>@alice: refund</blockquote></mx-reply>thanks",
+    )
+    assert content["formatted_body"] == "<b>Carol</b>: thanks"
+
+
+def test_large_image_card_says_it_arrives_as_a_file() -> None:
+    """An image too large for in-line display is announced as a file on its card."""
+    offer = make_offer(filename="photo.png", mimetype="image/png", size=17_000)
+    card = render.offer_card(offer, "✅", "❌", as_file=True)
+    assert card["body"].startswith(
+        "📎 Carol sent a file: photo.png · PNG image · 17 KB · too large to show in-line: "
+        "it will arrive as a file\n"
+    )
+    assert "too large to show in-line" not in render.offer_card(offer, "✅", "❌")["body"]
+
+
+def test_sticker_name() -> None:
+    """Stickers are named by their description."""
+    assert render.sticker_name("thumbs up") == "sticker (thumbs up)"
+    assert render.sticker_name("") == "sticker"

@@ -733,3 +733,13 @@ def test_purge_closed_sessions(
         with pytest.raises(KeyError):
             store.get_session(target)
     assert store.purge_closed_sessions(cutoff) == 0
+
+
+def test_outbox_lookups_by_event_and_by_txn(store: Store) -> None:
+    """The outbox answers which txn id made an event in a room, and where a txn id landed."""
+    store.record_sent("relay-$orig", "!agents", "$copy")
+    assert store.sent_txn("!agents", "$copy") == "relay-$orig"
+    assert store.sent_txn("!customer", "$copy") is None  # the same id in another room: no
+    assert store.sent_txn("!agents", "$nothing") is None
+    assert store.sent_in_room("relay-$orig") == ("!agents", "$copy")
+    assert store.sent_in_room("relay-$other") is None
