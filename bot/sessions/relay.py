@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, Protocol
 
 from bot import render
 from bot.attachments.text import strip_reply_fallback
@@ -309,12 +309,14 @@ def relayed_messages(
     return contents if _fits(contents, limit, max_parts) else None
 
 
-class _Outbox:
+class _Outbox(Protocol):
     """What :func:`counterpart` needs from the store (see ``Store.sent_txn``/``sent_in_room``)."""
 
-    def sent_txn(self, room_id: str, event_id: str) -> str | None: ...  # pragma: no cover
+    def sent_txn(self, room_id: str, event_id: str) -> str | None:
+        """The txn id that produced an event in a room."""
 
-    def sent_in_room(self, txn_id: str) -> tuple[str, str] | None: ...  # pragma: no cover
+    def sent_in_room(self, txn_id: str) -> tuple[str, str] | None:
+        """(room, event id) a txn id produced."""
 
 
 def counterpart(outbox: _Outbox, room_id: str, event_id: str, other_room: str) -> str | None:
@@ -369,7 +371,7 @@ def sticker_as_image(content: dict[str, Any]) -> dict[str, Any]:
     Its ``body`` describes the sticker ("thumbs up") rather than naming a file, so the offer is
     named "sticker (thumbs up)"; ``url``/``file`` and ``info`` stay as sent.
     """
-    image = {key: content[key] for key in ("url", "file", "info") if key in content}
+    image: dict[str, Any] = {k: content[k] for k in ("url", "file", "info") if k in content}
     description = content.get("body")
     description = " ".join(description.split())[:80] if isinstance(description, str) else ""
     image["msgtype"] = "m.image"

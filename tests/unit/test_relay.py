@@ -148,7 +148,7 @@ def test_html_is_split_into_well_formed_parts_that_continue_open_elements() -> N
     fragment = "<ol>" + "".join(f"<li><b>step {i}</b> do it</li>" for i in range(40)) + "</ol>"
     parts = split_html(fragment, 400)
     assert parts is not None and len(parts) > 2
-    for text, rich in parts:
+    for _text, rich in parts:
         assert rich.startswith("<ol>") and rich.endswith("</ol>")
         assert rich.count("<li>") == rich.count("</li>")
         assert rich.count("<b>") == rich.count("</b>")
