@@ -61,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(keep=args.keep))
         config = config_module.load(args.config)
         if args.command == "check-config":
-            print(f"{args.config}: OK ({len(config.agents.users)} agents, data in "
-                  f"{config.data_dir})")
-            return 0
+            return check_config(args.config, config)
         if args.command == "log":
             return print_log(config, args.session, args.since, args.format)
         setup_logging(args.log_level or config.logging.level, config.logging.format)
@@ -79,6 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("fatal error", exc_info=True)
         print(f"parcel-bot: {exc}", file=sys.stderr)
         return 1
+
+
+def check_config(path: Path, config: Config) -> int:
+    """Report what start-up would use; raises ConfigError for what it would refuse."""
+    from bot import datadir, keys
+
+    at_rest = datadir.describe(config.data_dir)  # raises for a data_dir start-up refuses
+    print(f"{path}: OK ({len(config.agents.users)} agents, data in {config.data_dir})")
+    print(at_rest)
+    print(f"encryption key: {keys.describe_source(config)}")
+    if config.metrics is not None:
+        guarded = "bearer token required" if config.metrics.token else "no token (open)"
+        print(f"metrics: {config.metrics.listen_host}:{config.metrics.listen_port}, /metrics "
+              f"{guarded}, /health open")
+    return 0
 
 
 async def _run(config: Config) -> int:

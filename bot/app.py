@@ -9,10 +9,14 @@ import time
 from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
 
+from bot.attachments import sealed
 from bot.attachments.offers import OfferService
 from bot.config import Config
+from bot.datadir import make_private
+from bot.keys import EncryptionKey, encryption_key
 from bot.matrix.client import Sender, call, connect
 from bot.matrix.crosssign import CrossSigningError, CrossSigningStatus, ensure_cross_signed
+from bot.matrix.cryptostore import protect_stores
 from bot.matrix.media import MediaClient
 from bot.matrix.rooms import RoomDirectory
 from bot.matrix.sync import SyncLoop
@@ -40,13 +44,18 @@ class Parcel:
         self.metrics = Metrics()
         self.work: Scheduler | None = None
         self._backoff = Backoff(cap=config.retry.max_backoff)
+        self.key: EncryptionKey | None = None
         self._tasks = TaskGroup()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, resume pending work, and sync until ``stop`` is set; then shut down."""
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(config.data_dir)  # before anything is written there
+        self.key = encryption_key(config)
+        (config.data_dir / "crypto").mkdir(exist_ok=True)
+        protect_stores(config.data_dir / "crypto", self.key.pickle_key)
         self.store = store = Store.open(config.data_dir / "parcel.db")
+        sealed.secure_leftovers(store, config.data_dir / "media")
         media: MediaClient | None = None
         metrics_server: web.AppRunner | None = None
         try:
@@ -74,7 +83,8 @@ class Parcel:
             self.metrics.set_sessions_open(len(store.sessions(SessionState.OPEN)))
             if config.metrics is not None:
                 metrics_server = await self.metrics.serve(
-                    config.metrics.listen_host, config.metrics.listen_port, self.health
+                    config.metrics.listen_host, config.metrics.listen_port, self.health,
+                    config.metrics.token,
                 )
             offers.resume()
             self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
@@ -99,7 +109,9 @@ class Parcel:
         A refused login is a configuration problem and ends the run; an unreachable
         homeserver is retried with the shared backoff until ``stop``.
         """
-        return await until_done(lambda: connect(self.config),
+        key = self.key
+        assert key is not None
+        return await until_done(lambda: connect(self.config, key.pickle_key),
                                 f"connecting to {self.config.homeserver}", stop, self._backoff)
 
     async def _establish_identity(self, client: AsyncClient, stop: asyncio.Event) -> None:
@@ -108,12 +120,15 @@ class Parcel:
         Waits out an unreachable homeserver; an identity on the server whose seeds are
         missing here stops start-up (``IdentityMismatch``): only the admin may replace it.
         """
+        key = self.key
+        assert key is not None
 
         async def establish() -> CrossSigningStatus:
             if client.should_upload_keys:
                 await call("uploading the device keys", client.keys_upload(),
                            KeysUploadResponse)
-            return await ensure_cross_signed(client, self.config.data_dir, self.config.password)
+            return await ensure_cross_signed(client, self.config.data_dir, self.config.password,
+                                             seeds_key=key.seeds_key)
 
         status = await until_done(establish, "establishing the bot's identity", stop,
                                   self._backoff)
@@ -176,10 +191,14 @@ async def reset_identity(config: Config) -> CrossSigningStatus:
     if not config.encryption:
         raise CrossSigningError("encryption is off in the configuration: there is no identity "
                                 "to reset")
-    client = await connect(config)
+    make_private(config.data_dir)
+    key = encryption_key(config)
+    protect_stores(config.data_dir / "crypto", key.pickle_key)
+    client = await connect(config, key.pickle_key)
     try:
         if client.should_upload_keys:
             await call("uploading the device keys", client.keys_upload(), KeysUploadResponse)
-        return await ensure_cross_signed(client, config.data_dir, config.password, reset=True)
+        return await ensure_cross_signed(client, config.data_dir, config.password,
+                                         seeds_key=key.seeds_key, reset=True)
     finally:
         await client.close()

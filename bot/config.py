@@ -9,7 +9,8 @@ and says what was expected and what was found; ``main()`` prints it as one line.
 Two conventions hold for every key: a key that is absent or set to ``null`` takes its default
 (in ``policy.customer_to_agent`` / ``policy.agent_to_customer`` that means "inherit the
 policy-wide value"), and secrets may come from the environment (``PARCEL_PASSWORD``,
-``PARCEL_ACCESS_TOKEN``), which wins over the file when set and non-empty.
+``PARCEL_ACCESS_TOKEN``, ``PARCEL_ENCRYPTION_KEY``), which wins over the file when set and
+non-empty.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ _T = TypeVar("_T")
 
 ENV_PASSWORD = "PARCEL_PASSWORD"
 ENV_ACCESS_TOKEN = "PARCEL_ACCESS_TOKEN"
+ENV_ENCRYPTION_KEY = "PARCEL_ENCRYPTION_KEY"
+# A configured encryption key shorter than this is refused: it protects the bot's identity.
+MIN_ENCRYPTION_KEY_LENGTH = 16
 
 DEFAULT_MAX_SIZE = 25_000_000  # "25MB"
 DEFAULT_OFFER_TTL = 24 * 3600.0  # "24h"
@@ -152,10 +156,11 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Where the Prometheus endpoint listens."""
+    """Where the Prometheus endpoint listens, and the bearer token ``/metrics`` requires."""
 
     listen_host: str
     listen_port: int
+    token: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,10 @@ class Config:
     retention: RetentionConfig
     allowed_servers: tuple[str, ...]
     retry: RetryConfig = RetryConfig()
+    # The secret protecting the crypto store and the cross-signing seeds (bot/keys.py), and
+    # where it came from: ENV_ENCRYPTION_KEY, "encryption_key", or None (generated file).
+    encryption_key: str | None = dataclasses.field(default=None, repr=False)
+    encryption_key_source: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +225,7 @@ _SCHEMA: _Schema = {
     "user_id": None,
     "password": None,
     "access_token": None,
+    "encryption_key": None,
     "device_name": None,
     "data_dir": None,
     "encryption": None,
@@ -239,7 +249,7 @@ _SCHEMA: _Schema = {
     "messages": {"welcome": None, "agent_room_name": None},
     "media": {"transfer_timeout": None, "purge_refused": None},
     "logging": {"level": None, "format": None},
-    "metrics": {"listen": None},
+    "metrics": {"listen": None, "token": None},
     "retention": {
         "purge_after": None,
         "redact_delivered_on_close": None,
@@ -781,14 +791,32 @@ def _credentials(top: _Section, env: Mapping[str, str]) -> tuple[str | None, str
     return password, access_token
 
 
+def _encryption_key(top: _Section, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The configured encryption key and its source (the environment wins), or (None, None)."""
+    from_file = top.get("encryption_key", _secret, None)
+    key, source = (env.get(ENV_ENCRYPTION_KEY), ENV_ENCRYPTION_KEY)
+    if not key:
+        key, source = from_file, "encryption_key"
+    if key is None:
+        return None, None
+    if len(key.strip()) < MIN_ENCRYPTION_KEY_LENGTH:
+        raise ConfigError(
+            source,
+            f"too short ({len(key.strip())} characters): use at least "
+            f"{MIN_ENCRYPTION_KEY_LENGTH}, e.g. the output of `openssl rand -base64 32`",
+        )
+    return key, source
+
+
 def parse(
     raw: object, env: Mapping[str, str] | None = None, base_dir: Path | None = None
 ) -> Config:
     """Validate already-loaded YAML data and build the :class:`Config`.
 
-    ``env`` (default ``os.environ``) supplies ``PARCEL_PASSWORD`` / ``PARCEL_ACCESS_TOKEN``,
-    which override the file when set and non-empty. A relative ``data_dir`` is resolved against
-    ``base_dir`` (default: the current directory). Raises :class:`ConfigError` on any problem.
+    ``env`` (default ``os.environ``) supplies ``PARCEL_PASSWORD`` / ``PARCEL_ACCESS_TOKEN`` /
+    ``PARCEL_ENCRYPTION_KEY``, which override the file when set and non-empty. A relative
+    ``data_dir`` is resolved against ``base_dir`` (default: the current directory). Raises
+    :class:`ConfigError` on any problem.
     """
     return _parse(raw, os.environ if env is None else env, base_dir, _TOP_LEVEL)
 
@@ -807,6 +835,7 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
     homeserver = top.required("homeserver", _url)
     user_id = top.required("user_id", _user_id("@parcel:example.org"))
     password, access_token = _credentials(top, env)
+    encryption_key, encryption_key_source = _encryption_key(top, env)
     encryption = top.get("encryption", _boolean, True)
     base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
 
@@ -816,7 +845,14 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
     metrics = None
     if metrics_section is not None:
         host, port = metrics_section.required("listen", _listen)
-        metrics = MetricsConfig(listen_host=host, listen_port=port)
+        token = metrics_section.get("token", _secret, None)
+        if token is not None and (len(token) < 16 or any(c.isspace() for c in token)):
+            raise ConfigError(
+                metrics_section.key("token"),
+                "expected at least 16 characters without spaces, e.g. the output of "
+                "`openssl rand -hex 24`",
+            )
+        metrics = MetricsConfig(listen_host=host, listen_port=port, token=token)
 
     media = section("media")
     logging_section = section("logging")
@@ -870,6 +906,8 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
                 or ()
             )
         ),
+        encryption_key=encryption_key,
+        encryption_key_source=encryption_key_source,
     )
 
 
@@ -952,11 +990,14 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 
 
 def redacted_summary(config: Config) -> dict[str, Any]:
-    """The configuration as plain data (for logs), with password and access token masked."""
+    """The configuration as plain data (for logs), with every secret masked."""
     data = _plain(dataclasses.asdict(config))
     assert isinstance(data, dict)
     data["password"] = "***" if config.password is not None else None
     data["access_token"] = "***" if config.access_token is not None else None
+    data["encryption_key"] = "***" if config.encryption_key is not None else None
+    if config.metrics is not None and config.metrics.token is not None:
+        data["metrics"]["token"] = "***"
     return data
 
 

@@ -5,12 +5,15 @@ one, so several bots in one process, e.g. in tests, do not collide) and offers o
 per thing the bot counts. The bot always keeps a ``Metrics`` object; :meth:`Metrics.serve`
 exposes it over HTTP only when ``metrics.listen`` is configured:
 
-* ``GET /metrics``: the text exposition format;
-* ``GET /health``: 200 "ok" while the bot is healthy, 503 with the reason otherwise.
+* ``GET /metrics``: the text exposition format; with a token configured (``metrics.token``)
+  only for requests carrying ``Authorization: Bearer <token>``, others get 401;
+* ``GET /health``: 200 "ok" while the bot is healthy, 503 with the reason otherwise; always
+  open (container health checks), and it says nothing more than that.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -187,16 +190,19 @@ class Metrics:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
 
-    async def serve(self, host: str, port: int, health: Health) -> web.AppRunner:
+    async def serve(
+        self, host: str, port: int, health: Health, token: str | None = None
+    ) -> web.AppRunner:
         """Serve ``/metrics`` and ``/health`` on ``host:port`` until the runner is cleaned up.
 
         ``health()`` returns ``(healthy, detail)``; ``/health`` answers 200 "ok" when healthy,
         503 with the detail otherwise (and 503 if ``health`` raises). Port 0 picks a free port:
         read it from ``runner.addresses``. Stop with ``await runner.cleanup()``. Raises
-        OSError if the address cannot be bound.
+        OSError if the address cannot be bound. With ``token``, ``/metrics`` answers 401 unless
+        the request carries ``Authorization: Bearer <token>``.
         """
         app = web.Application()
-        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/metrics", _guarded(self._handle_metrics, token))
         app.router.add_get("/health", _health_handler(health))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -212,13 +218,32 @@ class Metrics:
         return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _guarded(handler: Handler, token: str | None) -> Handler:
+    """``handler`` behind a bearer token (as Prometheus' ``authorization`` setting sends it)."""
+    if token is None:
+        return handler
+    expected = f"Bearer {token}".encode()
+
+    async def handle(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):  # constant time: no timing oracle
+            return web.Response(status=401, text="a bearer token is required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="parcel metrics"'})
+        return await handler(request)
+
+    return handle
+
+
 def _health_handler(health: Health) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         try:
             healthy, detail = health()
         except Exception as exc:  # noqa: BLE001 - a broken check is "unhealthy", not a 500
-            logger.warning("health check raised", exc_info=True)
-            healthy, detail = False, f"health check failed: {exc}"
+            logger.warning("health check raised: %r", exc, exc_info=True)
+            healthy, detail = False, "health check failed"  # the details go to the log only
         if healthy:
             return web.Response(text="ok")
         return web.Response(status=503, text=detail or "unhealthy")

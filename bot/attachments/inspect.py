@@ -6,10 +6,12 @@ from the content with libmagic, never taken from the sender's claims.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -299,19 +301,34 @@ def describe_mimetype(mimetype: str) -> str:
 # --- inspection ----------------------------------------------------------------------------
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
+def _hash_file(handle: BinaryIO) -> tuple[int, str]:
     digest = StreamingDigest()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
+    handle.seek(0)
+    while chunk := handle.read(CHUNK_SIZE):
+        digest.update(chunk)
     return digest.size, digest.hexdigest()
 
 
-def _detect_mimetype(path: Path) -> str:
+def _magic_head_size() -> int:
+    """How much of a file libmagic looks at (its ``bytes_max``, 7 MiB in file 5.4x)."""
     try:
-        raw = magic.from_file(str(path), mime=True)
+        return int(magic.Magic(mime=True).getparam(magic.MAGIC_PARAM_BYTES_MAX))
+    except Exception:  # an old libmagic without getparam: its documented default
+        return 1 << 20
+
+
+_MAGIC_HEAD = _magic_head_size()
+
+
+def _detect_mimetype(handle: BinaryIO) -> str:
+    # libmagic sees the same bytes it would read from the file itself, from a stream that may
+    # be decrypting (bot/attachments/sealed.py), so no plaintext copy is needed.
+    handle.seek(0)
+    head = handle.read(_MAGIC_HEAD)
+    try:
+        raw = magic.from_buffer(head, mime=True)
     except Exception:  # libmagic can fail on odd input; the file is then "unknown"
-        logger.warning("libmagic could not identify %s", path, exc_info=True)
+        logger.warning("libmagic could not identify a file", exc_info=True)
         return UNKNOWN_MIMETYPE
     return normalize_mimetype(raw if isinstance(raw, str) else UNKNOWN_MIMETYPE)
 
@@ -379,14 +396,24 @@ def _central_directory_span(f: BinaryIO, end: int) -> tuple[int, int, int] | Non
     return start, size, entries
 
 
-def zip_directory(path: Path) -> ZipDirectory | None:
-    """The ZIP central directory at the end of ``path``, or None if it has none.
+@contextlib.contextmanager
+def _opened(source: Path | BinaryIO) -> Iterator[BinaryIO]:
+    """A binary handle on ``source``: opened (and closed) for a path, as is for a handle."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            yield handle
+    else:
+        yield source
+
+
+def zip_directory(source: Path | BinaryIO) -> ZipDirectory | None:
+    """The ZIP central directory at the end of ``source``, or None if it has none.
 
     Streaming: seeks to the tail for the end-of-central-directory record, then reads the
     directory entry by entry (names only; nothing is decompressed), so memory stays flat
     whatever the file's size or entry count.
     """
-    with path.open("rb") as f:
+    with _opened(source) as f:
         end = f.seek(0, io.SEEK_END)
         span = _central_directory_span(f, end)
         if span is None:
@@ -420,13 +447,14 @@ _ELF = b"\x7fELF"
 _MACHO = (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe")
 
 
-def program_header(path: Path) -> str | None:
+def program_header(source: Path | BinaryIO) -> str | None:
     """The MIME type of a program header at offset 0 (ELF, PE, Mach-O), read in a few bytes.
 
     A PE file is "MZ" with the offset of its "PE\\0\\0" header at 0x3C; the header itself is
     checked, so text that merely begins with "MZ" is not a program.
     """
-    with path.open("rb") as f:
+    with _opened(source) as f:
+        f.seek(0)
         head = f.read(64)
         if head.startswith(_ELF):
             return "application/x-executable"
@@ -441,12 +469,12 @@ def program_header(path: Path) -> str | None:
     return None
 
 
-def _runnable_inside(path: Path) -> str | None:
+def _runnable_inside(handle: BinaryIO) -> str | None:
     """A runnable format the content also is, whatever its detected type (a polyglot's other
     half): a Java or Android archive by its central directory, or a program header."""
     try:
-        directory = zip_directory(path)
-        header = program_header(path)
+        directory = zip_directory(handle)
+        header = program_header(handle)
     except (OSError, struct.error, ValueError):
         return None
     if directory is not None and directory.is_android_app:
@@ -456,10 +484,11 @@ def _runnable_inside(path: Path) -> str | None:
     return header
 
 
-def _image_size(path: Path) -> tuple[int | None, int | None]:
+def _image_size(handle: BinaryIO) -> tuple[int | None, int | None]:
     """Width and height from the image header; never decodes the pixels."""
     try:
-        with Image.open(path) as image:
+        handle.seek(0)
+        with Image.open(handle) as image:
             width, height = image.size
     except Exception:  # includes Image.DecompressionBombError and any unreadable header
         return None, None
@@ -468,20 +497,27 @@ def _image_size(path: Path) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
-def inspect_file(path: Path, sha256: str | None = None) -> FileFacts:
-    """Inspect the file at ``path`` and return its facts.
+def inspect_file(source: Path | BinaryIO, sha256: str | None = None) -> FileFacts:
+    """Inspect the file at ``source`` (a path, or a seekable binary file) and return its facts.
 
     Synchronous: run it in a thread. The SHA-256 is computed by streaming the file unless the
     caller already has it (hex, e.g. from hashing while downloading).
     """
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            return _inspect(handle, sha256)
+    return _inspect(source, sha256)
+
+
+def _inspect(handle: BinaryIO, sha256: str | None) -> FileFacts:
     if sha256 is None:
-        size, sha256 = _hash_file(path)
+        size, sha256 = _hash_file(handle)
     else:
-        size = path.stat().st_size
+        size = handle.seek(0, 2)
         sha256 = sha256.lower()
-    mimetype = EMPTY_MIMETYPE if size == 0 else _detect_mimetype(path)
+    mimetype = EMPTY_MIMETYPE if size == 0 else _detect_mimetype(handle)
     # Whatever libmagic saw at the start, the end may hold a runnable archive.
-    runnable = _runnable_inside(path) if size else None
+    runnable = _runnable_inside(handle) if size else None
     also_runnable = None
     if mimetype in _ZIP_TYPES and runnable is not None:
         mimetype = runnable  # a JAR or APK that libmagic calls a plain zip
@@ -490,7 +526,7 @@ def inspect_file(path: Path, sha256: str | None = None) -> FileFacts:
     width: int | None = None
     height: int | None = None
     if mimetype.startswith("image/"):
-        width, height = _image_size(path)
+        width, height = _image_size(handle)
     return FileFacts(
         size=size,
         sha256=sha256,

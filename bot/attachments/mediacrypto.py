@@ -103,6 +103,13 @@ def _parse_sha256(hashes: object) -> bytes:
     return digest
 
 
+def key_and_iv(file_info: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The AES key and the IV of a ``file`` block; raises :class:`BadEncryptedFile`."""
+    if not isinstance(file_info, Mapping):
+        raise BadEncryptedFile("the file's encryption details are missing")
+    return _parse_key(file_info.get("key")), _parse_iv(file_info.get("iv"))
+
+
 class AttachmentDecryptor:
     """Decrypts one encrypted attachment chunk by chunk and checks its ciphertext hash.
 

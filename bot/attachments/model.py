@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -90,6 +90,8 @@ class Offer:
     delivery_event_id: str | None = None
     decided_by: str | None = None
     scanned: bool = False
+    # The key of the sealed copy at temp_path (bot/attachments/sealed.py): a secret.
+    temp_key: str | None = field(default=None, repr=False)
 
     @property
     def is_pending(self) -> bool:

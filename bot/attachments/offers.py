@@ -18,11 +18,10 @@ from typing import Any
 import aiofiles.os
 
 from bot import failpoints, render
-from bot.attachments.inspect import inspect_file
+from bot.attachments import sealed
 from bot.attachments.mediacrypto import BadEncryptedFile
 from bot.attachments.model import Direction, Offer, OfferState
 from bot.attachments.policy import Verdict, evaluate, image_too_large, too_large
-from bot.attachments.scanner import scan
 from bot.attachments.text import safe_filename
 from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config, DirectionPolicy
 from bot.errors import PermanentError, TransientError
@@ -344,7 +343,8 @@ class OfferService:
             if upload.url is None:
                 raise MediaError("the message has no file attached")
             downloaded = await self._media.download(
-                upload.url, part, max_bytes=policy.max_size, encrypted_file=upload.encrypted_file
+                upload.url, part, max_bytes=policy.max_size, encrypted_file=upload.encrypted_file,
+                seal=True,
             )
         except TooLarge:
             self._reject(offer, too_large(policy.max_size + 1, policy))
@@ -357,13 +357,15 @@ class OfferService:
             self._reject(offer, Verdict(False, "download_failed", exc.reason))
             return
         part.replace(final)
-        facts = await asyncio.to_thread(inspect_file, final, downloaded.sha256)
+        assert downloaded.sealed_key is not None
+        facts = await asyncio.to_thread(sealed.inspect, final, downloaded.sealed_key,
+                                        downloaded.sha256)
         reject_over = (self._config.policy.max_image_pixels
                        if self._config.policy.large_images == "reject" else None)
         verdict = evaluate(facts, offer.filename, offer.declared_mimetype, policy, reject_over)
         scanned = False
         if verdict.allowed and self._config.policy.scanner is not None:
-            result = await scan(final, self._config.policy.scanner)
+            result = await sealed.scan(final, downloaded.sealed_key, self._config.policy.scanner)
             logger.info("offer %d (session %d): scanner says %s", offer.id, session.id,
                         result.detail)
             verdict, scanned = result.verdict, result.scanned
@@ -375,6 +377,7 @@ class OfferService:
             offer.id,
             OfferState.OFFERED,
             temp_path=str(final),
+            temp_key=downloaded.sealed_key,
             mimetype=facts.mimetype,
             size=facts.size,
             sha256=facts.sha256,
@@ -467,7 +470,8 @@ class OfferService:
         room = await self._rooms.ready(recipient_room)
         name = safe_filename(offer.filename)
         uploaded = await self._media.upload(
-            source, offer.mimetype or "application/octet-stream", name, encrypt=room.encrypted
+            source, offer.mimetype or "application/octet-stream", name, encrypt=room.encrypted,
+            sealed_key=offer.temp_key,
         )
         if uploaded.sha256 != offer.sha256:
             # Only the inspected bytes may go out; a copy changed on disk is never delivered.
@@ -511,7 +515,7 @@ class OfferService:
         final.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
         if offer.temp_path:
-            self._store.update_offer(offer.id, temp_path=None)
+            self._store.update_offer(offer.id, temp_path=None, temp_key=None)
         if self._config.media.purge_refused and offer.state is not OfferState.ACCEPTED:
             await self._purge_source(offer)
         self._store.mark_settled(offer.id, offer.state)

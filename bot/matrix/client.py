@@ -87,15 +87,17 @@ def save_credentials(data_dir: Path, credentials: Credentials) -> None:
     _write_private(data_dir / CREDENTIALS_FILE, json.dumps(credentials.__dict__, indent=2))
 
 
-def client_config(encryption: bool) -> AsyncClientConfig:
+def client_config(encryption: bool, pickle_key: str) -> AsyncClientConfig:
     """nio settings: our own loop persists sync tokens, and nio never retries by itself.
 
     Every request is tried once; a 429 comes back as an error response and a dropped
     connection as an exception, both classified by ``bot.errors`` and retried by the one
-    scheduler, so retries are never nested.
+    scheduler, so retries are never nested. ``pickle_key`` protects the crypto store (never
+    nio's public default; see bot/keys.py).
     """
     return AsyncClientConfig(
         encryption_enabled=encryption,
+        pickle_key=pickle_key,
         store_sync_tokens=False,
         max_limit_exceeded=0,
         max_timeouts=0,
@@ -103,7 +105,7 @@ def client_config(encryption: bool) -> AsyncClientConfig:
     )
 
 
-async def connect(config: Config) -> AsyncClient:
+async def connect(config: Config, pickle_key: str) -> AsyncClient:
     """Log in, or restore the saved device, and return a ready nio client."""
     store_path = config.data_dir / "crypto"
     store_path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ async def connect(config: Config) -> AsyncClient:
         config.homeserver,
         config.user_id,
         store_path=str(store_path),
-        config=client_config(config.encryption),
+        config=client_config(config.encryption, pickle_key),
     )
     try:
         saved = load_credentials(config.data_dir)

@@ -5,7 +5,9 @@ owner has not cross-signed, so an unsigned bot only ever sees undecryptable even
 start-up :func:`ensure_cross_signed` makes sure that
 
 * the bot's account publishes a master key whose secret we hold (seeds in
-  ``<data_dir>/cross_signing.json``), with a self-signing and a user-signing key signed by it;
+  ``<data_dir>/cross_signing.json``, encrypted with AES-256-GCM under a key derived from the
+  bot's encryption key, see :mod:`bot.keys`), with a self-signing and a user-signing key
+  signed by it;
 * the bot's current device is signed by that self-signing key.
 
 It never replaces an identity the homeserver already publishes unless a password is
@@ -35,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nio import AsyncClient
 
 from bot import errors
@@ -46,7 +49,9 @@ logger = logging.getLogger(__name__)
 SEEDS_FILE = "cross_signing.json"
 """Name of the file in the data directory that holds the three private seeds."""
 
-_SEEDS_VERSION = 1
+_SEEDS_VERSION = 2  # 1: the seeds in plain base64 (older versions); 2: sealed with AES-GCM
+_PLAIN_SEEDS_VERSION = 1
+_SEEDS_CIPHER = "A256GCM"
 _SEED_NAMES = ("master", "self_signing", "user_signing")
 _MAX_SAFE_INT = 2**53 - 1
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -256,12 +261,18 @@ class CrossSigningSeeds:
         }
 
 
-def load_seeds(path: Path, user_id: str) -> CrossSigningSeeds | None:
-    """Read the seeds file; ``None`` if there is none.
+def _seeds_aad(user_id: str) -> bytes:
+    """What the seeds' ciphertext is bound to: the format and the account."""
+    return f"parcel cross-signing seeds v{_SEEDS_VERSION} {user_id}".encode()
 
-    Raises :class:`CrossSigningError` when it is damaged or belongs to another account: it is
-    never overwritten, because losing the seeds means resetting the bot's identity. A file
-    readable by others is narrowed to 0600 with a warning.
+
+def load_seeds(path: Path, user_id: str, key: bytes) -> CrossSigningSeeds | None:
+    """Read the seeds file, decrypting it with ``key``; ``None`` if there is none.
+
+    Raises :class:`CrossSigningError` when it is damaged, belongs to another account or does
+    not decrypt with ``key``: it is never overwritten, because losing the seeds means
+    resetting the bot's identity. A file readable by others is narrowed to 0600 with a
+    warning; a plaintext file of an older version is re-written encrypted.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -271,33 +282,73 @@ def load_seeds(path: Path, user_id: str) -> CrossSigningSeeds | None:
     if mode & 0o077:
         logger.warning("%s had mode %o; narrowing it to 600", path, mode)
         path.chmod(0o600)
+    damaged = (
+        "restore it from a backup, or move it away and set a password to reset the bot's "
+        "cross-signing identity"
+    )
     try:
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
-        if raw.get("version") != _SEEDS_VERSION:
-            raise ValueError(f"unknown version {raw.get('version')!r}")
+        version = raw.get("version")
+        if version not in (_SEEDS_VERSION, _PLAIN_SEEDS_VERSION):
+            raise ValueError(f"unknown version {version!r}")
         owner = raw["user_id"]
-        keys = {name: SigningKey(decode_base64(raw[name])) for name in _SEED_NAMES}
+        if not isinstance(owner, str):
+            raise ValueError("user_id is not a string")
+        if owner != user_id:
+            raise CrossSigningError(
+                f"{path} holds the cross-signing keys of {owner}, not of {user_id}; "
+                "use another data directory"
+            )
+        if version == _SEEDS_VERSION:
+            if raw.get("cipher") != _SEEDS_CIPHER:
+                raise ValueError(f"unknown cipher {raw.get('cipher')!r}")
+            try:
+                plain = AESGCM(key).decrypt(
+                    decode_base64(raw["nonce"]), decode_base64(raw["ciphertext"]),
+                    _seeds_aad(user_id),
+                )
+            except InvalidTag:
+                raise CrossSigningError(
+                    f"{path} cannot be decrypted with the configured encryption key: restore "
+                    "the key it was written with (PARCEL_ENCRYPTION_KEY, encryption_key or "
+                    "data_dir/encryption.key)"
+                ) from None
+            secrets = json.loads(plain)
+            if not isinstance(secrets, dict):
+                raise ValueError("the decrypted seeds are not a JSON object")
+        else:
+            secrets = raw
+        keys = {name: SigningKey(decode_base64(secrets[name])) for name in _SEED_NAMES}
     except (ValueError, KeyError, TypeError) as exc:
-        raise CrossSigningError(
-            f"{path} is damaged ({exc}); restore it from a backup, or move it away and set a "
-            "password to reset the bot's cross-signing identity"
-        ) from exc
-    if owner != user_id:
-        raise CrossSigningError(
-            f"{path} holds the cross-signing keys of {owner}, not of {user_id}; "
-            "use another data directory"
-        )
-    return CrossSigningSeeds(user_id, keys["master"], keys["self_signing"], keys["user_signing"])
+        raise CrossSigningError(f"{path} is damaged ({exc}); {damaged}") from exc
+    seeds = CrossSigningSeeds(
+        user_id, keys["master"], keys["self_signing"], keys["user_signing"]
+    )
+    if version == _PLAIN_SEEDS_VERSION:
+        save_seeds(path, seeds, key)
+        logger.warning("%s held the cross-signing seeds in plain text; re-wrote it encrypted",
+                       path)
+    return seeds
 
 
-def save_seeds(path: Path, seeds: CrossSigningSeeds) -> None:
-    """Write the seeds file atomically with mode 0600 (temp file, fsync, rename, fsync dir)."""
+def save_seeds(path: Path, seeds: CrossSigningSeeds, key: bytes) -> None:
+    """Write the seeds file encrypted with ``key`` (AES-256-GCM), atomically, mode 0600
+    (temp file, fsync, rename, fsync dir)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"version": _SEEDS_VERSION, "user_id": seeds.user_id}
-    for name in _SEED_NAMES:
-        document[name] = encode_base64(getattr(seeds, name).seed)
+    secrets = {name: encode_base64(getattr(seeds, name).seed) for name in _SEED_NAMES}
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(key).encrypt(
+        nonce, json.dumps(secrets).encode("utf-8"), _seeds_aad(seeds.user_id)
+    )
+    document = {
+        "version": _SEEDS_VERSION,
+        "user_id": seeds.user_id,
+        "cipher": _SEEDS_CIPHER,
+        "nonce": encode_base64(nonce),
+        "ciphertext": encode_base64(ciphertext),
+    }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp creates it as 0600
@@ -395,6 +446,7 @@ class _Run:
         device_ed25519: str,
         seeds_path: Path,
         password: str | None,
+        seeds_key: bytes,
         reset: bool,
     ) -> None:
         self.reset = reset
@@ -404,6 +456,7 @@ class _Run:
         self.device_ed25519 = device_ed25519
         self.seeds_path = seeds_path
         self.password = password
+        self.seeds_key = seeds_key
         self.master: str | None = None
         self.self_signing: str | None = None
 
@@ -435,7 +488,7 @@ class _Run:
         elif published.master is None:
             if seeds is None:
                 seeds = CrossSigningSeeds.generate(self.user_id)
-                await asyncio.to_thread(save_seeds, self.seeds_path, seeds)
+                await asyncio.to_thread(save_seeds, self.seeds_path, seeds, self.seeds_key)
             await self.upload_keys(seeds, replacing=False)
             keys_done = "published new cross-signing keys"
         else:
@@ -461,7 +514,7 @@ class _Run:
             if seeds is None:
                 seeds = CrossSigningSeeds.generate(self.user_id)
                 # Saved before the upload: a published identity must never lack its seeds.
-                await asyncio.to_thread(save_seeds, self.seeds_path, seeds)
+                await asyncio.to_thread(save_seeds, self.seeds_path, seeds, self.seeds_key)
             await self.upload_keys(seeds, replacing=True)
             logger.warning(
                 "%s; replaced it: the cross-signing identity of %s changed from master key %s "
@@ -558,6 +611,7 @@ async def ensure_cross_signed(
     data_dir: Path,
     password: str | None,
     *,
+    seeds_key: bytes,
     reset: bool = False,
     session: aiohttp.ClientSession | None = None,
 ) -> CrossSigningStatus:
@@ -565,9 +619,10 @@ async def ensure_cross_signed(
 
     Call once at start-up, after login and after the device keys were uploaded. The seeds of
     the master, self-signing and user-signing keys live in ``data_dir/cross_signing.json``
-    (mode 0600). When the homeserver has no identity for the bot, a new one is published
-    (Synapse needs no interactive auth for that). When it has a different one (or we have no
-    seeds), :class:`IdentityMismatch` is raised, unless ``reset`` is given (the admin's
+    (mode 0600), encrypted with ``seeds_key`` (:attr:`bot.keys.EncryptionKey.seeds_key`).
+    When the homeserver has no identity for the bot, a new one is published (Synapse needs no
+    interactive auth for that). When it has a different one (or we have no seeds),
+    :class:`IdentityMismatch` is raised, unless ``reset`` is given (the admin's
     ``reset-identity`` command): then it is replaced through password auth, with a WARNING.
     A second call does one ``/keys/query`` and nothing else.
 
@@ -590,11 +645,11 @@ async def ensure_cross_signed(
         return CrossSigningStatus(False, None, None, detail)
     device_ed25519 = client.olm.account.identity_keys["ed25519"]
     seeds_path = data_dir / SEEDS_FILE
-    seeds = await asyncio.to_thread(load_seeds, seeds_path, user_id)
+    seeds = await asyncio.to_thread(load_seeds, seeds_path, user_id, seeds_key)
     async with _http_session(session) as http:
         run = _Run(
             _Api(http, client.homeserver, token),
-            user_id, device_id, device_ed25519, seeds_path, password, reset,
+            user_id, device_id, device_ed25519, seeds_path, password, seeds_key, reset,
         )
         try:
             status = await run.run(seeds)

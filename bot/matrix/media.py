@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +23,7 @@ import aiohttp
 from bot import errors
 from bot.attachments.inspect import StreamingDigest
 from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor
+from bot.attachments.sealed import Sealer, Unsealer
 from bot.errors import PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,11 @@ class Uploaded:
 
 @dataclass(frozen=True)
 class Downloaded:
-    """What a finished download measured on the plaintext it wrote."""
+    """What a finished download measured on the plaintext, and the key it is sealed with."""
 
     size: int
     sha256: str
+    sealed_key: str | None = field(default=None, repr=False)
 
 
 def parse_mxc(uri: object) -> tuple[str, str]:
@@ -116,8 +118,12 @@ class MediaClient:
         *,
         max_bytes: int,
         encrypted_file: dict[str, Any] | None = None,
+        seal: bool = False,
     ) -> Downloaded:
         """Stream ``mxc`` into ``dest``, decrypting if needed, stopping past ``max_bytes``.
+
+        With ``seal`` the plaintext is written encrypted under a fresh key
+        (:mod:`bot.attachments.sealed`), returned as ``sealed_key``.
 
         Raises :class:`TooLarge` or :class:`MediaError` (permanent), the decryptor's
         ``BadEncryptedFile``, or :class:`~bot.errors.TransientError` (try again later).
@@ -133,7 +139,8 @@ class MediaClient:
         try:
             async with self._http().get(url, headers=self._headers()) as response:
                 if response.status == 200:
-                    return await self._save(response, dest, max_bytes, decryptor)
+                    return await self._save(response, dest, max_bytes, decryptor,
+                                            Sealer() if seal else None)
                 if response.status in (404, 403):
                     raise MediaError("the file is not available on the server any more",
                                      code="M_NOT_FOUND")
@@ -150,6 +157,7 @@ class MediaClient:
         dest: Path,
         max_bytes: int,
         decryptor: AttachmentDecryptor | None,
+        sealer: Sealer | None = None,
     ) -> Downloaded:
         digest = StreamingDigest()
         declared = response.content_length
@@ -161,22 +169,25 @@ class MediaClient:
                 if digest.size + len(plain) > max_bytes:
                     raise TooLarge(max_bytes)
                 digest.update(plain)
-                await out.write(plain)
+                await out.write(sealer.update(plain) if sealer is not None else plain)
             if decryptor is not None:
                 tail = decryptor.finalize()
                 if tail:
                     digest.update(tail)
-                    await out.write(tail)
-        return Downloaded(size=digest.size, sha256=digest.hexdigest())
+                    await out.write(sealer.update(tail) if sealer is not None else tail)
+        return Downloaded(size=digest.size, sha256=digest.hexdigest(),
+                          sealed_key=sealer.key() if sealer is not None else None)
 
     async def upload(
-        self, path: Path, content_type: str, filename: str, *, encrypt: bool = False
+        self, path: Path, content_type: str, filename: str, *, encrypt: bool = False,
+        sealed_key: str | None = None,
     ) -> Uploaded:
         """Stream the file at ``path`` to the content repository as a new upload.
 
         With ``encrypt``, the bytes are encrypted on the way (a fresh key per attempt), so no
         ciphertext copy is written to disk. The plaintext is hashed as it is read, so the
-        caller can check it is still the file it inspected.
+        caller can check it is still the file it inspected. A file sealed at rest is decrypted
+        on the way with ``sealed_key``.
         """
         size = (await aiofiles.os.stat(path)).st_size
         url = f"{self._homeserver}/_matrix/media/v3/upload?filename={quote(filename, safe='')}"
@@ -188,7 +199,9 @@ class MediaClient:
         what = f"uploading {filename}"
         try:
             async with self._http().post(
-                url, data=_read_chunks(path, digest, encryptor), headers=headers
+                url, data=_read_chunks(path, digest, encryptor,
+                                       Unsealer(sealed_key) if sealed_key else None),
+                headers=headers,
             ) as response:
                 if response.status != 200:
                     if response.status == 413:
@@ -231,10 +244,13 @@ class MediaClient:
 
 
 async def _read_chunks(
-    path: Path, digest: StreamingDigest, encryptor: AttachmentEncryptor | None
+    path: Path, digest: StreamingDigest, encryptor: AttachmentEncryptor | None,
+    unsealer: Unsealer | None = None,
 ) -> AsyncIterator[bytes]:
     async with aiofiles.open(path, "rb") as handle:
         while chunk := await handle.read(CHUNK_SIZE):
+            if unsealer is not None:
+                chunk = unsealer.update(chunk)
             digest.update(chunk)
             yield encryptor.update(chunk) if encryptor is not None else chunk
 

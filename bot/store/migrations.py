@@ -120,6 +120,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX outbox_event ON outbox(event_id);
     """,
+    # 4: the key of the checked copy of a file, which is kept encrypted at rest
+    # (bot/attachments/sealed.py); NULL for a plaintext copy left by an older version.
+    """
+    ALTER TABLE offers ADD COLUMN temp_key TEXT;
+    """,
 ]
 
 

@@ -29,6 +29,7 @@ from tests.helpers import MakeClient, MakeUser
 
 LOGGER = "bot.matrix.crosssign"
 UPLOADS = ("/keys/device_signing/upload", "/keys/signatures/upload")
+SEEDS_KEY = bytes(range(32))
 
 
 class Recorder:
@@ -53,9 +54,11 @@ async def run(client: AsyncClient, data_dir: Path, password: str | None = None,
               recorder: Recorder | None = None, reset: bool = False) -> CrossSigningStatus:
     """ensure_cross_signed, through a recording session when a recorder is given."""
     if recorder is None:
-        return await ensure_cross_signed(client, data_dir, password, reset=reset)
+        return await ensure_cross_signed(client, data_dir, password, seeds_key=SEEDS_KEY,
+                                         reset=reset)
     async with recorder.session() as session:
-        return await ensure_cross_signed(client, data_dir, password, reset=reset,
+        return await ensure_cross_signed(client, data_dir, password, seeds_key=SEEDS_KEY,
+                                         reset=reset,
                                          session=session)
 
 
@@ -184,7 +187,7 @@ async def test_never_replaces_the_identity_by_itself(
     seeds_path = tmp_path / SEEDS_FILE
     seeds_path.unlink()
     if lost == "other seeds":
-        save_seeds(seeds_path, CrossSigningSeeds.generate(bot_user.user_id))
+        save_seeds(seeds_path, CrossSigningSeeds.generate(bot_user.user_id), SEEDS_KEY)
     other_seeds = seeds_path.read_bytes() if seeds_path.exists() else None
     recorder = Recorder()
 

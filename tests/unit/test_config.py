@@ -588,7 +588,7 @@ VALIDATION_CASES = [
     ("logging: {format: xml}", 'logging.format: expected "text" or "json", got "xml"'),
     (
         "metrics: '127.0.0.1:9108'",
-        'metrics: expected a mapping with the keys listen, got "127.0.0.1:9108"',
+        'metrics: expected a mapping with the keys listen, token, got "127.0.0.1:9108"',
     ),
     ("metrics: {}", "metrics.listen: missing required key"),
     ("metrics: {listen: 9108}", f"metrics.listen: {LISTEN}, got 9108"),
@@ -922,7 +922,8 @@ def test_redacted_summary_masks_secrets_and_is_plain_data() -> None:
     assert summary["password"] == "***" and summary["access_token"] == "***"
     assert summary["data_dir"] == str(BASE_DIR / "data")
     assert summary["policy"]["customer_to_agent"]["max_size"] == 25_000_000
-    assert summary["metrics"] == {"listen_host": "127.0.0.1", "listen_port": 9108}
+    assert summary["metrics"] == {"listen_host": "127.0.0.1", "listen_port": 9108,
+                                  "token": None}
 
 
 def test_redacted_summary_shows_unset_secrets_as_null() -> None:
@@ -983,3 +984,67 @@ def test_example_config_comments_every_key_with_its_default() -> None:
         assert re.search(r"default|required", comment, re.IGNORECASE), (
             f"{match.group(1)} (line {number + 1}) has no comment with its default"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets at rest: the encryption key and the metrics token
+# ---------------------------------------------------------------------------------------------
+
+LONG_KEY = "k" * 16
+
+
+@pytest.mark.parametrize(
+    ("overlay", "env", "key", "source"),
+    [
+        ("", {}, None, None),
+        (f"{{encryption_key: {LONG_KEY}}}", {}, LONG_KEY, "encryption_key"),
+        ("", {"PARCEL_ENCRYPTION_KEY": "e" * 20}, "e" * 20, "PARCEL_ENCRYPTION_KEY"),
+        (f"{{encryption_key: {LONG_KEY}}}", {"PARCEL_ENCRYPTION_KEY": "e" * 20}, "e" * 20,
+         "PARCEL_ENCRYPTION_KEY"),
+        (f"{{encryption_key: {LONG_KEY}}}", {"PARCEL_ENCRYPTION_KEY": ""}, LONG_KEY,
+         "encryption_key"),
+    ],
+)
+def test_encryption_key_comes_from_env_then_file(
+    overlay: str, env: dict[str, str], key: str | None, source: str | None
+) -> None:
+    """PARCEL_ENCRYPTION_KEY wins over encryption_key; neither means the generated file."""
+    config = config_from(overlay, env)
+    assert (config.encryption_key, config.encryption_key_source) == (key, source)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "env", "message"),
+    [
+        ("{encryption_key: short}", {},
+         "encryption_key: too short (5 characters): use at least 16"),
+        ("", {"PARCEL_ENCRYPTION_KEY": "fifteen-chars!!"},
+         "PARCEL_ENCRYPTION_KEY: too short (15 characters): use at least 16"),
+        ("{encryption_key: 1234567890123456}", {},
+         "encryption_key: expected a string, got a number (quote it in YAML)"),
+        ("{metrics: {listen: '127.0.0.1:9108', token: short}}", {},
+         "metrics.token: expected at least 16 characters without spaces"),
+        ("{metrics: {listen: '127.0.0.1:9108', token: 'with a space in it ok'}}", {},
+         "metrics.token: expected at least 16 characters without spaces"),
+    ],
+)
+def test_weak_secrets_are_refused_without_echoing_them(
+    overlay: str, env: dict[str, str], message: str
+) -> None:
+    """A short key or token is refused with a message naming the key, never the value."""
+    error = error_from(overlay, env)
+    assert str(error).startswith(message), str(error)
+    assert "fifteen-chars" not in str(error) and "with a space" not in str(error)
+
+
+def test_secrets_at_rest_are_masked_in_the_summary() -> None:
+    """The encryption key and the metrics token are masked like the password."""
+    config = config_from(
+        f"{{encryption_key: {LONG_KEY}, metrics: {{listen: '127.0.0.1:9108', "
+        "token: tok-tok-tok-tok-tok}}"
+    )
+    assert config.metrics is not None and config.metrics.token == "tok-tok-tok-tok-tok"
+    summary = redacted_summary(config)
+    assert summary["encryption_key"] == "***" and summary["metrics"]["token"] == "***"
+    text = json.dumps(summary) + repr(config)
+    assert LONG_KEY not in text and "tok-tok" not in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,14 @@ def run_entrypoint(
     environ = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("PARCEL_PASSWORD", "PARCEL_ACCESS_TOKEN", "PARCEL_CONFIG")
+        if key not in ("PARCEL_PASSWORD", "PARCEL_ACCESS_TOKEN", "PARCEL_CONFIG", "PARCEL_DATA",
+                       "PARCEL_ENCRYPTION_KEY")
     }
     environ["PATH"] = f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}"
+    # The image's /data, stood in for by a private directory beside the stub.
+    data = bin_dir.parent / "data"
+    data.mkdir(mode=0o700, exist_ok=True)
+    environ["PARCEL_DATA"] = str(data)
     if config is not None:
         environ["PARCEL_CONFIG"] = str(config)
     environ.update(env)
@@ -137,3 +143,58 @@ def test_compose_example_config_is_valid(bin_dir: Path) -> None:
     result = run_entrypoint(bin_dir, COMPOSE_CONFIG, PARCEL_PASSWORD="secret")
     assert result.returncode == 0, result.stderr
     assert f"stub parcel-bot: run --config {COMPOSE_CONFIG}" in result.stdout
+
+
+def test_dockerfile_makes_data_private_to_parcel() -> None:
+    """The image creates /data owned by parcel with mode 0700."""
+    dockerfile = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    assert "chown parcel:parcel /data" in dockerfile and "chmod 0700 /data" in dockerfile
+
+
+def test_missing_data_volume_is_refused(bin_dir: Path, tmp_path: Path) -> None:
+    """Without the data directory the bot is not started."""
+    config = tmp_path / "config.yaml"
+    config.write_text(VALID)
+    result = run_entrypoint(bin_dir, config, PARCEL_DATA=str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert f"no data directory at {tmp_path / 'none'}" in result.stderr
+    assert "stub parcel-bot" not in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the volume to another user")
+def test_data_volume_of_another_user_is_refused(bin_dir: Path, tmp_path: Path) -> None:
+    """A /data owned by someone else stops the container with the fix in the message."""
+    config = tmp_path / "config.yaml"
+    config.write_text(VALID)
+    data = tmp_path / "foreign"
+    data.mkdir(mode=0o700)
+    os.chown(data, 65534, 65534)
+    result = run_entrypoint(bin_dir, config, PARCEL_DATA=str(data))
+    assert result.returncode == 2
+    assert "is owned by uid 65534" in result.stderr and "chown" in result.stderr
+    assert "stub parcel-bot" not in result.stdout
+
+
+def test_open_data_volume_of_the_bot_is_made_private(bin_dir: Path, tmp_path: Path) -> None:
+    """A 0755 /data of the bot's own user (an older image) is narrowed to 0700, then it runs."""
+    config = tmp_path / "config.yaml"
+    config.write_text(VALID)
+    data = tmp_path / "open"
+    data.mkdir()
+    data.chmod(0o755)
+    result = run_entrypoint(bin_dir, config, PARCEL_DATA=str(data))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert f"{data} had mode 755; made it private (700)" in result.stdout
+    assert f"stub parcel-bot: run --config {config}" in result.stdout
+
+
+def test_check_config_reports_the_data_dir_and_the_key_source(bin_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """The start-up check says whether data_dir is private and where the key comes from."""
+    config = tmp_path / "config.yaml"
+    config.write_text(VALID)
+    result = run_entrypoint(bin_dir, config, PARCEL_ENCRYPTION_KEY="k" * 32)
+    assert result.returncode == 0, result.stderr
+    assert f"data_dir {tmp_path / 'data'}: private" in result.stdout
+    assert "encryption key: from the environment (PARCEL_ENCRYPTION_KEY)" in result.stdout

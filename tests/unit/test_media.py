@@ -230,3 +230,36 @@ async def test_upload_error_answers_are_classified(
         assert caught.value.code == code
     if code == "M_TOO_LARGE":
         assert caught.value.reason == "the file is larger than the homeserver allows"
+
+
+async def test_sealed_download_then_sealed_upload_round_trip(server, tmp_path: Path) -> None:
+    """A sealed download leaves ciphertext on disk; the upload sends the plaintext again,
+    plain or re-encrypted, and hashes the plaintext."""
+    from bot.attachments.sealed import open_sealed
+
+    url, script = server
+    plaintext = bytes(range(256)) * 4000
+    script.responses = [web.Response(body=plaintext),
+                        web.json_response({"content_uri": "mxc://x/plain"}),
+                        web.json_response({"content_uri": "mxc://x/enc"})]
+    client = _client(url)
+    dest = tmp_path / "offer-1"
+    try:
+        got = await client.download("mxc://x/y", dest, max_bytes=len(plaintext), seal=True)
+        on_disk = dest.read_bytes()
+        assert got.sealed_key is not None and got.sealed_key not in repr(got)
+        assert got.sha256 == hashlib.sha256(plaintext).hexdigest()
+        assert len(on_disk) == len(plaintext) and on_disk != plaintext
+        assert hashlib.sha256(on_disk).hexdigest() != got.sha256
+        with open_sealed(dest, got.sealed_key) as handle:
+            assert handle.read() == plaintext
+        plain = await client.upload(dest, "image/png", "a.png", sealed_key=got.sealed_key)
+        assert script.last_body == plaintext and plain.sha256 == got.sha256
+        enc = await client.upload(dest, "image/png", "a.png", encrypt=True,
+                                  sealed_key=got.sealed_key)
+    finally:
+        await client.close()
+    block = enc.file_block("image/png")
+    assert block is not None and enc.sha256 == got.sha256
+    assert decrypt_attachment(script.last_body, block["key"]["k"], block["hashes"]["sha256"],
+                              block["iv"]) == plaintext

@@ -179,7 +179,7 @@ async def test_health_ok_and_unhealthy(
 
 
 async def test_health_check_that_raises_is_unhealthy() -> None:
-    """A health callback that raises gives 503, not a server error."""
+    """A health callback that raises gives 503 saying only that, not a server error."""
 
     def broken() -> tuple[bool, str]:
         raise RuntimeError("store closed")
@@ -189,8 +189,7 @@ async def test_health_check_that_raises_is_unhealthy() -> None:
         status, text = await get(f"{base_url(runner)}/health")
     finally:
         await runner.cleanup()
-    assert status == 503
-    assert "store closed" in text
+    assert (status, text) == (503, "health check failed")
 
 
 async def test_unknown_path_is_404(served: tuple[Metrics, FakeClock, HealthSwitch, str]) -> None:
@@ -217,3 +216,37 @@ async def test_serve_on_a_busy_port_raises() -> None:
             await Metrics().serve("127.0.0.1", port, lambda: (True, ""))
     finally:
         await first.cleanup()
+
+
+TOKEN = "s3cret-scrape-token-0123"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong-token-wrong-token"}, 401),
+        ({"Authorization": TOKEN}, 401),
+        ({"Authorization": f"Basic {TOKEN}"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}x"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, 200),
+    ],
+)
+async def test_metrics_token_is_required_when_set(headers: dict[str, str], status: int) -> None:
+    """With a token, /metrics needs "Authorization: Bearer <token>"; /health stays open."""
+    runner = await Metrics().serve("127.0.0.1", 0, lambda: (True, "ok"), TOKEN)
+    url = base_url(runner)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/metrics", headers=headers) as response:
+                assert response.status == status
+                text = await response.text()
+                if status == 401:
+                    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                    assert "parcel_" not in text and TOKEN not in text
+                else:
+                    assert "parcel_sessions_open" in text
+            async with http.get(f"{url}/health") as response:
+                assert (response.status, await response.text()) == (200, "ok")
+    finally:
+        await runner.cleanup()
