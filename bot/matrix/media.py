@@ -7,7 +7,6 @@ is one attempt; failures are raised classified (``bot.errors``) and retried by t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable

@@ -20,7 +20,8 @@ from typing import Any
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.store.migrations import SchemaTooNew, migrate
 
-__all__ = ["DELIVERY_RECORDS_KEPT", "Store", "Session", "SessionState", "Side", "SchemaTooNew", "LogEntry", "WorkUnit"]
+__all__ = ["DELIVERY_RECORDS_KEPT", "Store", "Session", "SessionState", "Side", "SchemaTooNew",
+           "LogEntry", "WorkUnit"]
 
 
 class SessionState(StrEnum):

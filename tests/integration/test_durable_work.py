@@ -1,4 +1,4 @@
-"""Durable work on a real Synapse: long outages, permanent failures, late keys, strangers, tidy-up."""
+"""Durable work on a real Synapse: outages, permanent failures, late keys, strangers, tidy-up."""
 
 from __future__ import annotations
 

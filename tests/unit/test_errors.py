@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 
 import aiohttp
@@ -81,7 +80,7 @@ def test_nio_error_responses_are_classified(response, transient: bool, code: str
         (aiohttp.ServerDisconnectedError(), True),
         (ConnectionResetError("reset"), True),
         (TimeoutError(), True),
-        (asyncio.TimeoutError(), True),
+        (TimeoutError(), True),
         (OSError("network unreachable"), True),
         (ValueError("a bug"), False),
         (KeyError("a bug"), False),

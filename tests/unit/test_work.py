@@ -1,4 +1,4 @@
-"""The durable scheduler on a real SQLite store: order, retries without limit, failures, restarts."""
+"""The durable scheduler on a real SQLite store: order, unlimited retries, failures, restarts."""
 
 from __future__ import annotations
 
