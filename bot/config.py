@@ -144,6 +144,7 @@ class MediaConfig:
 
     transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT
     purge_refused: bool = False
+    prestage: bool = True
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ _SCHEMA: _Schema = {
     },
     "reactions": {"accept": None, "decline": None},
     "messages": {"welcome": None, "agent_room_name": None},
-    "media": {"transfer_timeout": None, "purge_refused": None},
+    "media": {"transfer_timeout": None, "purge_refused": None, "prestage": None},
     "logging": {"level": None, "format": None},
     "metrics": {"listen": None, "token": None},
     "retention": {
@@ -883,6 +884,7 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
                 "transfer_timeout", _positive_duration, DEFAULT_TRANSFER_TIMEOUT
             ),
             purge_refused=media.get("purge_refused", _boolean, False),
+            prestage=media.get("prestage", _boolean, True),
         ),
         logging=LoggingConfig(
             level=logging_section.get("level", _choice(LOG_LEVELS, upper=True), "INFO"),

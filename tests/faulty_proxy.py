@@ -40,6 +40,7 @@ class FaultyProxy:
         self.upstream = upstream.rstrip("/")
         self.rules: list[Rule] = []
         self.rate: float | None = None  # bytes per second, per body; None for full speed
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -76,7 +77,13 @@ class FaultyProxy:
                 return rule
         return None
 
+    def count(self, method: str, path_regex: str) -> int:
+        """How many requests so far matched ``method`` and ``path_regex``."""
+        pattern = re.compile(path_regex)
+        return sum(1 for m, path in self.seen if m == method and pattern.search(path))
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.method, request.path))
         rule = self._rule_for(request)
         if rule is not None:
             rule.hits += 1

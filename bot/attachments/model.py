@@ -92,6 +92,12 @@ class Offer:
     scanned: bool = False
     # The key of the sealed copy at temp_path (bot/attachments/sealed.py): a secret.
     temp_key: str | None = field(default=None, repr=False)
+    # The recipient's copy, uploaded while the offer waits (media.prestage): its content URI,
+    # its encryption block with the key (JSON, encrypted rooms only) and whether it is
+    # encrypted, so that ✅ costs one event.
+    staged_uri: str | None = None
+    staged_file: str | None = field(default=None, repr=False)
+    staged_encrypted: int | None = None
 
     @property
     def is_pending(self) -> bool:

@@ -26,7 +26,7 @@ from bot.attachments.text import safe_filename
 from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config, DirectionPolicy
 from bot.errors import PermanentError, TransientError
 from bot.matrix.client import Sender
-from bot.matrix.media import MediaClient, MediaError, TooLarge
+from bot.matrix.media import MediaClient, MediaError, TooLarge, Uploaded
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
 from bot.store import Session, Side, Store, WorkUnit, offer_lane
@@ -149,6 +149,7 @@ class OfferService:
         self._rooms = rooms
         self._work = work
         work.register("offer", self._run_unit, self._give_up)
+        work.register("stage", self._run_stage, self._give_up)
         self._media_dir = config.data_dir / "media"
         self._media_dir.mkdir(parents=True, exist_ok=True)
         self._accept_key = normalize_key(config.reactions.accept)
@@ -273,7 +274,8 @@ class OfferService:
             offer = self._store.get_offer(offer_id)
             if offer is None or self._store.is_settled(offer_id):
                 return
-            await self._step(offer)
+            if not await self._step(offer):
+                return  # waiting for other work (the staged copy), which schedules it again
 
     async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
         """A step failed for good: the offer fails with the cause, and its sender is told."""
@@ -293,7 +295,8 @@ class OfferService:
             return
         self.schedule(offer.id)
 
-    async def _step(self, offer: Offer) -> None:
+    async def _step(self, offer: Offer) -> bool:
+        """Carry out the current state's next step; False when it must wait for other work."""
         session = self._store.get_session(offer.session_id)
         if offer.state is OfferState.INSPECTING:
             await self._inspect(offer, session)
@@ -303,10 +306,11 @@ class OfferService:
             self._metrics.offer_state(offer.direction, OfferState.OFFERED)
         elif offer.state is OfferState.ACCEPTED:
             if offer.delivery_event_id is None:
-                await self._deliver(offer, session)
+                if not await self._deliver(offer, session):
+                    return False
                 offer = self._store.get_offer(offer.id) or offer
                 if offer.state is not OfferState.ACCEPTED:
-                    return  # delivery failed for good: the FAILED state has its own step
+                    return True  # delivery failed for good: the FAILED state has its own step
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
             notice = render.rejection_notice(offer.filename, offer.reason or "it was refused")
@@ -322,6 +326,7 @@ class OfferService:
             await self._finish(offer)
         else:
             await self._finish(offer)
+        return True
 
     def _paths(self, offer: Offer) -> tuple[Path, Path]:
         final = self._media_dir / f"offer-{offer.id}"
@@ -388,6 +393,7 @@ class OfferService:
         if moved is None:
             final.unlink(missing_ok=True)  # withdrawn or expired while we looked
         else:
+            self._stage(moved)  # right away, beside posting the card
             logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                         session.id, facts.mimetype, facts.size, facts.sha256)
 
@@ -456,36 +462,99 @@ class OfferService:
         return self._store.update_offer(offer.id, status_event_id=event_id,
                                         status_room=sender_room)
 
-    async def _deliver(self, offer: Offer, session: Session) -> None:
+    def _stage(self, offer: Offer) -> None:
+        """Queue uploading the recipient's copy of an offered file (with media.prestage)."""
+        if self._config.media.prestage:
+            self._work.submit("stage", f"stage:{offer.id}", {"offer": offer.id},
+                              lane=f"stage:{offer.id}")
+
+    async def _run_stage(self, unit: WorkUnit) -> None:
+        """Upload the checked copy for the recipient's room while the offer waits."""
+        offer = self._store.get_offer(unit.payload["offer"])
+        if offer is None or offer.state not in (OfferState.OFFERED, OfferState.ACCEPTED) \
+                or offer.delivery_event_id is not None:
+            return  # decided against, or delivered: staging has no purpose any more
+        session = self._store.get_session(offer.session_id)
         _, recipient_room = self._rooms_of(offer, session)
+        room = await self._rooms.ready(recipient_room)
+        if offer.staged_uri is not None:
+            if bool(offer.staged_encrypted) == room.encrypted:
+                if offer.state is OfferState.ACCEPTED:
+                    self.schedule(offer.id)  # staged already: the waiting delivery goes on
+                return
+            await self._drop_staged(offer, "the room's encryption changed")
+        uploaded = await self._upload_copy(offer, room.encrypted)
+        if uploaded is None:
+            return
+        failpoints.hit("delivery-staged")
+        current = self._store.get_offer(offer.id)
+        if current is None or current.state not in (OfferState.OFFERED, OfferState.ACCEPTED):
+            # Settled while uploading: this copy must not outlive the offer.
+            await self._media.purge(uploaded.uri)
+            return
+        block = uploaded.file_block(offer.mimetype)
+        self._store.update_offer(offer.id, staged_uri=uploaded.uri,
+                                 staged_file=json.dumps(block) if block else None,
+                                 staged_encrypted=int(room.encrypted))
+        logger.info("offer %d (session %d): delivery staged as %s%s", offer.id, session.id,
+                    uploaded.uri, " (encrypted)" if room.encrypted else "")
+        if current.state is OfferState.ACCEPTED:
+            self.schedule(offer.id)  # a ✅ that came first waits for this
+
+    async def _drop_staged(self, offer: Offer, why: str) -> None:
+        """Forget the staged copy (deleted from the media repository where the bot may)."""
+        assert offer.staged_uri is not None
+        purged = await self._media.purge(offer.staged_uri)
+        logger.info("offer %d: staged copy %s %s (%s)", offer.id, offer.staged_uri,
+                    "deleted" if purged else "dropped, never referenced", why)
+        self._store.update_offer(offer.id, staged_uri=None, staged_file=None,
+                                 staged_encrypted=None)
+
+    async def _upload_copy(self, offer: Offer, encrypt: bool) -> Uploaded | None:
+        """Upload the checked copy (the inspected bytes, or nothing); None when it is gone."""
         if offer.temp_path is None or not await aiofiles.os.path.exists(offer.temp_path):
             self._fail(offer, "the checked copy of the file is missing")
-            return
-        txn_id = f"offer-{offer.id}-deliver"
-        already = self._store.sent_event(txn_id)
-        if already is not None:  # sent before a crash that came before recording it
-            self._store.update_offer(offer.id, delivery_event_id=already)
-            return
-        source = Path(offer.temp_path)
-        room = await self._rooms.ready(recipient_room)
-        name = safe_filename(offer.filename)
+            return None
         uploaded = await self._media.upload(
-            source, offer.mimetype or "application/octet-stream", name, encrypt=room.encrypted,
-            sealed_key=offer.temp_key,
+            Path(offer.temp_path), offer.mimetype or "application/octet-stream",
+            safe_filename(offer.filename), encrypt=encrypt, sealed_key=offer.temp_key,
         )
         if uploaded.sha256 != offer.sha256:
             # Only the inspected bytes may go out; a copy changed on disk is never delivered.
             await self._media.purge(uploaded.uri)
             self._fail(offer, "the checked copy of the file was altered")
-            return
-        content = delivery_content(offer, uploaded.uri, uploaded.file_block(offer.mimetype),
-                                   self._config.policy.max_image_pixels)
+            return None
+        return uploaded
+
+    async def _deliver(self, offer: Offer, session: Session) -> bool:
+        """Send the accepted file; False while it waits for its staged copy."""
+        _, recipient_room = self._rooms_of(offer, session)
+        txn_id = f"offer-{offer.id}-deliver"
+        already = self._store.sent_event(txn_id)
+        if already is not None:  # sent before a crash that came before recording it
+            self._store.update_offer(offer.id, delivery_event_id=already)
+            return True
+        room = await self._rooms.ready(recipient_room)
+        offer = self._store.get_offer(offer.id) or offer  # staging may have finished meanwhile
+        if self._config.media.prestage:
+            if offer.staged_uri is None or bool(offer.staged_encrypted) != room.encrypted:
+                self._stage(offer)  # (again, for a room whose encryption changed): it calls back
+                return False
+            uri = offer.staged_uri
+            block = json.loads(offer.staged_file) if offer.staged_file else None
+        else:
+            uploaded = await self._upload_copy(offer, room.encrypted)
+            if uploaded is None:
+                return True
+            uri, block = uploaded.uri, uploaded.file_block(offer.mimetype)
+        content = delivery_content(offer, uri, block, self._config.policy.max_image_pixels)
         failpoints.hit("delivery-uploaded")
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")
         self._store.update_offer(offer.id, delivery_event_id=event_id)
         self._metrics.delivered(offer.size or 0, max(0.0, time.time() - offer.updated_at))
         logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
+        return True
 
     def _fail(self, offer: Offer, reason: str) -> None:
         if self._store.transition(offer.id, OfferState.FAILED, reason=reason):
@@ -516,6 +585,11 @@ class OfferService:
         part.unlink(missing_ok=True)
         if offer.temp_path:
             self._store.update_offer(offer.id, temp_path=None, temp_key=None)
+        current = self._store.get_offer(offer.id) or offer
+        if current.staged_uri is not None and offer.state is not OfferState.ACCEPTED:
+            await self._drop_staged(current, f"the offer was {offer.state.value}")
+        elif current.staged_file is not None:
+            self._store.update_offer(offer.id, staged_file=None)  # the key is in the event now
         if self._config.media.purge_refused and offer.state is not OfferState.ACCEPTED:
             await self._purge_source(offer)
         self._store.mark_settled(offer.id, offer.state)

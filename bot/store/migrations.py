@@ -125,6 +125,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE offers ADD COLUMN temp_key TEXT;
     """,
+    # 5: the recipient's copy staged while the offer waits (its URI, encryption block and
+    # whether it is encrypted).
+    """
+    ALTER TABLE offers ADD COLUMN staged_uri TEXT;
+    ALTER TABLE offers ADD COLUMN staged_file TEXT;
+    ALTER TABLE offers ADD COLUMN staged_encrypted INTEGER;
+    """,
 ]
 
 

@@ -1,0 +1,173 @@
+"""Pre-staged deliveries on a real Synapse: the recipient's copy is uploaded while the offer waits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from nio import RoomPutStateResponse
+
+from bot.attachments.model import Offer
+from tests import samples
+from tests.chat import OFFER_KEY, Person, barrier
+from tests.conftest import Chat
+from tests.faulty_proxy import FaultyProxy
+from tests.helpers import wait_for
+
+ACCEPT, DECLINE = "\u2705", "\u274c"
+UPLOAD = r"/_matrix/media/v3/upload$"
+
+
+def the_offer(chat: Chat) -> Offer:
+    """The single offer of the chat's session, from the bot's store."""
+    parcel = chat.bot.parcel
+    assert parcel is not None and parcel.store is not None
+    session = parcel.store.sessions()[-1]
+    [offer] = parcel.store.session_offers(session.id)
+    return offer
+
+
+def deliveries(person: Person, room_id: str, chat: Chat) -> list[dict[str, Any]]:
+    """Media messages the bot posted in a room."""
+    return [e for e in person.media_events(room_id) if e["sender"] == chat.bot_user.user_id]
+
+
+def card_for(person: Person, room_id: str, name: str) -> dict[str, Any] | None:
+    for event in person.offers(room_id):
+        if event["content"][OFFER_KEY]["filename"] == name:
+            return event
+    return None
+
+
+async def _media_status(chat: Chat, uri: str) -> int:
+    """The HTTP status the homeserver answers for downloading ``uri`` as the customer."""
+    server, media_id = uri.removeprefix("mxc://").split("/", 1)
+    url = f"{chat.homeserver.url}/_matrix/client/v1/media/download/{server}/{media_id}"
+    headers = {"Authorization": f"Bearer {chat.customer.user.access_token}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
+        return response.status
+
+
+async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserver) -> None:
+    """A ✅ given while the staged upload is still crawling waits for it: one upload by the
+    bot, one delivery, the inspected bytes."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, policy={"max_size": "20MB"})
+        await chat.open_session()
+        agent, customer = chat.agent, chat.customer
+        data = samples.noise(6 * 1024 * 1024, seed=5)
+        proxy.rate = 2 * 1024 * 1024  # the bot's transfers take seconds from here on
+        await agent.send_file(chat.agent_room, data, "report.bin", "application/octet-stream")
+        await customer.until(lambda: card_for(customer, chat.customer_room, "report.bin"),
+                             "the offer card", timeout=60)
+        card = card_for(customer, chat.customer_room, "report.bin")
+        assert card is not None
+        assert the_offer(chat).staged_uri is None, "staging finished before the ✅ could race it"
+        await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+        await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+                             "the delivery", timeout=60)
+        proxy.rate = None
+        await barrier(customer, chat.customer_room, agent, chat.agent_room)
+        delivered = deliveries(customer, chat.customer_room, chat)
+        assert len(delivered) == 1
+        assert await customer.download(delivered[0]["content"]) == data
+        assert proxy.count("POST", UPLOAD) == 1
+        assert delivered[0]["content"]["url"] == the_offer(chat).staged_uri
+
+
+async def test_decline_deletes_the_staged_copy(start_chat) -> None:
+    """With admin rights the bot deletes the staged copy of a declined file; nothing in the
+    recipient's room ever references it."""
+    chat: Chat = await start_chat(bot_admin=True)
+    await chat.open_session()
+    agent, customer = chat.agent, chat.customer
+    await agent.send_file(chat.agent_room, samples.pdf(), "terms.pdf", "application/pdf")
+    await customer.until(lambda: card_for(customer, chat.customer_room, "terms.pdf"),
+                         "the offer card")
+    await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
+    staged = the_offer(chat).staged_uri
+    assert staged is not None and await _media_status(chat, staged) == 200
+    card = card_for(customer, chat.customer_room, "terms.pdf")
+    assert card is not None
+    await customer.react(chat.customer_room, card["event_id"], DECLINE)
+    await agent.until(lambda: agent.offer_state(chat.agent_room, the_offer(chat).id)
+                      == "declined", "the declined status line")
+    await wait_for(lambda: the_offer(chat).staged_uri is None, what="the staged copy dropped")
+    assert await _media_status(chat, staged) == 404
+    assert not any(staged in str(e.get("content")) for e in customer.events[chat.customer_room])
+
+
+async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_chat) -> None:
+    """The customer turns on encryption after the copy was staged in the clear: the ✅
+    delivers a freshly staged, encrypted copy that the customer decrypts."""
+    chat: Chat = await start_chat(encrypted=True, bot_admin=True)
+    await chat.open_session(encrypted=False)
+    agent, customer = chat.agent, chat.customer
+    image = samples.png(40, 30)
+    await agent.send_file(chat.agent_room, image, "map.png", "image/png", "m.image")
+    await customer.until(lambda: card_for(customer, chat.customer_room, "map.png"),
+                         "the offer card")
+    await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
+    plain_copy = the_offer(chat).staged_uri
+    assert plain_copy is not None and not the_offer(chat).staged_encrypted
+    turned_on = await customer.client.room_put_state(
+        chat.customer_room, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
+    assert isinstance(turned_on, RoomPutStateResponse), turned_on
+    await barrier(customer, chat.customer_room, agent, chat.agent_room)
+    card = card_for(customer, chat.customer_room, "map.png")
+    assert card is not None
+    await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+    await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+                         "the encrypted delivery", timeout=60)
+    [delivered] = deliveries(customer, chat.customer_room, chat)
+    assert "file" in delivered["content"] and "url" not in delivered["content"]
+    assert delivered["content"]["file"]["url"] != plain_copy
+    assert await customer.download(delivered["content"]) == image
+    assert await _media_status(chat, plain_copy) == 404
+
+
+async def test_a_crash_between_staging_and_recording_delivers_once(start_chat) -> None:
+    """Killed right after the staged upload, before it was recorded: after the restart the
+    copy is staged again, and the ✅ delivers exactly one file."""
+    chat: Chat = await start_chat(as_process=True)
+    await chat.open_session()
+    await chat.bot.stop()
+    await chat.bot.start(failpoint="delivery-staged")
+    agent, customer = chat.agent, chat.customer
+    data = samples.pdf()
+    await agent.send_file(chat.agent_room, data, "contract.pdf", "application/pdf")
+    await chat.bot.wait_killed()
+    await chat.bot.start()
+    await customer.until(lambda: card_for(customer, chat.customer_room, "contract.pdf"),
+                         "the offer card after the restart")
+    card = card_for(customer, chat.customer_room, "contract.pdf")
+    assert card is not None
+    await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+    await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+                         "the delivery")
+    await barrier(customer, chat.customer_room, agent, chat.agent_room)
+    delivered = deliveries(customer, chat.customer_room, chat)
+    assert len(delivered) == 1
+    assert await customer.download(delivered[0]["content"]) == data
+
+
+async def test_without_prestage_the_copy_is_uploaded_on_accept(start_chat, homeserver) -> None:
+    """media.prestage: false keeps upload-on-✅: nothing is uploaded while the offer waits."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, media={"prestage": False})
+        await chat.open_session()
+        agent, customer = chat.agent, chat.customer
+        data = samples.pdf()
+        await agent.send_file(chat.agent_room, data, "plain.pdf", "application/pdf")
+        await customer.until(lambda: card_for(customer, chat.customer_room, "plain.pdf"),
+                             "the offer card")
+        await barrier(agent, chat.agent_room, customer, chat.customer_room)
+        assert proxy.count("POST", UPLOAD) == 0 and the_offer(chat).staged_uri is None
+        card = card_for(customer, chat.customer_room, "plain.pdf")
+        assert card is not None
+        await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+        await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+                             "the delivery")
+        assert proxy.count("POST", UPLOAD) == 1
+        [delivered] = deliveries(customer, chat.customer_room, chat)
+        assert await customer.download(delivered["content"]) == data
