@@ -1,4 +1,4 @@
-"""Pre-staged deliveries on a real Synapse: the recipient's copy is uploaded while the offer waits."""
+"""Pre-staged deliveries on a real Synapse: the recipient's copy goes up while the offer waits."""
 
 from __future__ import annotations
 
