@@ -160,6 +160,17 @@ class Person:
         assert isinstance(response, MemoryDownloadResponse), response
         return response.body
 
+    def offer_named(self, room_id: str, filename: str) -> dict[str, Any] | None:
+        """The first offer card (or status line) about ``filename`` seen in a room."""
+        for event in self.offers(room_id):
+            if event["content"][OFFER_KEY]["filename"] == filename:
+                return event
+        return None
+
+    def deliveries(self, room_id: str, bot_id: str) -> list[dict[str, Any]]:
+        """Media messages the bot posted in a room (delivered files, not anyone's upload)."""
+        return [e for e in self.media_events(room_id) if e["sender"] == bot_id]
+
     def reactions_on(self, room_id: str, event_id: str) -> list[dict[str, Any]]:
         """Reactions seen on an event."""
         return [

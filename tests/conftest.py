@@ -115,6 +115,11 @@ class Chat:
     customer_room: str = ""
     agent_room: str = ""
 
+    @property
+    def bot_id(self) -> str:
+        """The bot's user id."""
+        return self.bot_user.user_id
+
     async def open_session(self, encrypted: bool = False) -> None:
         """The customer starts a DM with the bot; the agent joins the new agent room."""
         self.customer_room = await self.customer.open_chat_with(self.bot_user.user_id, encrypted)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from nio import RoomGetStateEventResponse, RoomPutStateResponse, ToDeviceMessage
 
 from bot.store import Store
 from tests import samples
-from tests.chat import OFFER_KEY, Person, barrier, new_person
+from tests.chat import Person, barrier, new_person
 from tests.conftest import Chat
 from tests.faulty_proxy import FaultyProxy
 from tests.helpers import wait_for
@@ -26,23 +25,15 @@ def store_of(chat: Chat) -> Store:
     return chat.bot.parcel.store
 
 
-def deliveries(person: Person, room_id: str, chat: Chat) -> list[dict[str, Any]]:
-    """Media messages the bot posted in a room."""
-    return [e for e in person.media_events(room_id) if e["sender"] == chat.bot_user.user_id]
 
 
-def offer_named(person: Person, room_id: str, filename: str) -> dict[str, Any] | None:
-    """The offer card (or status line) about ``filename`` that a person sees in a room."""
-    for event in person.offers(room_id):
-        if event["content"][OFFER_KEY]["filename"] == filename:
-            return event
-    return None
 
 
 async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, homeserver) -> None:
-    """Synapse stopped mid-upload, mid-inspection and with texts in flight, for longer than the
-    backoff cap: without a bot restart every file arrives once and intact, every text once and
-    in order, and the file caught mid-download is offered."""
+    """Synapse stopped while an accepted file's copy is uploading, while another is being
+    inspected and with texts in flight, for longer than the backoff cap: without a bot restart
+    every file arrives once and intact, every text once and in order, and the file caught
+    mid-download is offered."""
     async with FaultyProxy(homeserver.url) as proxy:
         chat: Chat = await start_chat(homeserver=proxy.url, retry={"max_backoff": "2s"},
                                       policy={"max_size": "40MB"})
@@ -51,15 +42,16 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         store = store_of(chat)
         session_id = store.sessions()[-1].id
 
+        # The bot's transfers crawl, so that the outage catches them under way.
+        proxy.rate = 8 * 1024 * 1024
         to_customer = samples.noise(BIG, seed=1)
         await agent.send_file(chat.agent_room, to_customer, "manual.bin",
                               "application/octet-stream")
-        await customer.until(lambda: offer_named(customer, chat.customer_room, "manual.bin"),
-                             "the offer to the customer")
-        card = offer_named(customer, chat.customer_room, "manual.bin")
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "manual.bin"),
+                             "the offer to the customer", timeout=60)
+        card = customer.offer_named(chat.customer_room, "manual.bin")
         assert card is not None
-        # From here on the bot's transfers crawl, so the outage catches them under way.
-        proxy.rate = 8 * 1024 * 1024
+        # Accepted while its copy is still being staged (uploaded): the delivery waits on it.
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)
         from_customer = samples.noise(BIG, seed=2)
         await customer.send_file(chat.customer_room, from_customer, "photos.bin",
@@ -72,7 +64,8 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
                        == {"manual.bin": "accepted", "photos.bin": "inspecting"},
                        what="the delivery and the inspection under way", interval=0.01)
         await asyncio.sleep(1.0)  # a second into both transfers
-        in_flight = {o.filename: (o.state.value, o.delivery_event_id is not None)
+        in_flight = {o.filename: (o.state.value, o.staged_uri is not None,
+                                  o.delivery_event_id is not None)
                      for o in store.session_offers(session_id)}
         await homeserver.stop()
         stopped = time.monotonic()
@@ -88,27 +81,28 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         await customer.say(chat.customer_room, after)
         await agent.until(lambda: f"Carol: {after}" in agent.bodies(chat.agent_room),
                           "the relay after the outage", timeout=120)
-        await agent.until(lambda: offer_named(agent, chat.agent_room, "photos.bin"),
+        await agent.until(lambda: agent.offer_named(chat.agent_room, "photos.bin"),
                           "the offer caught mid-download", timeout=120)
-        await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+        await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                              "the accepted file", timeout=120)
         recovered = time.monotonic()
         logger.warning("outage test: at the stop %s; down %.1f s; all done %.1f s after "
                        "Synapse was back", in_flight, back - stopped, recovered - back)
-        assert in_flight == {"manual.bin": ("accepted", False), "photos.bin": ("inspecting", False)}
+        assert in_flight == {"manual.bin": ("accepted", False, False),
+                             "photos.bin": ("inspecting", False, False)}
 
         bodies = [b for b in agent.bodies(chat.agent_room) if b.startswith("Carol: ")]
         assert bodies == [f"Carol: {t}" for t in [*texts, after]], bodies
-        delivered = deliveries(customer, chat.customer_room, chat)
+        delivered = customer.deliveries(chat.customer_room, chat.bot_id)
         assert len(delivered) == 1
         assert await customer.download(delivered[0]["content"]) == to_customer
-        offer = offer_named(agent, chat.agent_room, "photos.bin")
+        offer = agent.offer_named(chat.agent_room, "photos.bin")
         assert offer is not None
         await agent.react(chat.agent_room, offer["event_id"], ACCEPT)
-        await agent.until(lambda: deliveries(agent, chat.agent_room, chat),
+        await agent.until(lambda: agent.deliveries(chat.agent_room, chat.bot_id),
                           "the customer's file")
         await barrier(customer, chat.customer_room, agent, chat.agent_room)
-        got = deliveries(agent, chat.agent_room, chat)
+        got = agent.deliveries(chat.agent_room, chat.bot_id)
         assert len(got) == 1 and await agent.download(got[0]["content"]) == from_customer
         await wait_for(lambda: store.work_units() == [], what="no work left")
 

@@ -24,9 +24,6 @@ HEAVY_CHECK = "\u2714\ufe0f"  # ✔️ looks like a yes but is not the accept ke
 # --- helpers -------------------------------------------------------------------------------
 
 
-def deliveries(person: Person, room_id: str, chat: Chat) -> list[dict[str, Any]]:
-    """Media messages the bot posted in a room (a delivered file; not the sender's upload)."""
-    return [e for e in person.media_events(room_id) if e["sender"] == chat.bot_user.user_id]
 
 
 def stored_state(chat: Chat, offer_id: int) -> str:
@@ -95,7 +92,7 @@ async def assert_still_offered(chat: Chat, offer_id: int, card: dict[str, Any]) 
     assert stored_state(chat, offer_id) == "offered"
     assert chat.agent.edits_of(chat.agent_room, card["event_id"]) == []
     assert chat.customer.offer_state(chat.customer_room, offer_id) == "offered"
-    assert deliveries(chat.agent, chat.agent_room, chat) == []
+    assert chat.agent.deliveries(chat.agent_room, chat.bot_id) == []
 
 
 
@@ -147,8 +144,9 @@ async def test_accept_and_decline_commands_decide_and_confirm(start_chat) -> Non
 
     await agent.say(chat.agent_room, f"!accept {a_id}")
     assert await reply(agent, chat.agent_room, bot, "Accepted") == f"Accepted offer #{a_id}."
-    await agent.until(lambda: deliveries(agent, chat.agent_room, chat), "the accepted image")
-    assert await agent.download(deliveries(agent, chat.agent_room, chat)[0]["content"]) == image
+    await agent.until(lambda: agent.deliveries(chat.agent_room, chat.bot_id), "the accepted image")
+    [delivered] = agent.deliveries(chat.agent_room, chat.bot_id)
+    assert await agent.download(delivered["content"]) == image
 
     await agent.say(chat.agent_room, f"!decline #{b_id}")
     assert await reply(agent, chat.agent_room, bot, "Declined") == f"Declined offer #{b_id}."
@@ -167,7 +165,7 @@ async def test_accept_and_decline_commands_decide_and_confirm(start_chat) -> Non
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
     assert stored_state(chat, a_id) == "accepted" and stored_state(chat, b_id) == "declined"
-    assert len(deliveries(agent, chat.agent_room, chat)) == 1
+    assert len(agent.deliveries(chat.agent_room, chat.bot_id)) == 1
     # Commands are answered by the bot, never relayed to the other side.
     assert not any("!accept" in b or "!decline" in b for b in customer.bodies(chat.customer_room))
 
@@ -199,10 +197,10 @@ async def test_bad_decision_commands_get_a_reply_and_change_nothing(start_chat) 
                       "can accept or decline it.")
 
     await assert_still_offered(chat, offer_id, card)
-    assert deliveries(customer, chat.customer_room, chat) == []
+    assert customer.deliveries(chat.customer_room, chat.bot_id) == []
     # The offer was live all along: a correct command still works.
     await agent.say(chat.agent_room, f"!accept {offer_id}")
-    await agent.until(lambda: deliveries(agent, chat.agent_room, chat), "the delivered file")
+    await agent.until(lambda: agent.deliveries(chat.agent_room, chat.bot_id), "the delivered file")
 
 
 async def test_offer_number_from_another_session_is_refused(
@@ -225,8 +223,8 @@ async def test_offer_number_from_another_session_is_refused(
         f"There is no offer #{offer_id} waiting for a decision in this chat."
     )
     await assert_still_offered(chat, offer_id, card)
-    assert deliveries(agent, other_agent_room, chat) == []
-    assert deliveries(dave, dave_room, chat) == [] and dave.offers(dave_room) == []
+    assert agent.deliveries(other_agent_room, chat.bot_id) == []
+    assert dave.deliveries(dave_room, chat.bot_id) == [] and dave.offers(dave_room) == []
 
 
 async def test_unknown_command_gets_short_help_and_help_lists_commands(start_chat) -> None:
@@ -288,7 +286,7 @@ async def test_redacted_upload_is_withdrawn_and_a_later_accept_delivers_nothing(
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
     assert stored_state(chat, offer_id) == "withdrawn"
-    assert deliveries(agent, chat.agent_room, chat) == []
+    assert agent.deliveries(chat.agent_room, chat.bot_id) == []
 
 
 async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
@@ -312,7 +310,7 @@ async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
         f"Offer #{offer_id} is already expired."
     )
     assert stored_state(chat, offer_id) == "expired"
-    assert deliveries(agent, chat.agent_room, chat) == []
+    assert agent.deliveries(chat.agent_room, chat.bot_id) == []
 
 
 async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(start_chat) -> None:
@@ -338,8 +336,8 @@ async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(sta
         assert stored_state(chat, offer_id) == "expired"
     await agent.until(lambda: closing in agent.bodies(chat.agent_room, bot),
                       "the closing notice for the agents")
-    assert deliveries(agent, chat.agent_room, chat) == []
-    assert deliveries(customer, chat.customer_room, chat) == []
+    assert agent.deliveries(chat.agent_room, chat.bot_id) == []
+    assert customer.deliveries(chat.customer_room, chat.bot_id) == []
 
     # Writing into the ended chat is answered, and decides nothing any more.
     await agent.say(chat.agent_room, f"!accept {to_agent}")
@@ -406,10 +404,10 @@ async def test_reactions_on_the_wrong_message_or_with_the_wrong_key_change_nothi
     offer_id, card, _ = await offer_to_agent(chat, image, "blue.png", "image/png", "m.image")
 
     status = customer.offers(chat.customer_room)[0]
-    welcome = customer.messages(chat.customer_room, chat.bot_user.user_id)[0]
+    welcome = customer.messages(chat.customer_room, chat.bot_id)[0]
     await customer.react(chat.customer_room, status["event_id"], ACCEPT)
     await customer.react(chat.customer_room, welcome["event_id"], ACCEPT)
-    opened = agent.messages(chat.agent_room, chat.bot_user.user_id)[0]
+    opened = agent.messages(chat.agent_room, chat.bot_id)[0]
     await agent.react(chat.agent_room, opened["event_id"], ACCEPT)
     hello = await customer.say(chat.customer_room, "hello")
     await agent.until(lambda: "Carol: hello" in agent.bodies(chat.agent_room), "relayed hello")
@@ -421,8 +419,10 @@ async def test_reactions_on_the_wrong_message_or_with_the_wrong_key_change_nothi
     await assert_still_offered(chat, offer_id, card)
 
     await agent.react(chat.agent_room, card["event_id"], ACCEPT_VS16)
-    await agent.until(lambda: deliveries(agent, chat.agent_room, chat), "delivery after ✅+VS16")
-    assert await agent.download(deliveries(agent, chat.agent_room, chat)[0]["content"]) == image
+    await agent.until(lambda: agent.deliveries(chat.agent_room, chat.bot_id),
+                      "delivery after ✅+VS16")
+    [delivered] = agent.deliveries(chat.agent_room, chat.bot_id)
+    assert await agent.download(delivered["content"]) == image
     await customer.until(lambda: customer.offer_state(chat.customer_room, offer_id) == "accepted",
                          "the status line edited to accepted")
 
@@ -437,7 +437,7 @@ async def test_repeated_accepts_from_two_agents_deliver_once(start_team_chat) ->
 
     first = await agent.react(chat.agent_room, card["event_id"], ACCEPT)
     await bob.react(chat.agent_room, card["event_id"], ACCEPT)
-    await agent.until(lambda: deliveries(agent, chat.agent_room, chat), "the delivered file")
+    await agent.until(lambda: agent.deliveries(chat.agent_room, chat.bot_id), "the delivered file")
     await agent.redact(chat.agent_room, first)
     await agent.react(chat.agent_room, card["event_id"], ACCEPT)
     await customer.until(lambda: customer.offer_state(chat.customer_room, offer_id) == "accepted",
@@ -445,9 +445,9 @@ async def test_repeated_accepts_from_two_agents_deliver_once(start_team_chat) ->
 
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
     await barrier(bob, chat.agent_room, customer, chat.customer_room)
-    await bob.until(lambda: deliveries(bob, chat.agent_room, chat), "Bob sees the delivery")
-    assert len(deliveries(agent, chat.agent_room, chat)) == 1
-    assert len(deliveries(bob, chat.agent_room, chat)) == 1
+    await bob.until(lambda: bob.deliveries(chat.agent_room, chat.bot_id), "Bob sees the delivery")
+    assert len(agent.deliveries(chat.agent_room, chat.bot_id)) == 1
+    assert len(bob.deliveries(chat.agent_room, chat.bot_id)) == 1
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
     offer = chat.bot.parcel.store.get_offer(offer_id)
     assert offer is not None and offer.decided_by == agent.user_id
@@ -478,8 +478,9 @@ async def test_racing_accept_and_decline_settle_on_exactly_one_outcome(start_tea
                  if state in ("accepted", "declined")]
     assert decisions == [outcome]
     if outcome == "accepted":
-        await agent.until(lambda: deliveries(agent, chat.agent_room, chat), "the delivery")
+        await agent.until(lambda: agent.deliveries(chat.agent_room, chat.bot_id), "the delivery")
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
-    assert len(deliveries(agent, chat.agent_room, chat)) == (1 if outcome == "accepted" else 0)
+    delivered = agent.deliveries(chat.agent_room, chat.bot_id)
+    assert len(delivered) == (1 if outcome == "accepted" else 0)
     edits = agent.edits_of(chat.agent_room, card["event_id"])
     assert {e["content"]["m.new_content"][OFFER_KEY]["state"] for e in edits} == {outcome}

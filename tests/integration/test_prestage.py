@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 from nio import RoomPutStateResponse
 
 from bot.attachments.model import Offer
 from tests import samples
-from tests.chat import OFFER_KEY, Person, barrier
+from tests.chat import barrier
 from tests.conftest import Chat
 from tests.faulty_proxy import FaultyProxy
 from tests.helpers import wait_for
@@ -27,16 +25,8 @@ def the_offer(chat: Chat) -> Offer:
     return offer
 
 
-def deliveries(person: Person, room_id: str, chat: Chat) -> list[dict[str, Any]]:
-    """Media messages the bot posted in a room."""
-    return [e for e in person.media_events(room_id) if e["sender"] == chat.bot_user.user_id]
 
 
-def card_for(person: Person, room_id: str, name: str) -> dict[str, Any] | None:
-    for event in person.offers(room_id):
-        if event["content"][OFFER_KEY]["filename"] == name:
-            return event
-    return None
 
 
 async def _media_status(chat: Chat, uri: str) -> int:
@@ -58,17 +48,17 @@ async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserve
         data = samples.noise(6 * 1024 * 1024, seed=5)
         proxy.rate = 2 * 1024 * 1024  # the bot's transfers take seconds from here on
         await agent.send_file(chat.agent_room, data, "report.bin", "application/octet-stream")
-        await customer.until(lambda: card_for(customer, chat.customer_room, "report.bin"),
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "report.bin"),
                              "the offer card", timeout=60)
-        card = card_for(customer, chat.customer_room, "report.bin")
+        card = customer.offer_named(chat.customer_room, "report.bin")
         assert card is not None
         assert the_offer(chat).staged_uri is None, "staging finished before the ✅ could race it"
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)
-        await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+        await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                              "the delivery", timeout=60)
         proxy.rate = None
         await barrier(customer, chat.customer_room, agent, chat.agent_room)
-        delivered = deliveries(customer, chat.customer_room, chat)
+        delivered = customer.deliveries(chat.customer_room, chat.bot_id)
         assert len(delivered) == 1
         assert await customer.download(delivered[0]["content"]) == data
         assert proxy.count("POST", UPLOAD) == 1
@@ -82,12 +72,12 @@ async def test_decline_deletes_the_staged_copy(start_chat) -> None:
     await chat.open_session()
     agent, customer = chat.agent, chat.customer
     await agent.send_file(chat.agent_room, samples.pdf(), "terms.pdf", "application/pdf")
-    await customer.until(lambda: card_for(customer, chat.customer_room, "terms.pdf"),
+    await customer.until(lambda: customer.offer_named(chat.customer_room, "terms.pdf"),
                          "the offer card")
     await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
     staged = the_offer(chat).staged_uri
     assert staged is not None and await _media_status(chat, staged) == 200
-    card = card_for(customer, chat.customer_room, "terms.pdf")
+    card = customer.offer_named(chat.customer_room, "terms.pdf")
     assert card is not None
     await customer.react(chat.customer_room, card["event_id"], DECLINE)
     await agent.until(lambda: agent.offer_state(chat.agent_room, the_offer(chat).id)
@@ -105,7 +95,7 @@ async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_c
     agent, customer = chat.agent, chat.customer
     image = samples.png(40, 30)
     await agent.send_file(chat.agent_room, image, "map.png", "image/png", "m.image")
-    await customer.until(lambda: card_for(customer, chat.customer_room, "map.png"),
+    await customer.until(lambda: customer.offer_named(chat.customer_room, "map.png"),
                          "the offer card")
     await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
     plain_copy = the_offer(chat).staged_uri
@@ -114,12 +104,12 @@ async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_c
         chat.customer_room, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
     assert isinstance(turned_on, RoomPutStateResponse), turned_on
     await barrier(customer, chat.customer_room, agent, chat.agent_room)
-    card = card_for(customer, chat.customer_room, "map.png")
+    card = customer.offer_named(chat.customer_room, "map.png")
     assert card is not None
     await customer.react(chat.customer_room, card["event_id"], ACCEPT)
-    await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+    await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                          "the encrypted delivery", timeout=60)
-    [delivered] = deliveries(customer, chat.customer_room, chat)
+    [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
     assert "file" in delivered["content"] and "url" not in delivered["content"]
     assert delivered["content"]["file"]["url"] != plain_copy
     assert await customer.download(delivered["content"]) == image
@@ -138,15 +128,15 @@ async def test_a_crash_between_staging_and_recording_delivers_once(start_chat) -
     await agent.send_file(chat.agent_room, data, "contract.pdf", "application/pdf")
     await chat.bot.wait_killed()
     await chat.bot.start()
-    await customer.until(lambda: card_for(customer, chat.customer_room, "contract.pdf"),
+    await customer.until(lambda: customer.offer_named(chat.customer_room, "contract.pdf"),
                          "the offer card after the restart")
-    card = card_for(customer, chat.customer_room, "contract.pdf")
+    card = customer.offer_named(chat.customer_room, "contract.pdf")
     assert card is not None
     await customer.react(chat.customer_room, card["event_id"], ACCEPT)
-    await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+    await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                          "the delivery")
     await barrier(customer, chat.customer_room, agent, chat.agent_room)
-    delivered = deliveries(customer, chat.customer_room, chat)
+    delivered = customer.deliveries(chat.customer_room, chat.bot_id)
     assert len(delivered) == 1
     assert await customer.download(delivered[0]["content"]) == data
 
@@ -159,15 +149,15 @@ async def test_without_prestage_the_copy_is_uploaded_on_accept(start_chat, homes
         agent, customer = chat.agent, chat.customer
         data = samples.pdf()
         await agent.send_file(chat.agent_room, data, "plain.pdf", "application/pdf")
-        await customer.until(lambda: card_for(customer, chat.customer_room, "plain.pdf"),
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "plain.pdf"),
                              "the offer card")
         await barrier(agent, chat.agent_room, customer, chat.customer_room)
         assert proxy.count("POST", UPLOAD) == 0 and the_offer(chat).staged_uri is None
-        card = card_for(customer, chat.customer_room, "plain.pdf")
+        card = customer.offer_named(chat.customer_room, "plain.pdf")
         assert card is not None
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)
-        await customer.until(lambda: deliveries(customer, chat.customer_room, chat),
+        await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                              "the delivery")
         assert proxy.count("POST", UPLOAD) == 1
-        [delivered] = deliveries(customer, chat.customer_room, chat)
+        [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
         assert await customer.download(delivered["content"]) == data
