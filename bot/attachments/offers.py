@@ -477,12 +477,11 @@ class OfferService:
         session = self._store.get_session(offer.session_id)
         _, recipient_room = self._rooms_of(offer, session)
         room = await self._rooms.ready(recipient_room)
-        if offer.staged_uri is not None:
-            if bool(offer.staged_encrypted) == room.encrypted:
-                if offer.state is OfferState.ACCEPTED:
-                    self.schedule(offer.id)  # staged already: the waiting delivery goes on
-                return
-            await self._drop_staged(offer, "the room's encryption changed")
+        replaced = offer.staged_uri
+        if replaced is not None and bool(offer.staged_encrypted) == room.encrypted:
+            if offer.state is OfferState.ACCEPTED:
+                self.schedule(offer.id)  # staged already: the waiting delivery goes on
+            return
         uploaded = await self._upload_copy(offer, room.encrypted)
         if uploaded is None:
             return
@@ -495,9 +494,17 @@ class OfferService:
         block = uploaded.file_block(offer.mimetype)
         self._store.update_offer(offer.id, staged_uri=uploaded.uri,
                                  staged_file=json.dumps(block) if block else None,
-                                 staged_encrypted=int(room.encrypted))
+                                 staged_encrypted=int(room.encrypted), temp_path=None,
+                                 temp_key=None)
+        # The local copy has done its job: the staged one is the file from now on.
+        for path in self._paths(offer):
+            path.unlink(missing_ok=True)
         logger.info("offer %d (session %d): delivery staged as %s%s", offer.id, session.id,
                     uploaded.uri, " (encrypted)" if room.encrypted else "")
+        if replaced is not None:  # staged before the room's encryption changed
+            purged = await self._media.purge(replaced)
+            logger.info("offer %d: earlier staged copy %s %s", offer.id, replaced,
+                        "deleted" if purged else "dropped, never referenced")
         if current.state is OfferState.ACCEPTED:
             self.schedule(offer.id)  # a ✅ that came first waits for this
 
@@ -512,6 +519,8 @@ class OfferService:
 
     async def _upload_copy(self, offer: Offer, encrypt: bool) -> Uploaded | None:
         """Upload the checked copy (the inspected bytes, or nothing); None when it is gone."""
+        if offer.temp_path is None and offer.staged_uri is not None:
+            offer = await self._copy_back(offer)
         if offer.temp_path is None or not await aiofiles.os.path.exists(offer.temp_path):
             self._fail(offer, "the checked copy of the file is missing")
             return None
@@ -525,6 +534,22 @@ class OfferService:
             self._fail(offer, "the checked copy of the file was altered")
             return None
         return uploaded
+
+    async def _copy_back(self, offer: Offer) -> Offer:
+        """Fetch the staged copy back as the local checked copy (to stage it again, encrypted
+        differently); it must still be the inspected bytes."""
+        assert offer.staged_uri is not None and offer.size is not None
+        final, part = self._paths(offer)
+        block = json.loads(offer.staged_file) if offer.staged_file else None
+        fetched = await self._media.download(offer.staged_uri, part, max_bytes=offer.size,
+                                             encrypted_file=block, seal=True)
+        if fetched.sha256 != offer.sha256:
+            part.unlink(missing_ok=True)
+            raise PermanentError("the staged copy of the file is not the inspected file",
+                                 code="altered")
+        part.replace(final)
+        return self._store.update_offer(offer.id, temp_path=str(final),
+                                        temp_key=fetched.sealed_key)
 
     async def _deliver(self, offer: Offer, session: Session) -> bool:
         """Send the accepted file; False while it waits for its staged copy."""

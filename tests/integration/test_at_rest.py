@@ -43,10 +43,12 @@ def crypto_store(data_dir: Path) -> Path:
 async def test_encrypted_file_leaves_nothing_readable_or_in_plain_text(start_chat) -> None:
     """While an encrypted file waits and after it is delivered: data_dir is private, the Olm
     account opens only with the bot's key, the copy on disk is not the plaintext, and /metrics
-    wants the token."""
+    wants the token. (Without pre-staging, so that a local copy waits with the offer; with it,
+    the copy is deleted as soon as it is staged, see test_prestage.)"""
     port = free_port()
     chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True},
-                                  metrics={"listen": f"127.0.0.1:{port}", "token": TOKEN})
+                                  metrics={"listen": f"127.0.0.1:{port}", "token": TOKEN},
+                                  media={"prestage": False})
     await chat.open_session(encrypted=True)
     agent, customer = chat.agent, chat.customer
     data_dir = chat.bot.config.data_dir
@@ -95,9 +97,10 @@ async def test_encrypted_file_leaves_nothing_readable_or_in_plain_text(start_cha
 
 
 async def test_sealed_copy_survives_sigkill_and_is_delivered_intact(start_chat) -> None:
-    """The waiting offer's sealed copy outlives a SIGKILL and decrypts into the exact file."""
+    """The waiting offer's sealed copy outlives a SIGKILL and decrypts into the exact file
+    (without pre-staging, which would replace the local copy by the staged one)."""
     chat: Chat = await start_chat(encrypted=True, as_process=True,
-                                  agents={"room_encryption": True})
+                                  agents={"room_encryption": True}, media={"prestage": False})
     await chat.open_session(encrypted=True)
     agent, customer = chat.agent, chat.customer
     data_dir = chat.bot.config.data_dir

@@ -100,6 +100,9 @@ async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_c
     await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
     plain_copy = the_offer(chat).staged_uri
     assert plain_copy is not None and not the_offer(chat).staged_encrypted
+    # Once staged, no copy of the file is kept on the bot's disk.
+    assert the_offer(chat).temp_path is None
+    assert list((chat.bot.config.data_dir / "media").iterdir()) == []
     turned_on = await customer.client.room_put_state(
         chat.customer_room, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
     assert isinstance(turned_on, RoomPutStateResponse), turned_on
