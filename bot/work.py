@@ -103,16 +103,6 @@ class Scheduler:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def idle(self, timeout: float) -> bool:
-        """Wait until no unit is running or due (for tests and the demo); False on timeout."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            due = self._store.next_work_at()
-            if not self._tasks and (due is None or due > self._clock()):
-                return True
-            await asyncio.sleep(0.05)
-        return False
-
     def _start_due(self) -> None:
         free = self._concurrency - len(self._tasks)
         if free <= 0:
