@@ -236,7 +236,12 @@ class MediaClient:
             async with self._http().delete(url, headers=self._headers()) as response:
                 if response.status == 200:
                     return True
-                logger.warning("purging %s: HTTP %d", mxc, response.status)
+                if response.status == 403:
+                    # Expected for a bot that is not a homeserver admin: the copy stays,
+                    # referenced by nothing.
+                    logger.info("not purging %s: the bot is not a homeserver admin", mxc)
+                else:
+                    logger.warning("purging %s: HTTP %d", mxc, response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("purging %s failed: %r", mxc, exc)
         return False

@@ -43,7 +43,7 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         session_id = store.sessions()[-1].id
 
         # The bot's transfers crawl, so that the outage catches them under way.
-        proxy.rate = 8 * 1024 * 1024
+        proxy.rate = 3 * 1024 * 1024  # ten seconds a transfer: room for a slow, busy machine
         to_customer = samples.noise(BIG, seed=1)
         await agent.send_file(chat.agent_room, to_customer, "manual.bin",
                               "application/octet-stream")
