@@ -32,3 +32,25 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
 fi
+
+# The real-browser test (tests/integration/test_element_web.py) and docs/screenshots.py drive
+# ../shared/element-web in Debian's Chromium with Playwright from npm. Installed wherever that
+# bundle is (and always in CI); Playwright's own browser download is off: Debian's is used.
+if [ "${CI:-}" = "true" ] || [ -d ../shared/element-web ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    missing=""
+    [ -x /usr/bin/chromium ] || missing="$missing chromium"
+    [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing="$missing fonts-noto-color-emoji"
+    command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
+    command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
+    if [ -n "$missing" ]; then
+        echo "installing$missing (browser test)" >&2
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+    fi
+    if [ ! -d tests/browser/node_modules/playwright-core ] \
+        || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+        (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    fi
+fi

@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,56 +22,87 @@ from bot.logs import setup_logging
 logger = logging.getLogger("bot")
 
 
+def _since(text: str) -> float:
+    """``--since``: a date or ISO 8601 time (UTC unless it names a zone), as a timestamp."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date like 2026-11-24 or a time like 2026-11-24T08:00, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="parcel-bot", description="Consent-gated attachments for Matrix support chats."
-    )
-    parser.add_argument("--log-level", default=None,
+    # --log-level is accepted before and after the subcommand ("run --config c --log-level
+    # DEBUG", as the README shows); SUPPRESS keeps a later default from hiding an earlier value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
                         help="DEBUG, INFO, WARNING or ERROR (overrides logging.level)")
+    parser = argparse.ArgumentParser(
+        prog="parcel-bot", description="Consent-gated attachments for Matrix support chats.",
+        parents=[common],
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the bot")
+    run = commands.add_parser("run", help="run the bot", parents=[common])
     run.add_argument("--config", required=True, type=Path)
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser("check-config", help="validate a configuration file",
+                                parents=[common])
     check.add_argument("--config", required=True, type=Path)
-    log = commands.add_parser("log", help="print the attachment log")
+    log = commands.add_parser("log", help="print the attachment log", parents=[common])
     log.add_argument("--config", required=True, type=Path)
     log.add_argument("--session", type=int, default=None, help="only this session number")
-    log.add_argument("--since", default=None, help="only offers since this date (YYYY-MM-DD "
-                     "or ISO 8601 time, UTC unless it names a zone)")
+    log.add_argument("--since", default=None, type=_since,
+                     help="only offers since this date (YYYY-MM-DD or ISO 8601 time, UTC "
+                     "unless it names a zone)")
     log.add_argument("--format", choices=("csv", "json"), default="csv")
     reset = commands.add_parser(
         "reset-identity",
         help="replace the bot's cross-signing identity (when its seeds file is lost); stop the "
              "bot first",
+        parents=[common],
     )
     reset.add_argument("--config", required=True, type=Path)
-    demo = commands.add_parser("demo", help="play a scripted chat on a throwaway Synapse")
+    demo = commands.add_parser("demo", help="play a scripted chat on a throwaway Synapse",
+                               parents=[common])
     demo.add_argument("--keep", action="store_true",
                       help="leave everything running and print the logins")
+    demo.add_argument("--port", type=int, default=None,
+                      help="with --keep: the homeserver's port (default: a free one)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``parcel-bot`` and ``python -m bot``."""
     args = _parser().parse_args(argv)
+    log_level = getattr(args, "log_level", None)
     try:
         if args.command == "demo":
             from bot.demo import run_demo
 
-            setup_logging(args.log_level or "WARNING")
-            return asyncio.run(run_demo(keep=args.keep))
+            setup_logging(log_level or "WARNING")
+            return asyncio.run(run_demo(keep=args.keep, port=args.port))
+        if args.command == "log":
+            # Reading the store needs no login: the password may stay out of the environment.
+            config = config_module.load(args.config, require_credentials=False)
+            return print_log(config, args.session, args.since, args.format)
         config = config_module.load(args.config)
         if args.command == "check-config":
             return check_config(args.config, config)
-        if args.command == "log":
-            return print_log(config, args.session, args.since, args.format)
-        setup_logging(args.log_level or config.logging.level, config.logging.format)
+        setup_logging(log_level or config.logging.level, config.logging.format)
         if args.command == "reset-identity":
             return asyncio.run(_reset_identity(config))
         return asyncio.run(_run(config))
     except ConfigError as exc:
         print(f"parcel-bot: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `parcel-bot log | head`: the reader has gone; stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
@@ -83,6 +115,9 @@ def check_config(path: Path, config: Config) -> int:
     """Report what start-up would use; raises ConfigError for what it would refuse."""
     from bot import datadir, keys
 
+    problem = data_dir_problem(config.data_dir)
+    if problem is not None:
+        raise ConfigError("data_dir", problem)
     at_rest = datadir.describe(config.data_dir)  # raises for a data_dir start-up refuses
     print(f"{path}: OK ({len(config.agents.users)} agents, data in {config.data_dir})")
     print(at_rest)
@@ -92,6 +127,22 @@ def check_config(path: Path, config: Config) -> int:
         print(f"metrics: {config.metrics.listen_host}:{config.metrics.listen_port}, /metrics "
               f"{guarded}, /health open")
     return 0
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why ``data_dir`` could not be created or written, or None; creates nothing itself."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"cannot create {path}: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        if probe == path:
+            return f"{path} is not writable"
+        return f"cannot create {path}: {probe} is not writable"
+    return None
 
 
 async def _run(config: Config) -> int:
@@ -113,22 +164,12 @@ async def _reset_identity(config: Config) -> int:
     return 0 if status.cross_signed else 1
 
 
-def _parse_since(text: str) -> float:
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError("--since", f"expected a date like 2026-11-24, got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
-
-
 LOG_COLUMNS = ("offer", "session", "direction", "sender", "recipient_side", "filename",
                "mimetype", "size", "sha256", "state", "reason", "created_at", "updated_at",
                "transitions")
 
 
-def print_log(config: Config, session: int | None, since: str | None, fmt: str) -> int:
+def print_log(config: Config, session: int | None, since: float | None, fmt: str) -> int:
     """Print the attachment log for admins as CSV or JSON on stdout."""
     from bot.store import Store
 
@@ -138,7 +179,7 @@ def print_log(config: Config, session: int | None, since: str | None, fmt: str) 
         return 1
     store = Store.open(path)
     try:
-        entries = store.attachment_log(session, _parse_since(since) if since else None)
+        entries = store.attachment_log(session, since)
     finally:
         store.close()
     rows: list[dict[str, Any]] = []
@@ -167,12 +208,14 @@ def print_log(config: Config, session: int | None, since: str | None, fmt: str) 
     if fmt == "json":
         json.dump(rows, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
+        sys.stdout.flush()  # a closed pipe shows here, inside main's handler
     else:
         writer = csv.DictWriter(sys.stdout, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         for row in rows:
             row["transitions"] = " ".join(f"{t['state']}@{t['at']}" for t in row["transitions"])
             writer.writerow({key: _spreadsheet_safe(value) for key, value in row.items()})
+        sys.stdout.flush()
     return 0
 
 

@@ -11,6 +11,7 @@ from nio import AsyncClient, KeysUploadResponse
 
 from bot.attachments import sealed
 from bot.attachments.offers import OfferService
+from bot.attachments.panel import PanelService
 from bot.config import Config
 from bot.datadir import make_private
 from bot.keys import EncryptionKey, encryption_key
@@ -18,6 +19,7 @@ from bot.matrix.client import Sender, call, connect
 from bot.matrix.crosssign import CrossSigningError, CrossSigningStatus, ensure_cross_signed
 from bot.matrix.cryptostore import protect_stores
 from bot.matrix.media import MediaClient
+from bot.matrix.profile import apply_profile
 from bot.matrix.rooms import RoomDirectory
 from bot.matrix.sync import SyncLoop
 from bot.metrics import Metrics
@@ -45,6 +47,7 @@ class Parcel:
         self.work: Scheduler | None = None
         self._backoff = Backoff(cap=config.retry.max_backoff)
         self.key: EncryptionKey | None = None
+        self.panels: PanelService | None = None
         self._tasks = TaskGroup()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -65,6 +68,7 @@ class Parcel:
             self.client = client = connected
             if config.encryption:
                 await self._establish_identity(client, stop)
+            await apply_profile(client, store, config.profile)
             media = MediaClient(
                 config.homeserver,
                 lambda: client.access_token,
@@ -76,6 +80,10 @@ class Parcel:
             sessions = SessionService(config, store, client, sender, rooms, work, self.metrics)
             offers = OfferService(config, store, sender, media, rooms, work, self.metrics)
             sessions.offers = offers
+            panels = PanelService(store, client, sender, rooms, work)
+            offers.on_change = panels.changed
+            sessions.panels = panels
+            self.panels = panels
             router = Router(config, store, client, rooms, sessions, offers, work)
             self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics,
                                  backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
@@ -87,6 +95,7 @@ class Parcel:
                     config.metrics.token,
                 )
             offers.resume()
+            panels.resume()
             self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
             self._tasks.spawn(self._start_work(sessions, work, stop), name="work")
             logger.info("Parcel running as %s (device %s)", config.user_id, client.device_id)

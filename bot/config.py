@@ -182,6 +182,14 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """The bot's public face: the name and picture customers see beside its messages."""
+
+    display_name: str | None = None
+    avatar: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -206,6 +214,8 @@ class Config:
     # where it came from: ENV_ENCRYPTION_KEY, "encryption_key", or None (generated file).
     encryption_key: str | None = dataclasses.field(default=None, repr=False)
     encryption_key_source: str | None = None
+    notify_agents_of_refusals: bool = True
+    profile: ProfileConfig = ProfileConfig()
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,6 +241,8 @@ _SCHEMA: _Schema = {
     "data_dir": None,
     "encryption": None,
     "allowed_servers": None,
+    "notify_agents_of_refusals": None,
+    "profile": {"display_name": None, "avatar": None},
     "agents": {"users": None, "room_encryption": None, "label": None},
     "policy": {
         "max_size": None,
@@ -773,17 +785,37 @@ def _reactions(section: _Section) -> ReactionsConfig:
     return ReactionsConfig(accept=accept, decline=decline)
 
 
+def _display_name(value: object) -> str:
+    text = _text(value)
+    if len(text) > 64:
+        raise ValueError(f"must be at most 64 characters, got {len(text)}")
+    return text
+
+
+def _avatar(value: object, base_dir: Path) -> Path:
+    path = Path(os.path.normpath(os.path.abspath(base_dir / Path(_text(value)).expanduser())))
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ValueError(f"cannot read {_describe(str(path))}: {exc}") from None
+    if not is_file:
+        raise ValueError(f"no image file at {_describe(str(path))}")
+    return path
+
+
 def _data_dir(value: object, base_dir: Path) -> Path:
     path = Path(_text(value)).expanduser()
     return Path(os.path.normpath(os.path.abspath(base_dir / path)))
 
 
-def _credentials(top: _Section, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+def _credentials(
+    top: _Section, env: Mapping[str, str], required: bool = True
+) -> tuple[str | None, str | None]:
     password = top.get("password", _secret, None)
     access_token = top.get("access_token", _secret, None)
     password = env.get(ENV_PASSWORD) or password
     access_token = env.get(ENV_ACCESS_TOKEN) or access_token
-    if password is None and access_token is None:
+    if required and password is None and access_token is None:
         raise ConfigError(
             "password",
             f"missing: set password or access_token (or the {ENV_PASSWORD} / "
@@ -822,7 +854,10 @@ def parse(
     return _parse(raw, os.environ if env is None else env, base_dir, _TOP_LEVEL)
 
 
-def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: str) -> Config:
+def _parse(
+    raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: str,
+    require_credentials: bool = True,
+) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(top_key, f"expected a mapping of settings, got {_describe(raw)}")
     _check_keys(raw, _SCHEMA, "")
@@ -835,7 +870,7 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
 
     homeserver = top.required("homeserver", _url)
     user_id = top.required("user_id", _user_id("@parcel:example.org"))
-    password, access_token = _credentials(top, env)
+    password, access_token = _credentials(top, env, require_credentials)
     encryption_key, encryption_key_source = _encryption_key(top, env)
     encryption = top.get("encryption", _boolean, True)
     base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
@@ -844,8 +879,9 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
     assert metrics_schema is not None
     metrics_section = top.section("metrics", metrics_schema)
     metrics = None
-    if metrics_section is not None:
-        host, port = metrics_section.required("listen", _listen)
+    listen = metrics_section.get("listen", _listen, None) if metrics_section else None
+    if metrics_section is not None and listen is not None:  # absent or null: no endpoint
+        host, port = listen
         token = metrics_section.get("token", _secret, None)
         if token is not None and (len(token) < 16 or any(c.isspace() for c in token)):
             raise ConfigError(
@@ -860,6 +896,7 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
     messages = section("messages")
     retention = section("retention")
     retry = section("retry")
+    profile = section("profile")
     return Config(
         homeserver=homeserver,
         user_id=user_id,
@@ -910,6 +947,11 @@ def _parse(raw: object, env: Mapping[str, str], base_dir: Path | None, top_key: 
         ),
         encryption_key=encryption_key,
         encryption_key_source=encryption_key_source,
+        notify_agents_of_refusals=top.get("notify_agents_of_refusals", _boolean, True),
+        profile=ProfileConfig(
+            display_name=profile.get("display_name", _display_name, None),
+            avatar=profile.get("avatar", lambda value: _avatar(value, base), None),
+        ),
     )
 
 
@@ -958,12 +1000,19 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"invalid YAML: {problem}"
 
 
-def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    require_credentials: bool = True,
+) -> Config:
     """Read, validate and return the configuration in the YAML file at ``path``.
 
     ``env`` defaults to ``os.environ``. A relative ``data_dir`` is resolved against the file's
-    directory. Raises :class:`ConfigError`; problems that are not about one key (missing file,
-    YAML syntax) carry the file path as their key.
+    directory. ``require_credentials=False`` is for commands that never log in (``parcel-bot
+    log`` reads only the store), so they work without the password. Raises
+    :class:`ConfigError`; problems that are not about one key (missing file, YAML syntax)
+    carry the file path as their key.
     """
     file_key = os.fspath(path)
     try:
@@ -988,7 +1037,8 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
     if raw is None:
         raise ConfigError(file_key, "expected a mapping of settings, but the file is empty")
     base_dir = Path(os.path.abspath(path)).parent
-    return _parse(raw, os.environ if env is None else env, base_dir, file_key)
+    return _parse(raw, os.environ if env is None else env, base_dir, file_key,
+                  require_credentials)
 
 
 def redacted_summary(config: Config) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from nio import (
     MegolmEvent,
     MemoryDownloadResponse,
     RoomCreateResponse,
+    RoomPreset,
     RoomSendResponse,
     SyncError,
     UploadResponse,
@@ -256,13 +257,15 @@ class Participant:
     # -- what the person does ---------------------------------------------------------------
 
     async def open_chat_with(self, bot_id: str) -> str:
-        """Start a DM with the bot, like Element's "Start chat" (encrypted by default)."""
+        """Start a DM with the bot, like Element's "Start chat": encrypted by default, preset
+        trusted_private_chat (the invitee gets the creator's power, so the bot may pin)."""
         initial_state = []
         if ENCRYPTED:
             initial_state.append({"type": "m.room.encryption", "state_key": "",
                                   "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
         response = await self.client.room_create(is_direct=True, invite=[bot_id],
-                                                 initial_state=initial_state)
+                                                 initial_state=initial_state,
+                                                 preset=RoomPreset.trusted_private_chat)
         if not isinstance(response, RoomCreateResponse):
             raise DemoError(f"{self.name} could not create a room: {response.message}")
         room_id = response.room_id
@@ -349,7 +352,9 @@ class Participant:
     # -- the transcript ---------------------------------------------------------------------
 
     def transcript(self, room_id: str, collapse: Collection[str] = ()) -> list[str]:
-        """One line per message as this client shows it: latest text of edits, media, reactions.
+        """One entry per message as this client shows it: media, replies, reactions, and for an
+        edited message first the text as it first appeared, then what it was edited to (so the
+        offer card and the waiting status line show the decision moment, not only the end).
 
         Messages whose event id is in ``collapse`` show only their first line.
         """
@@ -362,6 +367,7 @@ class Participant:
             return name or user_id
 
         items: dict[str, dict[str, Any]] = {}
+        reactions: dict[str, tuple[str, str, str]] = {}  # reaction id -> (target, key, who)
         order: list[dict[str, Any]] = []
         for event in self.events.get(room_id, []):
             kind, content = event.get("type"), event.get("content") or {}
@@ -369,24 +375,33 @@ class Participant:
             target = relates.get("event_id")
             if kind == "m.room.encrypted":
                 order.append({"sender": event.get("sender", "?"),
-                              "text": "🔒 (could not decrypt)", "edited": False, "reactions": {}})
+                              "text": "🔒 (could not decrypt)", "edits": [], "reactions": {}})
             elif kind == "m.room.message" and relates.get("rel_type") == "m.replace" \
                     and target in items:
                 new = content.get("m.new_content")
                 if isinstance(new, dict):
-                    items[target]["text"] = _describe_content(new)
-                    items[target]["edited"] = True
+                    items[target]["edits"].append(_describe_content(new))
             elif kind == "m.room.message":
-                item = {"sender": event.get("sender", "?"), "text": _describe_content(content),
-                        "edited": False, "reactions": {}}
+                text = _describe_content(content)
                 if event.get("event_id") in collapse:
-                    first = item["text"].split("\n", 1)[0]
-                    item["text"] = f"{first} … (listed below)"
+                    text = f"{text.split(chr(10), 1)[0]} … (listed below)"
+                replied = (relates.get("m.in_reply_to") or {}).get("event_id")
+                if replied in items:
+                    text = f"↳ (reply to {items[replied]['text'].split(chr(10), 1)[0]}) {text}"
+                item = {"sender": event.get("sender", "?"), "text": text, "edits": [],
+                        "reactions": {}}
                 items[event.get("event_id", "")] = item
                 order.append(item)
             elif kind == "m.reaction" and target in items:
-                key = str(relates.get("key"))
-                items[target]["reactions"].setdefault(key, []).append(who(event["sender"]))
+                key, person = str(relates.get("key")), who(event["sender"])
+                items[target]["reactions"].setdefault(key, []).append(person)
+                reactions[event.get("event_id", "")] = (target, key, person)
+            elif kind == "m.room.redaction" and event.get("redacts") in reactions:
+                target, key, person = reactions.pop(event["redacts"])
+                people = items[target]["reactions"][key]
+                people.remove(person)
+                if not people:
+                    del items[target]["reactions"][key]
             elif kind == "m.room.redaction" and event.get("redacts") in items:
                 items[event["redacts"]]["text"] = "(deleted)"
 
@@ -395,8 +410,8 @@ class Participant:
         lines = []
         for name, item in zip(names, order, strict=True):
             text = item["text"]
-            if item["edited"]:
-                text += " (edited)"
+            if item["edits"]:
+                text += "\n✏️ edited to: " + item["edits"][-1]
             if item["reactions"]:
                 text += "   [" + " · ".join(
                     f"{key} {', '.join(people)}" for key, people in item["reactions"].items()
@@ -434,10 +449,10 @@ def _describe_content(content: dict[str, Any]) -> str:
 class Demo:
     """Owns everything the demo starts, so :meth:`close` can stop it in the right order."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, port: int | None = None) -> None:
         self.base = base
         self.began = time.monotonic()
-        self.homeserver = Homeserver(base / "synapse")
+        self.homeserver = Homeserver(base / "synapse", port=port)
         self.config: Config | None = None
         self.config_path = base / "parcel.yaml"
         self.bot_user: RegisteredUser | None = None
@@ -643,6 +658,9 @@ class Demo:
             print(f"  {person.name} ({role}): {person.user_id}  password: {person.user.password}")
         print(f"  Element Web/Desktop: sign in with a custom homeserver {url} and a login above "
               "(on this machine: loopback only).")
+        print("  A local Element Web for a look, if ../shared/element-web is present:")
+        print(f"    python3 ../shared/element-web/serve.py --homeserver {url}")
+        print("    then open the URL it prints and sign in with a login above.")
         print(f"  Attachment log any time: parcel-bot log --config {self.config_path}", flush=True)
         waiter = asyncio.create_task(stop.wait())
         assert self._bot_task is not None
@@ -699,10 +717,14 @@ def _signals(handler: Callable[[], None]) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-async def run_demo(keep: bool = False) -> int:
-    """Play the scripted chat; with ``keep``, stay up until Ctrl-C/SIGTERM. Returns an exit code."""
+async def run_demo(keep: bool = False, port: int | None = None) -> int:
+    """Play the scripted chat; with ``keep``, stay up until Ctrl-C/SIGTERM. Returns an exit code.
+
+    ``port`` fixes the homeserver's port (so a browser tab or an Element login survives a
+    restart of the demo); by default a free one is chosen.
+    """
     base = Path(tempfile.mkdtemp(prefix="parcel-demo-"))
-    demo = Demo(base)
+    demo = Demo(base, port)
     stop = asyncio.Event()
     main = asyncio.current_task()
     keeping = cleaning = False

@@ -155,24 +155,44 @@ def welcome(text: str) -> Message:
     return Message(text)
 
 
-def session_closed(by: str | None, side_closed: str) -> Message:
-    """Notice that a session ended; ``by`` is who closed it, if a person did."""
-    if side_closed == "customer_left":
-        return Message("The customer left the chat. This session is closed.")
-    if side_closed == "bot_removed":
-        return Message(
-            "The bot was removed from the customer's chat (or that room was shut down), so "
-            "nothing more can reach the customer. This session is closed; pending files were "
-            "not delivered."
-        )
-    if by:
-        return Message(f"This chat was closed by {by}. Pending files were not delivered.")
-    return Message("This chat is closed. Pending files were not delivered.")
+def session_closed(
+    reason: str,
+    closer: str | None,
+    *,
+    you: bool,
+    pending: int,
+    bot_id: str | None = None,
+) -> Message:
+    """The closing notice for one room of a session.
+
+    ``reason`` is ``ended`` (someone typed !end; ``closer`` is their name, ``you`` is true in
+    their own room), ``customer_left`` or ``bot_removed``. ``pending`` is how many offers the
+    end left undelivered (the sentence is left out when there were none). With ``bot_id`` (the
+    customer's room) it says how to start a new chat.
+    """
+    if reason == "customer_left":
+        lines = ["The customer left the chat. This session is closed."]
+    elif reason == "bot_removed":
+        lines = ["The bot was removed from the customer's chat (or that room was shut down), "
+                 "so nothing more can reach the customer. This session is closed."]
+    elif you:
+        lines = ["You ended the chat."]
+    elif closer:
+        lines = [f"{_plain(closer)} ended the chat."]
+    else:
+        lines = ["This chat is closed."]
+    if pending:
+        files = "1 pending file was" if pending == 1 else f"{pending} pending files were"
+        lines.append(f"{files} not delivered.")
+    if bot_id:
+        lines.append(f"To talk to us again, start a new chat with {bot_id}.")
+    return Message(" ".join(lines))
 
 
 def closed_room_name(name: str) -> str:
-    """The name of an agent room once its chat has ended."""
-    return f"[closed] {name}"
+    """The name of an agent room once its chat has ended: "[closed] Chat with Carol (#12)"."""
+    prefix = "[closed] "
+    return name if name.startswith(prefix) else prefix + name
 
 
 def session_closed_already() -> Message:
@@ -273,6 +293,7 @@ def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
     """The machine-readable ``io.parcel.offer`` block."""
     return {
         "id": offer.id,
+        "number": offer.shown_number,
         "session": session_id,
         "state": offer.state.value,
         "filename": safe_filename(offer.filename),
@@ -314,41 +335,59 @@ def _facts(offer: Offer) -> list[str]:
     return parts
 
 
+def _decision(offer: Offer, decider: str | None) -> str:
+    """"by Alice (support), 2026-11-24 21:05 UTC" for a decided offer, as far as it is known."""
+    parts = []
+    if decider:
+        parts.append(f"by {_plain(decider)}")
+    if offer.decided_at is not None:
+        parts.append(f"{format_time(offer.decided_at)} UTC")
+    return " " + ", ".join(parts) if parts else ""
+
+
 def offer_card(
-    offer: Offer, accept_key: str, decline_key: str, as_file: bool = False
+    offer: Offer, accept_key: str, decline_key: str, decider: str | None = None,
+    as_file: bool = False,
 ) -> dict[str, Any]:
     """The recipient's message for an offer, in its current state.
 
-    ``as_file``: an image too large to show in-line, which will arrive as a plain file.
+    An open card starts with the question and its own icon (📥), never with the 📎 of a
+    finished status line: Element groups the bot's messages under one header, and an open
+    question must not look done. A decided card names who decided and when (``decider`` is
+    the display name of ``offer.decided_by``). ``as_file``: an image too large to show
+    in-line, which will arrive as a plain file.
     """
     name = display_filename(offer.filename)
     sender = _plain(offer.sender_name)
     facts = " · ".join(_facts(offer) + ([LARGE_IMAGE_NOTE] if as_file else []))
     scanned = " · scanned: clean" if offer.scanned else ""
+    number = offer.shown_number
     state = offer.state
     if state is OfferState.OFFERED:
-        head = f"📎 {sender} sent a file: {name} · {facts}{scanned}"
-        tail = (
+        text = (
+            f"📥 Accept {name} from {sender}?\n"
+            f"{facts}{scanned} · offer #{number}\n"
             f"React {accept_key} to accept or {decline_key} to decline "
-            f"(or type !accept {offer.id} / !decline {offer.id}). Offer #{offer.id}."
+            f"(or type !accept {number} / !decline {number})."
         )
-        text = f"{head}\n{tail}"
         rich = (
-            f"📎 <b>{_e(sender)}</b> sent a file: <b>{_e(name)}</b> · {_e(facts)}{_e(scanned)}"
-            f"<br>React {_e(accept_key)} to accept or {_e(decline_key)} to decline "
-            f"(or type <code>!accept {offer.id}</code> / <code>!decline {offer.id}</code>). "
-            f"Offer #{offer.id}."
+            f"📥 <b>Accept {_e(name)} from {_e(sender)}?</b><br>"
+            f"{_e(facts)}{_e(scanned)} · offer #{number}<br>"
+            f"React {_e(accept_key)} to accept or {_e(decline_key)} to decline "
+            f"(or type <code>!accept {number}</code> / <code>!decline {number}</code>)."
         )
-    else:
-        outcome = {
-            OfferState.ACCEPTED: "✅ accepted — the file is below",
-            OfferState.DECLINED: "🚫 declined — it was not delivered",
-            OfferState.WITHDRAWN: "↩️ withdrawn by the sender",
-            OfferState.EXPIRED: "⌛ expired — it was not delivered",
-            OfferState.FAILED: "⚠️ could not be delivered",
-        }.get(state, state.value)
-        text = f"{name} from {sender} (offer #{offer.id}): {outcome}"
-        rich = f"<b>{_e(name)}</b> from {_e(sender)} (offer #{offer.id}): {_e(outcome)}"
+        return Message(text, rich).content("m.notice")
+    decided = _decision(offer, decider)
+    icon, outcome = {
+        OfferState.ACCEPTED: ("✅", f"accepted{decided}; the file is below"),
+        OfferState.DECLINED: ("🚫", f"declined{decided}; it was not delivered"),
+        OfferState.WITHDRAWN: ("↩️", "withdrawn by the sender"),
+        OfferState.EXPIRED: ("⌛", "expired; it was not delivered"),
+        OfferState.FAILED: ("⚠️", "accepted, but it could not be delivered"),
+    }.get(state, ("", state.value))
+    lead = f"{icon} " if icon else ""
+    text = f"{lead}{name} from {sender} (offer #{number}) — {outcome}"
+    rich = f"{lead}<b>{_e(name)}</b> from {_e(sender)} (offer #{number}) — {_e(outcome)}"
     return Message(text, rich).content("m.notice")
 
 
@@ -356,13 +395,18 @@ LARGE_IMAGE_NOTE = "too large to show in-line: it will arrive as a file"
 
 
 def status_line(offer: Offer) -> dict[str, Any]:
-    """The sender's status line for an offer, in its current state."""
+    """The sender's status line for an offer, in its current state.
+
+    It is posted as a reply to the sender's own upload (see :func:`reply_to`), so clients show
+    it attached to that file.
+    """
     name = display_filename(offer.filename)
     recipient = side_name(offer.direction, recipient=True)
     state = offer.state
     if state is OfferState.OFFERED:
         facts = " · ".join(_facts(offer))
-        text = f"⬆️ {name} · {facts} — waiting for {recipient} to accept (offer #{offer.id})"
+        text = (f"⬆️ {name} · {facts} — waiting for {recipient} to accept "
+                f"(offer #{offer.shown_number})")
     elif state is OfferState.ACCEPTED:
         text = f"📎 {name} — received by {recipient}"
     elif state is OfferState.DECLINED:
@@ -378,9 +422,22 @@ def status_line(offer: Offer) -> dict[str, Any]:
     return Message(text).content("m.notice")
 
 
+def reply_to(content: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """``content`` as a reply to ``event_id`` (``m.in_reply_to``; no quoted fallback, which
+    Matrix 1.13 dropped and clients build themselves)."""
+    content["m.relates_to"] = {"m.in_reply_to": {"event_id": event_id}}
+    return content
+
+
 def rejection_notice(filename: str, reason: str) -> Message:
     """Tells the sender a file was refused and why; nothing reached the recipient."""
     return Message(f"⛔ {display_filename(filename)} was not sent: {reason}")
+
+
+def refusal_notice_for_agents(customer: str, filename: str, reason: str) -> Message:
+    """Tells the agents that a customer's file was refused, so "did you get it?" has an answer."""
+    return Message(f"⛔ {_plain(customer)} tried to send {display_filename(filename)}: "
+                   f"refused — {reason}")
 
 
 # -- the attachment log -----------------------------------------------------------------------
@@ -388,7 +445,7 @@ def rejection_notice(filename: str, reason: str) -> Message:
 STATE_WORDS = {
     OfferState.INSPECTING: "checking",
     OfferState.OFFERED: "waiting",
-    OfferState.ACCEPTED: "received",
+    OfferState.ACCEPTED: "accepted",
     OfferState.DECLINED: "declined",
     OfferState.WITHDRAWN: "withdrawn",
     OfferState.EXPIRED: "expired",
@@ -402,16 +459,26 @@ def format_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
+def _one_line(text: str) -> str:
+    """Spaces and hyphens made non-breaking, so a time ("2026-11-24 21:05") stays on one line
+    in HTML (Element wraps narrow cells at spaces and after hyphens)."""
+    return text.replace(" ", NBSP).replace("-", NB_HYPHEN)
+
+
+NBSP = "\u00a0"
+NB_HYPHEN = "\u2011"
+LOG_HEADER = ("#", "Direction", "File", "Kind", "Size", "From", "State", "Time (UTC)")
+
+
 def attachment_log(offers: Sequence[Offer], viewpoint: Direction) -> Message:
     """The session's attachment log as a table; ``viewpoint`` is the direction called "sent"."""
     if not offers:
         return Message("No files have been sent in this chat yet.")
-    header = ("#", "", "File", "Kind", "Size", "From", "State", "Time (UTC)")
     rows = []
     for offer in offers:
         rows.append(
             (
-                str(offer.id),
+                str(offer.shown_number),
                 "sent" if offer.direction is viewpoint else "received",
                 display_filename(offer.filename, limit=48),
                 describe(offer),
@@ -426,8 +493,59 @@ def attachment_log(offers: Sequence[Offer], viewpoint: Direction) -> Message:
     for row in rows:
         text_lines.append(f"#{row[0]} {row[1]}: {row[2]} · {row[3]} · {row[4]} · from {row[5]} · "
                           f"{row[6]} · {row[7]}")
-    rich = "<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>"
+    # The heading also in HTML: Element shows only the formatted body.
+    rich = f"<b>Attachments ({len(rows)})</b><table><thead><tr>" + "".join(
+        f"<th>{_e(_one_line(h))}</th>" for h in LOG_HEADER
+    ) + "</tr></thead>"
+    # The time column keeps date and time together (Element wraps narrow columns at spaces).
     rich += "<tbody>" + "".join(
-        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row[:-1])
+        + f"<td>{_e(_one_line(row[-1]))}</td></tr>" for row in rows
     ) + "</tbody></table>"
+    return Message("\n".join(text_lines), rich)
+
+
+# -- the live activity panel ---------------------------------------------------------------------
+
+# The icon beside each file: ⬆️ while it waits, 📎 once it has been received.
+PANEL_ICONS = {
+    OfferState.INSPECTING: "⏳",
+    OfferState.OFFERED: "⬆️",
+    OfferState.ACCEPTED: "📎",
+    OfferState.DECLINED: "🚫",
+    OfferState.WITHDRAWN: "↩️",
+    OfferState.EXPIRED: "⌛",
+    OfferState.REJECTED: "⛔",
+    OfferState.FAILED: "⚠️",
+}
+
+
+def activity_panel(offers: Sequence[Offer], viewpoint: Direction) -> Message:
+    """The pinned panel of one room: every attachment of the chat with its state.
+
+    ``viewpoint`` is the direction this room calls "sent". The first line is what Element's
+    pinned-message banner shows, so it carries the counts.
+    """
+    if not offers:
+        return Message("📋 Files in this chat: none yet. Each file sent here is listed with its "
+                       "state.")
+    waiting = sum(1 for offer in offers if offer.is_pending)
+    head = f"📋 Files in this chat: {len(offers)}"
+    if waiting:
+        head += f" ({waiting} waiting)"
+    text_lines = [head]
+    items = []
+    for offer in offers:
+        way = "sent" if offer.direction is viewpoint else "received"
+        size = human_size(offer.size) if offer.size is not None else "—"
+        facts = f"{describe(offer)} · {size} · {way} · {STATE_WORDS[offer.state]}"
+        when = format_time(offer.updated_at)
+        icon, name = PANEL_ICONS[offer.state], display_filename(offer.filename, limit=48)
+        number = offer.shown_number
+        text_lines.append(f"{icon} #{number} {name} · {facts} · {when}")
+        items.append(f"<li>{icon} <b>#{number} {_e(name)}</b> · {_e(facts)} · "
+                     f"{_e(_one_line(when))}</li>")
+    # Newlines between the parts: Element's pinned banner shows the text on one line, and
+    # without them "… (1 waiting)📎 #1 …" would run together.
+    rich = f"<b>{_e(head)}</b>\n<ul>\n" + "\n".join(items) + "\n</ul>"
     return Message("\n".join(text_lines), rich)

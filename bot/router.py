@@ -327,7 +327,7 @@ class Router:
                         self._decision_command(session, side, sender, word, argument))
         elif word == "end":
             name = self._sessions.label(session, side, sender)
-            self._sessions.request_close(session, "ended", name, event_id)
+            self._sessions.request_close(session, "ended", name, event_id, by_side=side)
         else:
             self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
         return True
@@ -345,7 +345,7 @@ class Router:
             return render.command_error(problem)
         assert offer is not None
         verb = "Accepted" if word == "accept" else "Declined"
-        return render.command_error(f"{verb} offer #{offer.id}.")
+        return render.command_error(f"{verb} offer #{offer.shown_number}.")
 
     def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
         """Keep the message as work that is tried again when keys arrive, and on a schedule."""

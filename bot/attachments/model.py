@@ -98,8 +98,15 @@ class Offer:
     staged_uri: str | None = None
     staged_file: str | None = field(default=None, repr=False)
     staged_encrypted: int | None = None
+    number: int | None = None  # per session: the chat's first file is #1
+    decided_at: float | None = None
 
     @property
     def is_pending(self) -> bool:
         """True while nobody has decided and the offer can still change."""
         return self.state in PENDING_STATES
+
+    @property
+    def shown_number(self) -> int:
+        """The number people see and type (``!accept 1``): per chat, the global id as fallback."""
+        return self.number if self.number is not None else self.id

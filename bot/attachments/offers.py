@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,9 @@ class OfferService:
         work.register("stage", self._run_stage, self._give_up)
         self._media_dir = config.data_dir / "media"
         self._media_dir.mkdir(parents=True, exist_ok=True)
+        # Told the session id after every step, so the activity panels follow (set by the
+        # composition root).
+        self.on_change: Callable[[int], None] = lambda session_id: None
         self._accept_key = normalize_key(config.reactions.accept)
         self._decline_key = normalize_key(config.reactions.decline)
 
@@ -184,24 +188,28 @@ class OfferService:
         return offer
 
     def decide(
-        self, session: Session, side: Side, offer_id: int, actor: str, accept: bool
+        self, session: Session, side: Side, number: int, actor: str, accept: bool
     ) -> tuple[Offer | None, str | None]:
-        """Apply a decision from ``side``'s room; returns (offer, why-not) for command replies."""
-        offer = self._store.get_offer(offer_id)
-        if offer is None or offer.session_id != session.id:
-            return None, f"There is no offer #{offer_id} waiting for a decision in this chat."
+        """Apply a decision on this chat's offer #``number`` from ``side``'s room.
+
+        Returns (offer, why-not) for command replies. Numbers count per chat, so a number from
+        another chat finds nothing here.
+        """
+        offer = self._store.offer_by_number(session.id, number)
+        if offer is None:
+            return None, f"There is no offer #{number} waiting for a decision in this chat."
         if sender_side(offer.direction) is side:
             recipient = render.side_name(offer.direction, recipient=True)
-            return None, (f"Offer #{offer_id} was sent from this side of the chat; only "
+            return None, (f"Offer #{number} was sent from this side of the chat; only "
                           f"{recipient} can accept or decline it.")
         if offer.state is OfferState.INSPECTING:
-            return offer, f"Offer #{offer_id} is still being checked; try again in a moment."
+            return offer, f"Offer #{number} is still being checked; try again in a moment."
         target = OfferState.ACCEPTED if accept else OfferState.DECLINED
         decided = self._store.transition(offer.id, target, actor=actor)
         if decided is None:
             current = self._store.get_offer(offer.id)
             state = render.STATE_WORDS[current.state] if current else "gone"
-            return current, f"Offer #{offer_id} is already {state}."
+            return current, f"Offer #{number} was already {state}."
         logger.info("offer %d (session %d): %s by %s", offer.id, offer.session_id,
                     target.value, actor)
         self._metrics.decided(max(0.0, decided.updated_at - offer.updated_at))
@@ -217,7 +225,8 @@ class OfferService:
         normalized = normalize_key(key)
         if normalized not in (self._accept_key, self._decline_key):
             return
-        self.decide(session, side, offer.id, actor, accept=normalized == self._accept_key)
+        self.decide(session, side, offer.shown_number, actor,
+                    accept=normalized == self._accept_key)
 
     def on_redaction(self, session: Session, redacted_event: str, actor: str) -> None:
         """The sender redacted their upload: withdraw the offer if still undecided."""
@@ -313,9 +322,12 @@ class OfferService:
                     return True  # delivery failed for good: the FAILED state has its own step
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
-            notice = render.rejection_notice(offer.filename, offer.reason or "it was refused")
-            content = self._with_block(notice.content(), offer)
+            reason = offer.reason or "it was refused"
+            notice = render.rejection_notice(offer.filename, reason)
+            content = render.reply_to(self._with_block(notice.content(), offer),
+                                      offer.source_event_id)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
+            await self._tell_agents_of_refusal(offer, session, reason)
             await self._finish(offer)
         elif offer.state is OfferState.FAILED:
             # The sender first: they are the one waiting, and their room may still work.
@@ -326,7 +338,21 @@ class OfferService:
             await self._finish(offer)
         else:
             await self._finish(offer)
+        self.on_change(offer.session_id)
         return True
+
+    async def _tell_agents_of_refusal(self, offer: Offer, session: Session, reason: str) -> None:
+        """A customer's refused file is announced to the agents (unless configured off)."""
+        if (
+            not self._config.notify_agents_of_refusals
+            or offer.direction is not Direction.CUSTOMER_TO_AGENT
+            or session.agent_room is None
+        ):
+            return
+        notice = render.refusal_notice_for_agents(offer.sender_name, offer.filename, reason)
+        # No io.parcel.offer block: nothing was offered to the agents, this only informs them.
+        await self._send_ready(session.agent_room, notice.content(),
+                               f"offer-{offer.id}-refused-agents")
 
     def _paths(self, offer: Offer) -> tuple[Path, Path]:
         final = self._media_dir / f"offer-{offer.id}"
@@ -457,7 +483,9 @@ class OfferService:
         """Post the sender's status line (in the offer's current state) unless it is there."""
         if offer.status_event_id is not None:
             return offer
-        status = self._with_block(render.status_line(offer), offer)
+        # A reply to the sender's upload: Element shows it attached to that file.
+        status = render.reply_to(self._with_block(render.status_line(offer), offer),
+                                 offer.source_event_id)
         event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
         return self._store.update_offer(offer.id, status_event_id=event_id,
                                         status_room=sender_room)
@@ -593,14 +621,17 @@ class OfferService:
             # Decided before the status line went out (a crash in between): post it now.
             offer = await self._post_status(offer, offer.source_room)
         if offer.offer_event_id and offer.offer_room:
+            decider = (self._rooms.display_name(offer.offer_room, offer.decided_by)
+                       if offer.decided_by else None)
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,
-                                  self._config.reactions.decline,
+                                  self._config.reactions.decline, decider,
                                   as_file=self._sent_as_file(offer)),
                 offer,
             )
             await self._edit(offer.offer_room, offer.offer_event_id, card,
                              f"offer-{offer.id}-{state}-card")
+            await self._remove_seeded_reactions(offer, offer.offer_room)
         if offer.status_event_id and offer.status_room:
             status = self._with_block(render.status_line(offer), offer)
             await self._edit(offer.status_room, offer.status_event_id, status,
@@ -619,6 +650,14 @@ class OfferService:
             await self._purge_source(offer)
         self._store.mark_settled(offer.id, offer.state)
         self._metrics.offer_state(offer.direction, offer.state)
+
+    async def _remove_seeded_reactions(self, offer: Offer, room_id: str) -> None:
+        """Redact the bot's own ✅/❌ on a settled card, so it shows only the decision made."""
+        for word in ("accept", "decline"):
+            reaction = self._store.sent_event(f"offer-{offer.id}-react-{word}")
+            if reaction is not None:
+                await self._sender.redact(room_id, reaction, "the offer is settled",
+                                          txn_id=f"offer-{offer.id}-unreact-{word}")
 
     async def _edit(self, room_id: str, event_id: str, content: dict[str, Any], txn: str) -> None:
         if self._removed_from(room_id):

@@ -62,12 +62,12 @@ def _clean(name: object) -> str:
     if not isinstance(name, str):
         return ""
     text = strip_invisible(unicodedata.normalize("NFC", name))
-    # Keep the last meaningful path component: "../../etc/passwd" -> "passwd", "a/b/" -> "b".
+    # Path separators become "_" so the name keeps its meaning ("scans/page1.png" ->
+    # "scans_page1.png"); empty and dots-only parts ("..", ".") go: "../../etc/passwd" ->
+    # "etc_passwd". The result has no separator left, so it is one path component.
     components = [_WHITESPACE.sub(" ", c).strip() for c in _SEPARATORS.split(text)]
     meaningful = [c for c in components if c and not _is_dots_only(c)]
-    if not meaningful:
-        return ""
-    return meaningful[-1]
+    return "_".join(meaningful)
 
 
 def _shorten(name: str, limit: int) -> str:
@@ -90,7 +90,8 @@ def display_filename(name: object, limit: int = 80) -> str:
     """Return a file name fit to show in a message, at most ``limit`` characters long.
 
     Non-strings and names with nothing visible left become "unnamed file". Control, bidi and
-    zero-width characters are removed, only the last path component is kept, runs of
+    zero-width characters are removed, path separators become "_" (dropping "." and ".."
+    parts), runs of
     whitespace become one space, and long names are cut in the middle keeping the extension
     ("aaaa…aaa.pdf"). HTML is *not* escaped. The result is never "", "." or "..".
     """

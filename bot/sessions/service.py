@@ -30,6 +30,7 @@ from bot.work import Scheduler
 
 if TYPE_CHECKING:
     from bot.attachments.offers import OfferService
+    from bot.attachments.panel import PanelService
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ STRANGER_RECHECK = 2.0
 # Close reasons after which nothing is posted in the customer room: nobody reads it any more,
 # or the bot may not write there.
 CUSTOMER_ROOM_GONE = frozenset({"customer_left", "bot_removed"})
+# The reason pending offers expire with when their chat ends.
+ENDED_REASON = "the chat ended"
 
 
 def server_of(user_id: str) -> str:
@@ -73,6 +76,7 @@ class SessionService:
         work.register("kick", self._run_kick)
         work.register("refuse", self._run_refuse)
         sender.guard = self.guard_room
+        self.panels: PanelService | None = None  # likewise
 
     @property
     def own_user_id(self) -> str:
@@ -339,29 +343,41 @@ class SessionService:
     # -- closing ------------------------------------------------------------------------------
 
     def request_close(
-        self, session: Session, reason: str, by: str | None, handled_event: str | None
+        self, session: Session, reason: str, by: str | None, handled_event: str | None,
+        by_side: Side | None = None,
     ) -> None:
-        """Queue the end of a session (after the work already queued for it)."""
+        """Queue the end of a session (after the work already queued for it).
+
+        ``by`` names who ended it and ``by_side`` is their room, which is told "You ended the
+        chat" while the other room hears who did.
+        """
         self._work.submit("close", f"close:{session.id}",
-                          {"session": session.id, "reason": reason, "by": by},
+                          {"session": session.id, "reason": reason, "by": by,
+                           "side": by_side.value if by_side else None},
                           lane=session_lane(session.id), handled_event=handled_event)
 
     async def _run_close(self, unit: WorkUnit) -> None:
         session = self._store.get_session(unit.payload["session"])
         reason, by = unit.payload["reason"], unit.payload.get("by")
+        by_side = unit.payload.get("side")
         if self._store.close_session(session.id, reason):
             self._metrics.session_closed()
             logger.info("session %d closed (%s)", session.id, reason)
         if self.offers is not None:
-            self.offers.expire_session(session.id, "the chat ended")
+            self.offers.expire_session(session.id, ENDED_REASON)
         if self._config.retention.redact_delivered_on_close:
             await self._redact_deliveries(session)
-        notice = render.session_closed(by, reason)
-        for room_id in (session.customer_room, session.agent_room):
+        pending = self._left_undelivered(session)
+        for side in (Side.CUSTOMER, Side.AGENT):
+            room_id = session.room_of(side)
             if room_id is None or room_id not in self._client.rooms:
                 continue
-            if room_id == session.customer_room and reason in CUSTOMER_ROOM_GONE:
+            if side is Side.CUSTOMER and reason in CUSTOMER_ROOM_GONE:
                 continue
+            notice = render.session_closed(
+                reason, by, you=by_side == side.value, pending=pending,
+                bot_id=self.own_user_id if side is Side.CUSTOMER else None,
+            )
             await self._sender.send(
                 room_id, notice.content(), txn_id=f"session-{session.id}-closed-{room_id}"
             )
@@ -370,6 +386,11 @@ class SessionService:
             rooms.append(session.agent_room)
         for room_id in rooms:
             self.leave(session, room_id)
+
+    def _left_undelivered(self, session: Session) -> int:
+        """How many offers the end of the chat expired (from the store: a rerun agrees)."""
+        return sum(1 for offer in self._store.session_offers(session.id)
+                   if offer.state.value == "expired" and offer.reason == ENDED_REASON)
 
     def leave(self, session: Session, room_id: str) -> None:
         """Queue leaving one of a closed session's rooms (after its offers are settled)."""
@@ -407,6 +428,8 @@ class SessionService:
                 await self._mark_closed(session)
         if room_id not in self._client.rooms and room_id not in self._client.invited_rooms:
             return
+        if self.panels is not None and session_id is not None:  # the last changes show first
+            await self.panels.flush(self._store.get_session(session_id))
         await call(f"leaving {room_id}", self._client.room_leave(room_id), RoomLeaveResponse)
 
     async def _mark_closed(self, session: Session) -> None:

@@ -21,7 +21,7 @@ from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.store.migrations import SchemaTooNew, migrate
 
 __all__ = ["DELIVERY_RECORDS_KEPT", "Store", "Session", "SessionState", "Side", "SchemaTooNew",
-           "LogEntry", "WorkUnit"]
+           "LogEntry", "WorkUnit", "Panel"]
 
 
 class SessionState(StrEnum):
@@ -81,6 +81,24 @@ class WorkUnit:
     next_at: float
     last_error: str | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The live activity panel of one room: its message, and how far it is behind the log.
+
+    ``version`` counts changes to the session's attachments; ``shown_version`` is the change
+    the message last showed. The panel is behind while ``shown_version < version``. ``pin`` is
+    ``pending`` until pinning was tried, then ``pinned`` or ``refused`` (the bot may not pin
+    there; remembered so that is logged once).
+    """
+
+    room_id: str
+    session_id: int
+    event_id: str | None
+    pin: str
+    version: int
+    shown_version: int
 
 
 @dataclass(frozen=True)
@@ -304,6 +322,7 @@ class Store:
                     (session_lane(session_id), session_id),
                 )
                 conn.execute("DELETE FROM offers WHERE session_id = ?", (session_id,))
+                conn.execute("DELETE FROM panels WHERE session_id = ?", (session_id,))
                 conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         return len(ids)
 
@@ -330,8 +349,9 @@ class Store:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO offers(session_id, direction, sender, sender_name, "
                 "source_room, source_event_id, source_content, msgtype, filename, "
-                "declared_mimetype, declared_size, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "declared_mimetype, declared_size, state, created_at, updated_at, number) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "(SELECT COALESCE(MAX(number), 0) + 1 FROM offers WHERE session_id = ?))",
                 (
                     session_id,
                     direction.value,
@@ -347,6 +367,7 @@ class Store:
                     OfferState.INSPECTING.value,
                     now,
                     now,
+                    session_id,
                 ),
             )
             created = cursor.rowcount == 1
@@ -364,6 +385,13 @@ class Store:
     def get_offer(self, offer_id: int) -> Offer | None:
         """The offer with this id, if any."""
         row = self._conn.execute("SELECT * FROM offers WHERE id = ?", (offer_id,)).fetchone()
+        return None if row is None else _offer_from_row(row)
+
+    def offer_by_number(self, session_id: int, number: int) -> Offer | None:
+        """The offer a chat calls #``number`` (numbers count per session from 1)."""
+        row = self._conn.execute(
+            "SELECT * FROM offers WHERE session_id = ? AND number = ?", (session_id, number)
+        ).fetchone()
         return None if row is None else _offer_from_row(row)
 
     def source_content(self, offer_id: int) -> str:
@@ -434,6 +462,7 @@ class Store:
             assignments["reason"] = reason
         if actor is not None and target in (OfferState.ACCEPTED, OfferState.DECLINED):
             assignments["decided_by"] = actor
+            assignments["decided_at"] = now
         columns = ", ".join(f"{name} = ?" for name in assignments)
         marks = ", ".join("?" for _ in sources)
         with self.transaction() as conn:
@@ -619,6 +648,41 @@ class Store:
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM work"
         ).fetchone()
         return int(row["n"]), (None if row["oldest"] is None else float(row["oldest"]))
+
+    # -- activity panels --------------------------------------------------------------------
+
+    def bump_panel(self, session_id: int, room_id: str) -> int:
+        """Record that the room's panel has something new to show; returns the new version."""
+        self._conn.execute(
+            "INSERT INTO panels(room_id, session_id, version) VALUES (?, ?, 1) "
+            "ON CONFLICT(room_id) DO UPDATE SET version = version + 1",
+            (room_id, session_id),
+        )
+        return self.get_panel(room_id).version  # type: ignore[union-attr]
+
+    def get_panel(self, room_id: str) -> Panel | None:
+        """The panel of a room, if it has one."""
+        row = self._conn.execute("SELECT * FROM panels WHERE room_id = ?", (room_id,)).fetchone()
+        if row is None:
+            return None
+        return Panel(row["room_id"], row["session_id"], row["event_id"], row["pin"],
+                     row["version"], row["shown_version"])
+
+    def update_panel(self, room_id: str, **changes: Any) -> None:
+        """Record the panel's message, that it is pinned, or the version it now shows."""
+        allowed = {"event_id", "pin", "shown_version"}
+        if set(changes) - allowed:
+            raise ValueError(f"unknown panel fields: {sorted(set(changes) - allowed)}")
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        self._conn.execute(f"UPDATE panels SET {columns} WHERE room_id = ?",
+                           [*changes.values(), room_id])
+
+    def panels_behind(self) -> list[Panel]:
+        """Panels whose message does not show the latest change yet (resumed at start)."""
+        rows = self._conn.execute(
+            "SELECT room_id FROM panels WHERE shown_version < version ORDER BY room_id"
+        ).fetchall()
+        return [panel for row in rows if (panel := self.get_panel(row["room_id"])) is not None]
 
     # -- inbound events and the outbox ------------------------------------------------------
 

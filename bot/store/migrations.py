@@ -132,6 +132,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE offers ADD COLUMN staged_file TEXT;
     ALTER TABLE offers ADD COLUMN staged_encrypted INTEGER;
     """,
+    # 6: per-chat offer numbers (#1, #2, ... in each session; ids stay global), the time of the
+    # decision (the card says who decided and when), the bot's live activity panel per room.
+    """
+    ALTER TABLE offers ADD COLUMN number INTEGER;
+    UPDATE offers SET number = (
+        SELECT COUNT(*) FROM offers AS earlier
+        WHERE earlier.session_id = offers.session_id AND earlier.id <= offers.id
+    );
+    CREATE UNIQUE INDEX offers_session_number ON offers(session_id, number);
+    ALTER TABLE offers ADD COLUMN decided_at REAL;
+    CREATE TABLE panels (
+        room_id TEXT PRIMARY KEY,
+        session_id INTEGER NOT NULL REFERENCES sessions(id),
+        event_id TEXT,
+        pin TEXT NOT NULL DEFAULT 'pending' CHECK (pin IN ('pending', 'pinned', 'refused')),
+        version INTEGER NOT NULL DEFAULT 0,
+        shown_version INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 

@@ -125,18 +125,20 @@ async def test_attachments_command_lists_states_from_each_rooms_viewpoint(start_
         assert parsed[image]["way"] == ways[image] and parsed[pdf]["way"] == ways[pdf], side
         assert parsed[image]["name"] == "router.png" and parsed[pdf]["name"] == "terms.pdf"
         assert parsed[image]["kind"] == "PNG image"
-        assert parsed[image]["state"] == "received" and parsed[pdf]["state"] == "declined"
+        assert parsed[image]["state"] == "accepted" and parsed[pdf]["state"] == "declined"
         assert parsed[image]["sender"] == "Carol"
         assert parsed[pdf]["sender"] == "Alice (support)"
         assert parsed[image]["size"] == f"{len(exchange.image)} bytes"
 
         rows = table_rows(str(content["formatted_body"]))
-        assert rows[0] == ["#", "", "File", "Kind", "Size", "From", "State", "Time (UTC)"]
+        assert rows[0] == ["#", "Direction", "File", "Kind", "Size", "From", "State",
+                           "Time\u00a0(UTC)"]
         by_id = {row[0]: row for row in rows[1:]}
         assert set(by_id) == {image, pdf}
         assert by_id[image][1:4] == [ways[image], "router.png", "PNG image"]
         assert by_id[pdf][1:3] == [ways[pdf], "terms.pdf"]
-        assert by_id[image][6] == "received" and by_id[pdf][6] == "declined"
+        assert by_id[image][6] == "accepted" and by_id[pdf][6] == "declined"
+        assert " " not in by_id[image][7] and "-" not in by_id[image][7], "no wrap in the time"
 
 
 async def run_log(config_file: Path, *args: str) -> str:

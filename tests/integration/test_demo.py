@@ -49,19 +49,62 @@ def test_demo_plays_the_whole_script_and_cleans_up(tmp_path: Path) -> None:
     assert f"Parcel  Alice (support): {ALICE_ANSWER}" in carol, report
     # The image: accepted with ✅ by Alice, delivered in-line to her, status edited for Carol.
     assert f"[image {IMAGE_NAME} 320×200, " in alice, report
-    assert "✅ accepted" in alice and "✅ Parcel, Alice" in alice, report
-    assert f"📎 {IMAGE_NAME} — received by the agent (edited)" in carol, report
+    # The card as it first appeared (the question), then what it was edited to; the bot's
+    # own reactions are gone, Alice's ✅ stays.
+    assert f"Parcel  📥 Accept {IMAGE_NAME} from Carol?" in alice, report
+    assert f"✏️ edited to: ✅ {IMAGE_NAME} from Carol (offer #1) — accepted by Alice" in alice
+    assert "[✅ Alice]" in alice, report
+    # The waiting status line, a reply to Carol's upload, then edited to received.
+    assert f"⬆️ {IMAGE_NAME} · PNG image" in carol and "waiting for the agent" in carol, report
+    assert f"↳ (reply to [image {IMAGE_NAME}" in carol, report
+    assert f"✏️ edited to: 📎 {IMAGE_NAME} — received by the agent" in carol, report
     # The PDF: declined with ❌ by Carol and never delivered to her.
-    assert f"{PDF_NAME} from Alice (support) (offer #2): 🚫 declined" in carol, report
-    assert "❌ Parcel, Carol" in carol, report
+    assert f"Parcel  📥 Accept {PDF_NAME} from Alice (support)?" in carol, report
+    assert f"🚫 {PDF_NAME} from Alice (support) (offer #2) — declined by Carol" in carol, report
+    assert "[❌ Carol]" in carol, report
     assert f"[file {PDF_NAME}" not in carol, report
     assert f"🚫 {PDF_NAME} — declined by the customer" in alice, report
     assert "could not decrypt" not in output, report
     # The attachment log and the admin export.
     log = _section(output, "Attachment log")
-    assert f"#1 sent: {IMAGE_NAME}" in log and "received" in log, report
+    assert f"#1 sent: {IMAGE_NAME}" in log and "accepted" in log, report
     assert f"#2 received: {PDF_NAME}" in log and "declined" in log, report
     assert f",{IMAGE_NAME},image/png," in output and ",accepted," in output, report
     assert f",{PDF_NAME},application/pdf," in output and ",declined," in output, report
     # Everything was removed: no demo directory is left behind.
     assert not list(tmp_path.glob("parcel-demo-*")), report
+
+
+@pytest.mark.integration
+def test_demo_keep_on_a_fixed_port_prints_how_to_sign_in(tmp_path: Path) -> None:
+    """`demo --keep --port N` serves the homeserver on port N, prints the logins and how to
+    look with the local Element Web, and stops cleanly on SIGTERM."""
+    from bot.devserver import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "demo", "--keep", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Attachment log any time" in line:
+                break
+        output = "".join(lines)
+        assert f"Still running (Ctrl-C to stop and clean up). Homeserver: http://127.0.0.1:{port}" \
+            in output, output
+        assert f"serve.py --homeserver http://127.0.0.1:{port}" in output, output
+        assert "Carol (customer): @carol" in output and "password: " in output, output
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert process.returncode == 0, "".join(lines)
+    assert not list(tmp_path.glob("parcel-demo-*"))

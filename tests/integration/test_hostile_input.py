@@ -113,12 +113,12 @@ async def test_hostile_file_names_are_shown_safely_everywhere(start_chat) -> Non
 
     assert "&lt;img src=x onerror=alert(1)&gt;.png" in cards["html"]["formatted_body"]
     assert cards["html"][OFFER_KEY]["filename"] == NAMES["html"]  # kept, as plain text
-    assert cards["path"][OFFER_KEY]["filename"] == "passwd"
+    assert cards["path"][OFFER_KEY]["filename"] == "etc_passwd"
     assert "../" not in cards["path"]["body"] and "passwd" in cards["path"]["body"]
     assert cards["control"][OFFER_KEY]["filename"] == "report[31m red.png"
     assert "unnamed file" in cards["empty"]["body"]
     for key in ("long500", "long1000"):
-        shown = cards[key]["body"].split("sent a file: ", 1)[1].split(" · ", 1)[0]
+        shown = cards[key]["body"].split("📥 Accept ", 1)[1].split(" from ", 1)[0]
         assert len(shown) <= 80 and "\u2026" in shown and shown.endswith(".png"), shown
 
     # Accepted, the files arrive under the cleaned names.
@@ -129,7 +129,7 @@ async def test_hostile_file_names_are_shown_safely_everywhere(start_chat) -> Non
         await agent.say(chat.agent_room, f"!accept {ids[key]}")
         await agent.until(lambda n=count: len(bot_media()) == n, f"the {key} delivery")
     names = sorted(e["content"]["body"] for e in bot_media())
-    assert names == sorted([NAMES["html"], "passwd", "report[31m red.png", "unnamed file"])
+    assert names == sorted([NAMES["html"], "etc_passwd", "report[31m red.png", "unnamed file"])
     for event in bot_media():
         assert event["content"]["filename"] == event["content"]["body"]
         assert_safe_name(event["content"]["filename"])

@@ -161,7 +161,7 @@ async def test_accept_and_decline_commands_decide_and_confirm(start_chat) -> Non
     # A second decision on a decided offer is answered and changes nothing.
     await agent.say(chat.agent_room, f"!decline {a_id}")
     assert await reply(agent, chat.agent_room, bot, f"Offer #{a_id}") == (
-        f"Offer #{a_id} is already received."
+        f"Offer #{a_id} was already accepted."
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
     assert stored_state(chat, a_id) == "accepted" and stored_state(chat, b_id) == "declined"
@@ -282,7 +282,7 @@ async def test_redacted_upload_is_withdrawn_and_a_later_accept_delivers_nothing(
     await agent.react(chat.agent_room, card["event_id"], ACCEPT)
     await agent.say(chat.agent_room, f"!accept {offer_id}")
     assert await reply(agent, chat.agent_room, bot, f"Offer #{offer_id}") == (
-        f"Offer #{offer_id} is already withdrawn."
+        f"Offer #{offer_id} was already withdrawn."
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
     assert stored_state(chat, offer_id) == "withdrawn"
@@ -307,7 +307,7 @@ async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
     await agent.react(chat.agent_room, card["event_id"], ACCEPT)
     await agent.say(chat.agent_room, f"!accept {offer_id}")
     assert await reply(agent, chat.agent_room, bot, f"Offer #{offer_id}") == (
-        f"Offer #{offer_id} is already expired."
+        f"Offer #{offer_id} was already expired."
     )
     assert stored_state(chat, offer_id) == "expired"
     assert agent.deliveries(chat.agent_room, chat.bot_id) == []
@@ -324,7 +324,8 @@ async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(sta
     to_customer = await offer_to_customer(chat, samples.pdf(), "yours.pdf", "application/pdf")
 
     await agent.say(chat.agent_room, "!end")
-    closing = "This chat was closed by Alice (support). Pending files were not delivered."
+    closing = (f"Alice (support) ended the chat. 2 pending files were not delivered. "
+               f"To talk to us again, start a new chat with {bot}.")
     await customer.until(lambda: closing in customer.bodies(chat.customer_room, bot),
                          "the closing notice for the customer")
     await customer.until(lambda: customer.membership(chat.customer_room, bot) == "leave",
@@ -334,6 +335,7 @@ async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(sta
         await agent.until(lambda oid=offer_id: agent.offer_state(chat.agent_room, oid)
                           == "expired", f"offer #{offer_id} expired for the agent")
         assert stored_state(chat, offer_id) == "expired"
+    closing = "You ended the chat. 2 pending files were not delivered."
     await agent.until(lambda: closing in agent.bodies(chat.agent_room, bot),
                       "the closing notice for the agents")
     assert agent.deliveries(chat.agent_room, chat.bot_id) == []

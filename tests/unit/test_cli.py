@@ -69,3 +69,84 @@ def test_csv_cells_cannot_become_formulas(value: object, expected: object) -> No
     from bot.__main__ import _spreadsheet_safe
 
     assert _spreadsheet_safe(value) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ["--log-level", "DEBUG", "run", "--config", "c.yaml"],
+    ["run", "--config", "c.yaml", "--log-level", "DEBUG"],
+    ["log", "--log-level", "DEBUG", "--config", "c.yaml"],
+], ids=["before", "after", "between"])
+def test_log_level_is_accepted_before_and_after_the_subcommand(argv: list[str]) -> None:
+    """--log-level works wherever it is written, as the README's `run … --log-level` shows."""
+    from bot.__main__ import _parser
+
+    assert _parser().parse_args(argv).log_level == "DEBUG"
+
+
+def _store_config(tmp_path: Path, offers: int = 0) -> Path:
+    """A config without any password, and a store holding ``offers`` offers."""
+    from bot.attachments.model import Direction
+    from bot.store import Store
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\ndata_dir: {tmp_path}/d\n")
+    store = Store.open(tmp_path / "d" / "parcel.db")
+    session, _ = store.create_session("!c:x", "@c:x", "Carol")
+    for n in range(offers):
+        store.create_offer(session_id=session.id, direction=Direction.CUSTOMER_TO_AGENT,
+                           sender="@c:x", sender_name="Carol", source_room="!c:x",
+                           source_event_id=f"$e{n}", source_content="{}", msgtype="m.file",
+                           filename=f"file-{n}-{'x' * 60}.pdf", declared_mimetype=None,
+                           declared_size=None)
+    store.close()
+    return config
+
+
+def test_log_reads_the_store_without_the_password(tmp_path: Path) -> None:
+    """`parcel-bot log` needs no password or token: it only reads the store."""
+    config = _store_config(tmp_path, offers=1)
+    result = subprocess.run([sys.executable, "-m", "bot", "log", "--config", str(config)],
+                            capture_output=True, text=True, cwd=ROOT,
+                            env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("offer,session,direction")
+    assert "file-0-" in result.stdout
+
+
+def test_log_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`parcel-bot log | head -1`: the reader goes away, the command ends with 0 and no noise."""
+    config = _store_config(tmp_path, offers=1500)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "log", "--config", str(config), "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().strip() == b"["
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0
+    assert stderr == b""
+
+
+def test_bad_since_is_a_command_line_error(tmp_path: Path) -> None:
+    """A bad --since is reported by the argument parser (exit 2), not as a configuration error."""
+    config = _store_config(tmp_path)
+    result = _run("log", "--config", str(config), "--since", "last tuesday")
+    assert result.returncode == 2
+    assert "argument --since: expected a date like 2026-11-24" in result.stderr
+    assert "configuration error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_config_reports_a_data_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    """check-config names data_dir when a file stands where its folder would be created."""
+    (tmp_path / "plain-file").write_text("x")
+    config = tmp_path / "c.yaml"
+    config.write_text("homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\n"
+                      f"data_dir: {tmp_path}/plain-file/data\n")
+    result = _run("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"parcel-bot: configuration error: data_dir: cannot create {tmp_path}/plain-file/data: "
+        f"{tmp_path}/plain-file is not a directory")
+    assert not (tmp_path / "plain-file" / "data").exists()

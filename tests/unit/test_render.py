@@ -181,24 +181,25 @@ def test_agent_label(name: str, label: str, expected: str) -> None:
 # -- offer cards and status lines --------------------------------------------------------------
 
 CARD_OUTCOMES = {
-    S.ACCEPTED: "✅ accepted — the file is below",
-    S.DECLINED: "🚫 declined — it was not delivered",
-    S.WITHDRAWN: "↩️ withdrawn by the sender",
-    S.EXPIRED: "⌛ expired — it was not delivered",
-    S.FAILED: "⚠️ could not be delivered",
+    S.ACCEPTED: ("✅", "accepted; the file is below"),
+    S.DECLINED: ("🚫", "declined; it was not delivered"),
+    S.WITHDRAWN: ("↩️", "withdrawn by the sender"),
+    S.EXPIRED: ("⌛", "expired; it was not delivered"),
+    S.FAILED: ("⚠️", "accepted, but it could not be delivered"),
 }
 
 
 def test_offer_card_offered() -> None:
     """An open offer names sender, file, kind and size, and how to accept or decline it."""
-    content = render.offer_card(make_offer(), "✅", "❌")
+    content = render.offer_card(make_offer(number=2), "✅", "❌")
     assert content["msgtype"] == "m.notice" and content["m.mentions"] == {}
     assert content["body"] == (
-        "📎 Carol sent a file: report.pdf · PDF document · 1.2 MB\n"
-        "React ✅ to accept or ❌ to decline (or type !accept 7 / !decline 7). Offer #7."
+        "📥 Accept report.pdf from Carol?\n"
+        "PDF document · 1.2 MB · offer #2\n"
+        "React ✅ to accept or ❌ to decline (or type !accept 2 / !decline 2)."
     )
-    assert "<b>Carol</b>" in content["formatted_body"]
-    assert "<code>!accept 7</code>" in content["formatted_body"]
+    assert content["formatted_body"].startswith("📥 <b>Accept report.pdf from Carol?</b><br>")
+    assert "<code>!accept 2</code>" in content["formatted_body"]
     assert_only_own_markup(content["formatted_body"])
 
 
@@ -217,17 +218,46 @@ def test_offer_card_offered() -> None:
 def test_offer_card_facts(overrides: dict[str, Any], facts: str) -> None:
     """The card shows the detected kind, size, dimensions when both are known, and a clean scan."""
     content = render.offer_card(make_offer(**overrides), "✅", "❌")
-    assert content["body"].splitlines()[0] == f"📎 Carol sent a file: report.pdf · {facts}"
+    assert content["body"].splitlines()[1] == f"{facts} · offer #7"
+
+
+@pytest.mark.parametrize("state", list(OfferState), ids=lambda s: s.value)
+def test_no_card_starts_like_a_received_status_line(state: OfferState) -> None:
+    """No card, open or settled, starts with the 📎 of a received status line."""
+    assert not render.offer_card(make_offer(state=state), "✅", "❌")["body"].startswith("📎")
 
 
 @pytest.mark.parametrize("state", list(CARD_OUTCOMES), ids=lambda s: s.value)
 def test_offer_card_final_states(state: OfferState) -> None:
-    """A decided offer's card names the file, sender, offer number and outcome."""
+    """A settled offer's card names the file, sender, offer number and outcome."""
+    icon, outcome = CARD_OUTCOMES[state]
     content = render.offer_card(make_offer(state=state), "✅", "❌")
-    assert content["body"] == f"report.pdf from Carol (offer #7): {CARD_OUTCOMES[state]}"
+    assert content["body"] == f"{icon} report.pdf from Carol (offer #7) — {outcome}"
     assert content["formatted_body"] == (
-        f"<b>report.pdf</b> from Carol (offer #7): {html.escape(CARD_OUTCOMES[state])}")
+        f"{icon} <b>report.pdf</b> from Carol (offer #7) — {html.escape(outcome)}")
     assert content["m.mentions"] == {}
+
+
+@pytest.mark.parametrize(
+    ("state", "decider", "expected"),
+    [
+        (S.ACCEPTED, "Alice (support)",
+         "✅ report.pdf from Carol (offer #3) — accepted by Alice (support), "
+         "2023-11-14 22:15 UTC; the file is below"),
+        (S.DECLINED, "Carol\u202e",
+         "🚫 report.pdf from Carol (offer #3) — declined by Carol, 2023-11-14 22:15 UTC; "
+         "it was not delivered"),
+        (S.ACCEPTED, None,
+         "✅ report.pdf from Carol (offer #3) — accepted 2023-11-14 22:15 UTC; "
+         "the file is below"),
+    ],
+    ids=["accepted", "declined-hostile-name", "no-name"],
+)
+def test_decided_card_names_who_and_when(state: OfferState, decider: str | None,
+                                         expected: str) -> None:
+    """A decided card says who decided (cleaned) and when, in UTC."""
+    offer = make_offer(state=state, number=3, decided_by="@x:hs", decided_at=1_700_000_100.0)
+    assert render.offer_card(offer, "✅", "❌", decider)["body"] == expected
 
 
 @pytest.mark.parametrize("state", list(OfferState), ids=lambda s: s.value)
@@ -242,6 +272,8 @@ STATUS_CASES = [
     # (state, direction, overrides, expected body)
     (S.OFFERED, C2A, {},
      "⬆️ report.pdf · PDF document · 1.2 MB — waiting for the agent to accept (offer #7)"),
+    (S.OFFERED, C2A, {"number": 1},
+     "⬆️ report.pdf · PDF document · 1.2 MB — waiting for the agent to accept (offer #1)"),
     (S.OFFERED, A2C, {"mimetype": "image/jpeg", "size": 3_400_000, "width": 1024, "height": 768},
      "⬆️ report.pdf · JPEG image · 3.4 MB · 1024×768 — waiting for the customer to accept "
      "(offer #7)"),
@@ -340,14 +372,14 @@ def test_hostile_filenames_never_appear_raw(name: str) -> None:
     [
         ("<img src=x onerror=alert(1)>.png", "&lt;img src=x onerror=alert(1)&gt;.png"),
         ("invoice\u202efdp.exe", "invoicefdp.exe"),
-        ("../../etc/passwd", "passwd"),
+        ("../../etc/passwd", "etc_passwd"),
         ("\u202e\u202e", "unnamed file"),
     ],
 )
 def test_hostile_filename_is_shown_cleaned_and_escaped(name: str, shown: str) -> None:
     """The card shows the cleaned name, escaped in the HTML."""
     rich = render.offer_card(make_offer(filename=name), "✅", "❌")["formatted_body"]
-    assert f"<b>{shown}</b>" in rich
+    assert f"<b>Accept {shown} from Carol?</b>" in rich
 
 
 def test_long_filename_is_cut_keeping_the_extension() -> None:
@@ -383,22 +415,25 @@ def test_ordinary_sender_names_render_on_one_line(sender_name: str) -> None:
     """Sender names are shown on one line and escaped in HTML."""
     card = render.offer_card(make_offer(sender_name=sender_name), "✅", "❌")
     first = card["body"].splitlines()[0]
-    assert first.startswith(f"📎 {' '.join(sender_name.split())} sent a file: ")
+    assert first == f"📥 Accept report.pdf from {' '.join(sender_name.split())}?"
     assert_only_own_markup(card["formatted_body"])
 
 
 # -- the io.parcel.offer block ---------------------------------------------------------------
 
 BLOCK_CASES = [
-    ({}, {"id": 7, "session": 3, "state": "offered", "filename": "report.pdf",
+    ({"number": 2}, {"id": 7, "number": 2, "session": 3, "state": "offered",
+                     "filename": "report.pdf",
           "mimetype": "application/pdf", "size": 1_234_567, "sha256": "ab" * 32,
           "direction": "customer_to_agent"}),
     ({"state": S.INSPECTING, "mimetype": None, "size": None, "sha256": None,
       "direction": A2C, "filename": "../x/<b>\u202e.txt"},
-     {"id": 7, "session": 3, "state": "inspecting", "filename": "<b>.txt",
+     {"id": 7, "number": 7, "session": 3, "state": "inspecting",
+      "filename": "x_<b>.txt",
       "mimetype": None, "size": None, "sha256": None, "direction": "agent_to_customer"}),
     ({"state": S.DECLINED, "filename": "b" * 500 + ".pdf"},
-     {"id": 7, "session": 3, "state": "declined", "filename": safe_filename("b" * 500 + ".pdf"),
+     {"id": 7, "number": 7, "session": 3, "state": "declined",
+      "filename": safe_filename("b" * 500 + ".pdf"),
       "mimetype": "application/pdf", "size": 1_234_567, "sha256": "ab" * 32,
       "direction": "customer_to_agent"}),
 ]
@@ -446,7 +481,7 @@ def test_attachment_log_sent_vs_received_by_viewpoint(
     lines = message.body.splitlines()
     assert lines[0] == "Attachments (2):"
     assert lines[1] == (f"#1 {first}: report.pdf · PDF document · 1.2 MB · from Carol · "
-                        "received · 2023-11-14 22:13")
+                        "accepted · 2023-11-14 22:13")
     assert lines[2].startswith(f"#2 {second}: fix.zip · ")
     assert lines[2].endswith("· — · from Alice (support) · waiting · 2023-11-14 22:23")
     assert message.html is not None
@@ -457,7 +492,7 @@ def test_attachment_log_sent_vs_received_by_viewpoint(
 @pytest.mark.parametrize(
     ("state", "reason", "word"),
     [(S.INSPECTING, None, "checking"), (S.OFFERED, None, "waiting"),
-     (S.ACCEPTED, None, "received"), (S.DECLINED, "no", "declined"),
+     (S.ACCEPTED, None, "accepted"), (S.DECLINED, "no", "declined"),
      (S.WITHDRAWN, None, "withdrawn"), (S.EXPIRED, "session ended", "expired"),
      (S.REJECTED, "too big", "rejected (too big)"), (S.REJECTED, None, "rejected"),
      (S.FAILED, "boom", "failed")],
@@ -481,7 +516,18 @@ def test_attachment_log_html_table_is_escaped() -> None:
     assert "rejected (&lt;script&gt;x&lt;/script&gt;)" in message.html
     parsed = parse(message.html)
     assert [t for t, _ in parsed.tags].count("th") == 8
-    assert parsed.text[:7] == ["#", "File", "Kind", "Size", "From", "State", "Time (UTC)"]
+    assert parsed.text[0] == "Attachments (1)"  # a heading Element shows above the table
+    assert parsed.text[1:9] == ["#", "Direction", "File", "Kind", "Size", "From", "State",
+                               "Time\u00a0(UTC)"]
+
+
+def test_attachment_log_numbers_offers_per_chat_and_keeps_the_time_on_one_line() -> None:
+    """Rows show the chat's own offer number; the time cell has no breaking space."""
+    message = render.attachment_log([make_offer(id=40, number=1)], C2A)
+    assert message.body.splitlines()[1].startswith("#1 sent: report.pdf")
+    assert message.html is not None
+    assert "<td>1</td>" in message.html and "<td>40</td>" not in message.html
+    assert "<td>2023\u201111\u201114\u00a022:13</td>" in message.html
 
 
 def test_attachment_log_cuts_long_names_to_48() -> None:
@@ -560,20 +606,59 @@ def test_message_content(message: render.Message, extra: dict[str, Any],
 
 
 @pytest.mark.parametrize(
-    ("by", "how", "body"),
+    ("reason", "closer", "you", "pending", "bot_id", "body"),
     [
-        (None, "customer_left", "The customer left the chat. This session is closed."),
-        (None, "bot_removed",
-         "The bot was removed from the customer's chat (or that room was shut down), so nothing "
-         "more can reach the customer. This session is closed; pending files were not "
+        ("customer_left", None, False, 0, None,
+         "The customer left the chat. This session is closed."),
+        ("customer_left", None, False, 2, None,
+         "The customer left the chat. This session is closed. 2 pending files were not "
          "delivered."),
-        ("Alice", "command", "This chat was closed by Alice. Pending files were not delivered."),
-        (None, "command", "This chat is closed. Pending files were not delivered."),
+        ("bot_removed", None, False, 1, None,
+         "The bot was removed from the customer's chat (or that room was shut down), so nothing "
+         "more can reach the customer. This session is closed. 1 pending file was not "
+         "delivered."),
+        ("ended", "Alice (support)", True, 0, None, "You ended the chat."),
+        ("ended", "Carol", True, 1, "@parcel:hs",
+         "You ended the chat. 1 pending file was not delivered. To talk to us again, start a "
+         "new chat with @parcel:hs."),
+        ("ended", "Alice (support)", False, 0, "@parcel:hs",
+         "Alice (support) ended the chat. To talk to us again, start a new chat with "
+         "@parcel:hs."),
+        ("ended", "Carol\u202e", False, 3, None,
+         "Carol ended the chat. 3 pending files were not delivered."),
+        ("ended", None, False, 0, None, "This chat is closed."),
     ],
+    ids=["left", "left-pending", "bot-removed", "you", "you-customer-pending",
+         "agent-ended-to-customer", "customer-ended-to-agents", "nobody"],
 )
-def test_session_closed(by: str | None, how: str, body: str) -> None:
-    """The closing notice says who ended the chat, or that the customer left."""
-    assert render.session_closed(by, how).body == body
+def test_session_closed(reason: str, closer: str | None, you: bool, pending: int,
+                        bot_id: str | None, body: str) -> None:
+    """The closing notice: "You ended" for the closer, pending files only when there were any,
+    and for the customer how to start again."""
+    assert render.session_closed(reason, closer, you=you, pending=pending,
+                                 bot_id=bot_id).body == body
+
+
+@pytest.mark.parametrize(
+    ("name", "closed"),
+    [("Chat with Carol (#12)", "[closed] Chat with Carol (#12)"),
+     ("[closed] Chat with Carol (#12)", "[closed] Chat with Carol (#12)")],
+)
+def test_closed_room_name(name: str, closed: str) -> None:
+    """A closed agent room's name gets the "[closed] " prefix once."""
+    assert render.closed_room_name(name) == closed
+
+
+def test_refusal_notice_for_agents() -> None:
+    """Agents hear which customer tried to send which (cleaned) file and why it was refused."""
+    assert render.refusal_notice_for_agents("Carol", "../setup.exe", "it is a program").body == (
+        "⛔ Carol tried to send setup.exe: refused — it is a program")
+
+
+def test_reply_to_adds_the_reply_relation() -> None:
+    """A reply carries m.relates_to.m.in_reply_to with the replied-to event id."""
+    content = render.reply_to({"body": "x"}, "$upload")
+    assert content == {"body": "x", "m.relates_to": {"m.in_reply_to": {"event_id": "$upload"}}}
 
 
 def test_session_opened_for_agents_escapes_the_customer_name() -> None:
@@ -654,10 +739,10 @@ def test_large_image_card_says_it_arrives_as_a_file() -> None:
     """An image too large for in-line display is announced as a file on its card."""
     offer = make_offer(filename="photo.png", mimetype="image/png", size=17_000)
     card = render.offer_card(offer, "✅", "❌", as_file=True)
-    assert card["body"].startswith(
-        "📎 Carol sent a file: photo.png · PNG image · 17 KB · too large to show in-line: "
-        "it will arrive as a file\n"
-    )
+    assert card["body"].splitlines()[:2] == [
+        "📥 Accept photo.png from Carol?",
+        "PNG image · 17 KB · too large to show in-line: it will arrive as a file · offer #7",
+    ]
     assert "too large to show in-line" not in render.offer_card(offer, "✅", "❌")["body"]
 
 
@@ -665,3 +750,59 @@ def test_sticker_name() -> None:
     """Stickers are named by their description."""
     assert render.sticker_name("thumbs up") == "sticker (thumbs up)"
     assert render.sticker_name("") == "sticker"
+# -- the activity panel ----------------------------------------------------------------------
+
+PANEL_CASES = [
+    # (offers, viewpoint, expected body)
+    ([], C2A,
+     "📋 Files in this chat: none yet. Each file sent here is listed with its state."),
+    ([make_offer(number=1, state=S.OFFERED)], C2A,
+     "📋 Files in this chat: 1 (1 waiting)\n"
+     "⬆️ #1 report.pdf · PDF document · 1.2 MB · sent · waiting · 2023-11-14 22:13"),
+    ([make_offer(number=1, state=S.ACCEPTED),
+      make_offer(id=9, number=2, direction=A2C, filename="fix.zip", mimetype="application/zip",
+                 size=None, state=S.DECLINED, updated_at=1_700_000_600.0),
+      make_offer(id=12, number=3, state=S.INSPECTING, mimetype=None, size=None)], C2A,
+     "📋 Files in this chat: 3 (1 waiting)\n"
+     "📎 #1 report.pdf · PDF document · 1.2 MB · sent · accepted · 2023-11-14 22:13\n"
+     "🚫 #2 fix.zip · ZIP archive · — · received · declined · 2023-11-14 22:23\n"
+     "⏳ #3 report.pdf · file · — · sent · checking · 2023-11-14 22:13"),
+    ([make_offer(number=4, state=S.REJECTED, reason="too big")], A2C,
+     "📋 Files in this chat: 1\n"
+     "⛔ #4 report.pdf · PDF document · 1.2 MB · received · rejected · 2023-11-14 22:13"),
+]
+
+
+@pytest.mark.parametrize(("offers", "viewpoint", "expected"), PANEL_CASES,
+                         ids=["empty", "waiting", "mixed", "agent-view-rejected"])
+def test_activity_panel_lists_every_file_with_its_icon_and_state(
+    offers: list[Offer], viewpoint: Direction, expected: str
+) -> None:
+    """The panel lists each file with the icon that turns ⬆️ → 📎, its kind, size, way, state
+    and time; the first line (Element's pinned banner) counts the files and those waiting."""
+    message = render.activity_panel(offers, viewpoint)
+    assert message.body == expected
+    assert message.content()["m.mentions"] == {}
+
+
+@pytest.mark.parametrize(
+    ("state", "icon"),
+    [(S.INSPECTING, "⏳"), (S.OFFERED, "⬆️"), (S.ACCEPTED, "📎"), (S.DECLINED, "🚫"),
+     (S.WITHDRAWN, "↩️"), (S.EXPIRED, "⌛"), (S.REJECTED, "⛔"), (S.FAILED, "⚠️")],
+    ids=lambda v: getattr(v, "value", None),
+)
+def test_activity_panel_icon_for_every_state(state: OfferState, icon: str) -> None:
+    """Every state has its own icon beside the file."""
+    body = render.activity_panel([make_offer(number=1, state=state)], C2A).body
+    assert body.splitlines()[1].startswith(f"{icon} #1 ")
+
+
+def test_activity_panel_html_is_escaped_and_keeps_times_on_one_line() -> None:
+    """Hostile names are escaped in the panel's HTML list; the time does not wrap."""
+    offer = make_offer(number=1, filename="<img src=x onerror=alert(1)>.png")
+    message = render.activity_panel([offer], C2A)
+    assert message.html is not None
+    assert_only_own_markup(message.html)
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in message.html
+    assert "2023\u201111\u201114\u00a022:13</li>" in message.html
+    assert message.html.startswith("<b>📋 Files in this chat: 1 (1 waiting)</b>\n<ul>\n<li>⬆️ ")

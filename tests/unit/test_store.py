@@ -743,3 +743,79 @@ def test_outbox_lookups_by_event_and_by_txn(store: Store) -> None:
     assert store.sent_txn("!agents", "$nothing") is None
     assert store.sent_in_room("relay-$orig") == ("!agents", "$copy")
     assert store.sent_in_room("relay-$other") is None
+# -- per-chat offer numbers, decision time, activity panels -----------------------------------
+
+
+def test_offers_are_numbered_per_session_from_one(store: Store) -> None:
+    """Each session counts its own offers from #1; ids stay global; a replayed event keeps its."""
+    first = open_session(store)
+    second = open_session(store, room="!other:hs", agent_room="!other-agents:hs")
+    a1, _ = make_offer(store, first, "$a1")
+    b1, _ = make_offer(store, second, "$b1")
+    a2, _ = make_offer(store, first, "$a2")
+    again, created = make_offer(store, first, "$a1")
+    assert [(a1.number, b1.number, a2.number)] == [(1, 1, 2)]
+    assert (a1.id, b1.id, a2.id) == (1, 2, 3)
+    assert not created and again.number == 1
+    assert store.offer_by_number(first, 2) == a2
+    assert store.offer_by_number(second, 2) is None
+    assert store.offer_by_number(second, 1) == b1
+
+
+def test_migration_numbers_existing_offers_per_session(db_path: Path) -> None:
+    """Offers stored before per-chat numbers get them in creation order within their session."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    for sid in (1, 2):
+        conn.execute("INSERT INTO sessions(id, customer_room, customer_id, customer_name, state, "
+                     "created_at) VALUES (?, ?, '@c:hs', 'C', 'open', 0)", (sid, f"!r{sid}:hs"))
+    for oid, sid in ((1, 1), (2, 2), (3, 1), (4, 1)):
+        conn.execute(
+            "INSERT INTO offers(id, session_id, direction, sender, sender_name, source_room, "
+            "source_event_id, source_content, msgtype, filename, state, created_at, updated_at) "
+            "VALUES (?, ?, 'customer_to_agent', '@c:hs', 'C', '!r:hs', ?, '{}', 'm.file', 'f', "
+            "'offered', 0, 0)", (oid, sid, f"$e{oid}"))
+    conn.close()
+    upgraded = Store.open(db_path)
+    try:
+        numbers = {o.id: o.number for s in (1, 2) for o in upgraded.session_offers(s)}
+        assert numbers == {1: 1, 2: 1, 3: 2, 4: 3}
+        fresh, _ = make_offer(upgraded, 2, "$new")
+        assert fresh.number == 2
+    finally:
+        upgraded.close()
+
+
+def test_a_decision_records_when_it_was_made(store: Store, clock: Clock) -> None:
+    """Accepting or declining stores the decider and the time; other moves store neither."""
+    session = open_session(store)
+    offer, _ = make_offer(store, session)
+    drive(store, offer.id, OfferState.OFFERED)
+    assert store.get_offer(offer.id).decided_at is None  # type: ignore[union-attr]
+    clock.now += 60
+    decided = store.transition(offer.id, OfferState.ACCEPTED, actor=AGENT)
+    assert decided is not None
+    assert (decided.decided_by, decided.decided_at) == (AGENT, clock.now)
+
+
+def test_panel_versions_track_what_the_message_shows(store: Store) -> None:
+    """A panel is behind after a bump until the version shown is recorded."""
+    session = open_session(store)
+    assert store.get_panel(CUSTOMER_ROOM) is None
+    assert store.bump_panel(session, CUSTOMER_ROOM) == 1
+    assert store.bump_panel(session, CUSTOMER_ROOM) == 2
+    assert [p.room_id for p in store.panels_behind()] == [CUSTOMER_ROOM]
+    assert store.get_panel(CUSTOMER_ROOM).pin == "pending"  # type: ignore[union-attr]
+    store.update_panel(CUSTOMER_ROOM, event_id="$panel", pin="pinned", shown_version=2)
+    panel = store.get_panel(CUSTOMER_ROOM)
+    assert panel is not None and (panel.event_id, panel.pin, panel.shown_version) == (
+        "$panel", "pinned", 2)
+    assert store.panels_behind() == []
+    with pytest.raises(ValueError):
+        store.update_panel(CUSTOMER_ROOM, version=9)

@@ -1,0 +1,148 @@
+"""The live activity panel: one pinned bot message per room listing the chat's attachments.
+
+Every change to a session's offers bumps the version of both rooms' panels in the store and
+submits one durable work unit per room (:meth:`PanelService.changed`, a quick synchronous
+call). Submitting again while a room's unit waits or runs only asks it to run once more, so a
+burst of changes becomes one edit; a unit that finds its panel behind also waits
+:data:`COALESCE_SECONDS` first, for the rest of the burst. It renders the panel from the
+store and posts it (the first time, then pins it) or edits it in place (``m.replace``), and
+records the version shown. A room where the bot may not pin keeps a live, unpinned panel;
+that is logged once and remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from nio import AsyncClient, RoomGetStateEventResponse, RoomPutStateResponse
+
+from bot import render
+from bot.attachments.model import Direction
+from bot.errors import PermanentError
+from bot.matrix.client import Sender, call
+from bot.matrix.rooms import RoomDirectory
+from bot.store import Panel, Session, Side, Store, WorkUnit
+from bot.work import Scheduler
+
+logger = logging.getLogger(__name__)
+
+COALESCE_SECONDS = 1.0
+PIN_REFUSED = frozenset({"M_FORBIDDEN"})
+
+
+def viewpoint_of(session: Session, room_id: str) -> Direction:
+    """The direction a room calls "sent": its own side's files."""
+    if room_id == session.customer_room:
+        return Direction.CUSTOMER_TO_AGENT
+    return Direction.AGENT_TO_CUSTOMER
+
+
+class PanelService:
+    """Keeps each session room's activity panel in step with the store."""
+
+    def __init__(self, store: Store, client: AsyncClient, sender: Sender, rooms: RoomDirectory,
+                 work: Scheduler, coalesce: float = COALESCE_SECONDS) -> None:
+        self._store = store
+        self._client = client
+        self._sender = sender
+        self._rooms = rooms
+        self._work = work
+        self._coalesce = coalesce
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        work.register("panel", self._run_unit, self._give_up)
+
+    def changed(self, session_id: int) -> None:
+        """The session's attachments changed: both rooms' panels are owed an update."""
+        session = self._store.get_session(session_id)
+        for side in (Side.CUSTOMER, Side.AGENT):
+            room_id = session.room_of(side)
+            if room_id is not None:
+                self._store.bump_panel(session_id, room_id)
+                self._submit(room_id)
+
+    def resume(self) -> None:
+        """Queue the panel updates a stop left behind (kept in the store, not in the work)."""
+        for panel in self._store.panels_behind():
+            self._submit(panel.room_id)
+
+    async def flush(self, session: Session) -> None:
+        """Bring both rooms' panels up to date now (before the bot leaves a closed chat)."""
+        for side in (Side.CUSTOMER, Side.AGENT):
+            room_id = session.room_of(side)
+            if room_id is not None:
+                await self._update(room_id)
+
+    def _submit(self, room_id: str) -> None:
+        self._work.submit("panel", f"panel:{room_id}", {"room": room_id},
+                          lane=f"panel:{room_id}")
+
+    async def _run_unit(self, unit: WorkUnit) -> None:
+        room_id = unit.payload["room"]
+        panel = self._store.get_panel(room_id)
+        if panel is None or panel.shown_version >= panel.version:
+            return  # an earlier run already showed this change
+        # Let the rest of a burst arrive: everything bumped meanwhile is one edit.
+        await asyncio.sleep(self._coalesce)
+        await self._update(room_id)
+
+    async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
+        """The homeserver refuses the panel for good (removed from the room, say)."""
+        logger.warning("room %s: the activity panel cannot be updated: %s",
+                       unit.payload["room"], error.reason)
+
+    async def _update(self, room_id: str) -> None:
+        """Post or edit the room's panel if it is behind (one update at a time per room)."""
+        async with self._locks[room_id]:
+            panel = self._store.get_panel(room_id)
+            if panel is not None and panel.shown_version < panel.version:
+                await self._show(panel)
+
+    async def _show(self, panel: Panel) -> None:
+        session = self._store.get_session(panel.session_id)
+        version = panel.version
+        offers = self._store.session_offers(session.id)
+        content = render.activity_panel(offers, viewpoint_of(session, panel.room_id)).content()
+        await self._rooms.ready(panel.room_id)
+        if panel.event_id is None:
+            event_id = await self._sender.send(
+                panel.room_id, content, txn_id=f"session-{session.id}-panel-{panel.room_id}"
+            )
+            self._store.update_panel(panel.room_id, event_id=event_id)
+            panel = Panel(panel.room_id, panel.session_id, event_id, panel.pin, panel.version,
+                          panel.shown_version)
+        else:
+            txn_id = f"session-{session.id}-panel-{panel.room_id}-v{version}"
+            await self._sender.edit(panel.room_id, panel.event_id, content, txn_id=txn_id)
+        self._store.update_panel(panel.room_id, shown_version=version)
+        if panel.pin == "pending":
+            await self._pin(panel)
+
+    async def _pin(self, panel: Panel) -> None:
+        """Add the panel to the room's pinned events, keeping whatever else is pinned."""
+        assert panel.event_id is not None
+        pinned: list[str] = []
+        try:
+            current = await call("reading the pinned events", self._client.room_get_state_event(
+                panel.room_id, "m.room.pinned_events"), RoomGetStateEventResponse)
+            found = current.content.get("pinned")
+            pinned = [e for e in found if isinstance(e, str)] if isinstance(found, list) else []
+        except PermanentError as exc:
+            if exc.code != "M_NOT_FOUND":  # nothing pinned yet is no error
+                raise
+        if panel.event_id not in pinned:
+            try:
+                await call("pinning the activity panel", self._client.room_put_state(
+                    panel.room_id, "m.room.pinned_events",
+                    {"pinned": [*pinned, panel.event_id]}), RoomPutStateResponse)
+            except PermanentError as exc:
+                if exc.code not in PIN_REFUSED:
+                    raise
+                logger.warning("room %s: the bot may not pin messages (%s); the activity "
+                               "panel stays live but unpinned, and !attachments works",
+                               panel.room_id, exc.reason)
+                self._store.update_panel(panel.room_id, pin="refused")
+                return
+        self._store.update_panel(panel.room_id, pin="pinned")
+        logger.info("room %s: activity panel %s pinned", panel.room_id, panel.event_id)
