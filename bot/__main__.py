@@ -165,8 +165,8 @@ async def _reset_identity(config: Config) -> int:
 
 
 LOG_COLUMNS = ("offer", "session", "direction", "sender", "recipient_side", "filename",
-               "mimetype", "size", "sha256", "state", "reason", "created_at", "updated_at",
-               "transitions")
+               "mimetype", "size", "sha256", "delivered_sha256", "state", "reason", "created_at",
+               "updated_at", "transitions")
 
 
 def print_log(config: Config, session: int | None, since: float | None, fmt: str) -> int:
@@ -196,6 +196,8 @@ def print_log(config: Config, session: int | None, since: float | None, fmt: str
             "mimetype": offer.mimetype,
             "size": offer.size,
             "sha256": offer.sha256,
+            # The copy delivered when metadata was removed (else the checked copy itself).
+            "delivered_sha256": offer.delivered_sha256 or offer.sha256,
             "state": offer.state.value,
             "reason": offer.reason,
             "created_at": _iso(offer.created_at),

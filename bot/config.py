@@ -117,6 +117,8 @@ class PolicyConfig:
     # Images with more pixels are never shown in-line: sent as files, or refused ("reject").
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     large_images: str = "file"
+    # Remove EXIF/XMP (GPS, camera) from JPEG, PNG and WebP images before they are offered.
+    strip_metadata: bool = True
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ _SCHEMA: _Schema = {
         "scanner_failure": None,
         "max_image_pixels": None,
         "large_images": None,
+        "strip_metadata": None,
         "customer_to_agent": _DIRECTION_SCHEMA,
         "agent_to_customer": _DIRECTION_SCHEMA,
     },
@@ -771,6 +774,7 @@ def _policy(section: _Section) -> PolicyConfig:
         max_image_pixels=section.get("max_image_pixels", _positive_int,
                                      DEFAULT_MAX_IMAGE_PIXELS),
         large_images=section.get("large_images", _choice(LARGE_IMAGE_MODES), "file"),
+        strip_metadata=section.get("strip_metadata", _boolean, True),
     )
 
 

@@ -73,3 +73,65 @@ def jar(main_class: str = "Evil") -> bytes:
 def pdf_jar_polyglot() -> bytes:
     """A file that is a valid PDF (header first) and a runnable JAR (central directory last)."""
     return pdf() + jar()
+
+
+XMP_PACKET = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+              b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/"'
+              b' exif:GPSLatitude="52,31.2N"/></rdf:RDF></x:xmpmeta>')
+
+
+def photo_exif(orientation: int | None = None) -> Image.Exif:
+    """EXIF as a phone writes it: camera make and model, a GPS position, maybe an orientation."""
+    exif = Image.Exif()
+    exif[0x010F] = "Acme"  # Make
+    exif[0x0110] = "Phone 9"  # Model
+    if orientation is not None:
+        exif[0x0112] = orientation
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 18.0)})
+    return exif
+
+
+def jpeg_with_location(width: int = 320, height: int = 240, orientation: int | None = None,
+                       ) -> bytes:
+    """A JPEG photo with EXIF (GPS, camera), an XMP packet and a comment."""
+    image = Image.new("RGB", (width, height))
+    image.putdata([((x * 7) % 256, (y * 5) % 256, ((x + y) * 3) % 256)
+                   for y in range(height) for x in range(width)])
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90, exif=photo_exif(orientation).tobytes(),
+               comment=b"taken at home")
+    data = out.getvalue()
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00" + XMP_PACKET
+    segment = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
+    return data[:2] + segment + data[2:]
+
+
+def png_with_metadata(mode: str = "RGB") -> bytes:
+    """A PNG with EXIF, text chunks (one an XMP packet) and a time stamp."""
+    from PIL import PngImagePlugin
+
+    image = Image.new(mode, (40, 30), (10, 120, 200, 128)[: len(mode)])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "taken at home")
+    info.add_itxt("XML:com.adobe.xmp", XMP_PACKET.decode())
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info, exif=photo_exif().tobytes())
+    return out.getvalue()
+
+
+def webp_with_metadata() -> bytes:
+    """A lossless WebP with EXIF and XMP chunks."""
+    image = Image.new("RGB", (40, 30), (200, 80, 20))
+    out = io.BytesIO()
+    image.save(out, format="WEBP", lossless=True, exif=photo_exif().tobytes(),
+               xmp=XMP_PACKET)
+    return out.getvalue()
+
+
+def jpeg(width: int = 1600, height: int = 1200) -> bytes:
+    """A plain JPEG photo (no metadata)."""
+    image = Image.new("RGB", (width, height), (30, 90, 160))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()

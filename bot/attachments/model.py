@@ -100,6 +100,9 @@ class Offer:
     staged_encrypted: int | None = None
     number: int | None = None  # per session: the chat's first file is #1
     decided_at: float | None = None
+    # The copy that is delivered, when it differs from the checked one (metadata removed).
+    delivered_sha256: str | None = None
+    delivered_size: int | None = None
 
     @property
     def is_pending(self) -> bool:

@@ -9,6 +9,7 @@ and the step, so a crash at any point is repaired by running ``advance`` again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import aiofiles.os
 
 from bot import failpoints, render
-from bot.attachments import sealed
+from bot.attachments import images, sealed
 from bot.attachments.mediacrypto import BadEncryptedFile
 from bot.attachments.model import Direction, Offer, OfferState
 from bot.attachments.policy import Verdict, evaluate, image_too_large, too_large
@@ -404,11 +405,14 @@ class OfferService:
             self._reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
                          sha256=facts.sha256)
             return
+        stripped = await self._strip_metadata(final, downloaded.sealed_key, facts.mimetype)
         moved = self._store.transition(
             offer.id,
             OfferState.OFFERED,
-            temp_path=str(final),
-            temp_key=downloaded.sealed_key,
+            temp_path=str(stripped.path if stripped else final),
+            temp_key=stripped.key if stripped else downloaded.sealed_key,
+            delivered_sha256=stripped.sha256 if stripped else None,
+            delivered_size=stripped.size if stripped else None,
             mimetype=facts.mimetype,
             size=facts.size,
             sha256=facts.sha256,
@@ -416,12 +420,28 @@ class OfferService:
             height=facts.height,
             scanned=int(scanned),
         )
+        if stripped is not None:
+            final.unlink(missing_ok=True)  # the copy without metadata replaces it
         if moved is None:
             final.unlink(missing_ok=True)  # withdrawn or expired while we looked
+            if stripped is not None:
+                stripped.path.unlink(missing_ok=True)
         else:
             self._stage(moved)  # right away, beside posting the card
             logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                         session.id, facts.mimetype, facts.size, facts.sha256)
+            if stripped is not None:
+                logger.info("offer %d (session %d): metadata removed; checked sha256 %s, "
+                            "delivered sha256 %s (%d bytes)", offer.id, session.id,
+                            facts.sha256, stripped.sha256, stripped.size)
+
+    async def _strip_metadata(
+        self, path: Path, key: str, mimetype: str | None
+    ) -> images.Stripped | None:
+        """The checked copy without location and camera data (``policy.strip_metadata``)."""
+        if not self._config.policy.strip_metadata or mimetype not in images.STRIPPABLE:
+            return None
+        return await asyncio.to_thread(images.strip_sealed, path, key, mimetype)
 
     def _reject(self, offer: Offer, verdict: Verdict, **facts: Any) -> None:
         final, part = self._paths(offer)
@@ -556,8 +576,9 @@ class OfferService:
             Path(offer.temp_path), offer.mimetype or "application/octet-stream",
             safe_filename(offer.filename), encrypt=encrypt, sealed_key=offer.temp_key,
         )
-        if uploaded.sha256 != offer.sha256:
-            # Only the inspected bytes may go out; a copy changed on disk is never delivered.
+        # Only the inspected bytes (minus their metadata, if removed) may go out; a copy
+        # changed on disk is never delivered.
+        if uploaded.sha256 != (offer.delivered_sha256 or offer.sha256):
             await self._media.purge(uploaded.uri)
             self._fail(offer, "the checked copy of the file was altered")
             return None
@@ -601,6 +622,7 @@ class OfferService:
                 return True
             uri, block = uploaded.uri, uploaded.file_block(offer.mimetype)
         content = delivery_content(offer, uri, block, self._config.policy.max_image_pixels)
+        content["info"].update(await self._image_extras(offer, content, room.encrypted))
         failpoints.hit("delivery-uploaded")
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")
@@ -608,6 +630,42 @@ class OfferService:
         self._metrics.delivered(offer.size or 0, max(0.0, time.time() - offer.updated_at))
         logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
         return True
+
+    async def _image_extras(
+        self, offer: Offer, content: dict[str, Any], encrypt: bool
+    ) -> dict[str, Any]:
+        """For an in-line image: its delivered size, blurhash and (when large) a thumbnail,
+        uploaded like the image itself (encrypted in an encrypted room)."""
+        extras: dict[str, Any] = {}
+        if offer.delivered_size is not None:
+            extras["size"] = offer.delivered_size
+        if content["msgtype"] != "m.image" or offer.temp_path is None or offer.temp_key is None:
+            return extras
+        source = Path(offer.temp_path)
+        shown = await asyncio.to_thread(images.sealed_preview, source, offer.temp_key)
+        if shown.blurhash:
+            extras["xyz.amorgan.blurhash"] = shown.blurhash
+        if shown.thumbnail is None or shown.mimetype is None:
+            return extras
+        # Sealed like every local copy: a thumbnail shows the picture too.
+        thumb_path = source.with_name(source.name + ".thumbnail")
+        sealer = sealed.Sealer()
+        await asyncio.to_thread(thumb_path.write_bytes, sealer.update(shown.thumbnail))
+        try:
+            uploaded = await self._media.upload(
+                thumb_path, shown.mimetype, f"thumbnail-{safe_filename(offer.filename)}",
+                encrypt=encrypt, sealed_key=sealer.key(),
+            )
+        finally:
+            thumb_path.unlink(missing_ok=True)
+        block = uploaded.file_block(shown.mimetype)
+        if block is not None:
+            extras["thumbnail_file"] = block
+        else:
+            extras["thumbnail_url"] = uploaded.uri
+        extras["thumbnail_info"] = {"w": shown.width, "h": shown.height,
+                                    "mimetype": shown.mimetype, "size": len(shown.thumbnail)}
+        return extras
 
     def _fail(self, offer: Offer, reason: str) -> None:
         if self._store.transition(offer.id, OfferState.FAILED, reason=reason):
@@ -640,6 +698,8 @@ class OfferService:
         final.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
         if offer.temp_path:
+            with contextlib.suppress(FileNotFoundError):  # the copy without metadata
+                await aiofiles.os.remove(offer.temp_path)
             self._store.update_offer(offer.id, temp_path=None, temp_key=None)
         current = self._store.get_offer(offer.id) or offer
         if current.staged_uri is not None and offer.state is not OfferState.ACCEPTED:

@@ -133,7 +133,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE offers ADD COLUMN staged_encrypted INTEGER;
     """,
     # 6: per-chat offer numbers (#1, #2, ... in each session; ids stay global), the time of the
-    # decision (the card says who decided and when), the bot's live activity panel per room.
+    # decision (the card says who decided and when), the hash and size of the copy delivered
+    # when metadata was removed from it, the bot's live activity panel per room.
     """
     ALTER TABLE offers ADD COLUMN number INTEGER;
     UPDATE offers SET number = (
@@ -142,6 +143,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX offers_session_number ON offers(session_id, number);
     ALTER TABLE offers ADD COLUMN decided_at REAL;
+    ALTER TABLE offers ADD COLUMN delivered_sha256 TEXT;
+    ALTER TABLE offers ADD COLUMN delivered_size INTEGER;
     CREATE TABLE panels (
         room_id TEXT PRIMARY KEY,
         session_id INTEGER NOT NULL REFERENCES sessions(id),

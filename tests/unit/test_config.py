@@ -469,7 +469,8 @@ VALIDATION_CASES = [
         "policy: [max_size]",
         "policy: expected a mapping with the keys max_size, offer_ttl, allowed_types, "
         "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
-        "max_image_pixels, large_images, customer_to_agent, agent_to_customer, got a list",
+        "max_image_pixels, large_images, strip_metadata, customer_to_agent, agent_to_customer, "
+        "got a list",
     ),
     ("policy: {max_size: lots}", 'policy.max_size: expected a size like "25MB", got "lots"'),
     ("policy: {max_size: 0}", "policy.max_size: must be greater than 0, got 0"),
@@ -647,7 +648,7 @@ def test_validation_error_names_the_key(overlay: str, message: str) -> None:
             "policy: {1: x}",
             "policy.1: unknown key (known keys here: max_size, offer_ttl, allowed_types, "
             "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
-            "max_image_pixels, large_images, customer_to_agent, agent_to_customer)",
+            "max_image_pixels, large_images, strip_metadata, customer_to_agent, agent_to_customer)",
         ),
     ],
 )
