@@ -35,6 +35,8 @@ from bot.app import Parcel
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
 from bot.render import OFFER_KEY, latest_offer_state
+
+PANEL_HEAD = "📋 Files in this chat"  # how the bot's activity panel begins
 from tests.helpers import sync_until
 
 
@@ -202,10 +204,12 @@ class Person:
         return response.event_id
 
     def bot_bodies(self, room_id: str, bot_id: str) -> list[str]:
-        """Bodies of the bot's messages in a room that are not edits."""
+        """Bodies of the bot's messages in a room that are not edits, nor its activity panel
+        (which appears on its own schedule, so it is no answer to anything)."""
         return [
             str(e["content"].get("body")) for e in self.messages(room_id, bot_id)
             if "m.new_content" not in e["content"]
+            and not str(e["content"].get("body")).startswith(PANEL_HEAD)
         ]
 
     def replies(self, room_id: str, bot_id: str, start: str) -> list[dict[str, Any]]:

@@ -76,7 +76,7 @@ class SessionService:
         work.register("kick", self._run_kick)
         work.register("refuse", self._run_refuse)
         sender.guard = self.guard_room
-        self.panels: PanelService | None = None  # likewise
+        self.panels: PanelService | None = None  # set by the composition root
 
     @property
     def own_user_id(self) -> str:
