@@ -35,9 +35,9 @@ from bot.app import Parcel
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
 from bot.render import OFFER_KEY, latest_offer_state
+from tests.helpers import sync_until
 
 PANEL_HEAD = "📋 Files in this chat"  # how the bot's activity panel begins
-from tests.helpers import sync_until
 
 
 class Person:
