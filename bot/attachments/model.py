@@ -103,6 +103,9 @@ class Offer:
     # The copy that is delivered, when it differs from the checked one (metadata removed).
     delivered_sha256: str | None = None
     delivered_size: int | None = None
+    # An in-line image's blurhash and thumbnail (JSON for the delivery's info; the thumbnail's
+    # key in an encrypted room), made while the local copy is there.
+    image_info: str | None = field(default=None, repr=False)
 
     @property
     def is_pending(self) -> bool:

@@ -540,10 +540,12 @@ class OfferService:
             await self._media.purge(uploaded.uri)
             return
         block = uploaded.file_block(offer.mimetype)
+        # Made now, while the local copy is there: an image's blurhash and thumbnail.
+        extras = await self._image_extras(offer, room.encrypted)
         self._store.update_offer(offer.id, staged_uri=uploaded.uri,
                                  staged_file=json.dumps(block) if block else None,
                                  staged_encrypted=int(room.encrypted), temp_path=None,
-                                 temp_key=None)
+                                 temp_key=None, image_info=json.dumps(extras) if extras else None)
         # The local copy has done its job: the staged one is the file from now on.
         for path in self._paths(offer):
             path.unlink(missing_ok=True)
@@ -590,9 +592,10 @@ class OfferService:
         assert offer.staged_uri is not None and offer.size is not None
         final, part = self._paths(offer)
         block = json.loads(offer.staged_file) if offer.staged_file else None
-        fetched = await self._media.download(offer.staged_uri, part, max_bytes=offer.size,
+        fetched = await self._media.download(offer.staged_uri, part,
+                                             max_bytes=offer.delivered_size or offer.size,
                                              encrypted_file=block, seal=True)
-        if fetched.sha256 != offer.sha256:
+        if fetched.sha256 != (offer.delivered_sha256 or offer.sha256):
             part.unlink(missing_ok=True)
             raise PermanentError("the staged copy of the file is not the inspected file",
                                  code="altered")
@@ -616,13 +619,17 @@ class OfferService:
                 return False
             uri = offer.staged_uri
             block = json.loads(offer.staged_file) if offer.staged_file else None
+            extras = json.loads(offer.image_info) if offer.image_info else {}
         else:
             uploaded = await self._upload_copy(offer, room.encrypted)
             if uploaded is None:
                 return True
             uri, block = uploaded.uri, uploaded.file_block(offer.mimetype)
+            extras = await self._image_extras(offer, room.encrypted)
         content = delivery_content(offer, uri, block, self._config.policy.max_image_pixels)
-        content["info"].update(await self._image_extras(offer, content, room.encrypted))
+        content["info"].update(extras)
+        if offer.delivered_size is not None:  # metadata removed: the copy is smaller
+            content["info"]["size"] = offer.delivered_size
         failpoints.hit("delivery-uploaded")
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")
@@ -631,15 +638,15 @@ class OfferService:
         logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
         return True
 
-    async def _image_extras(
-        self, offer: Offer, content: dict[str, Any], encrypt: bool
-    ) -> dict[str, Any]:
-        """For an in-line image: its delivered size, blurhash and (when large) a thumbnail,
-        uploaded like the image itself (encrypted in an encrypted room)."""
+    async def _image_extras(self, offer: Offer, encrypt: bool) -> dict[str, Any]:
+        """For an image shown in-line: its blurhash and (when large) a thumbnail, uploaded like
+        the image itself (encrypted in an encrypted room). Read from the local checked copy."""
         extras: dict[str, Any] = {}
-        if offer.delivered_size is not None:
-            extras["size"] = offer.delivered_size
-        if content["msgtype"] != "m.image" or offer.temp_path is None or offer.temp_key is None:
+        if (
+            not shown_inline(offer, self._config.policy.max_image_pixels)
+            or offer.temp_path is None
+            or offer.temp_key is None
+        ):
             return extras
         source = Path(offer.temp_path)
         shown = await asyncio.to_thread(images.sealed_preview, source, offer.temp_key)

@@ -145,6 +145,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE offers ADD COLUMN decided_at REAL;
     ALTER TABLE offers ADD COLUMN delivered_sha256 TEXT;
     ALTER TABLE offers ADD COLUMN delivered_size INTEGER;
+    ALTER TABLE offers ADD COLUMN image_info TEXT;
     CREATE TABLE panels (
         room_id TEXT PRIMARY KEY,
         session_id INTEGER NOT NULL REFERENCES sessions(id),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 
+import pytest
 from PIL import Image
 
 from tests import samples
@@ -21,10 +22,14 @@ def decoded(data: bytes) -> tuple[tuple[int, int], bytes]:
         return image.size, image.convert("RGB").tobytes()
 
 
-async def test_encrypted_delivery_has_a_decryptable_thumbnail_and_a_blurhash(start_chat) -> None:
+@pytest.mark.parametrize("prestage", [True, False], ids=["staged", "uploaded-on-accept"])
+async def test_encrypted_delivery_has_a_decryptable_thumbnail_and_a_blurhash(
+    start_chat, prestage: bool
+) -> None:
     """A large photo delivered into an encrypted DM carries an encrypted thumbnail (800×600,
-    decryptable by the customer), its thumbnail_info and a blurhash; the image is intact."""
-    chat: Chat = await start_chat(encrypted=True)
+    decryptable by the customer), its thumbnail_info and a blurhash; the image is intact;
+    whether the delivery was staged while the offer waited or uploaded on ✅."""
+    chat: Chat = await start_chat(encrypted=True, media={"prestage": prestage})
     await chat.open_session(encrypted=True)
     customer, bot = chat.customer, chat.bot_user.user_id
     photo = samples.jpeg(1600, 1200)
