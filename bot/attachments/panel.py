@@ -20,6 +20,7 @@ from nio import AsyncClient, RoomGetStateEventResponse, RoomPutStateResponse
 
 from bot import render
 from bot.attachments.model import Direction
+from bot.attachments.offers import direction_from
 from bot.errors import PermanentError
 from bot.matrix.client import Sender, call
 from bot.matrix.rooms import RoomDirectory
@@ -34,9 +35,7 @@ PIN_REFUSED = frozenset({"M_FORBIDDEN"})
 
 def viewpoint_of(session: Session, room_id: str) -> Direction:
     """The direction a room calls "sent": its own side's files."""
-    if room_id == session.customer_room:
-        return Direction.CUSTOMER_TO_AGENT
-    return Direction.AGENT_TO_CUSTOMER
+    return direction_from(Side.CUSTOMER if room_id == session.customer_room else Side.AGENT)
 
 
 class PanelService:
