@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.burst import part_burst
 from bench.harness import write_json
+from bench.history import part_startup
 from bench.scenarios import (
     FULL,
     QUICK,
@@ -34,12 +36,11 @@ from bench.scenarios import (
     part_latencies,
     part_memory,
     part_scale,
-    part_startup,
     say,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("latency", "e2ee", "memory", "startup", "scale")
+PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +76,8 @@ def _part_timeout(params: Params, part: str) -> float:
     return {
         "latency": 900.0 if full else 300.0,
         "memory": 600.0 if full else 240.0,
-        "startup": 300.0 if full else 180.0,
+        "startup": 900.0 if full else 300.0,
+        "burst": 300.0 if full else 180.0,
         "scale": 1200.0 if full else 400.0,
     }[part]
 
@@ -93,7 +95,9 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
                 if "e2ee" in parts:
                     await part_memory(bench, encrypted=True)
             steps.append(("memory", memory))
-        if "startup" in parts:
+        if "burst" in parts:
+            steps.append(("burst", lambda: part_burst(bench)))
+        if "startup" in parts:  # it leaves two thousand rooms on the homeserver
             steps.append(("startup", lambda: part_startup(bench)))
         if "scale" in parts:  # last: it leaves hundreds of rooms on the homeserver
             steps.append(("scale", lambda: part_scale(bench)))

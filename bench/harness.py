@@ -34,6 +34,7 @@ from nio import (
     JoinError,
     MegolmEvent,
     RoomCreateResponse,
+    RoomPreset,
     RoomSendResponse,
     SyncResponse,
     UploadResponse,
@@ -292,14 +293,16 @@ class Actor:
     # -- actions ---------------------------------------------------------------------------
 
     async def create_room(self, invite: list[str], *, encrypted: bool = False,
-                          direct: bool = True, name: str | None = None) -> str:
+                          direct: bool = True, name: str | None = None,
+                          preset: RoomPreset | None = None) -> str:
         initial_state = []
         if encrypted:
             initial_state.append({"type": "m.room.encryption", "state_key": "",
                                   "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
         for attempt in range(3):
             response = await self.client.room_create(
-                is_direct=direct, invite=invite, initial_state=initial_state, name=name
+                is_direct=direct, invite=invite, initial_state=initial_state, name=name,
+                preset=preset,
             )
             if isinstance(response, RoomCreateResponse):
                 return response.room_id

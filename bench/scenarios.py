@@ -1,4 +1,7 @@
-"""The seven measurements of issue 6, each a coroutine that fills a part of the results.
+"""The measurements of issue 6, each a coroutine that fills a part of the results.
+
+Parts 7 (start-up with real history) and 8 (text burst) live in ``bench.history`` and
+``bench.burst``.
 
 Timing rules (the same for Parcel and for the baseline relay):
 
@@ -20,7 +23,6 @@ import logging
 import os
 import secrets
 import sqlite3
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -65,8 +67,11 @@ class Params:
     scale_drain: float
     scale_setup_budget: float  # seconds for opening all sessions of all levels, both bots
     memory_sizes: tuple[tuple[str, int], ...]
-    startup_sessions: tuple[int, ...]
+    startup_cases: tuple[tuple[int, int], ...]  # (ended, open) chats, cumulative
+    startup_customers: int  # customers opening chats at the same time
     startup_warm_runs: int
+    burst_n: int  # texts in one burst
+    burst_rounds: int  # bursts per bot, alternating relay and Parcel
     step_timeout: float = 120.0
 
 
@@ -81,8 +86,11 @@ FULL = Params(
     scale_drain=30.0,
     scale_setup_budget=420.0,
     memory_sizes=(("1 MB", 1 * MB), ("50 MB", 50 * MB), ("250 MB", 250 * MB)),
-    startup_sessions=(1, 1000),
-    startup_warm_runs=3,
+    startup_cases=((5, 5), (1000, 50)),
+    startup_customers=12,
+    startup_warm_runs=5,
+    burst_n=200,
+    burst_rounds=3,
 )
 
 QUICK = Params(
@@ -96,8 +104,11 @@ QUICK = Params(
     scale_drain=10.0,
     scale_setup_budget=60.0,
     memory_sizes=(("1 MB", 1 * MB), ("50 MB", 50 * MB)),
-    startup_sessions=(1, 1000),
-    startup_warm_runs=1,
+    startup_cases=((5, 5), (100, 10)),
+    startup_customers=8,
+    startup_warm_runs=3,
+    burst_n=100,
+    burst_rounds=1,
 )
 
 
@@ -936,62 +947,6 @@ async def part_memory(b: Bench, encrypted: bool = False) -> None:
                "idle RSS after two 4 KB warm-up exchanges; peak = max(VmHWM after a "
                "/proc/<pid>/clear_refs reset, VmRSS sampled every 10 ms) during upload event "
                "-> offer -> ✅ -> delivery -> card edited",
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Part 7: start-up
-# --------------------------------------------------------------------------------------------
-
-
-def seed_store(db_path: Path, sessions: int) -> float:
-    """Create ``sessions`` open sessions (fake rooms) with bot.store.Store; returns seconds."""
-    from bot.store import Store
-
-    began = time.monotonic()
-    store = Store.open(db_path)
-    try:
-        for i in range(sessions):
-            session, _ = store.create_session(
-                f"!seed-c{i}:bench.invalid", f"@seed{i}:bench.invalid", f"Seeded customer {i}"
-            )
-            store.attach_agent_room(session.id, f"!seed-a{i}:bench.invalid")
-    finally:
-        store.close()
-    return time.monotonic() - began
-
-
-async def part_startup(b: Bench) -> None:
-    """7. Process start -> "first sync done; ready", with 1 and with 1000 sessions stored."""
-    say("part 7: start-up")
-    rows = []
-    for count in b.p.startup_sessions:
-        bot = await b.user(f"parcel-start{count}", "Parcel")
-        data_dir = b._dir("bots") / f"parcel-start{count}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        seeded = seed_store(data_dir / "parcel.db", count)
-        config_path = b.parcel_config(bot, data_dir, [], encryption=True)
-        child = b.parcel_child(config_path, data_dir.parent / f"parcel-start{count}.log")
-        cold = await child.start()
-        await child.stop()
-        warm = []
-        for _ in range(b.p.startup_warm_runs):
-            warm.append(await child.start())
-            await child.stop()
-        rows.append({
-            "sessions_in_store": count,
-            "seed_seconds": round(seeded, 2),
-            "cold_s": round(cold, 3),
-            "warm_s": [round(w, 3) for w in warm],
-            "warm_median_s": round(statistics.median(warm), 3),
-        })
-        say(f"  {count} sessions: cold {cold:.2f} s, warm {statistics.median(warm):.2f} s")
-    b.results["startup"] = {
-        "how": "E2EE on (the default). Cold: first start of a data dir (password login, "
-               "device keys, cross-signing). Warm: restart with the saved device.",
-        "runs": rows,
-        "ratio_warm_1000_vs_1": ratio(rows[-1]["warm_median_s"], rows[0]["warm_median_s"])
-        if len(rows) > 1 else None,
     }
 
 
