@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import re
 import sqlite3
@@ -28,13 +29,14 @@ from typing import Any
 import aiohttp
 from nio import RoomPreset
 
-from bench.harness import Actor, BenchError, Child, Seen, ratio
+from bench.harness import Actor, BenchError, Child, proc_cpu_seconds, ratio
 from bench.scenarios import Bench, ParcelBot, _wait_idle, say
 from bot.matrix.client import load_credentials
 from bot.matrix.sync import SYNC_FILTER as BOT_SYNC_FILTER
 
 READY = "first sync done; ready"
 RUNNING = "Parcel running as"
+_PROBES = itertools.count(1)
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 
 
@@ -95,19 +97,15 @@ class History:
         room = await customer.create_room([self.bot_id], encrypted=True,
                                           preset=RoomPreset.trusted_private_chat)
 
-        def from_bot(s: Seen, kinds: tuple[str, ...]) -> bool:
-            return s.room_id == room and s.sender == self.bot_id and s.type in kinds
-
         # The welcome (encrypted; decrypted or not) says the session is open and the bot in.
-        await customer.wait_for(lambda s: from_bot(s, ("m.room.message", "m.room.encrypted")),
+        await customer.wait_for(lambda s: s.room_id == room and s.sender == self.bot_id
+                                and s.type in ("m.room.message", "m.room.encrypted"),
                                 "the bot's welcome", timeout=timeout)
         agent_room = await self._session_of(room, timeout)
         if end:
+            # The customer moves on at once; the bot's close and leaves run in its work queue
+            # (``drained`` waits for them at the end).
             await customer.say(room, "!end")
-            await customer.wait_for(
-                lambda s: from_bot(s, ("m.room.member",))
-                and s.source.get("state_key") == self.bot_id
-                and s.content.get("membership") == "leave", "the bot leaving", timeout=timeout)
             self.closed += 1
         else:
             response = await self.agent.client.join(agent_room)
@@ -115,9 +113,12 @@ class History:
                 raise BenchError(f"the agent could not join {agent_room}: {response}")
             self.open += 1
 
-    async def grow(self, closed: int, open_: int) -> float:
-        """Add chats until ``closed`` ended and ``open_`` open ones exist; returns seconds."""
+    async def grow(self, closed: int, open_: int) -> dict[str, Any]:
+        """Add chats until ``closed`` ended and ``open_`` open ones exist; returns the cost."""
         began = time.monotonic()
+        spid = self.b.synapse_pid
+        syn0 = proc_cpu_seconds(spid) if spid else 0.0
+        bot0, own0 = self.parcel.child.cpu(), time.process_time()
         todo = [True] * max(0, closed - self.closed) + [False] * max(0, open_ - self.open)
         queues: list[list[bool]] = [todo[i::len(self.customers)]
                                     for i in range(len(self.customers))]
@@ -143,7 +144,15 @@ class History:
         await asyncio.gather(*(customer_loop(c, q) for c, q in
                                zip(self.customers, queues, strict=True)))
         await self.drained(timeout=300.0)
-        return time.monotonic() - began
+        elapsed = time.monotonic() - began
+        return {
+            "chats": total,
+            "seconds": round(elapsed, 1),
+            "chats_per_s": round(total / elapsed, 2) if elapsed > 0 else None,
+            "synapse_cpu_s": round((proc_cpu_seconds(spid) if spid else 0.0) - syn0, 1),
+            "bot_cpu_s": round(self.parcel.child.cpu() - bot0, 1),
+            "harness_cpu_s": round(time.process_time() - own0, 1),
+        }
 
     async def drained(self, timeout: float) -> None:
         """Wait until the bot has no work left (every leave and rename done)."""
@@ -192,15 +201,19 @@ async def sync_probe(hs_url: str, data_dir: Path, runs: int = 3) -> dict[str, An
     since = row[0] if row else None
     joined, _ = await _bot_get(hs_url, creds.access_token, "/_matrix/client/v3/joined_rooms")
     out: dict[str, Any] = {"bot_joined_rooms": len(json.loads(joined)["joined_rooms"])}
-    base = {"full_state": "true", "timeout": "0", "filter": json.dumps(BOT_SYNC_FILTER)}
+    base = {"full_state": "true", "timeout": "0"}
     for label, params in (("restart_sync", {**base, "since": since} if since else None),
                           ("initial_sync", base)):
         if params is None:
             continue
         times, size, body = [], 0, b""
         for _ in range(runs):
+            # Synapse keeps a sync response for 2 minutes for a repeat of the same request; the
+            # filter text (trailing spaces, same filter) makes every probe a new request.
+            unique = json.dumps(BOT_SYNC_FILTER) + " " * next(_PROBES)
             body, seconds = await _bot_get(hs_url, creds.access_token,
-                                           "/_matrix/client/v3/sync", params)
+                                           "/_matrix/client/v3/sync",
+                                           {**params, "filter": unique})
             times.append(seconds)
             size = len(body)
         data = json.loads(body)
@@ -275,36 +288,16 @@ async def part_startup(b: Bench) -> None:
     parcel = await b.parcel("start", encryption=True, agents=[agent.user_id])
     cold = parcel.child.ready_after
     began = time.monotonic()
-    customers = []
+    customers: list[Actor] = []
     for i in range(b.p.startup_customers):
         customers.append(await b.actor(f"start-cust{i}", f"Customer {i}", encrypted=True))
     history = History(b, parcel, agent, customers)
-    rows = []
-    for closed, open_ in cases:
-        if not parcel.child.process or parcel.child.process.returncode is not None:
-            await parcel.child.start(timeout=180.0)
-        built = await history.grow(closed, open_)
-        counts = history.counts()
-        say(f"  history of {closed} ended + {open_} open chats built in {built:.0f} s "
-            f"(store: {counts})")
-        await parcel.child.stop()
-        probe = await sync_probe(b.hs.url, parcel.data_dir)
-        measured = await _measure(b, parcel.child, b.p.startup_warm_runs)
-        row = {
-            "sessions": closed + open_,
-            "closed": closed,
-            "open": open_,
-            "store_sessions": counts,
-            "history_build_s": round(built, 1),
-            **measured,
-            "sync_probe": probe,
-        }
-        rows.append(row)
-        say(f"  {closed + open_} sessions: warm start {row['warm_median_s']:.2f} s (median of "
-            f"{len(measured['runs'])}), first sync {row['first_sync_median_s']} s, peak RSS "
-            f"{(row['peak_rss_median_kib'] or 0) / 1024:.0f} MiB; the bot is in "
-            f"{probe['bot_joined_rooms']} rooms, its restart sync is "
-            f"{probe.get('restart_sync', {}).get('bytes', 0) / 1024:.0f} KiB")
+    try:
+        rows = await _cases(b, history, cases)
+    finally:  # their sync loops would only load the homeserver during the later parts
+        for customer in customers:
+            b.actors.remove(customer)
+            await customer.close()
     if history.failures:
         b.notes.append(f"start-up history: {len(history.failures)} chats could not be set up "
                        f"(first: {history.failures[0]})")
@@ -327,3 +320,41 @@ async def part_startup(b: Bench) -> None:
         "ratio_rss_big_vs_small": ratio(big["peak_rss_median_kib"], small["peak_rss_median_kib"])
         if len(rows) > 1 else None,
     }
+
+
+async def _cases(b: Bench, history: History,
+                 cases: tuple[tuple[int, int], ...]) -> list[dict[str, Any]]:
+    """Grow the history to each case in turn and measure the bot's restarts there."""
+    parcel = history.parcel
+    rows = []
+    for closed, open_ in cases:
+        if not parcel.child.process or parcel.child.process.returncode is not None:
+            await parcel.child.start(timeout=180.0)
+        built = await history.grow(closed, open_)
+        counts = history.counts()
+        say(f"  history of {closed} ended + {open_} open chats: {built['chats']} new in "
+            f"{built['seconds']:.0f} s, CPU s: Synapse {built['synapse_cpu_s']}, bot "
+            f"{built['bot_cpu_s']}, harness {built['harness_cpu_s']} (store: {counts})")
+        await parcel.child.stop()
+        probe = await sync_probe(b.hs.url, parcel.data_dir)
+        measured = await _measure(b, parcel.child, b.p.startup_warm_runs)
+        row = {
+            "sessions": closed + open_,
+            "closed": closed,
+            "open": open_,
+            "store_sessions": counts,
+            "history_build": built,
+            **measured,
+            "sync_probe": probe,
+        }
+        rows.append(row)
+        if probe["bot_joined_rooms"] != 2 * open_:
+            b.notes.append(f"start-up, {closed + open_} sessions: the bot is in "
+                           f"{probe['bot_joined_rooms']} rooms, not the {2 * open_} of the "
+                           "open sessions")
+        say(f"  {closed + open_} sessions: warm start {row['warm_median_s']:.2f} s (median of "
+            f"{len(measured['runs'])}), first sync {row['first_sync_median_s']} s, peak RSS "
+            f"{(row['peak_rss_median_kib'] or 0) / 1024:.0f} MiB; the bot is in "
+            f"{probe['bot_joined_rooms']} rooms, its restart sync is "
+            f"{probe.get('restart_sync', {}).get('bytes', 0) / 1024:.0f} KiB")
+    return rows

@@ -145,7 +145,34 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"measured with {biggest['file']}: no 250 MB file in this mode")
             add(f"peak RSS growth relaying 250 MB{suffix} (MiB)", "< 64", value, value < 64,
                 note)
+    cases = results.get("startup", {}).get("cases", [])
+    if cases:
+        big = cases[-1]
+        value = big["warm_median_s"]
+        note = "" if big["sessions"] >= 1000 else (
+            f"measured with {big['sessions']} sessions: no 1000-session case in this mode")
+        add(STARTUP_TARGET, "< 2 s", value, None if value is None else value < 2.0, note)
+        flat = results["startup"].get("ratio_warm_big_vs_small")
+        if flat is not None:
+            add(STARTUP_FLAT_TARGET, "≤ 1.25", flat, flat <= 1.25,
+                f"{big['sessions']} vs {cases[0]['sessions']} sessions")
     return out
+
+
+STARTUP_TARGET = "warm start-up to ready with the most sessions (s)"
+STARTUP_FLAT_TARGET = "warm start-up, most / fewest sessions"
+
+
+def _mib(kib: float | None) -> str:
+    return "—" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def _s(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:.2f} s"
+
+
+def _case_label(case: dict[str, Any]) -> str:
+    return f"{case['sessions']} sessions ({case['closed']} ended, {case['open']} open)"
 
 
 def text_report(results: dict[str, Any]) -> str:
@@ -233,12 +260,53 @@ def text_report(results: dict[str, Any]) -> str:
                 f"{r['peak_minus_idle_mib']:.1f} MiB", f"{r['seconds_to_offer']:.1f} s",
                 f"{r['seconds_to_delivered']:.1f} s"] for r in memory["files"]])
     startup = results.get("startup")
-    if startup:
-        table("7. Start-up to 'first sync done; ready' (E2EE on)",
-              ["sessions in store", "cold start", "warm start (median)", "warm runs"],
-              [[str(r["sessions_in_store"]), f"{r['cold_s']:.2f} s",
-                f"{r['warm_median_s']:.2f} s", str(len(r["warm_s"]))]
-               for r in startup["runs"]])
+    if startup and "cases" in startup:
+        rows = []
+        for c in startup["cases"]:
+            probe = c.get("sync_probe", {})
+            restart = probe.get("restart_sync", {})
+            initial = probe.get("initial_sync", {})
+            build = c.get("history_build", {})
+            rows.append([
+                _case_label(c), _s(c["warm_median_s"]), str(len(c["runs"])),
+                _s(c["before_sync_median_s"]), _s(c["first_sync_median_s"]),
+                _s(c["cpu_to_ready_median_s"]), _mib(c["peak_rss_median_kib"]),
+                str(probe.get("bot_joined_rooms", "—")),
+                f"{_s(restart.get('median_s'))}, {restart.get('bytes', 0) / 1024:.0f} KiB",
+                f"{_s(initial.get('median_s'))}, {initial.get('bytes', 0) / 1024:.0f} KiB",
+                f"{build.get('chats', 0)} in {build.get('seconds', 0):.0f} s",
+            ])
+        table("7. Start-up to 'first sync done; ready' with real history (E2EE on; warm "
+              "restarts with the saved device)",
+              ["history", "warm start (median)", "runs", "before sync", "first sync",
+               "CPU to ready", "peak RSS", "bot's rooms", "restart sync (raw)",
+               "initial sync (raw)", "chats added"], rows)
+        lines.append("before sync: process start -> 'Parcel running' (imports, store, crypto "
+                     "store, login check, identity); first sync: 'Parcel running' -> 'ready' "
+                     "(request, nio, the bot's handling); raw syncs: the same request made by "
+                     "the bench as the bot while it is stopped (time to the last byte, size).")
+    burst = results.get("burst")
+    if burst:
+        rows = []
+        for r in burst["runs"]:
+            order = r["order"]
+            rows.append([
+                r["bot"], str(r["messages"]), _s(r["drain_s"]), f"{r['messages_per_s']:.1f}",
+                f"{r['send_rate_per_s']:.0f}", _s(r["lag_after_last_send_s"]),
+                "—" if r.get("copy_interval_ms_p50") is None
+                else f"{r['copy_interval_ms_p50']:.0f} ms",
+                f"{r['bot_cpu_ms_per_message']:.1f} ms",
+                "yes" if order["in_order"] else
+                f"NO ({order['steps_backwards']} back, {order['missing']} missing, "
+                f"{order['duplicates']} twice)",
+            ])
+        table(f"8. Text burst: {burst['messages']} texts from one customer "
+              f"({burst.get('in_flight', 1)} sends in flight), first send -> last copy at "
+              f"the agent",
+              ["bot", "texts", "drain", "texts/s", "client sent/s", "after last send",
+               "copy interval p50", "bot CPU/text", "in order"], rows)
+        lines.append(f"Parcel / relay rate (medians over {burst['rounds']} round(s)): "
+                     f"{_x(burst['ratio_rate'])}")
     goals = results.get("targets", [])
     if goals:
         table("Targets", ["target", "limit", "measured", "met"],
@@ -330,13 +398,32 @@ def markdown(results: dict[str, Any]) -> str:
                 if r["bytes"] == max(x["bytes"] for x in memory["files"]) else "—"
             out.append(f"| Bot peak RSS − idle, relaying {r['file']}{suffix} | "
                        f"+{r['peak_minus_idle_mib']:.1f} MiB | — | — | {target} |")
+    burst = results.get("burst")
+    if burst:
+        p, r = burst["parcel"], burst["relay"]
+
+        def order(side: dict[str, Any]) -> str:
+            return "in order" if side["in_order"] else "ORDER BROKEN"
+
+        out.append(f"| Burst of {burst['messages']} texts from one customer: drain rate | "
+                   f"{p['messages_per_s']:.1f}/s ({p['drain_s']:.1f} s), {order(p)} | "
+                   f"{r['messages_per_s']:.1f}/s ({r['drain_s']:.1f} s), {order(r)} | "
+                   f"{_x(burst['ratio_rate'])} | — |")
     startup = results.get("startup")
-    if startup:
-        for r in startup["runs"]:
-            plural = "" if r["sessions_in_store"] == 1 else "s"
-            out.append(f"| Start-up to ready, {r['sessions_in_store']} session{plural} stored | "
-                       f"{r['warm_median_s']:.2f} s (first start {r['cold_s']:.2f} s) | — | — "
-                       f"| — |")
+    if startup and "cases" in startup:
+        cases = startup["cases"]
+        for c in cases:
+            target = "—"
+            if c is cases[-1]:
+                target = verdict(STARTUP_TARGET)
+                if len(cases) > 1:
+                    target += f"; flat: {verdict(STARTUP_FLAT_TARGET)}"
+            ratio_cell = (f"{_x(startup.get('ratio_warm_big_vs_small'))} of "
+                          f"{cases[0]['sessions']} sessions"
+                          if c is cases[-1] and len(cases) > 1 else "—")
+            out.append(f"| Start-up to ready, {_case_label(c)}: warm median; first sync; "
+                       f"peak RSS | {_s(c['warm_median_s'])}; {_s(c['first_sync_median_s'])}; "
+                       f"{_mib(c['peak_rss_median_kib'])} | — | {ratio_cell} | {target} |")
     notes = results.get("notes", [])
     if notes:
         out.append("")
