@@ -143,7 +143,7 @@ class History:
 
         await asyncio.gather(*(customer_loop(c, q) for c, q in
                                zip(self.customers, queues, strict=True)))
-        await self.drained(timeout=300.0)
+        await self.drained(closed, timeout=300.0)
         elapsed = time.monotonic() - began
         return {
             "chats": total,
@@ -154,15 +154,19 @@ class History:
             "harness_cpu_s": round(time.process_time() - own0, 1),
         }
 
-    async def drained(self, timeout: float) -> None:
-        """Wait until the bot has no work left (every leave and rename done)."""
+    async def drained(self, closed: int, timeout: float) -> None:
+        """Wait until ``closed`` sessions are closed and the bot has no work left.
+
+        (The last ``!end`` may not have reached the bot yet when its work queue is empty.)
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with_work = self._db("SELECT COUNT(*) FROM work")[0][0]
-            if with_work == 0:
+            done = self.counts().get("closed", 0) >= closed
+            if done and self._db("SELECT COUNT(*) FROM work")[0][0] == 0:
                 return
             await asyncio.sleep(0.5)
-        raise BenchError(f"Parcel still had work queued after {timeout:.0f} s")
+        raise BenchError(f"Parcel had not closed {closed} sessions and finished their work "
+                         f"after {timeout:.0f} s (store: {self.counts()})")
 
     def counts(self) -> dict[str, int]:
         rows = self._db("SELECT state, COUNT(*) FROM sessions GROUP BY state")
@@ -292,17 +296,8 @@ async def part_startup(b: Bench) -> None:
     for i in range(b.p.startup_customers):
         customers.append(await b.actor(f"start-cust{i}", f"Customer {i}", encrypted=True))
     history = History(b, parcel, agent, customers)
-    try:
-        rows = await _cases(b, history, cases)
-    finally:  # their sync loops would only load the homeserver during the later parts
-        for customer in customers:
-            b.actors.remove(customer)
-            await customer.close()
-    if history.failures:
-        b.notes.append(f"start-up history: {len(history.failures)} chats could not be set up "
-                       f"(first: {history.failures[0]})")
-    small, big = rows[0], rows[-1]
-    b.results["startup"] = {
+    # Filled in as the cases are measured, so a part that runs out of time keeps what it has.
+    result: dict[str, Any] = {
         "how": "E2EE on (the default), encrypted DMs opened like Element's \"Start chat\" by "
                f"{b.p.startup_customers} customers in parallel, each chat in turn; ended chats "
                "ended by the customer with !end (the bot renames the agent room and leaves "
@@ -313,20 +308,26 @@ async def part_startup(b: Bench) -> None:
                "bot (saved position, full state) while it is stopped.",
         "customers": b.p.startup_customers,
         "first_start_s": None if cold is None else round(cold, 3),
-        "history_total_s": round(time.monotonic() - began, 1),
-        "cases": rows,
-        "ratio_warm_big_vs_small": ratio(big["warm_median_s"], small["warm_median_s"])
-        if len(rows) > 1 else None,
-        "ratio_rss_big_vs_small": ratio(big["peak_rss_median_kib"], small["peak_rss_median_kib"])
-        if len(rows) > 1 else None,
+        "cases": [],
     }
+    b.results["startup"] = result
+    try:
+        await _cases(b, history, cases, result)
+    finally:  # their sync loops would only load the homeserver during the later parts
+        for customer in customers:
+            b.actors.remove(customer)
+            await customer.close()
+        if history.failures:
+            b.notes.append(f"start-up history: {len(history.failures)} chats could not be set "
+                           f"up (first: {history.failures[0]})")
+        result["history_total_s"] = round(time.monotonic() - began, 1)
 
 
-async def _cases(b: Bench, history: History,
-                 cases: tuple[tuple[int, int], ...]) -> list[dict[str, Any]]:
-    """Grow the history to each case in turn and measure the bot's restarts there."""
+async def _cases(b: Bench, history: History, cases: tuple[tuple[int, int], ...],
+                 result: dict[str, Any]) -> None:
+    """Grow the history to each case in turn, measure the bot's restarts there, record."""
     parcel = history.parcel
-    rows = []
+    rows: list[dict[str, Any]] = result["cases"]
     for closed, open_ in cases:
         if not parcel.child.process or parcel.child.process.returncode is not None:
             await parcel.child.start(timeout=180.0)
@@ -348,6 +349,12 @@ async def _cases(b: Bench, history: History,
             "sync_probe": probe,
         }
         rows.append(row)
+        small, big = rows[0], rows[-1]
+        if len(rows) > 1:
+            result["ratio_warm_big_vs_small"] = ratio(big["warm_median_s"],
+                                                      small["warm_median_s"])
+            result["ratio_rss_big_vs_small"] = ratio(big["peak_rss_median_kib"],
+                                                     small["peak_rss_median_kib"])
         if probe["bot_joined_rooms"] != 2 * open_:
             b.notes.append(f"start-up, {closed + open_} sessions: the bot is in "
                            f"{probe['bot_joined_rooms']} rooms, not the {2 * open_} of the "
@@ -357,4 +364,3 @@ async def _cases(b: Bench, history: History,
             f"{(row['peak_rss_median_kib'] or 0) / 1024:.0f} MiB; the bot is in "
             f"{probe['bot_joined_rooms']} rooms, its restart sync is "
             f"{probe.get('restart_sync', {}).get('bytes', 0) / 1024:.0f} KiB")
-    return rows
