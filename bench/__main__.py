@@ -46,7 +46,8 @@ PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions, 5 and 20 sessions for 10 s (under 3 minutes)")
+                        help="fewer repetitions, 5 and 20 sessions for 10 s, start-up with 10 "
+                             "and 110 sessions (about 5 minutes)")
     parser.add_argument("--only", default=",".join(PARTS),
                         help=f"comma-separated parts to run (default: all of {','.join(PARTS)};"
                              " 'latency' includes the one-hop baseline, 'e2ee' needs 'latency')")
