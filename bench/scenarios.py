@@ -108,7 +108,7 @@ QUICK = Params(
     startup_customers=16,
     startup_warm_runs=3,
     burst_n=100,
-    burst_rounds=1,
+    burst_rounds=2,
 )
 
 
