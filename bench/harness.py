@@ -92,6 +92,26 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def halves(values: list[float]) -> dict[str, Any]:
+    """The sample set as two interleaved halves A (even samples) and B (odd samples).
+
+    Both halves ran in the same run, under the same conditions; ``spread`` =
+    |p50_A - p50_B| / p50 says how much of a difference between two runs is noise.
+    """
+    a, b = values[0::2], values[1::2]
+    p50, p50_a, p50_b = quantile(values, 0.5), quantile(a, 0.5), quantile(b, 0.5)
+    spread = None
+    if p50 and p50_a is not None and p50_b is not None:
+        spread = round(abs(p50_a - p50_b) / p50, 3)
+    return {"p50_a": None if p50_a is None else round(p50_a, 4),
+            "p50_b": None if p50_b is None else round(p50_b, 4), "spread": spread}
+
+
+def summary_ab(values: list[float]) -> dict[str, Any]:
+    """:func:`summary` plus the two-halves spread (``values`` in the order they were taken)."""
+    return {**summary(values), **halves(values)}
+
+
 # --------------------------------------------------------------------------------------------
 # Actors
 # --------------------------------------------------------------------------------------------
