@@ -53,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated parts to run (default: all of {','.join(PARTS)};"
                              " 'latency' includes the one-hop baseline, 'e2ee' needs 'latency')")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON results file, or a directory for latest.json / quick.json "
-                             "(default bench/results/latest.json, or quick.json with --quick); "
-                             "the markdown goes beside it as .md")
+                        help="JSON results file (NAME.json), or a directory for latest.json / "
+                             "quick.json (default bench/results/latest.json, or quick.json with "
+                             "--quick); the markdown goes beside it as .md")
     parser.add_argument("--keep", action="store_true",
                         help="keep the working directory (homeserver, bot logs) afterwards")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
@@ -95,7 +95,7 @@ def _output_path(requested: Path | None, mode: str, git: dict[str, Any],
     name = "quick.json" if mode == "quick" else "latest.json"
     if requested is None:
         out = RESULTS / name
-    elif requested.is_dir() or str(requested).endswith("/"):
+    elif requested.is_dir() or not requested.suffix:  # a directory, existing or to be
         out = requested / name
     else:
         out = requested
@@ -184,6 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finished = time.time()
+    after = report.git_state()
+    if (after.get("commit"), after.get("dirty")) != (git.get("commit"), git.get("dirty")):
+        # The code changed under the run: its figures belong to no single commit.
+        git = {**git, "dirty": True, "changed_during_run": True,
+               "commit_after": after.get("commit"),
+               "changed_paths": after.get("changed_paths") or git.get("changed_paths")}
+        out, refused = _output_path(args.out, params.mode, git, time.strftime("%Y%m%d-%H%M%S",
+                                    time.localtime(started)))
+        if refused:
+            refused = "the tree changed during the run; " + refused
     command = " ".join([".venv/bin/python -m bench", *map(shlex.quote, sys.argv[1:])])
     results = {
         "meta": {
