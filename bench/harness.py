@@ -403,6 +403,18 @@ def proc_memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def machine_busy_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat.
+
+    Two readings give how many cores the whole machine kept busy in between: the bench's
+    own processes and everyone else's (a shared machine is noisy; the report says how noisy).
+    """
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (``echo 5 > /proc/<pid>/clear_refs``, Linux >= 4.0)."""
     try:

@@ -151,10 +151,24 @@ MODES = (("plain", "latency_plain", "memory", ""), ("e2ee", "latency_e2ee", "mem
                                                        ", E2EE"))
 
 
-def _ab(pair: list[float | None] | None) -> str:
-    if not pair or None in pair:
+def _ab(pair: list[float | None] | None, limit: float) -> str:
+    """The ratio in halves A and B, and whether they disagree about the target."""
+    if not pair or pair[0] is None or pair[1] is None:
         return ""
-    return f"halves A/B {pair[0]:.2f} / {pair[1]:.2f}"
+    text = f"halves A/B {pair[0]:.2f} / {pair[1]:.2f}"
+    if (pair[0] <= limit) != (pair[1] <= limit):
+        text += ": the halves disagree, the verdict is within the noise"
+    return text
+
+
+def load_line(results: dict[str, Any]) -> str:
+    """How busy the whole machine was during each part (the bench and everyone else)."""
+    load = results.get("machine_load") or {}
+    if not load:
+        return ""
+    parts = [f"{name} {x['busy_cores']:.1f} of {x['cores']} cores busy (load average "
+             f"{x['loadavg_1min']:.1f} at its end)" for name, x in load.items()]
+    return "Machine load during each part: " + "; ".join(parts) + "."
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -188,7 +202,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             groups["delivery"].append(met)
             add(f"delivery:{mode}:{size}",
                 f"✅ → file shown p50, {size}{suffix}: Parcel / relay forwarding it{enc}",
-                "≤ 1.1", value, met, _ab(entry.get("ratio_delivery_p50_ab")))
+                "≤ 1.1", value, met, _ab(entry.get("ratio_delivery_p50_ab"), 1.1))
         for size in LATENCY_SIZES:
             entry = latency.get(size)
             if entry is None:
@@ -198,7 +212,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             groups["offer_floor"].append(met)
             add(f"offer_floor:{mode}:{size}",
                 f"upload → offer shown p50, {size}{suffix}: Parcel / inspection floor",
-                "≤ 1.1", value, met, _ab(entry.get("ratio_offer_floor_p50_ab")))
+                "≤ 1.1", value, met, _ab(entry.get("ratio_offer_floor_p50_ab"), 1.1))
     for mode, _, key, suffix in MODES:
         memory = results.get(key, {}).get("files", [])
         if not memory:
@@ -385,6 +399,8 @@ def text_report(results: dict[str, Any]) -> str:
               [[g["target"] + (f" [{g['note']}]" if g["note"] else ""), g["limit"],
                 "—" if g["measured"] is None else f"{g['measured']:.2f}",
                 {True: "yes", False: "NO", None: "?"}[g["met"]]] for g in goals])
+    if load_line(results):
+        lines.append(load_line(results))
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
@@ -518,6 +534,9 @@ def markdown(results: dict[str, Any]) -> str:
             mark = {True: "✅ met", False: "❌ missed", None: "? not fully measured"}[g["met"]]
             note = f" ({g['note']})" if g["note"] else ""
             out.append(f"- {mark}: {g['target']}{note}")
+    if load_line(results):
+        out.append("")
+        out.append(load_line(results))
     notes = results.get("notes", [])
     if notes:
         out.append("")

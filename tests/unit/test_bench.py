@@ -137,3 +137,13 @@ def test_results_from_a_dirty_tree_never_overwrite_the_committed_ones(
     assert (message is not None) is refused
     if refused:
         assert "NOT writing" in message
+
+
+def test_halves_that_disagree_mark_the_verdict_as_noise() -> None:
+    """A target met in one half and missed in the other says so next to the figure."""
+    results = _results()
+    results["latency_plain"]["4 KB"]["ratio_delivery_p50_ab"] = [1.02, 1.2]
+    results["latency_plain"]["1 MB"]["ratio_delivery_p50_ab"] = [1.02, 1.08]
+    found = {t["key"]: t for t in targets(results)}
+    assert "within the noise" in found["delivery:plain:4 KB"]["note"]
+    assert found["delivery:plain:1 MB"]["note"] == "halves A/B 1.02 / 1.08"
