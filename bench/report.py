@@ -123,9 +123,14 @@ def _limit(side: dict[str, Any]) -> str:
               "harness": window.get("harness_cpu_utilisation") or 0.0}
     name, share = max(shares.items(), key=lambda kv: kv[1])
     cores = os.cpu_count() or 1
-    if cores > 1 and sum(shares.values()) >= 0.9 * cores:
-        return (f"the machine: {cores} cores busy (Synapse {shares['Synapse']:.0%}, bot "
-                f"{shares['bot']:.0%}, harness {shares['harness']:.0%})")
+    busy = window.get("machine_busy_cores")
+    if busy is None:  # results from before the machine was measured
+        busy = sum(shares.values())
+    if cores > 1 and busy >= 0.9 * cores:
+        others = max(0.0, busy - sum(shares.values()))
+        return (f"the machine: {busy:.1f} of {cores} cores busy (Synapse "
+                f"{shares['Synapse']:.0%}, bot {shares['bot']:.0%}, harness "
+                f"{shares['harness']:.0%}, other processes {others:.0%})")
     if share >= 0.85:
         return f"{name} ({share:.0%} of a core)"
     return f"none saturated (max {name} {share:.0%})"

@@ -36,6 +36,7 @@ from bench.harness import (
     BenchError,
     Child,
     Seen,
+    machine_busy_jiffies,
     proc_cpu_seconds,
     ratio,
     reset_peak_rss,
@@ -80,7 +81,7 @@ FULL = Params(
     sizes=(("4 KB", 4 * KB, 30), ("1 MB", 1 * MB, 30), ("20 MB", 20 * MB, 10),
            ("100 MB", 100 * MB, 10)),
     e2ee_reps=(30, 30, 10, 10),
-    traffic_n=10,
+    traffic_n=5,
     scale_levels=(10, 50, 200),
     scale_window=30.0,
     scale_drain=30.0,
@@ -741,6 +742,7 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
     cpu0 = side.child.cpu()
     syn0 = proc_cpu_seconds(spid) if spid else 0.0
     own0 = time.process_time()
+    busy0 = machine_busy_jiffies()
     for hook in b.window_hooks:
         await hook("start", side.kind, level, side.child)
     start_mono = time.monotonic() + 1.0
@@ -777,6 +779,7 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
     cpu_w = side.child.cpu()
     syn_w = proc_cpu_seconds(spid) if spid else 0.0
     own_w = time.process_time()
+    busy_w = machine_busy_jiffies()
     window_wall = time.time() - start_wall
     for hook in b.window_hooks:
         await hook("stop", side.kind, level, side.child)
@@ -826,6 +829,9 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
             "bot_cpu_utilisation": round((cpu_w - cpu0) / window_wall, 3),
             "synapse_cpu_utilisation": round((syn_w - syn0) / window_wall, 3),
             "harness_cpu_utilisation": round((own_w - own0) / window_wall, 3),
+            # Every process on the machine, ours and others' (a shared machine is noisy).
+            "machine_busy_cores": round((busy_w[0] - busy0[0]) / max(1, busy_w[1] - busy0[1])
+                                        * (os.cpu_count() or 1), 2),
         },
         "wall_s": round(elapsed, 1),
         "idle_wait_s": round(idle_wait, 1),

@@ -62,15 +62,15 @@ async def part_traffic(b: Bench, encrypted: bool) -> None:
             out: dict[str, Any] = {}
             for label, size in SIZES:
                 p_tallies, r_tallies, cpu = [], [], []
+                await _settle(parcel.child.pid)
                 for i in range(b.p.traffic_n):
-                    await _settle(parcel.child.pid)
+                    # Each count runs until its bot is idle again: the next one starts quiet.
                     mark, cpu0 = p_proxy.mark(), parcel.child.cpu()
                     await b.parcel_cycle(p_chat, f"tr-{tag}-{label.replace(' ', '')}-{i}-p.bin",
                                          size)
                     await _settle(parcel.child.pid)
                     p_tallies.append(p_proxy.tally(mark))
                     cpu.append(parcel.child.cpu() - cpu0)
-                    await _settle(relay.child.pid)
                     mark = r_proxy.mark()
                     await b.relay_cycle(r_chat, f"tr-{tag}-{label.replace(' ', '')}-{i}-r.bin",
                                         size)
