@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shlex
 import shutil
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.harness import machine_busy_jiffies, write_json
+from bench.harness import write_json
 from bench.scenarios import (
     FULL,
     QUICK,
@@ -86,15 +85,6 @@ def _part_timeout(params: Params, part: str) -> float:
     }[part]
 
 
-def _load_since(busy0: tuple[int, int]) -> dict[str, float]:
-    """Cores the whole machine kept busy since ``busy0`` (everyone's processes), and loadavg."""
-    busy1 = machine_busy_jiffies()
-    cores = os.cpu_count() or 1
-    share = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
-    return {"busy_cores": round(share * cores, 2), "cores": cores,
-            "loadavg_1min": round(os.getloadavg()[0], 2)}
-
-
 def _output_path(requested: Path | None, mode: str, git: dict[str, Any],
                  stamp: str) -> tuple[Path, str | None]:
     """Where the results go, and why not where asked when the tree had uncommitted changes.
@@ -147,7 +137,7 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
             steps.append(("scale", lambda: part_scale(bench)))
         for name, step in steps:
             began = time.monotonic()
-            busy0 = machine_busy_jiffies()
+            busy0 = report.busy_mark()
             try:
                 await asyncio.wait_for(step(), _part_timeout(params, name))
             except Exception as exc:  # noqa: BLE001 - record it, go on with the next part
@@ -158,7 +148,7 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
                 traceback.print_exc(file=sys.stderr)
             bench.results.setdefault("part_seconds", {})[name] = round(
                 time.monotonic() - began, 1)
-            bench.results.setdefault("machine_load", {})[name] = _load_since(busy0)
+            bench.results.setdefault("machine_load", {})[name] = report.load_since(busy0)
             say(f"part '{name}' took {time.monotonic() - began:.0f} s")
         results = dict(bench.results)
         results["notes"] = list(bench.notes)

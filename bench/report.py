@@ -51,6 +51,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+def busy_mark() -> tuple[int, int]:
+    """A reading of the whole machine's CPU ticks, for :func:`load_since`."""
+    from bench.harness import machine_busy_jiffies
+
+    return machine_busy_jiffies()
+
+
+def load_since(mark: tuple[int, int]) -> dict[str, float]:
+    """Cores the whole machine kept busy since ``mark`` (everyone's processes), and loadavg."""
+    now = busy_mark()
+    cores = os.cpu_count() or 1
+    share = (now[0] - mark[0]) / max(1, now[1] - mark[1])
+    return {"busy_cores": round(share * cores, 2), "cores": cores,
+            "loadavg_1min": round(os.getloadavg()[0], 2)}
+
+
 def git_state() -> dict[str, Any]:
     """The commit measured, and whether the tree had uncommitted changes.
 
@@ -176,77 +192,58 @@ def load_line(results: dict[str, Any]) -> str:
     return "Machine load during each part: " + "; ".join(parts) + "."
 
 
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target with the measured figure and whether it was met (never asserted).
+CPU_TARGET = "bot CPU per offer at 50 sessions (ms)"
 
-    Per-size rows, then one row per target over all sizes and both modes: met only when
-    every part of it was measured and met.
+
+def _row(key: str, name: str, limit: str, value: float | None, met: bool | None,
+         note: str = "") -> dict[str, Any]:
+    return {"key": key, "target": name, "limit": limit, "measured": value, "met": met,
+            "note": note}
+
+
+def _within(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def latency_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The delivery and offer targets per size and mode, and every target over all of them.
+
+    Over all: met only when every part of it was measured and met; unknown when something
+    was not measured (a quick run, a failed part).
     """
     out: list[dict[str, Any]] = []
-
-    def add(key: str, name: str, limit: str, value: float | None, met: bool | None,
-            note: str = "") -> None:
-        out.append({"key": key, "target": name, "limit": limit, "measured": value,
-                    "met": met, "note": note})
-
-    def within(value: float | None, limit: float) -> bool | None:
-        return None if value is None else value <= limit
-
     groups: dict[str, list[bool | None]] = {"delivery": [], "offer_floor": [], "rss250": []}
     for mode, key, _, suffix in MODES:
         latency = results.get(key, {})
         enc = " (encrypted file, encrypted rooms)" if mode == "e2ee" else ""
-        for size in LATENCY_SIZES:
-            entry = latency.get(size)
-            if entry is None:
-                groups["delivery"].append(None)
-                groups["offer_floor"].append(None)
-                continue
-            value = entry.get("ratio_delivery_p50")
-            met = within(value, 1.1)
-            groups["delivery"].append(met)
-            add(f"delivery:{mode}:{size}",
-                f"✅ → file shown p50, {size}{suffix}: Parcel / relay forwarding it{enc}",
-                "≤ 1.1", value, met, _ab(entry.get("ratio_delivery_p50_ab"), 1.1))
-        for size in LATENCY_SIZES:
-            entry = latency.get(size)
-            if entry is None:
-                continue
-            value = entry.get("ratio_offer_floor_p50")
-            met = within(value, 1.1)
-            groups["offer_floor"].append(met)
-            add(f"offer_floor:{mode}:{size}",
-                f"upload → offer shown p50, {size}{suffix}: Parcel / inspection floor",
-                "≤ 1.1", value, met, _ab(entry.get("ratio_offer_floor_p50_ab"), 1.1))
-    for mode, _, key, suffix in MODES:
+        for what in ("delivery", "offer_floor"):
+            for size in LATENCY_SIZES:
+                entry = latency.get(size)
+                if entry is None:
+                    groups[what].append(None)
+                    continue
+                value = entry.get(f"ratio_{what}_p50")
+                met = _within(value, 1.1)
+                groups[what].append(met)
+                name = (f"✅ → file shown p50, {size}{suffix}: Parcel / relay forwarding it{enc}"
+                        if what == "delivery" else
+                        f"upload → offer shown p50, {size}{suffix}: Parcel / inspection floor")
+                out.append(_row(f"{what}:{mode}:{size}", name, "≤ 1.1", value, met,
+                                _ab(entry.get(f"ratio_{what}_p50_ab"), 1.1)))
+    for _, _, key, _ in MODES:
         memory = results.get(key, {}).get("files", [])
-        if not memory:
+        biggest = max(memory, key=lambda r: r["bytes"]) if memory else None
+        if biggest is None or biggest["bytes"] < 250_000_000:
             groups["rss250"].append(None)
-            continue
-        biggest = max(memory, key=lambda r: r["bytes"])
-        value = round(biggest["peak_minus_idle_mib"] * 1.048576, 1)  # MiB -> MB
-        full = biggest["bytes"] >= 250_000_000
-        met = within(value, 32.0)
-        groups["rss250"].append(met if full else None)
-        add(f"rss250:{mode}", f"peak RSS growth relaying 250 MB{suffix} (MB)", "≤ 32", value,
-            met, "" if full else f"measured with {biggest['file']}: no 250 MB file in this mode")
-    entry, note = _scale_level(results, 50)
-    parcel = (entry or {}).get("parcel") or {}
-    if parcel.get("bot_cpu_s_per_offer") is not None:
-        value = round(parcel["bot_cpu_s_per_offer"] * 1000, 2)
-        add("cpu50", "bot CPU per offer at 50 sessions (ms)", "≤ 5", value, within(value, 5.0),
-            note.strip())
-    if entry is not None and "ratio_throughput" in entry:
-        value = entry["ratio_throughput"]
-        add("throughput50", "throughput at 50 sessions: Parcel / relay", "≥ 0.8", value,
-            None if value is None else value >= 0.8, note.strip())
+        else:
+            groups["rss250"].append(_within(_mb(biggest["peak_minus_idle_mib"]), 32.0))
 
     def overall(values: list[bool | None]) -> bool | None:
         if values and all(v is True for v in values):
             return True
         if any(v is False for v in values):
             return False
-        return None  # something was not measured (quick mode, a failed part)
+        return None
 
     for key, name in (
         ("delivery:all", "✅ → file shown p50 ≤ 1.1 × the relay at every size up to 100 MB, "
@@ -256,10 +253,43 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("rss250:all", "peak RSS growth ≤ 32 MB for a 250 MB file, plain and encrypted"),
     ):
         values = groups[key.split(":")[0]]
-        met = overall(values)
         missing = sum(1 for v in values if v is None)
-        add(key, name, "all", None, met,
-            f"{missing} of {len(values)} not measured" if missing else "")
+        out.append(_row(key, name, "all", None, overall(values),
+                        f"{missing} of {len(values)} not measured" if missing else ""))
+    return out
+
+
+def _mb(mib: float) -> float:
+    """MiB (what /proc reports) as MB (what the targets say), rounded."""
+    return round(mib * 1.048576, 1)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with the measured figure and whether it was met (reported, never asserted)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, limit: str, value: float | None, met: bool | None, note: str = "",
+            key: str | None = None) -> None:
+        out.append(_row(key or name, name, limit, value, met, note))
+
+    out.extend(latency_targets(results))
+    entry, note = _scale_level(results, 50)
+    cpu = ((entry or {}).get("parcel") or {}).get("bot_cpu_s_per_offer")
+    if cpu is not None:
+        add(CPU_TARGET, "≤ 5", round(cpu * 1000, 2), cpu * 1000 <= 5.0, note.strip(), "cpu50")
+    if entry is not None and "ratio_throughput" in entry:
+        value = entry["ratio_throughput"]
+        add("throughput at 50 sessions: Parcel / baseline", "≥ 0.8", value,
+            None if value is None else value >= 0.8, note.strip())
+    for key, suffix in (("memory", ""), ("memory_e2ee", ", E2EE")):
+        memory = results.get(key, {}).get("files", [])
+        if memory:
+            biggest = max(memory, key=lambda r: r["bytes"])
+            value = _mb(biggest["peak_minus_idle_mib"])
+            note = "" if biggest["bytes"] >= 250_000_000 else (
+                f"measured with {biggest['file']}: no 250 MB file in this mode")
+            add(f"peak RSS growth relaying 250 MB{suffix} (MB)", "≤ 32", value, value <= 32,
+                note)
     return out
 
 
@@ -497,7 +527,7 @@ def markdown(results: dict[str, Any]) -> str:
             target = "—"
             if target_entry is not None and e["level"] == target_entry["level"]:
                 target = (f"CPU {verdict('cpu50')}; throughput "
-                          f"{verdict('throughput50')}")
+                          f"{verdict('throughput at 50 sessions: Parcel / baseline')}")
                 if e["level"] != 50:
                     target += " (the 50-session targets, at this level)"
 
@@ -513,15 +543,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"relay {r['throughput_per_s']:.1f}/s, {_p95(r)}, "
                 f"{cpu(r, 'bot_cpu_s_per_offer')} / {cpu(r, 'synapse_cpu_s_per_offer')}, "
                 f"{_limit(r)} | {_x(e['ratio_throughput'])} | {target} |")
-    for mode, _, key, suffix in MODES:
+    for key, suffix in (("memory", ""), ("memory_e2ee", ", E2EE")):
         memory = results.get(key)
         if not memory:
             continue
-        biggest = max(x["bytes"] for x in memory["files"])
         for r in memory["files"]:
-            target = verdict(f"rss250:{mode}") if r["bytes"] == biggest else "—"
+            target = f"{verdict(f'peak RSS growth relaying 250 MB{suffix} (MB)')} (MB)" \
+                if r["bytes"] == max(x["bytes"] for x in memory["files"]) else "—"
             out.append(f"| Bot peak RSS − idle, relaying {r['file']}{suffix} | "
-                       f"+{r['peak_minus_idle_mib'] * 1.048576:.1f} MB | — | — | {target} |")
+                       f"+{r['peak_minus_idle_mib']:.1f} MiB | — | — | {target} |")
     startup = results.get("startup")
     if startup:
         for r in startup["runs"]:
@@ -529,21 +559,25 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| Start-up to ready, {r['sessions_in_store']} session{plural} stored | "
                        f"{r['warm_median_s']:.2f} s (first start {r['cold_s']:.2f} s) | — | — "
                        f"| — |")
+    notes = results.get("notes", [])
+    if notes:
+        out.append("")
+        out.extend(f"Note: {n}" for n in notes)
+    out.extend(_summary_lines(results))
+    return "\n".join(out) + "\n"
+
+
+def _summary_lines(results: dict[str, Any]) -> list[str]:
+    """The targets over all sizes and modes, met or missed, and how busy the machine was."""
+    out: list[str] = []
     summary = [g for g in results.get("targets", [])
                if str(g.get("key", "")).endswith(":all") or g.get("key") == "cpu50"]
     if summary:
-        out.append("")
-        out.append("Targets (reported, not asserted):")
-        out.append("")
+        out += ["", "Targets (reported, not asserted):", ""]
         for g in summary:
             mark = {True: "✅ met", False: "❌ missed", None: "? not fully measured"}[g["met"]]
             note = f" ({g['note']})" if g["note"] else ""
             out.append(f"- {mark}: {g['target']}{note}")
     if load_line(results):
-        out.append("")
-        out.append(load_line(results))
-    notes = results.get("notes", [])
-    if notes:
-        out.append("")
-        out.extend(f"Note: {n}" for n in notes)
-    return "\n".join(out) + "\n"
+        out += ["", load_line(results)]
+    return out
