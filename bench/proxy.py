@@ -7,9 +7,10 @@ are left out, the same for every bot.
 
 A sent event is classified from its path, ``PUT .../rooms/{room}/send/{type}/{txn}``: Parcel
 gives every message a transaction id naming the offer and the step (``offer-7-card``,
-``offer-7-react-accept``, ``offer-7-status``, ``offer-7-deliver``, ``offer-7-accepted-card``
-…), so card, reactions, status line, delivery and edits can be told apart even when the
-event type is ``m.room.encrypted``.
+``offer-7-react-accept``, ``offer-7-status``, ``offer-7-deliver``, ``offer-7-accepted-card``,
+``offer-7-unreact-accept`` for a redaction …), so card, reactions, status line, delivery,
+edits and the removal of the bot's reactions can be told apart even when the event type is
+``m.room.encrypted``; the activity panel's posts and edits are ``session-3-panel-…``.
 
 (This is the benchmark's own proxy; it shares nothing with the tests' fault-injecting one.)
 """
@@ -30,7 +31,9 @@ from aiohttp import web
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate", "host", "content-length"}
 _SEND = re.compile(r"/rooms/[^/]+/send/(?P<type>[^/]+)/(?P<txn>[^/]+)$")
+_REDACT = re.compile(r"/rooms/[^/]+/redact/[^/]+/(?P<txn>[^/]+)$")
 _OFFER_TXN = re.compile(r"^offer-\d+-(?P<step>.+)$")
+_PANEL_TXN = re.compile(r"^session-\d+-panel-")
 
 
 @dataclass
@@ -48,9 +51,15 @@ class Request:
 
 def classify(method: str, path: str) -> str:
     """A short kind for a client-server API request (see the module docstring)."""
+    redact = _REDACT.search(path)
+    if redact and method == "PUT":
+        # Redacting its own seeded reactions once the offer is decided is part of the offer.
+        return "event:unreact" if _OFFER_TXN.match(unquote(redact["txn"])) else "redaction"
     send = _SEND.search(path)
     if send and method == "PUT":
         txn = unquote(send["txn"])
+        if _PANEL_TXN.match(txn):
+            return "event:panel"  # the session's activity panel, posted or edited
         step = _OFFER_TXN.match(txn)
         if step is None:
             return f"event:other:{unquote(send['type'])}"

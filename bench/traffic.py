@@ -18,7 +18,8 @@ from bench.proxy import CountingProxy, per_offer
 from bench.scenarios import KB, MB, Bench, _wait_idle, say
 
 SIZES = (("4 KB", 4 * KB), ("1 MB", 1 * MB))
-EVENT_ROLES = ("event:card", "event:reaction", "event:status", "event:delivery", "event:edit")
+EVENT_ROLES = ("event:card", "event:reaction", "event:status", "event:delivery", "event:edit",
+               "event:unreact", "event:panel")
 
 
 async def _settle(pid: int) -> None:
