@@ -4,7 +4,9 @@ Starts a throwaway Synapse on 127.0.0.1 (rate limits raised, uploads up to 300 M
 Parcel and the baseline relay as separate processes, and drives them with real nio clients.
 Progress goes to stderr; the tables and the README markdown go to stdout; every figure goes
 to a JSON file (``bench/results/latest.json``, or ``quick.json`` with ``--quick``) and the
-markdown to the ``.md`` file beside it.
+markdown to the ``.md`` file beside it. The JSON records the commit measured; a tree with
+uncommitted changes never writes the committed results: such a run writes
+``bench/results/dirty-<timestamp>.*`` (ignored by git) or where ``--out`` says, and says so.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from bench.scenarios import (
     part_scale,
     say,
 )
+from bench.traffic import part_traffic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale")
@@ -52,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated parts to run (default: all of {','.join(PARTS)};"
                              " 'latency' includes the one-hop baseline, 'e2ee' needs 'latency')")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON results file (default bench/results/latest.json, or "
-                             "quick.json with --quick); the markdown goes beside it as .md")
+                        help="JSON results file (NAME.json), or a directory for latest.json / "
+                             "quick.json (default bench/results/latest.json, or quick.json with "
+                             "--quick); the markdown goes beside it as .md")
     parser.add_argument("--keep", action="store_true",
                         help="keep the working directory (homeserver, bot logs) afterwards")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
@@ -75,13 +79,41 @@ def _render(path: Path) -> int:
 def _part_timeout(params: Params, part: str) -> float:
     full = params.mode == "full"
     return {
-        "latency": 900.0 if full else 300.0,
+        "latency": 1800.0 if full else 600.0,
         "memory": 600.0 if full else 240.0,
         # Real history: about 0.6 s of Synapse CPU per chat opened and ended (two rooms).
         "startup": 1800.0 if full else 600.0,
         "burst": 300.0 if full else 180.0,
         "scale": 1200.0 if full else 400.0,
+        "traffic": 600.0 if full else 300.0,
     }[part]
+
+
+def _output_path(requested: Path | None, mode: str, git: dict[str, Any],
+                 stamp: str) -> tuple[Path, str | None]:
+    """Where the results go, and why not where asked when the tree had uncommitted changes.
+
+    The committed results (anything in bench/results/ but ``dirty-*``) are written only from
+    a clean tree whose commit is known: a figure must say which code it measured.
+    """
+    name = "quick.json" if mode == "quick" else "latest.json"
+    if requested is None:
+        out = RESULTS / name
+    elif requested.is_dir() or not requested.suffix:  # a directory, existing or to be
+        out = requested / name
+    else:
+        out = requested
+    committed = (out.resolve().parent == RESULTS.resolve()
+                 and not out.name.startswith("dirty-"))
+    if committed and git.get("dirty") is not False:
+        why = ("uncommitted changes in " + ", ".join(git.get("changed_paths") or ["the tree"])
+               if git.get("dirty") else "git could not tell which commit this is")
+        redirected = RESULTS / f"dirty-{stamp}.json"
+        return redirected, (f"NOT writing {out.relative_to(RESULTS.parent.parent)}: {why}. "
+                            f"Results go to {redirected.relative_to(RESULTS.parent.parent)} "
+                            "instead; commit (or use --out DIR) and run again for the "
+                            "committed figures.")
+    return out, None
 
 
 async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[str, Any], bool]:
@@ -91,6 +123,12 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if "latency" in parts:
             steps.append(("latency", lambda: part_latencies(bench, "e2ee" in parts)))
+
+            async def traffic() -> None:
+                await part_traffic(bench, encrypted=False)
+                if "e2ee" in parts:
+                    await part_traffic(bench, encrypted=True)
+            steps.append(("traffic", traffic))
         if "memory" in parts:
             async def memory() -> None:
                 await part_memory(bench)
@@ -105,6 +143,7 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
             steps.append(("scale", lambda: part_scale(bench)))
         for name, step in steps:
             began = time.monotonic()
+            busy0 = report.busy_mark()
             try:
                 await asyncio.wait_for(step(), _part_timeout(params, name))
             except Exception as exc:  # noqa: BLE001 - record it, go on with the next part
@@ -115,6 +154,7 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
                 traceback.print_exc(file=sys.stderr)
             bench.results.setdefault("part_seconds", {})[name] = round(
                 time.monotonic() - began, 1)
+            bench.results.setdefault("machine_load", {})[name] = report.load_since(busy0)
             say(f"part '{name}' took {time.monotonic() - began:.0f} s")
         results = dict(bench.results)
         results["notes"] = list(bench.notes)
@@ -133,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown part(s): {', '.join(unknown)}; choose from {', '.join(PARTS)}",
               file=sys.stderr)
         return 2
-    out = args.out or RESULTS / ("quick.json" if args.quick else "latest.json")
+    git = report.git_state()
+    out, refused = _output_path(args.out, params.mode, git, time.strftime("%Y%m%d-%H%M%S"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("nio", "nio.client", "nio.rooms", "nio.crypto", "nio.responses", "peewee"):
@@ -141,13 +182,26 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="parcel-bench-"))
     started = time.time()
-    say(f"{params.mode} run of {', '.join(parts)}; working directory {workdir}")
+    say(f"{params.mode} run of {', '.join(parts)} at commit {git.get('commit')}; working "
+        f"directory {workdir}")
+    if refused:
+        say(refused)
     try:
         results, failed = asyncio.run(_run(params, parts, workdir))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finished = time.time()
+    after = report.git_state()
+    if (after.get("commit"), after.get("dirty")) != (git.get("commit"), git.get("dirty")):
+        # The code changed under the run: its figures belong to no single commit.
+        git = {**git, "dirty": True, "changed_during_run": True,
+               "commit_after": after.get("commit"),
+               "changed_paths": after.get("changed_paths") or git.get("changed_paths")}
+        out, refused = _output_path(args.out, params.mode, git, time.strftime("%Y%m%d-%H%M%S",
+                                    time.localtime(started)))
+        if refused:
+            refused = "the tree changed during the run; " + refused
     command = " ".join([".venv/bin/python -m bench", *map(shlex.quote, sys.argv[1:])])
     results = {
         "meta": {
@@ -157,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(finished - started, 1),
             "machine": report.machine(),
-            "git": report.git_state(),
+            "git": git,
+            "results_file": str(out.name),
             "params": {k: v for k, v in vars(params).items()},
             "profile": "python -m bench.profile (needs py-spy) writes bench/results/profile.json",
             "timing": "latency parts: origin_server_ts of the triggering event -> the recipient "
@@ -175,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(also in {out.with_suffix('.md')}):\n")
     print(md)
     print(f"Results: {out}  ({params.mode} run took {finished - started:.0f} s)")
+    if refused:
+        print(refused)
     if args.keep or failed:
         say(f"working directory kept: {workdir}")
     else:

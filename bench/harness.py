@@ -93,6 +93,26 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def halves(values: list[float]) -> dict[str, Any]:
+    """The sample set as two interleaved halves A (even samples) and B (odd samples).
+
+    Both halves ran in the same run, under the same conditions; ``spread`` =
+    |p50_A - p50_B| / p50 says how much of a difference between two runs is noise.
+    """
+    a, b = values[0::2], values[1::2]
+    p50, p50_a, p50_b = quantile(values, 0.5), quantile(a, 0.5), quantile(b, 0.5)
+    spread = None
+    if p50 and p50_a is not None and p50_b is not None:
+        spread = round(abs(p50_a - p50_b) / p50, 3)
+    return {"p50_a": None if p50_a is None else round(p50_a, 4),
+            "p50_b": None if p50_b is None else round(p50_b, 4), "spread": spread}
+
+
+def summary_ab(values: list[float]) -> dict[str, Any]:
+    """:func:`summary` plus the two-halves spread (``values`` in the order they were taken)."""
+    return {**summary(values), **halves(values)}
+
+
 # --------------------------------------------------------------------------------------------
 # Actors
 # --------------------------------------------------------------------------------------------
@@ -384,6 +404,18 @@ def proc_memory_kb(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0])
     return out
+
+
+def machine_busy_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat.
+
+    Two readings give how many cores the whole machine kept busy in between: the bench's
+    own processes and everyone else's (a shared machine is noisy; the report says how noisy).
+    """
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
 
 
 def reset_peak_rss(pid: int) -> bool:

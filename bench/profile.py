@@ -155,6 +155,7 @@ def offer_log_times(log_path: Path) -> dict[int, dict[str, float]]:
         stamp = time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1000
         offer, text = int(match[3]), match[4]
         for key, prefix in (("received", "customer_to_agent from"), ("offered", "offered,"),
+                            ("staged", "delivery staged as"),
                             ("accepted", "accepted by"), ("delivered", "delivered as")):
             if text.startswith(prefix):
                 times.setdefault(offer, {})[key] = stamp
@@ -206,7 +207,8 @@ def _breakdown(rows: list[dict[str, Any]], logged: dict[int, dict[str, float]]) 
         "offer: logged -> inspected (download, hash, libmagic, store)",
         "offer: inspected -> card at the agent (send + sync hop)",
         "delivery: reaction -> bot logs the decision (sync hop)",
-        "delivery: decision -> delivery sent (fresh upload + send)",
+        "delivery: decision -> delivery sent (waits for the staged copy, then a send)",
+        "staging: inspected -> recipient's copy uploaded (from the bot's log)",
         "delivery: sent -> file at the agent (sync hop)",
         "offer total", "delivery total",
         "reference: a client's media upload request of the same file",
@@ -216,9 +218,10 @@ def _breakdown(rows: list[dict[str, Any]], logged: dict[int, dict[str, float]]) 
         t = logged.get(row["offer"], {})
         if not {"received", "offered", "accepted", "delivered"} <= set(t):
             continue
+        staged = t.get("staged", t["offered"]) - t["offered"]  # 0 without prestaging
         values = [t["received"] - row["upload_ts"], t["offered"] - t["received"],
                   row["card_at"] - t["offered"], t["accepted"] - row["reaction_ts"],
-                  t["delivered"] - t["accepted"], row["media_at"] - t["delivered"],
+                  t["delivered"] - t["accepted"], staged, row["media_at"] - t["delivered"],
                   row["card_at"] - row["upload_ts"], row["media_at"] - row["reaction_ts"],
                   row["client_upload_s"], row["client_send_s"]]
         for key, value in zip(keys, values, strict=True):
@@ -226,7 +229,10 @@ def _breakdown(rows: list[dict[str, Any]], logged: dict[int, dict[str, float]]) 
     return {k: (round(statistics.median(v) * 1000, 1) if v else None) for k, v in steps.items()}
 
 
-async def profile_latency(b: Bench, encrypted: bool, reps: tuple[int, int, int],
+PROFILE_SIZES = (("4 KB", 4 * KB), ("1 MB", 1 * MB), ("20 MB", 20 * MB), ("100 MB", 100 * MB))
+
+
+async def profile_latency(b: Bench, encrypted: bool, reps: tuple[int, ...],
                           workdir: Path) -> dict[str, Any]:
     tag = "e2ee" if encrypted else "plain"
     say(f"profile: latency, E2EE {'on' if encrypted else 'off'}")
@@ -241,8 +247,7 @@ async def profile_latency(b: Bench, encrypted: bool, reps: tuple[int, int, int],
     began = time.monotonic()
     await sampler.start()
     result: dict[str, Any] = {"sizes": {}}
-    for (label, size), n in zip((("4 KB", 4 * KB), ("1 MB", 1 * MB), ("20 MB", 20 * MB)), reps,
-                                strict=True):
+    for (label, size), n in zip(PROFILE_SIZES, reps, strict=True):
         rows = await _timed_cycles(b, chat, f"{tag}-{label.replace(' ', '')}", size, n)
         result["sizes"][label] = {
             "n": n,
@@ -324,7 +329,7 @@ def _print(results: dict[str, Any]) -> None:
                       prof.get("synapse_inclusive_by_file", [])[:25])
 
 
-async def _main(quick: bool, scenarios: list[str], keep: bool) -> int:
+async def _main(quick: bool, scenarios: list[str], keep: bool, out: Path | None = None) -> int:
     if not PY_SPY.exists():
         print(f"py-spy is not installed in this virtualenv ({PY_SPY}); run "
               f"'.venv/bin/pip install py-spy' first", file=sys.stderr)
@@ -333,7 +338,7 @@ async def _main(quick: bool, scenarios: list[str], keep: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="parcel-profile-"))
     results: dict[str, Any] = {"meta": {"machine": machine(), "mode": params.mode,
                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-    reps = (5, 5, 3) if quick else (20, 15, 8)
+    reps = (5, 5, 3, 2) if quick else (20, 15, 8, 4)
     try:
         if "latency" in scenarios or "e2ee" in scenarios:
             async with Bench(params, workdir / "latency") as b:
@@ -349,7 +354,7 @@ async def _main(quick: bool, scenarios: list[str], keep: bool) -> int:
     except BenchError as exc:
         print(f"profile failed: {exc}", file=sys.stderr)
         return 1
-    out = RESULTS / ("profile-quick.json" if quick else "profile.json")
+    out = out or RESULTS / ("profile-quick.json" if quick else "profile.json")
     write_json(out, results)
     _print(results)
     print(f"\nProfile summary: {out}")
@@ -366,8 +371,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="latency,e2ee,scale")
     parser.add_argument("--keep", action="store_true", help="keep the raw stacks")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="summary JSON (default bench/results/profile.json, or "
+                             "profile-quick.json with --quick)")
     args = parser.parse_args()
-    return asyncio.run(_main(args.quick, [s.strip() for s in args.only.split(",")], args.keep))
+    return asyncio.run(_main(args.quick, [s.strip() for s in args.only.split(",")], args.keep,
+                             args.out))
 
 
 if __name__ == "__main__":

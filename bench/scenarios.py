@@ -32,15 +32,18 @@ from typing import Any
 
 import yaml
 
+from bench.floor import Downloader, mxc_of
 from bench.harness import (
     Actor,
     BenchError,
     Child,
     Seen,
+    machine_busy_jiffies,
     proc_cpu_seconds,
     ratio,
     reset_peak_rss,
     summary,
+    summary_ab,
     synapse_pid,
 )
 from bot.devserver import Homeserver, RegisteredUser, unique_localpart
@@ -73,14 +76,17 @@ class Params:
     burst_n: int  # texts in one burst
     burst_rounds: int  # bursts per bot, alternating relay and Parcel
     step_timeout: float = 120.0
+    traffic_n: int = 3  # offers per size counted through the proxy, plain and E2EE
 
 
 FULL = Params(
     mode="full",
     one_hop_n=30,
     text_relay_n=30,
-    sizes=(("4 KB", 4 * KB, 20), ("1 MB", 1 * MB, 20), ("20 MB", 20 * MB, 10)),
-    e2ee_reps=(12, 12, 6),
+    sizes=(("4 KB", 4 * KB, 30), ("1 MB", 1 * MB, 30), ("20 MB", 20 * MB, 10),
+           ("100 MB", 100 * MB, 10)),
+    e2ee_reps=(30, 30, 10, 10),
+    traffic_n=5,
     scale_levels=(10, 50, 200),
     scale_window=30.0,
     scale_drain=30.0,
@@ -97,8 +103,10 @@ QUICK = Params(
     mode="quick",
     one_hop_n=10,
     text_relay_n=8,
-    sizes=(("4 KB", 4 * KB, 5), ("1 MB", 1 * MB, 5), ("20 MB", 20 * MB, 3)),
-    e2ee_reps=(3, 3, 2),
+    sizes=(("4 KB", 4 * KB, 6), ("1 MB", 1 * MB, 6), ("20 MB", 20 * MB, 4),
+           ("100 MB", 100 * MB, 2)),
+    e2ee_reps=(6, 6, 4, 2),
+    traffic_n=3,
     scale_levels=(5, 20),
     scale_window=10.0,
     scale_drain=10.0,
@@ -220,6 +228,7 @@ class Chat:
     customer_room: str
     agent_room: str
     encrypted: bool
+    data_dir: Path | None = None  # Parcel's, to look up whether a delivery was staged
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,9 +301,10 @@ class Bench:
         return path
 
     def parcel_config(self, bot: RegisteredUser, data_dir: Path, agents: list[str],
-                      encryption: bool, max_size: str = "300MB") -> Path:
+                      encryption: bool, max_size: str = "300MB",
+                      homeserver: str | None = None) -> Path:
         raw = {
-            "homeserver": self.hs.url,
+            "homeserver": homeserver or self.hs.url,
             "user_id": bot.user_id,
             "password": bot.password,
             "device_name": "parcel-bench",
@@ -315,10 +325,12 @@ class Bench:
         return Child([sys.executable, "-m", "bot", "run", "--config", str(config_path)],
                      log_path, b"first sync done; ready")
 
-    async def parcel(self, name: str, *, encryption: bool, agents: list[str]) -> ParcelBot:
+    async def parcel(self, name: str, *, encryption: bool, agents: list[str],
+                     homeserver: str | None = None) -> ParcelBot:
         bot = await self.user(f"parcel-{name}", "Parcel")
         data_dir = self._dir("bots") / f"parcel-{name}"
-        config_path = self.parcel_config(bot, data_dir, agents, encryption)
+        config_path = self.parcel_config(bot, data_dir, agents, encryption,
+                                         homeserver=homeserver)
         child = self.parcel_child(config_path, data_dir.parent / f"parcel-{name}.log")
         self.children.append(child)
         seconds = await child.start()
@@ -326,14 +338,16 @@ class Bench:
             f"in {seconds:.1f} s")
         return ParcelBot(bot, data_dir, config_path, child)
 
-    async def relay(self, name: str, *, encryption: bool) -> RelayBot:
+    async def relay(self, name: str, *, encryption: bool,
+                    homeserver: str | None = None) -> RelayBot:
         user = await self.user(f"relay-{name}", "Relay")
         base = self._dir("bots") / f"relay-{name}"
         base.mkdir(parents=True, exist_ok=True)
         pairs = base / "pairs.json"
         pairs.write_text("{}")
         config = {
-            "homeserver": self.hs.url, "user_id": user.user_id, "device_id": user.device_id,
+            "homeserver": homeserver or self.hs.url, "user_id": user.user_id,
+            "device_id": user.device_id,
             "access_token": user.access_token, "store_dir": str(base / "store"),
             "encryption": encryption, "pairs_file": str(pairs),
         }
@@ -356,7 +370,8 @@ class Bench:
         await agent.wait_until(lambda: agent_room in agent.client.rooms
                                and agent_room not in agent.client.invited_rooms,
                                "joining the agent room")
-        chat = Chat("parcel", bot.user_id, customer, agent, room, agent_room, encrypted)
+        chat = Chat("parcel", bot.user_id, customer, agent, room, agent_room, encrypted,
+                    bot.data_dir)
         if encrypted:
             await customer.wait_for(lambda s: s.room_id == room and s.sender == bot.user_id
                                     and s.type == "m.room.message", "the bot's welcome")
@@ -407,19 +422,28 @@ class Bench:
                                     f"the echo of {event_id}", timeout=self.p.step_timeout)
         return float(echo.source["origin_server_ts"]) / 1000.0
 
-    async def send_file(self, chat: Chat, name: str, size: int) -> tuple[str, float]:
+    async def send_file(self, chat: Chat, name: str,
+                        size: int) -> tuple[str, float, dict[str, Any]]:
+        """Upload and post a file; (event id, time the send returned, the media part)."""
         media = await chat.customer.upload(self.blob(size), name, OCTET, encrypt=chat.encrypted)
         content = Actor.file_content(media, name, OCTET, size)
-        return await chat.customer.send(chat.customer_room, content)
+        event_id, returned = await chat.customer.send(chat.customer_room, content)
+        return event_id, returned, media
 
-    async def relay_cycle(self, chat: Chat, name: str, size: int) -> float:
-        """File through the relay: customer's file message -> forwarded copy at the agent."""
-        event_id, _ = await self.send_file(chat, name, size)
+    async def relay_cycle(self, chat: Chat, name: str, size: int) -> tuple[float, dict]:
+        """File through the relay: customer's file message -> forwarded copy at the agent.
+
+        Returns the latency and the media part of the upload (for the floor's download).
+        In an encrypted chat the copy must be an encrypted file (the same ``file`` block, so
+        the relay forwards the encrypted file as is, in an encrypted event)."""
+        event_id, _, media = await self.send_file(chat, name, size)
         seen = await chat.agent.wait_for(
             lambda s: s.room_id == chat.agent_room and s.sender == chat.bot_id
             and s.content.get("body") == name, f"the forwarded {name}",
             timeout=self.p.step_timeout)
-        return seen.at - await self._own_ts(chat.customer, event_id)
+        if chat.encrypted and not isinstance(seen.content.get("file"), dict):
+            raise BenchError(f"the relay forwarded {name} without its encrypted file block")
+        return seen.at - await self._own_ts(chat.customer, event_id), media
 
     async def offer_shown(self, chat: Chat, card: Seen, offer_id: int) -> None:
         """Wait for what a person sees before deciding: the bot's ✅/❌ under the card and the
@@ -440,15 +464,20 @@ class Bench:
             and s.content[OFFER_KEY].get("id") == offer_id and "m.new_content" not in s.content,
             "the status line", timeout=self.p.step_timeout)
 
-    async def parcel_cycle(self, chat: Chat, name: str, size: int) -> tuple[float, float]:
-        """Offer, ✅, delivery and both edits; returns (offer latency, delivery latency)."""
+    async def parcel_cycle(self, chat: Chat, name: str,
+                           size: int) -> tuple[float, float, bool | None]:
+        """Offer, ✅, delivery and both edits.
+
+        Returns (offer latency, delivery latency, whether the recipient's copy was already
+        staged when ✅ was clicked; None when that cannot be read)."""
         customer, agent = chat.customer, chat.agent
-        event_id, _ = await self.send_file(chat, name, size)
+        event_id, _, _ = await self.send_file(chat, name, size)
         card = await agent.wait_for(lambda s: s.room_id == chat.agent_room and is_card(s, name),
                                     f"the offer card for {name}", timeout=self.p.step_timeout)
         offer_latency = card.at - await self._own_ts(customer, event_id)
         offer_id = card.content[OFFER_KEY]["id"]
         await self.offer_shown(chat, card, offer_id)
+        staged = staged_in_store(chat.data_dir, offer_id)
         reaction_id, _ = await agent.react(chat.agent_room, str(card.source["event_id"]), ACCEPT)
         media = await agent.wait_for(
             lambda s: s.room_id == chat.agent_room and s.sender == chat.bot_id
@@ -463,7 +492,24 @@ class Bench:
         await customer.wait_for(lambda s: s.room_id == chat.customer_room
                                 and edit_state(s, offer_id) == "accepted",
                                 "the status line's edit", timeout=self.p.step_timeout)
-        return offer_latency, delivery_latency
+        return offer_latency, delivery_latency, staged
+
+
+def staged_in_store(data_dir: Path | None, offer_id: int) -> bool | None:
+    """Whether Parcel's store has a staged copy for the offer (read-only look-up)."""
+    db = None if data_dir is None else data_dir / "parcel.db"
+    if db is None or not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT staged_uri FROM offers WHERE id = ?",
+                               (offer_id,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else row[0] is not None
 
 
 def is_card(seen: Seen, name: str) -> bool:
@@ -533,33 +579,61 @@ async def part_baseline_hops(b: Bench, relay: RelayBot, parcel: ParcelBot,
 
 
 async def part_latency(b: Bench, label: str, relay_chat: Chat, parcel_chat: Chat,
-                       reps: tuple[int, ...]) -> dict[str, Any]:
-    """2./3. (and 4. when the chats are encrypted): offer and delivery latency per size."""
+                       reps: tuple[int, ...], floor: Downloader | None = None) -> dict[str, Any]:
+    """2./3. (and 4. when the chats are encrypted): offer and delivery latency per size.
+
+    Per sample, interleaved so drift in the homeserver hits all alike: the relay forwards
+    the file; ``floor`` (a client) downloads the relay's copy of it from the same Synapse
+    (the inspection floor is that forward plus that download); Parcel offers it and
+    delivers it on ✅. Even and odd samples are the halves A and B of the spread."""
     out: dict[str, Any] = {}
     # Warm-up: first sends share room keys, load libmagic, open connections. Not measured.
-    await b.relay_cycle(relay_chat, f"warm-{label}-relay.bin", 4 * KB)
+    _, warm_media = await b.relay_cycle(relay_chat, f"warm-{label}-relay.bin", 4 * KB)
+    if floor is not None:
+        await floor.seconds(mxc_of(warm_media))
     await b.parcel_cycle(parcel_chat, f"warm-{label}-parcel.bin", 4 * KB)
     for (size_label, size, _), n in zip(b.p.sizes, reps, strict=True):
         say(f"  {label}: {size_label} x {n}")
-        forward, offer, delivery = [], [], []
+        forward, download, offer, delivery = [], [], [], []
+        staged: list[bool | None] = []
         for i in range(n):
             tag = size_label.replace(" ", "")
-            # Interleaved, so drift in the homeserver hits both alike.
-            forward.append(await b.relay_cycle(relay_chat, f"{label}-{tag}-{i}-r.bin", size))
-            o, d = await b.parcel_cycle(parcel_chat, f"{label}-{tag}-{i}-p.bin", size)
+            fwd, media = await b.relay_cycle(relay_chat, f"{label}-{tag}-{i}-r.bin", size)
+            forward.append(fwd)
+            if floor is not None:
+                download.append(await floor.seconds(mxc_of(media), expected_size=size))
+            o, d, st = await b.parcel_cycle(parcel_chat, f"{label}-{tag}-{i}-p.bin", size)
             offer.append(o)
             delivery.append(d)
-        s_fwd, s_off, s_del = summary(forward), summary(offer), summary(delivery)
-        out[size_label] = {
+            staged.append(st)
+        floor_samples = [f + d for f, d in zip(forward, download, strict=True)]
+        s_fwd, s_off, s_del = summary_ab(forward), summary_ab(offer), summary_ab(delivery)
+        s_floor = summary_ab(floor_samples) if floor_samples else None
+        entry: dict[str, Any] = {
             "bytes": size,
             "baseline_forward": s_fwd,
+            "client_download": summary_ab(download) if download else None,
+            "inspection_floor": s_floor,
             "parcel_offer": s_off,
             "parcel_delivery": s_del,
             "ratio_offer_p50": ratio(s_off["p50"], s_fwd["p50"]),
             "ratio_offer_p95": ratio(s_off["p95"], s_fwd["p95"]),
             "ratio_delivery_p50": ratio(s_del["p50"], s_fwd["p50"]),
             "ratio_delivery_p95": ratio(s_del["p95"], s_fwd["p95"]),
+            # The same ratios in halves A and B: a verdict that flips between them is noise.
+            "ratio_delivery_p50_ab": [ratio(s_del["p50_a"], s_fwd["p50_a"]),
+                                      ratio(s_del["p50_b"], s_fwd["p50_b"])],
+            "staged_before_accept": sum(1 for x in staged if x),
         }
+        if s_floor is not None:
+            entry["ratio_offer_floor_p50"] = ratio(s_off["p50"], s_floor["p50"])
+            entry["ratio_offer_floor_p95"] = ratio(s_off["p95"], s_floor["p95"])
+            entry["ratio_offer_floor_p50_ab"] = [ratio(s_off["p50_a"], s_floor["p50_a"]),
+                                                 ratio(s_off["p50_b"], s_floor["p50_b"])]
+        out[size_label] = entry
+        say(f"    relay {s_fwd['p50'] * 1000:.0f} ms, floor "
+            f"{(s_floor or {}).get('p50', 0) * 1000:.0f} ms, offer {s_off['p50'] * 1000:.0f} ms, "
+            f"delivery {s_del['p50'] * 1000:.0f} ms (p50)")
     return out
 
 
@@ -679,6 +753,7 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
     cpu0 = side.child.cpu()
     syn0 = proc_cpu_seconds(spid) if spid else 0.0
     own0 = time.process_time()
+    busy0 = machine_busy_jiffies()
     for hook in b.window_hooks:
         await hook("start", side.kind, level, side.child)
     start_mono = time.monotonic() + 1.0
@@ -715,6 +790,7 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
     cpu_w = side.child.cpu()
     syn_w = proc_cpu_seconds(spid) if spid else 0.0
     own_w = time.process_time()
+    busy_w = machine_busy_jiffies()
     window_wall = time.time() - start_wall
     for hook in b.window_hooks:
         await hook("stop", side.kind, level, side.child)
@@ -764,6 +840,9 @@ async def _scale_window(b: Bench, side: ScaleSide, customers: list[Actor],
             "bot_cpu_utilisation": round((cpu_w - cpu0) / window_wall, 3),
             "synapse_cpu_utilisation": round((syn_w - syn0) / window_wall, 3),
             "harness_cpu_utilisation": round((own_w - own0) / window_wall, 3),
+            # Every process on the machine, ours and others' (a shared machine is noisy).
+            "machine_busy_cores": round((busy_w[0] - busy0[0]) / max(1, busy_w[1] - busy0[1])
+                                        * (os.cpu_count() or 1), 2),
         },
         "wall_s": round(elapsed, 1),
         "idle_wait_s": round(idle_wait, 1),
@@ -966,8 +1045,13 @@ async def part_latencies(b: Bench, include_e2ee: bool = True,
     relay_chat = await b.open_relay_chat(relay, customer, agent, encrypted=False)
     if include_hops:
         await part_baseline_hops(b, relay, parcel, relay_chat, parcel_chat)
-    plain = await part_latency(b, "plain", relay_chat, parcel_chat,
-                               tuple(n for _, _, n in b.p.sizes))
+    # The floor's client downloads as the agent (any member may fetch the room's media).
+    floor = Downloader(b.hs.url, agent.user.access_token, b._dir("floor"))
+    try:
+        plain = await part_latency(b, "plain", relay_chat, parcel_chat,
+                                   tuple(n for _, _, n in b.p.sizes), floor)
+    finally:
+        await floor.close()
     b.results["latency_plain"] = plain
     plain_cpu = {"parcel_cpu_s": round(parcel.child.cpu(), 2),
                  "relay_cpu_s": round(relay.child.cpu(), 2)}
@@ -984,7 +1068,12 @@ async def part_latencies(b: Bench, include_e2ee: bool = True,
     e_relay = await b.relay("e2ee", encryption=True)
     e_parcel_chat = await b.open_parcel_chat(e_parcel, e_customer, e_agent, encrypted=True)
     e_relay_chat = await b.open_relay_chat(e_relay, e_customer, e_agent, encrypted=True)
-    e2ee = await part_latency(b, "e2ee", e_relay_chat, e_parcel_chat, b.p.e2ee_reps)
+    e_floor = Downloader(b.hs.url, e_agent.user.access_token, b._dir("floor"))
+    try:
+        e2ee = await part_latency(b, "e2ee", e_relay_chat, e_parcel_chat, b.p.e2ee_reps,
+                                  e_floor)
+    finally:
+        await e_floor.close()
     for size_label, entry in e2ee.items():
         base = plain[size_label]
         entry["enc_vs_plain_offer_p50"] = ratio(entry["parcel_offer"]["p50"],
