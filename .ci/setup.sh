@@ -23,6 +23,17 @@ if ! "$PYTHON" -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_libra
     fi
 fi
 
+# The PostgreSQL tests (and the benchmark's PostgreSQL figures) run a throwaway cluster of
+# Debian's server binaries in a temporary directory (bot/devdb.py); nothing else uses them.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    echo "installing postgresql (server binaries for the PostgreSQL tests)" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    # The package's own cluster is not wanted: tests start theirs.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

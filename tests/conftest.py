@@ -8,7 +8,7 @@ fast unit tests alone. Tests share the one server, so every user gets a unique l
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from nio import AsyncClient, AsyncClientConfig, KeysUploadError, SyncError
 
+from bot.devdb import PostgresServer
 from bot.devserver import Homeserver, RegisteredUser, unique_localpart
 from tests.chat import BotProcess, BotRunner, Person, bot_config
 from tests.helpers import MakeClient, MakeUser
@@ -44,6 +45,23 @@ async def homeserver(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL server (Debian's binaries, a cluster in a temp dir) for the session."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL, as a URL with its password."""
+    return postgres.url(postgres.create_database(), with_password=True)
 
 
 @pytest.fixture
