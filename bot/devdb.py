@@ -19,6 +19,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -60,7 +61,8 @@ def find_bindir() -> Path:
 
 
 class PostgresServer:
-    """A real PostgreSQL cluster in ``base_dir``, started and stopped by this object.
+    """A real PostgreSQL cluster in ``base_dir`` (as root: a private temp dir), started and stopped
+    by this object.
 
     ``url(database)`` gives a ``postgresql://`` URL without the password (it is in
     :attr:`password`, as a deployment would pass it in ``PARCEL_DATABASE_PASSWORD``);
@@ -68,7 +70,15 @@ class PostgresServer:
     """
 
     def __init__(self, base_dir: Path, port: int | None = None) -> None:
-        self.base_dir = Path(base_dir).resolve()
+        self._run_as = "postgres" if os.geteuid() == 0 else None
+        if self._run_as is None:
+            self.base_dir = Path(base_dir).resolve()
+        else:
+            # The server's user must reach its directory, and pytest keeps its own temporary
+            # directories private to root (re-applied by every pytest that starts): so the
+            # cluster gets a directory of its own, removed at exit.
+            self.base_dir = Path(tempfile.mkdtemp(prefix="parcel-pg-"))
+            atexit.register(shutil.rmtree, self.base_dir, True)
         self.bindir = find_bindir()
         self.port = port if port is not None else free_port()
         self.data_dir = self.base_dir / "cluster"
@@ -77,7 +87,6 @@ class PostgresServer:
         self.password = secrets.token_urlsafe(18)
         self._names = itertools.count(1)
         self._started = False
-        self._run_as = "postgres" if os.geteuid() == 0 else None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,13 +171,6 @@ class PostgresServer:
             for name in dirs + files:
                 with contextlib.suppress(FileNotFoundError):
                     os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-        # The temporary directories above base_dir must be passable for that user.
-        for parent in path.parents:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o001)
 
     def _pg_ctl(self, *args: str) -> None:
         self._run(self.bindir / "pg_ctl", "-D", str(self.data_dir), *args)
