@@ -31,6 +31,7 @@ from nio import RoomPreset
 
 from bench.harness import Actor, BenchError, Child, proc_cpu_seconds, ratio
 from bench.scenarios import Bench, ParcelBot, _wait_idle, say
+from bot.documents import FileDocuments
 from bot.matrix.client import load_credentials
 from bot.matrix.sync import SYNC_FILTER as BOT_SYNC_FILTER
 
@@ -194,7 +195,7 @@ async def sync_probe(hs_url: str, data_dir: Path, runs: int = 3) -> dict[str, An
     Also a sync without a position, as a fresh device would make it. Only while the bot is
     stopped: it reuses the bot's saved access token and sync position, and changes neither.
     """
-    creds = load_credentials(data_dir)
+    creds = await load_credentials(FileDocuments(data_dir))
     if creds is None:
         raise BenchError(f"no saved credentials in {data_dir}")
     conn = sqlite3.connect(f"file:{data_dir / 'parcel.db'}?mode=ro", uri=True, timeout=5)

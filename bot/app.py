@@ -14,6 +14,7 @@ from bot.attachments.offers import OfferService
 from bot.attachments.panel import PanelService
 from bot.config import Config
 from bot.datadir import make_private
+from bot.documents import Documents, FileDocuments
 from bot.keys import EncryptionKey, encryption_key
 from bot.matrix.client import Sender, call, connect
 from bot.matrix.crosssign import CrossSigningError, CrossSigningStatus, ensure_cross_signed
@@ -49,6 +50,7 @@ class Parcel:
         self.key: EncryptionKey | None = None
         self.panels: PanelService | None = None
         self._tasks = TaskGroup()
+        self.documents: Documents = FileDocuments(config.data_dir)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, resume pending work, and sync until ``stop`` is set; then shut down."""
@@ -120,7 +122,7 @@ class Parcel:
         """
         key = self.key
         assert key is not None
-        return await until_done(lambda: connect(self.config, key.pickle_key),
+        return await until_done(lambda: connect(self.config, key.pickle_key, self.documents),
                                 f"connecting to {self.config.homeserver}", stop, self._backoff)
 
     async def _establish_identity(self, client: AsyncClient, stop: asyncio.Event) -> None:
@@ -136,7 +138,7 @@ class Parcel:
             if client.should_upload_keys:
                 await call("uploading the device keys", client.keys_upload(),
                            KeysUploadResponse)
-            return await ensure_cross_signed(client, self.config.data_dir, self.config.password,
+            return await ensure_cross_signed(client, self.documents, self.config.password,
                                              seeds_key=key.seeds_key)
 
         status = await until_done(establish, "establishing the bot's identity", stop,
@@ -203,11 +205,12 @@ async def reset_identity(config: Config) -> CrossSigningStatus:
     make_private(config.data_dir)
     key = encryption_key(config)
     protect_stores(config.data_dir / "crypto", key.pickle_key)
-    client = await connect(config, key.pickle_key)
+    documents = FileDocuments(config.data_dir)
+    client = await connect(config, key.pickle_key, documents)
     try:
         if client.should_upload_keys:
             await call("uploading the device keys", client.keys_upload(), KeysUploadResponse)
-        return await ensure_cross_signed(client, config.data_dir, config.password,
+        return await ensure_cross_signed(client, documents, config.password,
                                          seeds_key=key.seeds_key, reset=True)
     finally:
         await client.close()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nio import (
@@ -22,6 +20,7 @@ from nio import (
 
 from bot import errors
 from bot.config import Config
+from bot.documents import Documents
 from bot.errors import PermanentError, TransientError
 from bot.store import Store
 
@@ -53,38 +52,28 @@ class Credentials:
     access_token: str
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a secret file atomically with mode 0600."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def load_credentials(data_dir: Path) -> Credentials | None:
+async def load_credentials(documents: Documents) -> Credentials | None:
     """The saved device of an earlier run, if any."""
-    path = data_dir / CREDENTIALS_FILE
+    text = await documents.read(CREDENTIALS_FILE)
+    if text is None:
+        return None
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
         return Credentials(
             homeserver=raw["homeserver"],
             user_id=raw["user_id"],
             device_id=raw["device_id"],
             access_token=raw["access_token"],
         )
-    except FileNotFoundError:
-        return None
     except (ValueError, KeyError, TypeError) as exc:
-        raise LoginRefused(f"{path} is damaged ({exc}); move it away to log in afresh") from exc
+        raise LoginRefused(
+            f"{documents.where(CREDENTIALS_FILE)} is damaged ({exc}); remove it to log in afresh"
+        ) from exc
 
 
-def save_credentials(data_dir: Path, credentials: Credentials) -> None:
+async def save_credentials(documents: Documents, credentials: Credentials) -> None:
     """Persist the device so a restart reuses it (the crypto store depends on it)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(data_dir / CREDENTIALS_FILE, json.dumps(credentials.__dict__, indent=2))
+    await documents.write(CREDENTIALS_FILE, json.dumps(credentials.__dict__, indent=2))
 
 
 def client_config(encryption: bool, pickle_key: str) -> AsyncClientConfig:
@@ -105,8 +94,8 @@ def client_config(encryption: bool, pickle_key: str) -> AsyncClientConfig:
     )
 
 
-async def connect(config: Config, pickle_key: str) -> AsyncClient:
-    """Log in, or restore the saved device, and return a ready nio client."""
+async def connect(config: Config, pickle_key: str, documents: Documents) -> AsyncClient:
+    """Log in, or restore the saved device (kept in ``documents``), return a ready nio client."""
     store_path = config.data_dir / "crypto"
     store_path.mkdir(parents=True, exist_ok=True)
     client = AsyncClient(
@@ -116,7 +105,7 @@ async def connect(config: Config, pickle_key: str) -> AsyncClient:
         config=client_config(config.encryption, pickle_key),
     )
     try:
-        saved = load_credentials(config.data_dir)
+        saved = await load_credentials(documents)
         if saved is not None and saved.user_id == config.user_id:
             client.restore_login(saved.user_id, saved.device_id, saved.access_token)
             whoami = await client.whoami()
@@ -130,7 +119,7 @@ async def connect(config: Config, pickle_key: str) -> AsyncClient:
     except BaseException:
         await client.close()
         raise
-    save_credentials(config.data_dir, credentials)
+    await save_credentials(documents, credentials)
     return client
 
 

@@ -5,7 +5,8 @@ owner has not cross-signed, so an unsigned bot only ever sees undecryptable even
 start-up :func:`ensure_cross_signed` makes sure that
 
 * the bot's account publishes a master key whose secret we hold (seeds in
-  ``<data_dir>/cross_signing.json``, encrypted with AES-256-GCM under a key derived from the
+  the ``cross_signing.json`` document of :mod:`bot.documents` (a file in data_dir, or a row
+  in PostgreSQL), encrypted with AES-256-GCM under a key derived from the
   bot's encryption key, see :mod:`bot.keys`), with a self-signing and a user-signing key
   signed by it;
 * the bot's current device is signed by that self-signing key.
@@ -22,7 +23,6 @@ canonical JSON without ``signatures`` and ``unsigned``, unpadded standard base64
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -30,10 +30,8 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nio import AsyncClient
 
 from bot import errors
+from bot.documents import Documents
 
 logger = logging.getLogger(__name__)
 
@@ -266,22 +265,32 @@ def _seeds_aad(user_id: str) -> bytes:
     return f"parcel cross-signing seeds v{_SEEDS_VERSION} {user_id}".encode()
 
 
-def load_seeds(path: Path, user_id: str, key: bytes) -> CrossSigningSeeds | None:
-    """Read the seeds file, decrypting it with ``key``; ``None`` if there is none.
+async def load_seeds(
+    documents: Documents, user_id: str, key: bytes
+) -> CrossSigningSeeds | None:
+    """Read the seeds document, decrypting it with ``key``; ``None`` if there is none.
 
     Raises :class:`CrossSigningError` when it is damaged, belongs to another account or does
     not decrypt with ``key``: it is never overwritten, because losing the seeds means
-    resetting the bot's identity. A file readable by others is narrowed to 0600 with a
-    warning; a plaintext file of an older version is re-written encrypted.
+    resetting the bot's identity. A plaintext document of an older version is re-written
+    encrypted.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    text = await documents.read(SEEDS_FILE)
+    if text is None:
         return None
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        logger.warning("%s had mode %o; narrowing it to 600", path, mode)
-        path.chmod(0o600)
+    where = documents.where(SEEDS_FILE)
+    seeds, plain = parse_seeds(text, where, user_id, key)
+    if plain:
+        await save_seeds(documents, seeds, key)
+        logger.warning("%s held the cross-signing seeds in plain text; re-wrote it encrypted",
+                       where)
+    return seeds
+
+
+def parse_seeds(
+    text: str, where: str, user_id: str, key: bytes
+) -> tuple[CrossSigningSeeds, bool]:
+    """The seeds in a seeds document, and whether it was of the old plaintext version."""
     damaged = (
         "restore it from a backup, or move it away and set a password to reset the bot's "
         "cross-signing identity"
@@ -298,8 +307,8 @@ def load_seeds(path: Path, user_id: str, key: bytes) -> CrossSigningSeeds | None
             raise ValueError("user_id is not a string")
         if owner != user_id:
             raise CrossSigningError(
-                f"{path} holds the cross-signing keys of {owner}, not of {user_id}; "
-                "use another data directory"
+                f"{where} holds the cross-signing keys of {owner}, not of {user_id}; "
+                "use another data directory or database"
             )
         if version == _SEEDS_VERSION:
             if raw.get("cipher") != _SEEDS_CIPHER:
@@ -311,7 +320,7 @@ def load_seeds(path: Path, user_id: str, key: bytes) -> CrossSigningSeeds | None
                 )
             except InvalidTag:
                 raise CrossSigningError(
-                    f"{path} cannot be decrypted with the configured encryption key: restore "
+                    f"{where} cannot be decrypted with the configured encryption key: restore "
                     "the key it was written with (PARCEL_ENCRYPTION_KEY, encryption_key or "
                     "data_dir/encryption.key)"
                 ) from None
@@ -322,21 +331,15 @@ def load_seeds(path: Path, user_id: str, key: bytes) -> CrossSigningSeeds | None
             secrets = raw
         keys = {name: SigningKey(decode_base64(secrets[name])) for name in _SEED_NAMES}
     except (ValueError, KeyError, TypeError) as exc:
-        raise CrossSigningError(f"{path} is damaged ({exc}); {damaged}") from exc
+        raise CrossSigningError(f"{where} is damaged ({exc}); {damaged}") from exc
     seeds = CrossSigningSeeds(
         user_id, keys["master"], keys["self_signing"], keys["user_signing"]
     )
-    if version == _PLAIN_SEEDS_VERSION:
-        save_seeds(path, seeds, key)
-        logger.warning("%s held the cross-signing seeds in plain text; re-wrote it encrypted",
-                       path)
-    return seeds
+    return seeds, version == _PLAIN_SEEDS_VERSION
 
 
-def save_seeds(path: Path, seeds: CrossSigningSeeds, key: bytes) -> None:
-    """Write the seeds file encrypted with ``key`` (AES-256-GCM), atomically, mode 0600
-    (temp file, fsync, rename, fsync dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+async def save_seeds(documents: Documents, seeds: CrossSigningSeeds, key: bytes) -> None:
+    """Write the seeds document encrypted with ``key`` (AES-256-GCM), atomically."""
     secrets = {name: encode_base64(getattr(seeds, name).seed) for name in _SEED_NAMES}
     nonce = os.urandom(12)
     ciphertext = AESGCM(key).encrypt(
@@ -349,23 +352,7 @@ def save_seeds(path: Path, seeds: CrossSigningSeeds, key: bytes) -> None:
         "nonce": encode_base64(nonce),
         "ciphertext": encode_base64(ciphertext),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp creates it as 0600
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    await documents.write(SEEDS_FILE, json.dumps(document, indent=2) + "\n")
 
 
 # --- talking to the homeserver -----------------------------------------------------------------
@@ -444,7 +431,7 @@ class _Run:
         user_id: str,
         device_id: str,
         device_ed25519: str,
-        seeds_path: Path,
+        documents: Documents,
         password: str | None,
         seeds_key: bytes,
         reset: bool,
@@ -454,7 +441,8 @@ class _Run:
         self.user_id = user_id
         self.device_id = device_id
         self.device_ed25519 = device_ed25519
-        self.seeds_path = seeds_path
+        self.documents = documents
+        self.seeds_where = documents.where(SEEDS_FILE)
         self.password = password
         self.seeds_key = seeds_key
         self.master: str | None = None
@@ -488,20 +476,20 @@ class _Run:
         elif published.master is None:
             if seeds is None:
                 seeds = CrossSigningSeeds.generate(self.user_id)
-                await asyncio.to_thread(save_seeds, self.seeds_path, seeds, self.seeds_key)
+                await save_seeds(self.documents, seeds, self.seeds_key)
             await self.upload_keys(seeds, replacing=False)
             keys_done = "published new cross-signing keys"
         else:
             ours = (
-                f"but {self.seeds_path} holds {seeds.master.public_key}"
+                f"but {self.seeds_where} holds {seeds.master.public_key}"
                 if seeds is not None
-                else f"and {self.seeds_path} does not exist"
+                else f"and {self.seeds_where} does not exist"
             )
             why = f"the homeserver publishes master key {published.master} for {self.user_id}"
             why = f"{why}, {ours}"
             if not self.reset:
                 raise IdentityMismatch(
-                    f"{why}. Restore that file from a backup, or, to give the bot a new "
+                    f"{why}. Restore the seeds from a backup, or, to give the bot a new "
                     "identity (everyone who verified it must verify it again), run "
                     "`parcel-bot reset-identity --config FILE`"
                 )
@@ -514,7 +502,7 @@ class _Run:
             if seeds is None:
                 seeds = CrossSigningSeeds.generate(self.user_id)
                 # Saved before the upload: a published identity must never lack its seeds.
-                await asyncio.to_thread(save_seeds, self.seeds_path, seeds, self.seeds_key)
+                await save_seeds(self.documents, seeds, self.seeds_key)
             await self.upload_keys(seeds, replacing=True)
             logger.warning(
                 "%s; replaced it: the cross-signing identity of %s changed from master key %s "
@@ -608,7 +596,7 @@ class _Run:
 
 async def ensure_cross_signed(
     client: AsyncClient,
-    data_dir: Path,
+    documents: Documents,
     password: str | None,
     *,
     seeds_key: bytes,
@@ -618,8 +606,9 @@ async def ensure_cross_signed(
     """Make sure the bot's device is cross-signed by the bot's own identity; say how it went.
 
     Call once at start-up, after login and after the device keys were uploaded. The seeds of
-    the master, self-signing and user-signing keys live in ``data_dir/cross_signing.json``
-    (mode 0600), encrypted with ``seeds_key`` (:attr:`bot.keys.EncryptionKey.seeds_key`).
+    the master, self-signing and user-signing keys live in the ``cross_signing.json`` document
+    of ``documents`` (a 0600 file in data_dir, or a row in the database), encrypted with
+    ``seeds_key`` (:attr:`bot.keys.EncryptionKey.seeds_key`).
     When the homeserver has no identity for the bot, a new one is published (Synapse needs no
     interactive auth for that). When it has a different one (or we have no seeds),
     :class:`IdentityMismatch` is raised, unless ``reset`` is given (the admin's
@@ -644,12 +633,11 @@ async def ensure_cross_signed(
         logger.error("not cross-signing %s: %s", user_id, detail)
         return CrossSigningStatus(False, None, None, detail)
     device_ed25519 = client.olm.account.identity_keys["ed25519"]
-    seeds_path = data_dir / SEEDS_FILE
-    seeds = await asyncio.to_thread(load_seeds, seeds_path, user_id, seeds_key)
+    seeds = await load_seeds(documents, user_id, seeds_key)
     async with _http_session(session) as http:
         run = _Run(
             _Api(http, client.homeserver, token),
-            user_id, device_id, device_ed25519, seeds_path, password, seeds_key, reset,
+            user_id, device_id, device_ed25519, documents, password, seeds_key, reset,
         )
         try:
             status = await run.run(seeds)

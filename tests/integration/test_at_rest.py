@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 
 from bot.devserver import free_port
+from bot.documents import FileDocuments
 from bot.keys import KEY_FILE, NIO_DEFAULT_PICKLE_KEY, EncryptionKey
-from bot.matrix.crosssign import SEEDS_FILE, encode_base64, load_seeds
+from bot.matrix.crosssign import SEEDS_FILE, CrossSigningSeeds, encode_base64, load_seeds
 from bot.matrix.cryptostore import opens_with
 from tests import samples
 from tests.chat import OFFER_KEY
@@ -74,7 +75,8 @@ async def test_encrypted_file_leaves_nothing_readable_or_in_plain_text(start_cha
     assert opens_with(store, parcel.key.pickle_key) is True
     assert stat.S_IMODE((data_dir / KEY_FILE).stat().st_mode) == 0o600
     seeds_text = (data_dir / SEEDS_FILE).read_text()
-    seeds = load_seeds(data_dir / SEEDS_FILE, chat.bot_user.user_id, parcel.key.seeds_key)
+    seeds = await load_seeds(FileDocuments(data_dir), chat.bot_user.user_id,
+                            parcel.key.seeds_key)
     assert seeds is not None and encode_base64(seeds.master.seed) not in seeds_text
 
     async with aiohttp.ClientSession() as http:
@@ -122,10 +124,8 @@ async def test_sealed_copy_survives_sigkill_and_is_delivered_intact(start_chat) 
     assert open_paths(data_dir) == []
 
 
-def _make_it_look_old(data_dir: Path, user_id: str, seeds_key: bytes) -> None:
+def _make_it_look_old(data_dir: Path, user_id: str, seeds: CrossSigningSeeds) -> None:
     """Leave data_dir as an older Parcel did: no key file, plaintext seeds, 0644/0755 modes."""
-    seeds = load_seeds(data_dir / SEEDS_FILE, user_id, seeds_key)
-    assert seeds is not None
     (data_dir / SEEDS_FILE).write_text(json.dumps({
         "version": 1, "user_id": user_id,
         "master": encode_base64(seeds.master.seed),
@@ -159,7 +159,9 @@ async def test_old_store_with_default_key_is_repickled_and_tightened(
     data_dir = chat.bot.config.data_dir
     store = crypto_store(data_dir)
     assert opens_with(store, NIO_DEFAULT_PICKLE_KEY) is True
-    _make_it_look_old(data_dir, chat.bot_user.user_id, seeds_key)
+    seeds = await load_seeds(FileDocuments(data_dir), chat.bot_user.user_id, seeds_key)
+    assert seeds is not None
+    _make_it_look_old(data_dir, chat.bot_user.user_id, seeds)
     assert open_paths(data_dir)
 
     with caplog.at_level(logging.INFO, logger="bot"):

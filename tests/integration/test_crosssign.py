@@ -16,6 +16,7 @@ from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from bot.devserver import Homeserver, RegisteredUser
+from bot.documents import FileDocuments
 from bot.matrix.crosssign import (
     SEEDS_FILE,
     CrossSigningSeeds,
@@ -53,13 +54,13 @@ class Recorder:
 async def run(client: AsyncClient, data_dir: Path, password: str | None = None,
               recorder: Recorder | None = None, reset: bool = False) -> CrossSigningStatus:
     """ensure_cross_signed, through a recording session when a recorder is given."""
+    documents = FileDocuments(data_dir)
     if recorder is None:
-        return await ensure_cross_signed(client, data_dir, password, seeds_key=SEEDS_KEY,
+        return await ensure_cross_signed(client, documents, password, seeds_key=SEEDS_KEY,
                                          reset=reset)
     async with recorder.session() as session:
-        return await ensure_cross_signed(client, data_dir, password, seeds_key=SEEDS_KEY,
-                                         reset=reset,
-                                         session=session)
+        return await ensure_cross_signed(client, documents, password, seeds_key=SEEDS_KEY,
+                                         reset=reset, session=session)
 
 
 async def keys_seen_by(homeserver: Homeserver, observer: RegisteredUser,
@@ -187,7 +188,8 @@ async def test_never_replaces_the_identity_by_itself(
     seeds_path = tmp_path / SEEDS_FILE
     seeds_path.unlink()
     if lost == "other seeds":
-        save_seeds(seeds_path, CrossSigningSeeds.generate(bot_user.user_id), SEEDS_KEY)
+        await save_seeds(FileDocuments(tmp_path), CrossSigningSeeds.generate(bot_user.user_id),
+                         SEEDS_KEY)
     other_seeds = seeds_path.read_bytes() if seeds_path.exists() else None
     recorder = Recorder()
 

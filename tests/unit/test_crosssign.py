@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.documents import FileDocuments
 from bot.matrix.crosssign import (
     SEEDS_FILE,
     CrossSigningError,
@@ -235,26 +236,26 @@ def test_upload_body_is_signed_by_master() -> None:
     assert canonical_json(seeds.upload_body()) == canonical_json(body)
 
 
-def test_seeds_round_trip_with_private_mode(tmp_path: Path) -> None:
+async def test_seeds_round_trip_with_private_mode(tmp_path: Path) -> None:
     """Saved seeds load back as the same keys, from a 0600 file, with no temp files left."""
     path = tmp_path / "data" / SEEDS_FILE
     seeds = CrossSigningSeeds.generate(ALICE)
-    save_seeds(path, seeds, KEY)
+    await save_seeds(FileDocuments(path.parent), seeds, KEY)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == [SEEDS_FILE]
-    loaded = load_seeds(path, ALICE, KEY)
+    loaded = await load_seeds(FileDocuments(path.parent), ALICE, KEY)
     assert loaded is not None
     for name in ("master", "self_signing", "user_signing"):
         assert getattr(loaded, name).seed == getattr(seeds, name).seed
-    assert load_seeds(tmp_path / "missing.json", ALICE, KEY) is None
+    assert await load_seeds(FileDocuments(tmp_path / "missing"), ALICE, KEY) is None
 
 
-def test_loose_seeds_file_is_narrowed(tmp_path: Path) -> None:
+async def test_loose_seeds_file_is_narrowed(tmp_path: Path) -> None:
     """A seeds file readable by others is narrowed to 0600 when loaded."""
     path = tmp_path / SEEDS_FILE
-    save_seeds(path, CrossSigningSeeds.generate(ALICE), KEY)
+    await save_seeds(FileDocuments(path.parent), CrossSigningSeeds.generate(ALICE), KEY)
     path.chmod(0o644)
-    assert load_seeds(path, ALICE, KEY) is not None
+    assert await load_seeds(FileDocuments(path.parent), ALICE, KEY) is not None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -266,20 +267,21 @@ def test_loose_seeds_file_is_narrowed(tmp_path: Path) -> None:
     json.dumps({"version": 1, "user_id": ALICE, "master": "AAAA", "self_signing": "AAAA",
                 "user_signing": "AAAA"}),
 ])  # fmt: skip
-def test_damaged_seeds_file_raises(tmp_path: Path, content: str) -> None:
+async def test_damaged_seeds_file_raises(tmp_path: Path, content: str) -> None:
     """A damaged seeds file is an error naming the file, never treated as absent."""
     path = tmp_path / SEEDS_FILE
     path.write_text(content)
     with pytest.raises(CrossSigningError, match=SEEDS_FILE):
-        load_seeds(path, ALICE, KEY)
+        await load_seeds(FileDocuments(path.parent), ALICE, KEY)
 
 
-def test_seeds_of_another_account_raise(tmp_path: Path) -> None:
+async def test_seeds_of_another_account_raise(tmp_path: Path) -> None:
     """Seeds saved for another user id are refused rather than published for this one."""
     path = tmp_path / SEEDS_FILE
-    save_seeds(path, CrossSigningSeeds.generate("@other:parcel.test"), KEY)
+    other = CrossSigningSeeds.generate("@other:parcel.test")
+    await save_seeds(FileDocuments(path.parent), other, KEY)
     with pytest.raises(CrossSigningError, match="@other:parcel.test"):
-        load_seeds(path, ALICE, KEY)
+        await load_seeds(FileDocuments(path.parent), ALICE, KEY)
 
 
 def test_signing_key_repr_hides_the_seed() -> None:
@@ -293,11 +295,11 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 
 
-def test_seeds_file_holds_no_seed_in_the_clear(tmp_path: Path) -> None:
+async def test_seeds_file_holds_no_seed_in_the_clear(tmp_path: Path) -> None:
     """The saved file contains none of the three seeds, in any encoding we write."""
     path = tmp_path / SEEDS_FILE
     seeds = CrossSigningSeeds.generate(ALICE)
-    save_seeds(path, seeds, KEY)
+    await save_seeds(FileDocuments(path.parent), seeds, KEY)
     text = path.read_text()
     for name in ("master", "self_signing", "user_signing"):
         seed = getattr(seeds, name).seed
@@ -305,17 +307,17 @@ def test_seeds_file_holds_no_seed_in_the_clear(tmp_path: Path) -> None:
     assert json.loads(text)["version"] == 2 and json.loads(text)["cipher"] == "A256GCM"
 
 
-def test_seeds_with_the_wrong_key_are_refused_and_kept(tmp_path: Path) -> None:
+async def test_seeds_with_the_wrong_key_are_refused_and_kept(tmp_path: Path) -> None:
     """Seeds that do not decrypt with the key raise, naming the key sources; the file stays."""
     path = tmp_path / SEEDS_FILE
-    save_seeds(path, CrossSigningSeeds.generate(ALICE), KEY)
+    await save_seeds(FileDocuments(path.parent), CrossSigningSeeds.generate(ALICE), KEY)
     before = path.read_bytes()
     with pytest.raises(CrossSigningError, match="PARCEL_ENCRYPTION_KEY"):
-        load_seeds(path, ALICE, OTHER_KEY)
+        await load_seeds(FileDocuments(path.parent), ALICE, OTHER_KEY)
     assert path.read_bytes() == before
 
 
-def test_plaintext_seeds_of_an_older_version_are_rewritten_encrypted(tmp_path: Path) -> None:
+async def test_plaintext_seeds_of_an_older_version_are_rewritten_encrypted(tmp_path: Path) -> None:
     """A version-1 (plain base64) seeds file loads, and is re-written encrypted at once."""
     path = tmp_path / SEEDS_FILE
     seeds = CrossSigningSeeds.generate(ALICE)
@@ -324,11 +326,11 @@ def test_plaintext_seeds_of_an_older_version_are_rewritten_encrypted(tmp_path: P
              "self_signing": encode_base64(seeds.self_signing.seed),
              "user_signing": encode_base64(seeds.user_signing.seed)}
     path.write_text(json.dumps(plain))
-    loaded = load_seeds(path, ALICE, KEY)
+    loaded = await load_seeds(FileDocuments(path.parent), ALICE, KEY)
     assert loaded is not None and loaded.master.seed == seeds.master.seed
     text = path.read_text()
     assert json.loads(text)["version"] == 2
     assert encode_base64(seeds.master.seed) not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    again = load_seeds(path, ALICE, KEY)
+    again = await load_seeds(FileDocuments(path.parent), ALICE, KEY)
     assert again is not None and again.user_signing.seed == seeds.user_signing.seed
