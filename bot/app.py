@@ -16,6 +16,7 @@ from bot.config import Config
 from bot.datadir import make_private
 from bot.documents import Documents, FileDocuments
 from bot.keys import EncryptionKey, encryption_key
+from bot.leader import Lease
 from bot.matrix.client import Sender, call, connect
 from bot.matrix.crosssign import CrossSigningError, CrossSigningStatus, ensure_cross_signed
 from bot.matrix.cryptostore import protect_stores
@@ -51,9 +52,15 @@ class Parcel:
         self.panels: PanelService | None = None
         self._tasks = TaskGroup()
         self.documents: Documents = FileDocuments(config.data_dir)
+        self.lease: Lease | None = None
+        """Set when instances share a PostgreSQL database: only its holder works."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, resume pending work, and sync until ``stop`` is set; then shut down."""
+        """Open the store, then do the work until ``stop`` is set; then shut down.
+
+        With a :attr:`lease` (instances sharing PostgreSQL), wait as a standby until this
+        instance holds it, work while it does, and go back to waiting when it is lost.
+        """
         config = self.config
         make_private(config.data_dir)  # before anything is written there
         self.key = encryption_key(config)
@@ -61,8 +68,52 @@ class Parcel:
         protect_stores(config.data_dir / "crypto", self.key.pickle_key)
         self.store = store = Store.open(config.data_dir / "parcel.db")
         sealed.secure_leftovers(store, config.data_dir / "media")
-        media: MediaClient | None = None
         metrics_server: web.AppRunner | None = None
+        try:
+            if config.metrics is not None:
+                metrics_server = await self.metrics.serve(
+                    config.metrics.listen_host, config.metrics.listen_port, self.health,
+                    config.metrics.token,
+                )
+            if self.lease is None:
+                await self._lead(stop)
+            else:
+                await self._lead_while_leader(self.lease, stop)
+        finally:
+            if metrics_server is not None:
+                await metrics_server.cleanup()
+            store.close()
+
+    async def _lead_while_leader(self, lease: Lease, stop: asyncio.Event) -> None:
+        """Stand by until the lease is ours, lead until it is lost or ``stop``, and again."""
+        while not stop.is_set():
+            self.metrics.set_leader(False)
+            logger.info("standby: waiting for the leader lease (%s)", lease.holder)
+            if not await lease.acquire(stop):
+                return
+            term = asyncio.Event()  # this leadership ends at ``stop`` or when the lease is lost
+            ending = asyncio.create_task(_first_of(stop, lease.lost, then=term))
+            renewing = asyncio.create_task(lease.hold(term))
+            self.metrics.set_leader(True)
+            try:
+                await self._lead(term)
+            finally:
+                term.set()
+                await renewing
+                ending.cancel()
+                if lease.lost.is_set():
+                    logger.error("no longer the leader: stopped; standing by again")
+                else:
+                    await lease.release()
+                self.ready.clear()
+                self.sync = None
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Connect, resume pending work, and sync until ``stop`` is set; then shut down."""
+        config = self.config
+        store = self.store
+        assert store is not None
+        media: MediaClient | None = None
         try:
             connected = await self._connect(stop)
             if connected is None:
@@ -71,11 +122,8 @@ class Parcel:
             if config.encryption:
                 await self._establish_identity(client, stop)
             await apply_profile(client, store, config.profile)
-            media = MediaClient(
-                config.homeserver,
-                lambda: client.access_token,
-                config.media.transfer_timeout,
-            )
+            media = MediaClient(config.homeserver, self._access_token,
+                                config.media.transfer_timeout)
             sender = Sender(client, store)
             rooms = RoomDirectory(client)
             self.work = work = Scheduler(store, self._backoff, self.metrics)
@@ -91,11 +139,6 @@ class Parcel:
                                  backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
                                  on_recovered=work.hurry)
             self.metrics.set_sessions_open(len(store.sessions(SessionState.OPEN)))
-            if config.metrics is not None:
-                metrics_server = await self.metrics.serve(
-                    config.metrics.listen_host, config.metrics.listen_port, self.health,
-                    config.metrics.token,
-                )
             offers.resume()
             panels.resume()
             self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
@@ -106,13 +149,18 @@ class Parcel:
             logger.info("shutting down")
             # Every piece of work is durable and resumable, so waiting long buys nothing.
             await self._tasks.drain(timeout=2.0)
-            if metrics_server is not None:
-                await metrics_server.cleanup()
             if media is not None:
                 await media.close()
             if self.client is not None:
                 await self.client.close()
-            store.close()
+                self.client = None
+
+    def _access_token(self) -> str:
+        """The token for media requests: given out only while this instance may send."""
+        if self.lease is not None:
+            self.lease.check()
+        assert self.client is not None
+        return str(self.client.access_token)
 
     async def _connect(self, stop: asyncio.Event) -> AsyncClient | None:
         """Log in, waiting out a homeserver that is not up yet (as after a host reboot).
@@ -122,7 +170,8 @@ class Parcel:
         """
         key = self.key
         assert key is not None
-        return await until_done(lambda: connect(self.config, key.pickle_key, self.documents),
+        fence = None if self.lease is None else self.lease.check
+        return await until_done(lambda: connect(self.config, key.pickle_key, self.documents, fence),
                                 f"connecting to {self.config.homeserver}", stop, self._backoff)
 
     async def _establish_identity(self, client: AsyncClient, stop: asyncio.Event) -> None:
@@ -153,13 +202,19 @@ class Parcel:
                          "insecure devices will not see its messages", self.cross_signing.detail)
 
     def health(self) -> tuple[bool, str]:
-        """Healthy once the first sync is done and while the homeserver answers."""
+        """Healthy once the first sync is done and while the homeserver answers.
+
+        With a lease: "standby" while another instance leads (healthy: ready to take over),
+        "leader" once this one leads and has synced.
+        """
+        if self.lease is not None and not self.lease.valid():
+            return True, "standby"
         if not self.ready.is_set():
             return False, "starting: the first sync has not completed"
         assert self.sync is not None
         if not self.sync.healthy:
             return False, "the homeserver is unreachable; retrying"
-        return True, "ok"
+        return True, "ok" if self.lease is None else "leader"
 
     async def _start_work(self, sessions: SessionService, work: Scheduler,
                           stop: asyncio.Event) -> None:
@@ -214,3 +269,14 @@ async def reset_identity(config: Config) -> CrossSigningStatus:
                                          seeds_key=key.seeds_key, reset=True)
     finally:
         await client.close()
+
+
+async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
+    """Set ``then`` as soon as any of ``events`` is set."""
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        then.set()
+    finally:
+        for wait in waits:
+            wait.cancel()

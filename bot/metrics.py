@@ -7,7 +7,8 @@ exposes it over HTTP only when ``metrics.listen`` is configured:
 
 * ``GET /metrics``: the text exposition format; with a token configured (``metrics.token``)
   only for requests carrying ``Authorization: Bearer <token>``, others get 401;
-* ``GET /health``: 200 "ok" while the bot is healthy, 503 with the reason otherwise; always
+* ``GET /health``: 200 "ok" while the bot is healthy ("leader" or "standby" when instances
+  share a PostgreSQL database), 503 with the reason otherwise; always
   open (container health checks), and it says nothing more than that.
 """
 
@@ -124,6 +125,12 @@ class Metrics:
             registry=registry,
         )
         self._sync_lag.set_function(self.sync_lag)
+        self._leader = Gauge(
+            "parcel_leader",
+            "1 while this instance holds the leader lease and does the work, 0 as a standby.",
+            registry=registry,
+        )
+        self._leader.set(1)
 
     # --- what the bot calls ------------------------------------------------------------------
 
@@ -135,6 +142,10 @@ class Metrics:
     def session_closed(self) -> None:
         """A session ended (never counts below zero)."""
         self.set_sessions_open(self._open_sessions - 1)
+
+    def set_leader(self, leader: bool) -> None:
+        """Whether this instance leads (always, without a standby) or waits as a standby."""
+        self._leader.set(1 if leader else 0)
 
     def set_sessions_open(self, count: int) -> None:
         """Set the number of open sessions, e.g. from the store after a restart."""
@@ -195,11 +206,12 @@ class Metrics:
     ) -> web.AppRunner:
         """Serve ``/metrics`` and ``/health`` on ``host:port`` until the runner is cleaned up.
 
-        ``health()`` returns ``(healthy, detail)``; ``/health`` answers 200 "ok" when healthy,
-        503 with the detail otherwise (and 503 if ``health`` raises). Port 0 picks a free port:
-        read it from ``runner.addresses``. Stop with ``await runner.cleanup()``. Raises
-        OSError if the address cannot be bound. With ``token``, ``/metrics`` answers 401 unless
-        the request carries ``Authorization: Bearer <token>``.
+        ``health()`` returns ``(healthy, detail)``; ``/health`` answers 200 with the detail ("ok",
+        "leader", "standby") when healthy, 503 with the detail otherwise (and 503 if ``health``
+        raises). Port 0 picks a free port: read it from ``runner.addresses``. Stop with
+        ``await runner.cleanup()``. Raises OSError if the address cannot be bound. With
+        ``token``, ``/metrics`` answers 401 unless the request carries
+        ``Authorization: Bearer <token>``.
         """
         app = web.Application()
         app.router.add_get("/metrics", _guarded(self._handle_metrics, token))
@@ -245,7 +257,7 @@ def _health_handler(health: Health) -> Callable[[web.Request], Awaitable[web.Res
             logger.warning("health check raised: %r", exc, exc_info=True)
             healthy, detail = False, "health check failed"  # the details go to the log only
         if healthy:
-            return web.Response(text="ok")
+            return web.Response(text=detail or "ok")
         return web.Response(status=503, text=detail or "unhealthy")
 
     return handle

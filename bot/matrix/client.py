@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -94,11 +95,35 @@ def client_config(encryption: bool, pickle_key: str) -> AsyncClientConfig:
     )
 
 
-async def connect(config: Config, pickle_key: str, documents: Documents) -> AsyncClient:
-    """Log in, or restore the saved device (kept in ``documents``), return a ready nio client."""
+class FencedClient(AsyncClient):
+    """A nio client that asks ``fence`` before every request it makes to the homeserver.
+
+    nio sends everything (syncs, events, room keys to other devices, key uploads) through
+    :meth:`send`; with several instances, ``fence`` raises unless this one holds the leader
+    lease, so a deposed leader cannot send anything, even from inside nio.
+    """
+
+    def __init__(self, *args: Any, fence: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fence = fence
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence()
+        return await super().send(*args, **kwargs)
+
+
+async def connect(
+    config: Config, pickle_key: str, documents: Documents,
+    fence: Callable[[], None] | None = None,
+) -> AsyncClient:
+    """Log in, or restore the saved device (kept in ``documents``), return a ready nio client.
+
+    ``fence`` (see :class:`FencedClient`) is asked before every request when given.
+    """
     store_path = config.data_dir / "crypto"
     store_path.mkdir(parents=True, exist_ok=True)
-    client = AsyncClient(
+    client_class = AsyncClient if fence is None else functools.partial(FencedClient, fence=fence)
+    client = client_class(
         config.homeserver,
         config.user_id,
         store_path=str(store_path),

@@ -171,8 +171,12 @@ async def test_sync_lag_is_time_since_last_sync(
 async def test_health_ok_and_unhealthy(
     served: tuple[Metrics, FakeClock, HealthSwitch, str],
 ) -> None:
-    """/health answers 200 "ok" when healthy and 503 with the detail when not."""
+    """/health answers 200 with the detail when healthy and 503 with the detail when not."""
     _, _, health, url = served
+    assert await get(f"{url}/health") == (200, "synced")
+    health.answer = (True, "standby")
+    assert await get(f"{url}/health") == (200, "standby")
+    health.answer = (True, "")
     assert await get(f"{url}/health") == (200, "ok")
     health.answer = (False, "no successful sync for 95s")
     assert await get(f"{url}/health") == (503, "no successful sync for 95s")
