@@ -22,6 +22,7 @@ from bot.attachments.text import strip_invisible
 from bot.config import Config
 from bot.errors import PermanentError, TransientError
 from bot.matrix.client import Sender, call
+from bot.matrix.roomkeys import forget_keys_of_left_rooms, forget_room_keys
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
 from bot.sessions.naming import disambiguate
@@ -399,7 +400,13 @@ class SessionService:
                           lane=session_lane(session.id))
 
     def tidy_closed_rooms(self) -> int:
-        """Leave the rooms of closed sessions the bot is still in (left by an older version)."""
+        """Leave the rooms of closed sessions the bot is still in (left by an older version),
+        and forget the keys of those it has left."""
+        closed = self._store.sessions(SessionState.CLOSED)
+        forget_keys_of_left_rooms(self._client, [
+            room for session in closed for room in (session.customer_room, session.agent_room)
+            if room is not None
+        ])
         count = 0
         for room_id in list(self._client.rooms):
             found = self._store.session_for_room(room_id)
@@ -426,11 +433,12 @@ class SessionService:
                 return  # the room started a new session meanwhile: stay
             if room_id == session.agent_room:
                 await self._mark_closed(session)
-        if room_id not in self._client.rooms and room_id not in self._client.invited_rooms:
-            return
-        if self.panels is not None and session_id is not None:  # the last changes show first
-            await self.panels.flush(self._store.get_session(session_id))
-        await call(f"leaving {room_id}", self._client.room_leave(room_id), RoomLeaveResponse)
+        if room_id in self._client.rooms or room_id in self._client.invited_rooms:
+            if self.panels is not None and session_id is not None:  # the last changes first
+                await self.panels.flush(self._store.get_session(session_id))
+            await call(f"leaving {room_id}", self._client.room_leave(room_id),
+                       RoomLeaveResponse)
+        forget_room_keys(self._client, [room_id])
 
     async def _mark_closed(self, session: Session) -> None:
         """Rename the agent room "[closed] …" so agents see at a glance that it is over."""

@@ -238,3 +238,45 @@ async def test_a_closed_session_renames_and_leaves_its_rooms(start_chat) -> None
     assert chat.bot.parcel is not None and chat.bot.parcel.client is not None
     assert chat.agent_room not in chat.bot.parcel.client.rooms
     assert chat.customer_room not in chat.bot.parcel.client.rooms
+
+
+def held_room_keys(chat: Chat, room_id: str) -> tuple[int, int]:
+    """Inbound Megolm sessions of ``room_id`` in the running bot: (in memory, in nio's store)."""
+    assert chat.bot.parcel is not None and chat.bot.parcel.client is not None
+    client = chat.bot.parcel.client
+    assert client.olm is not None and client.store is not None
+    in_memory = sum(len(by_sender) for by_sender in
+                    client.olm.inbound_group_store._entries.get(room_id, {}).values())
+    stored = sum(1 for session in client.store.load_inbound_group_sessions()
+                 if session.room_id == room_id)
+    return in_memory, stored
+
+
+async def test_a_closed_encrypted_session_forgets_its_room_keys(start_chat) -> None:
+    """Once the bot has left a closed encrypted chat, its room keys are gone from memory and
+    from the crypto store, so they are neither loaded at start nor readable from a copy."""
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True})
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    await customer.say(chat.customer_room, "hello, I need help")
+    await agent.until(lambda: any("hello, I need help" in b
+                                  for b in agent.bodies(chat.agent_room)),
+                      "the customer's message relayed")
+    await agent.say(chat.agent_room, "hello from support")
+    await customer.until(lambda: any("hello from support" in b
+                                     for b in customer.bodies(chat.customer_room)),
+                         "the agent's reply relayed")
+    assert held_room_keys(chat, chat.customer_room)[0] > 0
+    assert held_room_keys(chat, chat.agent_room)[0] > 0
+    await customer.say(chat.customer_room, "!end")
+    bot = chat.bot_user.user_id
+    await customer.until(lambda: customer.membership(chat.customer_room, bot) == "leave",
+                         "the bot leaving the customer room")
+    await agent.until(lambda: agent.membership(chat.agent_room, bot) == "leave",
+                      "the bot leaving the agent room")
+    await wait_for(lambda: held_room_keys(chat, chat.customer_room) == (0, 0)
+                   and held_room_keys(chat, chat.agent_room) == (0, 0),
+                   what="the closed rooms' keys forgotten")
+    await chat.bot.stop()
+    await chat.bot.start()
+    assert held_room_keys(chat, chat.customer_room) == (0, 0)
