@@ -18,6 +18,7 @@ from nio import (
     RoomSendResponse,
     WhoamiResponse,
 )
+from nio.store import MatrixStore
 
 from bot import errors
 from bot.config import Config
@@ -77,17 +78,22 @@ async def save_credentials(documents: Documents, credentials: Credentials) -> No
     await documents.write(CREDENTIALS_FILE, json.dumps(credentials.__dict__, indent=2))
 
 
-def client_config(encryption: bool, pickle_key: str) -> AsyncClientConfig:
+def client_config(
+    encryption: bool, pickle_key: str, crypto_store: type[MatrixStore] | None = None
+) -> AsyncClientConfig:
     """nio settings: our own loop persists sync tokens, and nio never retries by itself.
 
     Every request is tried once; a 429 comes back as an error response and a dropped
     connection as an exception, both classified by ``bot.errors`` and retried by the one
     scheduler, so retries are never nested. ``pickle_key`` protects the crypto store (never
-    nio's public default; see bot/keys.py).
+    nio's public default; see bot/keys.py). ``crypto_store`` replaces nio's SQLite store in
+    ``data_dir/crypto`` (``bot.matrix.pgstore.postgres_crypto_store(url)`` for PostgreSQL).
     """
+    extra: dict[str, Any] = {} if crypto_store is None else {"store": crypto_store}
     return AsyncClientConfig(
         encryption_enabled=encryption,
         pickle_key=pickle_key,
+        **extra,
         store_sync_tokens=False,
         max_limit_exceeded=0,
         max_timeouts=0,
@@ -115,10 +121,13 @@ class FencedClient(AsyncClient):
 async def connect(
     config: Config, pickle_key: str, documents: Documents,
     fence: Callable[[], None] | None = None,
+    crypto_store: type[MatrixStore] | None = None,
 ) -> AsyncClient:
     """Log in, or restore the saved device (kept in ``documents``), return a ready nio client.
 
     ``fence`` (see :class:`FencedClient`) is asked before every request when given.
+    ``crypto_store`` (see :func:`client_config`) puts nio's crypto store elsewhere; nio still
+    wants a ``store_path``, which such a store leaves empty.
     """
     store_path = config.data_dir / "crypto"
     store_path.mkdir(parents=True, exist_ok=True)
@@ -127,7 +136,7 @@ async def connect(
         config.homeserver,
         config.user_id,
         store_path=str(store_path),
-        config=client_config(config.encryption, pickle_key),
+        config=client_config(config.encryption, pickle_key, crypto_store),
     )
     try:
         saved = await load_credentials(documents)
