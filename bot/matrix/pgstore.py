@@ -38,7 +38,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any, TypeVar
 
 import peewee
@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 import vodozemac
 from nio.crypto import OlmAccount
-from nio.store import DeviceKeys, MatrixStore, SqliteStore
+from nio.store import DeviceKeys, Keys, MatrixStore, SqliteStore
 from peewee import Field, Model, OnConflict, Tuple
 from playhouse.psycopg3_ext import Psycopg3Database
 
@@ -212,6 +212,20 @@ class NioPostgresDatabase(Psycopg3Database):
         conn.execute(sql.SQL("SET search_path TO {}; SET statement_timeout = {}").format(
             sql.Identifier(self.schema), sql.Literal(STATEMENT_TIMEOUT_MS)))
 
+    def bind_ctx(self, models: Sequence[type[Model]], bind_refs: bool = True,
+                 bind_backrefs: bool = True) -> AbstractContextManager[None]:
+        """Bind nio's models to this database and leave them bound.
+
+        nio wraps every store call (and the calls those make) in ``bind_ctx``, and peewee
+        walks the whole model graph each time to bind and to restore: most of a call's CPU.
+        Every store call binds before it queries, so leaving the binding in place is the same
+        for whoever comes next, and a call finding its models bound here skips the walk.
+        """
+        if any(model._meta.database is not self for model in models):
+            for model in models:
+                model.bind(self, bind_refs, bind_backrefs)
+        return nullcontext()
+
     def conflict_update(self, oc: OnConflict, query: peewee.Insert) -> Any:
         """Translate SQLite's REPLACE into an upsert; everything else as peewee does."""
         if (oc._action or "").lower() == "replace":
@@ -373,6 +387,39 @@ class PostgresCryptoStore(SqliteStore):
             )
             device_ids += [row.id for row in query]
         return device_ids
+
+    def save_device_keys(self, device_keys: dict[str, dict[str, Any]]) -> None:
+        """nio's save_device_keys in a few statements instead of four per device.
+
+        Same effect as nio's: new devices are added (with their display name), every given
+        device's ``deleted`` flag and keys are set. One upsert per 300 devices returns their
+        ids, one upsert per 300 keys writes the keys; a keys query about many devices is one
+        short transaction, not hundreds of round trips.
+        """
+        with self.database.bind_ctx(self.models), self.database.atomic():
+            account = self._get_account()
+            assert account
+            devices = [(user_id, device_id, device)
+                       for user_id, by_id in device_keys.items()
+                       for device_id, device in by_id.items()]
+            ids: dict[tuple[str, str], int] = {}
+            for idx in range(0, len(devices), 300):
+                rows = [{"account": account.id, "user_id": user_id, "device_id": device_id,
+                         "display_name": device.display_name, "deleted": device.deleted}
+                        for user_id, device_id, device in devices[idx:idx + 300]]
+                query = (DeviceKeys.insert_many(rows)
+                         .on_conflict(conflict_target=[DeviceKeys.account, DeviceKeys.user_id,
+                                                       DeviceKeys.device_id],
+                                      preserve=[DeviceKeys.deleted])
+                         .returning(DeviceKeys.id, DeviceKeys.user_id, DeviceKeys.device_id)
+                         .tuples())
+                ids.update({(user_id, device_id): row_id
+                            for row_id, user_id, device_id in query.execute()})
+            keys = [{"device": ids[(user_id, device_id)], "key_type": key_type, "key": key}
+                    for user_id, device_id, device in devices
+                    for key_type, key in device.keys.items()]
+            for idx in range(0, len(keys), 300):
+                Keys.replace_many(keys[idx:idx + 300]).execute()
 
     def load_account(self) -> OlmAccount | None:
         """nio's load_account, with a clear error for an account pickled under another key."""
