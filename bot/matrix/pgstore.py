@@ -45,8 +45,15 @@ import peewee
 import psycopg
 from psycopg import sql
 import vodozemac
-from nio.crypto import OlmAccount
-from nio.store import DeviceKeys, Keys, MatrixStore, SqliteStore
+from nio.crypto import DeviceStore, OlmAccount, OlmDevice, TrustState
+from nio.store import (
+    Accounts,
+    DeviceKeys,
+    DeviceTrustState,
+    Keys,
+    MatrixStore,
+    SqliteStore,
+)
 from peewee import Field, Model, OnConflict, Tuple
 from playhouse.psycopg3_ext import Psycopg3Database
 
@@ -81,6 +88,11 @@ _WRITES = frozenset({
     "add_outgoing_key_request", "remove_outgoing_key_request", "delete_encrypted_room",
     "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
     "ignore_device", "unignore_device",
+})
+# nio's trust writes (their first argument is a device, or a list of devices).
+_TRUST_WRITES = frozenset({
+    "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
+    "ignore_device", "unignore_device", "ignore_devices",
 })
 _CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 _UNPICKLE_ERRORS = (vodozemac.PickleException, vodozemac.LibolmPickleException, ValueError)
@@ -305,19 +317,24 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _guarded(name: str, method: _F) -> _F:
     """Wrap a public nio store method: connection upkeep, a transaction if it writes, timing."""
     writes = name in _WRITES
+    trust = name in _TRUST_WRITES
 
     @functools.wraps(method)
     def call(self: PostgresCryptoStore, *args: Any, **kwargs: Any) -> Any:
-        if self._depth:  # called by another store method: the outer call does the upkeep
-            return method(self, *args, **kwargs)
-        self._depth += 1
-        began = time.perf_counter()
         try:
-            return self._run(name, method, writes, args, kwargs)
+            if self._depth:  # called by another store method: the outer call does the upkeep
+                return method(self, *args, **kwargs)
+            self._depth += 1
+            began = time.perf_counter()
+            try:
+                return self._run(name, method, writes, args, kwargs)
+            finally:
+                self._depth -= 1
+                if self.timer is not None:
+                    self.timer.record(name, time.perf_counter() - began)
         finally:
-            self._depth -= 1
-            if self.timer is not None:
-                self.timer.record(name, time.perf_counter() - began)
+            if trust:
+                self._forget_trust(args[0])
 
     return call  # type: ignore[return-value]
 
@@ -344,6 +361,7 @@ class PostgresCryptoStore(SqliteStore):
         self.schema = store_schema(self.user_id, self.device_id)
         self._depth = 0
         self._schema_locked = False
+        self._trust: dict[tuple[str, str], TrustState] = {}
         try:
             super().__post_init__()  # connects, checks the store version, creates the tables
         except _CONNECTION_ERRORS as exc:
@@ -421,6 +439,47 @@ class PostgresCryptoStore(SqliteStore):
             for idx in range(0, len(keys), 300):
                 Keys.replace_many(keys[idx:idx + 300]).execute()
 
+    # -- trust, cached ---------------------------------------------------------------------------
+    # nio asks is_device_verified for every Megolm event it decrypts: three queries each time
+    # in nio's version, the largest share of a sync's store time. Trust changes only through
+    # this object (Parcel never changes it; a standby opens its own store when it takes
+    # over), so the states read at load time are kept, and every trust write drops the
+    # device's entry so the next question reads the database again.
+
+    def load_device_keys(self) -> DeviceStore:
+        """nio's load_device_keys, remembering each device's trust state."""
+        store = super().load_device_keys()
+        self._trust = {(d.user_id, d.id): d.trust_state for d in store}
+        return store
+
+    def _trust_state(self, device: OlmDevice) -> TrustState:
+        key = (device.user_id, device.id)
+        state = self._trust.get(key)
+        if state is None:
+            with self.database.bind_ctx(self.models):
+                row = (DeviceTrustState.select(DeviceTrustState.state)
+                       .join(DeviceKeys).join(Accounts)
+                       .where((Accounts.user_id == self.user_id)
+                              & (Accounts.device_id == self.device_id)
+                              & (DeviceKeys.user_id == device.user_id)
+                              & (DeviceKeys.device_id == device.id))
+                       .first())
+            state = row.state if row is not None else TrustState.unset
+            self._trust[key] = state
+        return state
+
+    def is_device_verified(self, device: OlmDevice) -> bool:
+        """Whether ``device`` is verified (cached)."""
+        return self._trust_state(device) is TrustState.verified
+
+    def is_device_blacklisted(self, device: OlmDevice) -> bool:
+        """Whether ``device`` is blacklisted (cached)."""
+        return self._trust_state(device) is TrustState.blacklisted
+
+    def is_device_ignored(self, device: OlmDevice) -> bool:
+        """Whether ``device`` is ignored (cached)."""
+        return self._trust_state(device) is TrustState.ignored
+
     def load_account(self) -> OlmAccount | None:
         """nio's load_account, with a clear error for an account pickled under another key."""
         try:
@@ -431,6 +490,10 @@ class PostgresCryptoStore(SqliteStore):
                 "configured encryption key: it was written under another key. Restore the key "
                 "it was written with (PARCEL_ENCRYPTION_KEY or encryption_key)"
             ) from exc
+
+    def _forget_trust(self, devices: OlmDevice | Sequence[OlmDevice]) -> None:
+        for device in devices if isinstance(devices, Sequence) else [devices]:
+            self._trust.pop((device.user_id, device.id), None)
 
     def close(self) -> None:
         """Close the store's connection (nio never closes its store)."""

@@ -155,11 +155,16 @@ async def test_trust_sync_tokens_and_device_keys_are_replaced_in_place(
         finally:
             other.close()
 
+    assert not store.is_device_verified(device)  # now cached as unset
     assert store.verify_device(device) and reopened_trust() is TrustState.verified
+    assert store.is_device_verified(device) and not store.verify_device(device)
     assert store.blacklist_device(device) and reopened_trust() is TrustState.blacklisted
+    assert store.is_device_blacklisted(device) and not store.is_device_verified(device)
     assert store.unblacklist_device(device) and reopened_trust() is TrustState.unset
     store.ignore_devices([device])  # replace_many
-    assert reopened_trust() is TrustState.ignored
+    assert reopened_trust() is TrustState.ignored and store.is_device_ignored(device)
+    assert store.unignore_device(device) and not store.is_device_ignored(device)
+    store.ignore_devices([device])
     assert _rows(postgres_url, f"SELECT count(*) FROM {schema}.devicetruststate") == [(1,)]
 
     store.save_sync_token("s1")
