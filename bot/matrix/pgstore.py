@@ -45,6 +45,7 @@ import peewee
 import psycopg
 from psycopg import sql
 import vodozemac
+from nio import AsyncClient
 from nio.crypto import DeviceStore, OlmAccount, OlmDevice, TrustState
 from nio.store import (
     Accounts,
@@ -566,3 +567,13 @@ def postgres_crypto_store(
         "timer": timer,
         "__module__": __name__,
     })
+
+
+def close_crypto_store(client: AsyncClient) -> None:
+    """Close the PostgreSQL connection of ``client``'s crypto store, if it has one.
+
+    ``AsyncClient.close()`` leaves nio's store open; call this after it.
+    """
+    store = getattr(client, "store", None)
+    if isinstance(store, PostgresCryptoStore):
+        store.close()

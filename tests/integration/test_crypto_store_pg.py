@@ -16,7 +16,12 @@ from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
 from bot.matrix.client import client_config
 from bot.matrix.cryptostore import CryptoStoreKeyError
-from bot.matrix.pgstore import StoreTimer, postgres_crypto_store, store_schema
+from bot.matrix.pgstore import (
+    StoreTimer,
+    close_crypto_store,
+    postgres_crypto_store,
+    store_schema,
+)
 from tests.chat import Person
 from tests.helpers import MakeClient, MakeUser
 
@@ -41,7 +46,7 @@ async def _pg_client(homeserver: Homeserver, user: RegisteredUser, url: str, sto
 
 async def _close(client: AsyncClient) -> None:
     await client.close()
-    client.store.close()
+    close_crypto_store(client)
 
 
 def _rows(url: str, statement: str) -> list[tuple]:
