@@ -313,6 +313,7 @@ class DefaultPickleKeyRefused(ValueError):
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 def _guarded(name: str, method: _F) -> _F:
@@ -495,6 +496,11 @@ class PostgresCryptoStore(SqliteStore):
     def _forget_trust(self, devices: OlmDevice | Sequence[OlmDevice]) -> None:
         for device in devices if isinstance(devices, Sequence) else [devices]:
             self._trust.pop((device.user_id, device.id), None)
+
+    def run_guarded(self, name: str, action: Callable[[], _T]) -> _T:
+        """Run ``action`` (queries of its own on this store's models) as a store call is run:
+        connection upkeep, a rerun after a lost connection, TransientError, timing."""
+        return _guarded(name, lambda _store: action())(self)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the store's connection (nio never closes its store)."""

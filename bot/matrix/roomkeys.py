@@ -30,18 +30,24 @@ def forget_room_keys(client: AsyncClient, room_ids: Iterable[str]) -> int:
     for room_id in gone:
         entries.pop(room_id, None)
         olm.outbound_group_sessions.pop(room_id, None)
-    with store.database.bind_ctx(store.models), store.database.atomic():
-        account = store._get_account()
-        if account is None:
-            return 0
-        sessions = (MegolmInboundSessions.select(MegolmInboundSessions.session_id)
-                    .where(MegolmInboundSessions.account == account,
-                           MegolmInboundSessions.room_id.in_(gone)))
-        ForwardedChains.delete().where(ForwardedChains.session.in_(sessions)).execute()
-        count = int(MegolmInboundSessions.delete().where(
-            MegolmInboundSessions.account == account,
-            MegolmInboundSessions.room_id.in_(gone),
-        ).execute())
+
+    def delete() -> int:
+        with store.database.bind_ctx(store.models), store.database.atomic():
+            account = store._get_account()
+            if account is None:
+                return 0
+            sessions = (MegolmInboundSessions.select(MegolmInboundSessions.session_id)
+                        .where(MegolmInboundSessions.account == account,
+                               MegolmInboundSessions.room_id.in_(gone)))
+            ForwardedChains.delete().where(ForwardedChains.session.in_(sessions)).execute()
+            return int(MegolmInboundSessions.delete().where(
+                MegolmInboundSessions.account == account,
+                MegolmInboundSessions.room_id.in_(gone),
+            ).execute())
+
+    # The PostgreSQL store (bot/matrix/pgstore.py) reconnects and classifies its failures.
+    guarded = getattr(store, "run_guarded", None)
+    count = guarded("forget_room_keys", delete) if guarded else delete()
     if count:
         logger.info("forgot %d room keys of %d rooms the bot has left", count, len(gone))
     return count

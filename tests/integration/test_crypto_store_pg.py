@@ -22,6 +22,7 @@ from bot.matrix.pgstore import (
     postgres_crypto_store,
     store_schema,
 )
+from bot.matrix.roomkeys import forget_room_keys
 from tests.chat import Person
 from tests.helpers import MakeClient, MakeUser
 
@@ -221,6 +222,13 @@ async def test_two_accounts_in_one_database_keep_their_own_sessions(
     # The same Megolm session ids live in both stores: shared tables would have clashed.
     assert sessions[one_user.user_id] & sessions[two_user.user_id]
     assert one.undecryptable == [] and two.undecryptable == []
+
+    # Forgetting the room's keys in one store leaves the other's.
+    assert forget_room_keys(one.client, [room]) == len(sessions[one_user.user_id])
+    for user, left in ((one_user, 0), (two_user, len(sessions[two_user.user_id]))):
+        schema = store_schema(user.user_id, user.device_id)
+        assert _rows(postgres_url,
+                     f"SELECT count(*) FROM {schema}.megolminboundsessions") == [(left,)]
     await _close(one.client)
     await _close(two.client)
 
