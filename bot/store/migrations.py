@@ -1,11 +1,29 @@
-"""Numbered schema upgrades. Each runs in one transaction; a newer schema than known is refused."""
+"""Numbered schema upgrades, one sequence for SQLite and PostgreSQL.
+
+Each runs in one transaction; a newer schema than known is refused. A migration is SQL both
+dialects run, written with SQLite's column types (the PostgreSQL driver maps them, see
+``Database.ddl``), or a :class:`PerDialect` pair where the statements themselves differ.
+"""
 
 from __future__ import annotations
 
-import sqlite3
+import logging
+from typing import NamedTuple
+
+from bot.store.db import Database
+
+logger = logging.getLogger(__name__)
+
+
+class PerDialect(NamedTuple):
+    """A migration whose statements differ between the dialects."""
+
+    sqlite: str
+    postgresql: str
+
 
 # Append only: a released migration is never edited, a change is a new entry.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | PerDialect] = [
     # 1: sessions, offers with their transition log, handled inbound events, the per-session
     # job queue, the outbox, kv.
     """
@@ -92,7 +110,8 @@ MIGRATIONS: list[str] = [
     """,
     # 2: one durable table of work units (kind, key, lane, payload, retry schedule) replacing
     # the per-session job queue; indexes for pruning handled events and the outbox by age.
-    """
+    PerDialect(
+        sqlite="""
     CREATE TABLE work (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
@@ -115,6 +134,31 @@ MIGRATIONS: list[str] = [
     CREATE INDEX handled_events_at ON handled_events(handled_at);
     CREATE INDEX outbox_created ON outbox(created_at);
     """,
+        # PostgreSQL has no json_set; jsonb does the same.
+        postgresql="""
+    CREATE TABLE work (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL UNIQUE,
+        lane TEXT,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX work_lane ON work(lane, id);
+    CREATE INDEX work_due ON work(next_at);
+    INSERT INTO work(kind, key, lane, payload, attempts, next_at, created_at)
+        SELECT kind, 'job-' || id, 'session:' || session_id,
+               (payload::jsonb || jsonb_build_object('session', session_id))::text, attempts, created_at, created_at
+        FROM jobs ORDER BY id;
+    DROP TABLE jobs;
+    CREATE INDEX handled_events_at ON handled_events(handled_at);
+    CREATE INDEX outbox_created ON outbox(created_at);
+    """,
+    ),
     # 3: find what an outgoing event was for from its event id (a reply to a relayed copy is
     # carried back to the original it copies).
     """
@@ -162,24 +206,33 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer Parcel; refusing to touch it."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to date and return the version now in force."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > len(MIGRATIONS):
-        raise SchemaTooNew(
-            f"the store has schema version {current}, but this Parcel knows only up to "
-            f"{len(MIGRATIONS)}: upgrade Parcel instead of downgrading it"
-        )
-    for version in range(current + 1, len(MIGRATIONS) + 1):
-        script = MIGRATIONS[version - 1]
-        conn.execute("BEGIN")
-        try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return len(MIGRATIONS)
+def statements(migration: str | PerDialect, db: Database) -> list[str]:
+    """The statements of one migration for ``db``'s dialect, its column types mapped."""
+    if isinstance(migration, PerDialect):
+        migration = getattr(migration, db.dialect)
+    script = db.ddl(migration)
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+async def migrate(db: Database) -> int:
+    """Bring the schema up to date and return the version now in force.
+
+    Each step is one transaction that first takes the migration lock and reads the version
+    anew, so of two instances starting together on one database only the first migrates.
+    """
+    while True:
+        async with db.transaction():
+            await db.lock_for_migration()
+            current = await db.schema_version()
+            if current > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"the store has schema version {current}, but this Parcel knows only up "
+                    f"to {len(MIGRATIONS)}: upgrade Parcel instead of downgrading it"
+                )
+            if current == len(MIGRATIONS):
+                return current
+            version = current + 1
+            for statement in statements(MIGRATIONS[version - 1], db):
+                await db.execute(statement)
+            await db.set_schema_version(version)
+        logger.info("store schema upgraded to version %d (%s)", version, db.description)

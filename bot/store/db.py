@@ -1,0 +1,388 @@
+"""The small async database interface under the store, and its two drivers.
+
+Store code writes each statement once, with ``?`` placeholders and SQL both SQLite and
+PostgreSQL understand (``ON CONFLICT … DO NOTHING / DO UPDATE``, ``RETURNING``, ``CASE``).
+What differs between them stays here: the placeholder style, column types in migrations
+(:meth:`Database.ddl`), where the schema version is kept, and how a transaction is held.
+
+A transaction is held per task in a context variable: every query made inside
+``async with db.transaction():`` (from any store concern) runs on that transaction's
+connection, so work that spans concerns (an offer's change and the work unit it asks for)
+commits or rolls back as one. A nested ``transaction()`` joins the outer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bot.errors import PermanentError, TransientError
+
+logger = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+"""A result row: ``row["column"]`` (sqlite3.Row and asyncpg.Record both are)."""
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+SCHEMA_TABLE = "parcel_schema"
+# Any fixed 64-bit number: the key of the advisory lock taken while migrating, so two instances
+# starting on one empty database do not both migrate.
+MIGRATION_LOCK_KEY = 0x7061_7263_656C_0001  # "parcel" + 1
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Database:
+    """One SQL database: a handful of async query methods and a transaction context."""
+
+    dialect: str = ""
+    description: str = ""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per argument tuple."""
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Every row a query returns."""
+        raise NotImplementedError
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        """The first row a query returns, or None."""
+        raise NotImplementedError
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """The first column of the first row a query returns, or None."""
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]  # type: ignore[index]
+
+    def transaction(self) -> Any:
+        """``async with db.transaction():`` — everything inside commits or rolls back as one."""
+        raise NotImplementedError
+
+    async def serialize(self, key: str) -> None:
+        """Inside a transaction: wait for other transactions that serialize on ``key``.
+
+        For read-then-write steps (open a session unless one is live; number the next offer)
+        that must not interleave with the same step elsewhere.
+        """
+        raise NotImplementedError
+
+    def ddl(self, script: str) -> str:
+        """A migration script with its column types in this dialect."""
+        return script
+
+    async def schema_version(self) -> int:
+        """Inside a transaction: the schema version in force (0 for an empty database)."""
+        raise NotImplementedError
+
+    async def set_schema_version(self, version: int) -> None:
+        """Inside a transaction: record the schema version now in force."""
+        raise NotImplementedError
+
+    async def lock_for_migration(self) -> None:
+        """Inside a transaction: keep other instances from migrating at the same time."""
+
+    async def table_names(self) -> set[str]:
+        """The tables of the schema (for checks and tests)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close every connection."""
+        raise NotImplementedError
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+
+class SQLiteDatabase(Database):
+    """A local SQLite file on one connection in autocommit mode.
+
+    Queries run inline on the event loop: the file is local and a query takes well under a
+    millisecond, less than handing it to a thread would cost. A transaction is ``BEGIN
+    IMMEDIATE`` (it takes the write lock at once, so two processes on one file serialize) and
+    an asyncio lock keeps another task from beginning one on the same connection meanwhile.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self.description = f"SQLite at {path}"
+        self._lock = asyncio.Lock()
+        self._in_transaction: ContextVar[bool] = ContextVar(f"sqlite-{id(self)}", default=False)
+
+    @classmethod
+    def open(cls, path: Path) -> SQLiteDatabase:
+        """Open (creating) the file at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a commit survives a crash of the process (SIGKILL included); only a
+        # power loss can drop the last commits, which the idempotent sends then repeat safely.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return cls(conn, path)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection (tests trace its statements)."""
+        return self._conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self._conn.execute(sql, args).rowcount
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return self._conn.execute(sql, args).fetchall()
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = self._conn.execute(sql, args).fetchone()
+        return row
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        if self._in_transaction.get():
+            yield
+            return
+        async with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            token = self._in_transaction.set(True)
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+            finally:
+                self._in_transaction.reset(token)
+
+    async def serialize(self, key: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already serializes every writing transaction."""
+
+    async def schema_version(self) -> int:
+        # PRAGMA user_version: where every existing SQLite install keeps its version.
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    async def set_schema_version(self, version: int) -> None:
+        self._conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    async def table_names(self) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\?")
+# Migration type tokens: SQLite's names → PostgreSQL's. REAL is single precision there, too
+# coarse for timestamps; INTEGER is 32-bit there, too small for file sizes.
+_PG_TYPES = (
+    (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b"),
+     "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+)
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, …`` (no store SQL has a literal ``?``)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+def _rowcount(status: str) -> int:
+    """The row count at the end of a command tag (``UPDATE 3``, ``INSERT 0 1``)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _args(args: Sequence[Any]) -> tuple[Any, ...]:
+    # Flags live in integer columns on both backends (the SQLite schema came first).
+    return tuple(int(a) if isinstance(a, bool) else a for a in args)
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through an asyncpg pool; statements are prepared and cached per connection."""
+
+    dialect = "postgresql"
+
+    def __init__(self, pool: Any, url: str) -> None:
+        self._pool = pool
+        self.url = url
+        self.description = f"PostgreSQL at {redact_url(url)}"
+        self._conn: ContextVar[Any] = ContextVar(f"pg-{id(self)}", default=None)
+        self._sql: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, url: str, password: str | None = None, *, min_size: int = 1,
+                   max_size: int = 10) -> PostgresDatabase:
+        """Connect a pool to ``url`` (``password`` wins over one in the URL).
+
+        Raises :class:`TransientError` when the server cannot be reached (worth waiting for)
+        and :class:`PermanentError` when it refuses us (wrong password, no such database).
+        """
+        import asyncpg
+
+        shown = redact_url(url)
+        kwargs: dict[str, Any] = {"password": password} if password else {}
+        try:
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                             timeout=10, command_timeout=60, **kwargs)
+        except (asyncpg.InvalidPasswordError,
+                asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            raise PermanentError(
+                f"database: PostgreSQL at {shown} refused the login ({exc}); check the user in "
+                "the URL and the password (PARCEL_DATABASE_PASSWORD or the URL)",
+                code="database_auth",
+            ) from None
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise PermanentError(
+                f"database: PostgreSQL at {shown}: {exc}; create it first (createdb)",
+                code="database_missing",
+            ) from None
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError, asyncpg.ConnectionDoesNotExistError) as exc:
+            raise TransientError(
+                f"connecting to the database at {shown}: {exc or type(exc).__name__}"
+            ) from None
+        except asyncpg.PostgresError as exc:
+            raise PermanentError(f"database: PostgreSQL at {shown}: {exc}",
+                                 code="database") from None
+        except ValueError as exc:  # asyncpg's own check of the URL
+            raise PermanentError(f"database: {shown} is not a usable URL: {exc}",
+                                 code="database") from None
+        return cls(pool, url)
+
+    def _translate(self, sql: str) -> str:
+        translated = self._sql.get(sql)
+        if translated is None:
+            translated = self._sql[sql] = _numbered(sql)
+        return translated
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        conn = self._conn.get()
+        target = conn if conn is not None else self._pool
+        return _rowcount(await target.execute(self._translate(sql), *_args(args)))
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        conn = self._conn.get()
+        target = conn if conn is not None else self._pool
+        await target.executemany(self._translate(sql), [_args(a) for a in args])
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        conn = self._conn.get()
+        target = conn if conn is not None else self._pool
+        rows: list[Row] = await target.fetch(self._translate(sql), *_args(args))
+        return rows
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        conn = self._conn.get()
+        target = conn if conn is not None else self._pool
+        row: Row | None = await target.fetchrow(self._translate(sql), *_args(args))
+        return row
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        if self._conn.get() is not None:
+            yield
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            token = self._conn.set(conn)
+            try:
+                yield
+            finally:
+                self._conn.reset(token)
+
+    async def serialize(self, key: str) -> None:
+        await self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", key)
+
+    def ddl(self, script: str) -> str:
+        for pattern, replacement in _PG_TYPES:
+            script = pattern.sub(replacement, script)
+        return script
+
+    async def schema_version(self) -> int:
+        await self.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+        version = await self.fetchval(f"SELECT max(version) FROM {SCHEMA_TABLE}")
+        return 0 if version is None else int(version)
+
+    async def set_schema_version(self, version: int) -> None:
+        await self.execute(f"DELETE FROM {SCHEMA_TABLE}")
+        await self.execute(f"INSERT INTO {SCHEMA_TABLE}(version) VALUES (?)", version)
+
+    async def lock_for_migration(self) -> None:
+        # Held until this transaction ends; a second instance waits here, then finds the
+        # version already raised.
+        await self.execute("SELECT pg_advisory_xact_lock(?)", MIGRATION_LOCK_KEY)
+
+    async def table_names(self) -> set[str]:
+        rows = await self.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+        return {str(row["tablename"]) for row in rows} - {SCHEMA_TABLE}
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def connect(database: str | Path | None, data_dir: Path | None = None,
+                  password: str | None = None) -> Database:
+    """The database a ``database`` setting names.
+
+    None: the SQLite file ``data_dir/parcel.db``; a path: that SQLite file; a
+    ``postgresql://`` URL: that PostgreSQL database (``password`` wins over the URL's).
+    """
+    if database is None:
+        if data_dir is None:
+            raise ValueError("either a database or a data_dir is needed")
+        return SQLiteDatabase.open(data_dir / "parcel.db")
+    if isinstance(database, Path):
+        return SQLiteDatabase.open(database)
+    scheme = database.split(":", 1)[0].lower()
+    if scheme not in POSTGRES_SCHEMES:
+        raise PermanentError(f"database: expected a postgresql:// URL, got {redact_url(database)}",
+                             code="database")
+    return await PostgresDatabase.open(database, password)
