@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "log":
             # Reading the store needs no login: the password may stay out of the environment.
             config = config_module.load(args.config, require_credentials=False)
-            return print_log(config, args.session, args.since, args.format)
+            return asyncio.run(print_log(config, args.session, args.since, args.format))
         config = config_module.load(args.config)
         if args.command == "check-config":
             return check_config(args.config, config)
@@ -122,11 +122,25 @@ def check_config(path: Path, config: Config) -> int:
     print(f"{path}: OK ({len(config.agents.users)} agents, data in {config.data_dir})")
     print(at_rest)
     print(f"encryption key: {keys.describe_source(config)}")
+    print(f"store: {describe_database(config)}")
     if config.metrics is not None:
         guarded = "bearer token required" if config.metrics.token else "no token (open)"
         print(f"metrics: {config.metrics.listen_host}:{config.metrics.listen_port}, /metrics "
               f"{guarded}, /health open")
     return 0
+
+
+def describe_database(config: Config) -> str:
+    """Where the store lives, the URL's password redacted."""
+    from bot.config import ENV_DATABASE_PASSWORD
+    from bot.store.db import redact_url
+
+    if config.database is None:
+        return f"SQLite at {config.data_dir / 'parcel.db'}"
+    source = (f"password from {ENV_DATABASE_PASSWORD}" if config.database_password
+              else "password from the URL" if ":***@" in redact_url(config.database)
+              else "no password")
+    return f"PostgreSQL at {redact_url(config.database)} ({source})"
 
 
 def data_dir_problem(path: Path) -> str | None:
@@ -169,19 +183,19 @@ LOG_COLUMNS = ("offer", "session", "direction", "sender", "recipient_side", "fil
                "updated_at", "transitions")
 
 
-def print_log(config: Config, session: int | None, since: float | None, fmt: str) -> int:
+async def print_log(config: Config, session: int | None, since: float | None, fmt: str) -> int:
     """Print the attachment log for admins as CSV or JSON on stdout."""
     from bot.store import Store
 
     path = config.data_dir / "parcel.db"
-    if not path.exists():
+    if config.database is None and not path.exists():
         print(f"parcel-bot: no store at {path} yet", file=sys.stderr)
         return 1
-    store = Store.open(path)
+    store = await Store.open(config.database, config.data_dir, password=config.database_password)
     try:
-        entries = store.attachment_log(session, since)
+        entries = await store.offers.attachment_log(session, since)
     finally:
-        store.close()
+        await store.close()
     rows: list[dict[str, Any]] = []
     for entry in entries:
         offer = entry.offer

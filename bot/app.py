@@ -66,8 +66,11 @@ class Parcel:
         self.key = encryption_key(config)
         (config.data_dir / "crypto").mkdir(exist_ok=True)
         protect_stores(config.data_dir / "crypto", self.key.pickle_key)
-        self.store = store = Store.open(config.data_dir / "parcel.db")
-        sealed.secure_leftovers(store, config.data_dir / "media")
+        opened = await self._open_store(stop)
+        if opened is None:
+            return  # stopped before the database could be reached
+        self.store = store = opened
+        await sealed.secure_leftovers(store, config.data_dir / "media")
         metrics_server: web.AppRunner | None = None
         try:
             if config.metrics is not None:
@@ -82,7 +85,7 @@ class Parcel:
         finally:
             if metrics_server is not None:
                 await metrics_server.cleanup()
-            store.close()
+            await store.close()
 
     async def _lead_while_leader(self, lease: Lease, stop: asyncio.Event) -> None:
         """Stand by until the lease is ours, lead until it is lost or ``stop``, and again."""
@@ -138,9 +141,9 @@ class Parcel:
             self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics,
                                  backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
                                  on_recovered=work.hurry)
-            self.metrics.set_sessions_open(len(store.sessions(SessionState.OPEN)))
-            offers.resume()
-            panels.resume()
+            self.metrics.set_sessions_open(len(await store.sessions.sessions(SessionState.OPEN)))
+            await offers.resume()
+            await panels.resume()
             self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
             self._tasks.spawn(self._start_work(sessions, work, stop), name="work")
             logger.info("Parcel running as %s (device %s)", config.user_id, client.device_id)
@@ -161,6 +164,18 @@ class Parcel:
             self.lease.check()
         assert self.client is not None
         return str(self.client.access_token)
+
+    async def _open_store(self, stop: asyncio.Event) -> Store | None:
+        """Open the store, waiting out a PostgreSQL server that is not up yet.
+
+        A refused login or a missing database is a configuration problem and ends the run.
+        """
+        config = self.config
+        return await until_done(
+            lambda: Store.open(config.database, config.data_dir,
+                               password=config.database_password),
+            "opening the store", stop, self._backoff,
+        )
 
     async def _connect(self, stop: asyncio.Event) -> AsyncClient | None:
         """Log in, waiting out a homeserver that is not up yet (as after a host reboot).
@@ -221,7 +236,7 @@ class Parcel:
         """After the first sync (nio knows the rooms only then), run the durable work."""
         assert self.sync is not None
         await self.sync.first_sync_done.wait()
-        tidied = sessions.tidy_closed_rooms()
+        tidied = await sessions.tidy_closed_rooms()
         if tidied:
             logger.info("leaving %d rooms of closed sessions", tidied)
         self.ready.set()
@@ -234,12 +249,12 @@ class Parcel:
         purge_after = self.config.retention.purge_after
         interval = max(1.0, min(30.0, self.config.policy.offer_ttl / 4, (purge_after or 60) / 2))
         while not stop.is_set():
-            offers.expire_due()
+            await offers.expire_due()
             if purge_after is not None:
-                purged = self.store.purge_closed_sessions(time.time() - purge_after)
+                purged = await self.store.sessions.purge_closed_sessions(time.time() - purge_after)
                 if purged:
                     logger.info("retention: purged %d closed sessions", purged)
-            handled, sent = self.store.prune_delivery_records(
+            handled, sent = await self.store.outbox.prune_delivery_records(
                 time.time() - DELIVERY_RECORDS_KEPT
             )
             if handled or sent:

@@ -9,8 +9,8 @@ and says what was expected and what was found; ``main()`` prints it as one line.
 Two conventions hold for every key: a key that is absent or set to ``null`` takes its default
 (in ``policy.customer_to_agent`` / ``policy.agent_to_customer`` that means "inherit the
 policy-wide value"), and secrets may come from the environment (``PARCEL_PASSWORD``,
-``PARCEL_ACCESS_TOKEN``, ``PARCEL_ENCRYPTION_KEY``), which wins over the file when set and
-non-empty.
+``PARCEL_ACCESS_TOKEN``, ``PARCEL_ENCRYPTION_KEY``, ``PARCEL_DATABASE_PASSWORD``), which wins
+over the file when set and non-empty.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ _T = TypeVar("_T")
 ENV_PASSWORD = "PARCEL_PASSWORD"
 ENV_ACCESS_TOKEN = "PARCEL_ACCESS_TOKEN"
 ENV_ENCRYPTION_KEY = "PARCEL_ENCRYPTION_KEY"
+ENV_DATABASE_PASSWORD = "PARCEL_DATABASE_PASSWORD"
+DATABASE_SCHEMES = ("postgresql", "postgres")
 # A configured encryption key shorter than this is refused: it protects the bot's identity.
 MIN_ENCRYPTION_KEY_LENGTH = 16
 
@@ -218,6 +220,11 @@ class Config:
     encryption_key_source: str | None = None
     notify_agents_of_refusals: bool = True
     profile: ProfileConfig = ProfileConfig()
+    # None: the embedded SQLite store in data_dir; else a postgresql:// URL (its password, if
+    # any, stays in it; never log it unredacted: bot.store.redact_url).
+    database: str | None = dataclasses.field(default=None, repr=False)
+    # From ENV_DATABASE_PASSWORD; wins over a password in the URL.
+    database_password: str | None = dataclasses.field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +248,7 @@ _SCHEMA: _Schema = {
     "encryption_key": None,
     "device_name": None,
     "data_dir": None,
+    "database": None,
     "encryption": None,
     "allowed_servers": None,
     "notify_agents_of_refusals": None,
@@ -505,6 +513,33 @@ _SERVER_NAME = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?"
 _SERVER_NAME_RE = re.compile(_SERVER_NAME)
 # Historical user id grammar: any printable ASCII but ":" in the localpart.
 _USER_ID_RE = re.compile(rf"@[\x21-\x39\x3b-\x7e]+:{_SERVER_NAME}")
+
+
+def _database_url(value: object) -> str:
+    """A ``postgresql://user@host[:port]/database`` URL; never echoed (it may hold a password)."""
+    problem = "expected a URL like postgresql://parcel@db:5432/parcel"
+    if not isinstance(value, str):
+        raise ValueError(f"{problem}, got {_kind(value)}")
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{problem}: the host or port cannot be read") from None
+    if parts.scheme.lower() not in DATABASE_SCHEMES:
+        scheme = parts.scheme or "no scheme"
+        raise ValueError(f"{problem}: only PostgreSQL is supported here, got {scheme!r} "
+                         "(leave database out for the embedded SQLite store)")
+    if any(char.isspace() for char in text):
+        raise ValueError(f"{problem}: it contains spaces")
+    # A Unix socket may be given as ?host=/run/postgresql instead of a host name.
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError(f"{problem}: the host is missing")
+    if not parts.path.strip("/"):
+        raise ValueError(f"{problem}: the database name is missing (…/parcel)")
+    if "/" in parts.path.strip("/"):
+        raise ValueError(f"{problem}: the path must be just the database name")
+    return text
 
 
 def _user_id(example: str) -> Callable[[object], str]:
@@ -956,6 +991,8 @@ def _parse(
             display_name=profile.get("display_name", _display_name, None),
             avatar=profile.get("avatar", lambda value: _avatar(value, base), None),
         ),
+        database=top.get("database", _database_url, None),
+        database_password=env.get(ENV_DATABASE_PASSWORD) or None,
     )
 
 

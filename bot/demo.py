@@ -625,7 +625,7 @@ class Demo:
 
     # -- the report ---------------------------------------------------------------------------
 
-    def report(self) -> None:
+    async def report(self) -> None:
         from bot.__main__ import print_log
 
         alice, carol = self.alice, self.carol
@@ -642,7 +642,7 @@ class Demo:
             print(f"  {line}")
         print("\nAdmin export (parcel-bot log --format csv):")
         sys.stdout.flush()
-        print_log(self.config, None, None, "csv")
+        await print_log(self.config, None, None, "csv")
         sys.stdout.flush()
 
     async def keep_running(self, stop: asyncio.Event) -> None:
@@ -746,7 +746,7 @@ async def run_demo(keep: bool = False, port: int | None = None) -> int:
         try:
             await demo.setup()
             await demo.play()
-            demo.report()
+            await demo.report()
             print(f"\nDemo finished in {time.monotonic() - demo.began:.1f} s.", flush=True)
             if keep:
                 keeping = True

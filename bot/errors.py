@@ -14,6 +14,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 # Errcodes that say "this request will never succeed as it is".
 PERMANENT_ERRCODES = frozenset({
@@ -62,12 +63,18 @@ class PermanentError(WorkError):
 
 # Exceptions from the transport (aiohttp, sockets, deadlines) that mean "not now".
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, asyncio.TimeoutError)
+# The store's PostgreSQL connection lost or refused for now (a restart, a failover): "not now".
+DATABASE_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 
 
 def from_exception(exc: BaseException, what: str) -> WorkError:
     """Classify an exception raised while doing ``what`` (already classified ones pass through)."""
     if isinstance(exc, WorkError):
         return exc
+    if isinstance(exc, DATABASE_ERRORS):
+        detail = str(exc) or type(exc).__name__
+        return TransientError(f"{what}: the database could not be reached ({detail})")
     if isinstance(exc, TRANSPORT_ERRORS):
         detail = str(exc) or type(exc).__name__
         return TransientError(f"{what}: the homeserver could not be reached ({detail})")

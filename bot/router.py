@@ -70,7 +70,8 @@ class Router:
         self._rooms.refresh()
         if any(isinstance(e, RoomKeyEvent | ForwardedRoomKeyEvent)
                for e in response.to_device_events):
-            self._work.hurry("decrypt")  # keys arrived: messages waiting for them may open now
+            # Keys arrived: messages waiting for them may open now.
+            await self._work.hurry("decrypt")
         for room_id, info in response.rooms.invite.items():
             inviter = _inviter(info.invite_state, self._own)
             if inviter is None:
@@ -102,7 +103,7 @@ class Router:
         Pages backwards until an event already handled (the gap is closed) or a cap is hit.
         Only rooms of live sessions are worth it.
         """
-        found = self._store.session_for_room(room_id)
+        found = await self._store.sessions.session_for_room(room_id)
         if found is None or found[0].state is SessionState.CLOSED:
             return []
         # Events from before the session, or older than the handled-event records, are done.
@@ -119,7 +120,7 @@ class Router:
                 event_id = getattr(event, "event_id", None)
                 if (
                     event_id is None
-                    or self._store.is_handled(event_id)
+                    or await self._store.outbox.is_handled(event_id)
                     or getattr(event, "server_timestamp", 0) < horizon_ms
                 ):
                     token = None
@@ -141,22 +142,22 @@ class Router:
         event_id, sender = source.get("event_id"), source.get("sender")
         if not isinstance(event_id, str) or not isinstance(sender, str) or sender == self._own:
             return
-        if self._store.is_handled(event_id):
+        if await self._store.outbox.is_handled(event_id):
             return
-        found = self._store.session_for_room(room_id)
+        found = await self._store.sessions.session_for_room(room_id)
         if found is None:
             return
         session, side = found
         if session.state is SessionState.CLOSED:
-            self._on_closed(session, side, event_id, sender, source)
-            self._store.mark_handled(event_id)
+            await self._on_closed(session, side, event_id, sender, source)
+            await self._store.outbox.mark_handled(event_id)
             return
         try:
             await self._handle(session, side, event_id, sender, event, source)
         except Exception:  # noqa: BLE001 - logged; the next event goes on
             logger.exception("session %d: handling %s in %s failed", session.id, event_id,
                              room_id)
-        self._store.mark_handled(event_id)
+        await self._store.outbox.mark_handled(event_id)
 
     async def _handle(
         self, session: Session, side: Side, event_id: str, sender: str, event: Any,
@@ -171,31 +172,32 @@ class Router:
         if not self._may_speak(session, side, sender):
             return
         if isinstance(event, MegolmEvent):
-            self._on_undecryptable(session, side, event)
+            await self._on_undecryptable(session, side, event)
             return
         if kind == "m.room.message":
-            self._on_message(session, side, event_id, sender, content)
+            await self._on_message(session, side, event_id, sender, content)
         elif kind == "m.sticker":
             # A sticker is an image: offered like one, never relayed as is.
             name = self._sessions.label(session, side, sender)
-            self._offers.on_upload(session, side, event_id, sender, name,
+            await self._offers.on_upload(session, side, event_id, sender, name,
                                    relay.sticker_as_image(content))
         elif kind == "m.reaction":
             relates = content.get("m.relates_to")
             if isinstance(relates, dict) and relates.get("rel_type") == "m.annotation":
                 target = relates.get("event_id")
                 if isinstance(target, str):
-                    self._offers.on_reaction(session, side, sender, target, relates.get("key"))
+                    await self._offers.on_reaction(session, side, sender, target,
+                                                   relates.get("key"))
         elif kind == "m.room.redaction":
             redacts = source.get("redacts") or content.get("redacts")
             if isinstance(redacts, str):
-                self._offers.on_redaction(session, redacts, sender)
+                await self._offers.on_redaction(session, redacts, sender)
         elif "state_key" not in source:
             what = relay.unsupported_event(str(kind))
             if what is not None:
-                self._reply(session, side, event_id, render.not_relayable(what))
+                await self._reply(session, side, event_id, render.not_relayable(what))
 
-    def _on_closed(
+    async def _on_closed(
         self, session: Session, side: Side, event_id: str, sender: str, source: dict[str, Any]
     ) -> None:
         """An agent writing in the room of an ended chat is told that nothing is relayed."""
@@ -209,7 +211,7 @@ class Router:
             or not self._sessions.is_agent(sender)
         ):
             return
-        self._reply(session, side, event_id, render.session_closed_already())
+        await self._reply(session, side, event_id, render.session_closed_already())
 
     def _may_speak(self, session: Session, side: Side, sender: str) -> bool:
         """Only configured agents count in the agent room; anyone but the bot in the other."""
@@ -224,13 +226,13 @@ class Router:
         if side is Side.CUSTOMER and member == session.customer_id and membership in (
             "leave", "ban"
         ):
-            self._sessions.request_close(session, "customer_left", None, source["event_id"])
+            await self._sessions.request_close(session, "customer_left", None, source["event_id"])
         elif side is Side.CUSTOMER and member == self._own and membership in ("leave", "ban"):
             # Kicked or banned from the customer's room, or the room was shut down: nothing
             # can reach the customer any more, so the session ends as if they had left.
             logger.info("session %d: the bot was removed from the customer room by %s",
                         session.id, sender)
-            self._sessions.request_close(session, "bot_removed", None, source["event_id"])
+            await self._sessions.request_close(session, "bot_removed", None, source["event_id"])
         elif (
             side is Side.AGENT
             and membership in ("invite", "join")
@@ -242,9 +244,9 @@ class Router:
                            "removing", session.id, member,
                            "invited" if membership == "invite" else "joined")
             # Durable and retried; meanwhile nothing is sent into the room (Sender's guard).
-            self._sessions.remove_stranger(session, member, handled_event=source["event_id"])
+            await self._sessions.remove_stranger(session, member, handled_event=source["event_id"])
 
-    def _on_message(
+    async def _on_message(
         self, session: Session, side: Side, event_id: str, sender: str, content: dict[str, Any]
     ) -> None:
         msgtype = _text_field(content, "msgtype")
@@ -254,7 +256,7 @@ class Router:
             if is_edit:
                 return  # an edited file message must not swap what was offered
             name = self._sessions.label(session, side, sender)
-            self._offers.on_upload(session, side, event_id, sender, name, content)
+            await self._offers.on_upload(session, side, event_id, sender, name, content)
             return
         if is_edit:
             new_content = content.get("m.new_content")
@@ -265,18 +267,18 @@ class Router:
         body = content.get("body")
         if msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
             what = "location" if msgtype == "m.location" else "message"
-            self._reply(session, side, event_id, render.not_relayable(what))
+            await self._reply(session, side, event_id, render.not_relayable(what))
             return
-        if not is_edit and self._on_command(session, side, event_id, sender, body):
+        if not is_edit and await self._on_command(session, side, event_id, sender, body):
             return
         formatted = content.get("formatted_body")
         if content.get("format") != "org.matrix.custom.html" or not isinstance(formatted, str):
             formatted = None
-        self._relay_text(session, side, event_id, sender, str(msgtype), body, formatted,
+        await self._relay_text(session, side, event_id, sender, str(msgtype), body, formatted,
                          reply_to=None if is_edit else relay.reply_target(content),
                          is_edit=is_edit)
 
-    def _relay_text(
+    async def _relay_text(
         self, session: Session, side: Side, event_id: str, sender: str, msgtype: str,
         body: str, formatted: str | None, reply_to: str | None, is_edit: bool,
     ) -> None:
@@ -289,23 +291,24 @@ class Router:
         here, there = session.room_of(side), session.room_of(other)
         target = None
         if reply_to is not None and here is not None and there is not None:
-            target = relay.counterpart(self._store, here, reply_to, there)
+            target = await relay.counterpart(self._store.outbox, here, reply_to, there)
         label = self._sessions.label(session, side, sender)
         contents = relay.relayed_messages(label, msgtype, body, formatted, reply_to=target)
         if contents is None:
             logger.warning("session %d: %s is too long to relay even in parts", session.id,
                            event_id)
-            self._reply(session, side, event_id, render.message_too_long(len(body.encode())))
+            await self._reply(session, side, event_id, render.message_too_long(len(body.encode())))
             return
         for part, relayed in enumerate(contents, start=1):
-            self._sessions.enqueue_send(session, other, relayed,
+            await self._sessions.enqueue_send(session, other, relayed,
                                         relay.relay_txn(event_id, part), event_id, origin=side)
 
-    def _reply(self, session: Session, side: Side, event_id: str, message: render.Message) -> None:
-        self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",
+    async def _reply(self, session: Session, side: Side, event_id: str,
+                     message: render.Message) -> None:
+        await self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",
                                     event_id)
 
-    def _on_command(
+    async def _on_command(
         self, session: Session, side: Side, event_id: str, sender: str, body: str
     ) -> bool:
         """Run a ``!command``; returns False when the text is not a command at all."""
@@ -314,32 +317,32 @@ class Router:
             return False
         word, argument = match.group(1).lower(), (match.group(2) or "").strip()
         if word == "help":
-            self._reply(session, side, event_id, render.help_text())
+            await self._reply(session, side, event_id, render.help_text())
         elif word == "attachments":
             viewpoint = (
                 Direction.CUSTOMER_TO_AGENT if side is Side.CUSTOMER
                 else Direction.AGENT_TO_CUSTOMER
             )
-            offers = self._store.session_offers(session.id)
-            self._reply(session, side, event_id, render.attachment_log(offers, viewpoint))
+            offers = await self._store.offers.session_offers(session.id)
+            await self._reply(session, side, event_id, render.attachment_log(offers, viewpoint))
         elif word in ("accept", "decline"):
-            self._reply(session, side, event_id,
-                        self._decision_command(session, side, sender, word, argument))
+            await self._reply(session, side, event_id,
+                        await self._decision_command(session, side, sender, word, argument))
         elif word == "end":
             name = self._sessions.label(session, side, sender)
-            self._sessions.request_close(session, "ended", name, event_id, by_side=side)
+            await self._sessions.request_close(session, "ended", name, event_id, by_side=side)
         else:
-            self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
+            await self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
         return True
 
-    def _decision_command(
+    async def _decision_command(
         self, session: Session, side: Side, sender: str, word: str, argument: str
     ) -> render.Message:
         number = argument.lstrip("#")
         # ASCII digits only: str.isdigit() is also true for "²", which int() refuses.
         if not (number.isascii() and number.isdigit()) or len(number) > 12:
             return render.command_error(f"!{word} needs an offer number, like !{word} 3.")
-        offer, problem = self._offers.decide(session, side, int(number), sender,
+        offer, problem = await self._offers.decide(session, side, int(number), sender,
                                              accept=word == "accept")
         if problem is not None:
             return render.command_error(problem)
@@ -347,16 +350,16 @@ class Router:
         verb = "Accepted" if word == "accept" else "Declined"
         return render.command_error(f"{verb} offer #{offer.shown_number}.")
 
-    def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
+    async def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
         """Keep the message as work that is tried again when keys arrive, and on a schedule."""
         room_id = session.room_of(side)
-        self._work.submit("decrypt", f"decrypt:{event.event_id}",
+        await self._work.submit("decrypt", f"decrypt:{event.event_id}",
                           {"room": room_id, "event": event.source},
                           handled_event=event.event_id)
 
     async def _run_decrypt(self, unit: WorkUnit) -> None:
         """Decrypt a stored event and handle it; ask the sender to resend once time is up."""
-        found = self._store.session_for_room(unit.payload["room"])
+        found = await self._store.sessions.session_for_room(unit.payload["room"])
         if found is None or found[0].state is SessionState.CLOSED:
             return  # the chat ended: nobody waits for this message any more
         session, side = found
@@ -384,7 +387,7 @@ class Router:
             raise TransientError(f"the keys for {event.event_id} have not arrived yet")
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
-        self._sessions.enqueue_send(session, side, render.undecryptable().content(),
+        await self._sessions.enqueue_send(session, side, render.undecryptable().content(),
                                     f"undecryptable-{event.event_id}")
 
 

@@ -60,13 +60,14 @@ class Scheduler:
         self._busy_lanes: set[str] = set()
         self._busy_units: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._backlog: tuple[int, float | None] = (0, None)
         self._metrics.watch_backlog(self.backlog)
 
     def register(self, kind: str, run: Run, give_up: GiveUp | None = None) -> None:
         """Declare a kind of unit: ``run(unit)`` does the work, ``give_up`` reports failure."""
         self._kinds[kind] = Kind(run, give_up)
 
-    def submit(
+    async def submit(
         self,
         kind: str,
         key: str,
@@ -76,26 +77,35 @@ class Scheduler:
         handled_event: str | None = None,
     ) -> None:
         """Durably add a unit (or ask an existing one with this key to run again) and wake up."""
-        self._store.submit_work(kind, key, payload, lane=lane, handled_event=handled_event,
-                                now=self._clock())
+        await self._store.work.submit_work(kind, key, payload, lane=lane,
+                                           handled_event=handled_event, now=self._clock())
         self._wakeup.set()
 
-    def hurry(self, kind: str | None = None) -> None:
+    async def hurry(self, kind: str | None = None) -> None:
         """Try waiting units (of one kind) now: the homeserver is back, or keys arrived."""
-        if self._store.hurry_work(self._clock(), kind):
+        if await self._store.work.hurry_work(self._clock(), kind):
             self._wakeup.set()
 
     def backlog(self) -> tuple[int, float]:
-        """(units waiting, age in seconds of the oldest)."""
-        count, oldest = self._store.work_backlog()
+        """(units waiting, age in seconds of the oldest), as of the scheduler's last look.
+
+        Synchronous for the metrics scrape; the run loop refreshes it every time it wakes up
+        (every submit and every finished unit wakes it).
+        """
+        count, oldest = self._backlog
         return count, 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
+    async def refresh_backlog(self) -> None:
+        """Read the backlog from the store now."""
+        self._backlog = await self._store.work.work_backlog()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run due units until ``stop``; then cancel what still runs (it is all resumable)."""
         try:
             while not stop.is_set():
                 self._wakeup.clear()
-                self._start_due()
+                await self._start_due()
+                await self.refresh_backlog()
                 await self._sleep(stop)
         finally:
             for task in list(self._tasks):
@@ -103,11 +113,11 @@ class Scheduler:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _start_due(self) -> None:
+    async def _start_due(self) -> None:
         free = self._concurrency - len(self._tasks)
         if free <= 0:
             return
-        candidates = self._store.due_work(self._clock(), free + len(self._busy_units))
+        candidates = await self._store.work.due_work(self._clock(), free + len(self._busy_units))
         for unit in candidates:
             if free <= 0:
                 break
@@ -123,7 +133,7 @@ class Scheduler:
             free -= 1
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        due = self._store.next_work_at()
+        due = await self._store.work.next_work_at()
         delay = 60.0 if due is None else min(60.0, max(0.0, due - self._clock()))
         if delay <= 0:
             # Due but its lane is busy, or every slot is taken: a finishing unit wakes us.
@@ -147,7 +157,7 @@ class Scheduler:
                 self._busy_units.discard(current.id)
                 if not finished or current.lane is None:
                     break
-                following = self._store.lane_head(current.lane)
+                following = await self._store.work.lane_head(current.lane)
                 current = (
                     following if following is not None and following.next_at <= self._clock()
                     else None
@@ -163,7 +173,7 @@ class Scheduler:
         kind = self._kinds.get(unit.kind)
         if kind is None:
             logger.error("work unit %d has unknown kind %r; dropped", unit.id, unit.kind)
-            self._store.drop_work(unit.id)
+            await self._store.work.drop_work(unit.id)
             return True
         try:
             await kind.run(unit)
@@ -172,20 +182,20 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - classified right here, once
             error = from_exception(exc, unit.kind)
             if isinstance(error, TransientError):
-                self._postpone(unit, error)
+                await self._postpone(unit, error)
                 return False
             assert isinstance(error, PermanentError)
             await self._give_up(kind, unit, error, exc)
             return True
-        if not self._store.finish_work(unit):
+        if not await self._store.work.finish_work(unit):
             logger.debug("work unit %d (%s) was asked for again while it ran", unit.id,
                          unit.key)
         return True
 
-    def _postpone(self, unit: WorkUnit, error: TransientError) -> None:
+    async def _postpone(self, unit: WorkUnit, error: TransientError) -> None:
         attempts = unit.attempts + 1
         delay = self._backoff.delay(attempts, error.retry_after)
-        self._store.postpone_work(unit, self._clock() + delay, error.reason)
+        await self._store.work.postpone_work(unit, self._clock() + delay, error.reason)
         self._metrics.retry(unit.kind)
         log = logger.warning if attempts <= 3 or attempts % 10 == 0 else logger.info
         log("%s (%s) failed, attempt %d: %s; retrying in %.1f s", unit.kind, unit.key,
@@ -205,4 +215,4 @@ class Scheduler:
                 logger.exception("telling about the failure of %s (%s) failed", unit.kind,
                                  unit.key)
         # If it was asked for again meanwhile (an offer changed state), that run still happens.
-        self._store.finish_work(unit)
+        await self._store.work.finish_work(unit)

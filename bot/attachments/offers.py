@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,10 @@ class UploadEvent:
         self.url = url if isinstance(url, str) else None
 
 
+async def _nothing_changed(session_id: int) -> None:
+    """The default ``on_change``: nobody is told."""
+
+
 class OfferService:
     """Turns uploads into offers, applies decisions, delivers, and keeps the log."""
 
@@ -156,19 +160,19 @@ class OfferService:
         self._media_dir.mkdir(parents=True, exist_ok=True)
         # Told the session id after every step, so the activity panels follow (set by the
         # composition root).
-        self.on_change: Callable[[int], None] = lambda session_id: None
+        self.on_change: Callable[[int], Awaitable[None]] = _nothing_changed
         self._accept_key = normalize_key(config.reactions.accept)
         self._decline_key = normalize_key(config.reactions.decline)
 
     # -- inbound ----------------------------------------------------------------------------
 
-    def on_upload(
+    async def on_upload(
         self, session: Session, side: Side, event_id: str, sender: str, sender_name: str,
         content: dict[str, Any],
     ) -> Offer:
         """Record an upload as a new offer (durably, before anything else) and start on it."""
         upload = UploadEvent(content)
-        offer, created = self._store.create_offer(
+        offer, created = await self._store.offers.create_offer(
             session_id=session.id,
             direction=direction_from(side),
             sender=sender,
@@ -185,10 +189,10 @@ class OfferService:
             logger.info("offer %d (session %d): %s from %s, event %s", offer.id, session.id,
                         offer.direction.value, sender, event_id)
         failpoints.hit("offer-recorded")
-        self.schedule(offer.id)
+        await self.schedule(offer.id)
         return offer
 
-    def decide(
+    async def decide(
         self, session: Session, side: Side, number: int, actor: str, accept: bool
     ) -> tuple[Offer | None, str | None]:
         """Apply a decision on this chat's offer #``number`` from ``side``'s room.
@@ -196,7 +200,7 @@ class OfferService:
         Returns (offer, why-not) for command replies. Numbers count per chat, so a number from
         another chat finds nothing here.
         """
-        offer = self._store.offer_by_number(session.id, number)
+        offer = await self._store.offers.offer_by_number(session.id, number)
         if offer is None:
             return None, f"There is no offer #{number} waiting for a decision in this chat."
         if sender_side(offer.direction) is side:
@@ -206,69 +210,71 @@ class OfferService:
         if offer.state is OfferState.INSPECTING:
             return offer, f"Offer #{number} is still being checked; try again in a moment."
         target = OfferState.ACCEPTED if accept else OfferState.DECLINED
-        decided = self._store.transition(offer.id, target, actor=actor)
+        decided = await self._store.offers.transition(offer.id, target, actor=actor)
         if decided is None:
-            current = self._store.get_offer(offer.id)
+            current = await self._store.offers.get_offer(offer.id)
             state = render.STATE_WORDS[current.state] if current else "gone"
             return current, f"Offer #{number} was already {state}."
         logger.info("offer %d (session %d): %s by %s", offer.id, offer.session_id,
                     target.value, actor)
         self._metrics.decided(max(0.0, decided.updated_at - offer.updated_at))
-        self.schedule(offer.id)
+        await self.schedule(offer.id)
         return decided, None
 
-    def on_reaction(self, session: Session, side: Side, actor: str, target_event: str,
+    async def on_reaction(self, session: Session, side: Side, actor: str, target_event: str,
                     key: object) -> None:
         """A reaction in a session room: a decision if it is ✅/❌ on a live offer card."""
-        offer = self._store.offer_by_offer_event(session.room_of(side) or "", target_event)
+        offer = await self._store.offers.offer_by_offer_event(session.room_of(side) or "",
+                                                              target_event)
         if offer is None or offer.session_id != session.id:
             return
         normalized = normalize_key(key)
         if normalized not in (self._accept_key, self._decline_key):
             return
-        self.decide(session, side, offer.shown_number, actor,
+        await self.decide(session, side, offer.shown_number, actor,
                     accept=normalized == self._accept_key)
 
-    def on_redaction(self, session: Session, redacted_event: str, actor: str) -> None:
+    async def on_redaction(self, session: Session, redacted_event: str, actor: str) -> None:
         """The sender redacted their upload: withdraw the offer if still undecided."""
-        offer = self._store.offer_by_source_event(redacted_event)
+        offer = await self._store.offers.offer_by_source_event(redacted_event)
         if offer is None or offer.session_id != session.id:
             return
-        if self._store.transition(offer.id, OfferState.WITHDRAWN, actor=actor,
+        if await self._store.offers.transition(offer.id, OfferState.WITHDRAWN, actor=actor,
                                   reason="the sender deleted the file") is not None:
             logger.info("offer %d (session %d): withdrawn by %s", offer.id, session.id, actor)
-            self.schedule(offer.id)
+            await self.schedule(offer.id)
 
-    def expire_session(self, session_id: int, reason: str) -> None:
+    async def expire_session(self, session_id: int, reason: str) -> None:
         """Expire every pending offer of a session; their edits follow as their own work."""
-        for offer in self._store.session_offers(session_id):
-            if offer.is_pending and self._store.transition(offer.id, OfferState.EXPIRED,
-                                                           reason=reason):
-                self.schedule(offer.id)
+        for offer in await self._store.offers.session_offers(session_id):
+            if offer.is_pending and await self._store.offers.transition(
+                    offer.id, OfferState.EXPIRED, reason=reason):
+                await self.schedule(offer.id)
 
-    def expire_due(self, now: float | None = None) -> int:
+    async def expire_due(self, now: float | None = None) -> int:
         """Expire offers older than the TTL; returns how many."""
         cutoff = (now or time.time()) - self._config.policy.offer_ttl
         count = 0
-        for offer in self._store.offers_in_states([OfferState.OFFERED, OfferState.INSPECTING]):
-            if offer.created_at <= cutoff and self._store.transition(
+        waiting = [OfferState.OFFERED, OfferState.INSPECTING]
+        for offer in await self._store.offers.offers_in_states(waiting):
+            if offer.created_at <= cutoff and await self._store.offers.transition(
                 offer.id, OfferState.EXPIRED, reason="nobody accepted it in time"
             ):
                 logger.info("offer %d (session %d): expired", offer.id, offer.session_id)
-                self.schedule(offer.id)
+                await self.schedule(offer.id)
                 count += 1
         return count
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
         """Pick up every offer whose state still has work owed (after a restart)."""
-        for offer in self._store.unsettled_offers():
-            self.schedule(offer.id)
+        for offer in await self._store.offers.unsettled_offers():
+            await self.schedule(offer.id)
 
     # -- the per-offer step machine ---------------------------------------------------------
 
-    def schedule(self, offer_id: int) -> None:
+    async def schedule(self, offer_id: int) -> None:
         """Queue (durably) a look at the offer: :meth:`advance` runs as its work unit."""
-        self._work.submit("offer", f"offer:{offer_id}", {"offer": offer_id},
+        await self._work.submit("offer", f"offer:{offer_id}", {"offer": offer_id},
                           lane=offer_lane(offer_id))
 
     async def _run_unit(self, unit: WorkUnit) -> None:
@@ -281,44 +287,44 @@ class OfferService:
         permanent one ends in :meth:`_give_up`. Every step is idempotent.
         """
         while True:
-            offer = self._store.get_offer(offer_id)
-            if offer is None or self._store.is_settled(offer_id):
+            offer = await self._store.offers.get_offer(offer_id)
+            if offer is None or await self._store.offers.is_settled(offer_id):
                 return
             if not await self._step(offer):
                 return  # waiting for other work (the staged copy), which schedules it again
 
     async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
         """A step failed for good: the offer fails with the cause, and its sender is told."""
-        offer = self._store.get_offer(unit.payload["offer"])
+        offer = await self._store.offers.get_offer(unit.payload["offer"])
         if offer is None:
             return
         cause = render.failure_cause(error.code, error.reason)
         if offer.state is OfferState.INSPECTING:
-            self._reject(offer, Verdict(False, "download_failed", cause))
+            await self._reject(offer, Verdict(False, "download_failed", cause))
         elif offer.state in (OfferState.OFFERED, OfferState.ACCEPTED):
-            self._fail(offer, cause)
+            await self._fail(offer, cause)
         else:
             # Even its final messages cannot be posted: nothing more can be done for it.
             logger.error("offer %d (session %d): the %s messages could not be posted: %s",
                          offer.id, offer.session_id, offer.state.value, cause)
-            self._store.mark_settled(offer.id, offer.state)
+            await self._store.offers.mark_settled(offer.id, offer.state)
             return
-        self.schedule(offer.id)
+        await self.schedule(offer.id)
 
     async def _step(self, offer: Offer) -> bool:
         """Carry out the current state's next step; False when it must wait for other work."""
-        session = self._store.get_session(offer.session_id)
+        session = await self._store.sessions.get_session(offer.session_id)
         if offer.state is OfferState.INSPECTING:
             await self._inspect(offer, session)
         elif offer.state is OfferState.OFFERED:
             await self._post_offer(offer, session)
-            self._store.mark_settled(offer.id, OfferState.OFFERED)
+            await self._store.offers.mark_settled(offer.id, OfferState.OFFERED)
             self._metrics.offer_state(offer.direction, OfferState.OFFERED)
         elif offer.state is OfferState.ACCEPTED:
             if offer.delivery_event_id is None:
                 if not await self._deliver(offer, session):
                     return False
-                offer = self._store.get_offer(offer.id) or offer
+                offer = await self._store.offers.get_offer(offer.id) or offer
                 if offer.state is not OfferState.ACCEPTED:
                     return True  # delivery failed for good: the FAILED state has its own step
             await self._finish(offer)
@@ -339,7 +345,7 @@ class OfferService:
             await self._finish(offer)
         else:
             await self._finish(offer)
-        self.on_change(offer.session_id)
+        await self.on_change(offer.session_id)
         return True
 
     async def _tell_agents_of_refusal(self, offer: Offer, session: Session, reason: str) -> None:
@@ -367,9 +373,9 @@ class OfferService:
     async def _inspect(self, offer: Offer, session: Session) -> None:
         policy = self._policy(offer)
         final, part = self._paths(offer)
-        upload = UploadEvent(json.loads(self._store.source_content(offer.id)))
+        upload = UploadEvent(json.loads(await self._store.offers.source_content(offer.id)))
         if offer.declared_size is not None and offer.declared_size > policy.max_size:
-            self._reject(offer, too_large(offer.declared_size, policy))
+            await self._reject(offer, too_large(offer.declared_size, policy))
             return
         try:
             if upload.url is None:
@@ -379,14 +385,14 @@ class OfferService:
                 seal=True,
             )
         except TooLarge:
-            self._reject(offer, too_large(policy.max_size + 1, policy))
+            await self._reject(offer, too_large(policy.max_size + 1, policy))
             return
         except BadEncryptedFile as exc:
-            self._reject(offer, Verdict(False, "bad_encryption", exc.reason))
+            await self._reject(offer, Verdict(False, "bad_encryption", exc.reason))
             return
         except MediaError as exc:
             # Permanent (gone, refused); a transient failure is raised to be retried.
-            self._reject(offer, Verdict(False, "download_failed", exc.reason))
+            await self._reject(offer, Verdict(False, "download_failed", exc.reason))
             return
         part.replace(final)
         assert downloaded.sealed_key is not None
@@ -402,11 +408,11 @@ class OfferService:
                         result.detail)
             verdict, scanned = result.verdict, result.scanned
         if not verdict.allowed:
-            self._reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
+            await self._reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
                          sha256=facts.sha256)
             return
         stripped = await self._strip_metadata(final, downloaded.sealed_key, facts.mimetype)
-        moved = self._store.transition(
+        moved = await self._store.offers.transition(
             offer.id,
             OfferState.OFFERED,
             temp_path=str(stripped.path if stripped else final),
@@ -427,7 +433,7 @@ class OfferService:
             if stripped is not None:
                 stripped.path.unlink(missing_ok=True)
         else:
-            self._stage(moved)  # right away, beside posting the card
+            await self._stage(moved)  # right away, beside posting the card
             logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                         session.id, facts.mimetype, facts.size, facts.sha256)
             if stripped is not None:
@@ -443,11 +449,11 @@ class OfferService:
             return None
         return await asyncio.to_thread(images.strip_sealed, path, key, mimetype)
 
-    def _reject(self, offer: Offer, verdict: Verdict, **facts: Any) -> None:
+    async def _reject(self, offer: Offer, verdict: Verdict, **facts: Any) -> None:
         final, part = self._paths(offer)
         final.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
-        if self._store.transition(offer.id, OfferState.REJECTED, reason=verdict.reason,
+        if await self._store.offers.transition(offer.id, OfferState.REJECTED, reason=verdict.reason,
                                   **facts):
             self._metrics.rejected(verdict.code)
             logger.info("offer %d (session %d): rejected (%s): %s", offer.id, offer.session_id,
@@ -481,7 +487,7 @@ class OfferService:
                 offer,
             )
             event_id = await self._send_ready(recipient_room, card, f"offer-{offer.id}-card")
-            offer = self._store.update_offer(offer.id, offer_event_id=event_id,
+            offer = await self._store.offers.update_offer(offer.id, offer_event_id=event_id,
                                              offer_room=recipient_room)
         card_event = offer.offer_event_id
         assert card_event is not None
@@ -507,34 +513,34 @@ class OfferService:
         status = render.reply_to(self._with_block(render.status_line(offer), offer),
                                  offer.source_event_id)
         event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
-        return self._store.update_offer(offer.id, status_event_id=event_id,
+        return await self._store.offers.update_offer(offer.id, status_event_id=event_id,
                                         status_room=sender_room)
 
-    def _stage(self, offer: Offer) -> None:
+    async def _stage(self, offer: Offer) -> None:
         """Queue uploading the recipient's copy of an offered file (with media.prestage)."""
         if self._config.media.prestage:
-            self._work.submit("stage", f"stage:{offer.id}", {"offer": offer.id},
+            await self._work.submit("stage", f"stage:{offer.id}", {"offer": offer.id},
                               lane=f"stage:{offer.id}")
 
     async def _run_stage(self, unit: WorkUnit) -> None:
         """Upload the checked copy for the recipient's room while the offer waits."""
-        offer = self._store.get_offer(unit.payload["offer"])
+        offer = await self._store.offers.get_offer(unit.payload["offer"])
         if offer is None or offer.state not in (OfferState.OFFERED, OfferState.ACCEPTED) \
                 or offer.delivery_event_id is not None:
             return  # decided against, or delivered: staging has no purpose any more
-        session = self._store.get_session(offer.session_id)
+        session = await self._store.sessions.get_session(offer.session_id)
         _, recipient_room = self._rooms_of(offer, session)
         room = await self._rooms.ready(recipient_room)
         replaced = offer.staged_uri
         if replaced is not None and bool(offer.staged_encrypted) == room.encrypted:
             if offer.state is OfferState.ACCEPTED:
-                self.schedule(offer.id)  # staged already: the waiting delivery goes on
+                await self.schedule(offer.id)  # staged already: the waiting delivery goes on
             return
         uploaded = await self._upload_copy(offer, room.encrypted)
         if uploaded is None:
             return
         failpoints.hit("delivery-staged")
-        current = self._store.get_offer(offer.id)
+        current = await self._store.offers.get_offer(offer.id)
         if current is None or current.state not in (OfferState.OFFERED, OfferState.ACCEPTED):
             # Settled while uploading: this copy must not outlive the offer.
             await self._media.purge(uploaded.uri)
@@ -542,7 +548,7 @@ class OfferService:
         block = uploaded.file_block(offer.mimetype)
         # Made now, while the local copy is there: an image's blurhash and thumbnail.
         extras = await self._image_extras(offer, room.encrypted)
-        self._store.update_offer(offer.id, staged_uri=uploaded.uri,
+        await self._store.offers.update_offer(offer.id, staged_uri=uploaded.uri,
                                  staged_file=json.dumps(block) if block else None,
                                  staged_encrypted=int(room.encrypted), temp_path=None,
                                  temp_key=None, image_info=json.dumps(extras) if extras else None)
@@ -556,7 +562,7 @@ class OfferService:
             logger.info("offer %d: earlier staged copy %s %s", offer.id, replaced,
                         "deleted" if purged else "dropped, never referenced")
         if current.state is OfferState.ACCEPTED:
-            self.schedule(offer.id)  # a ✅ that came first waits for this
+            await self.schedule(offer.id)  # a ✅ that came first waits for this
 
     async def _drop_staged(self, offer: Offer, why: str) -> None:
         """Forget the staged copy (deleted from the media repository where the bot may)."""
@@ -564,7 +570,7 @@ class OfferService:
         purged = await self._media.purge(offer.staged_uri)
         logger.info("offer %d: staged copy %s %s (%s)", offer.id, offer.staged_uri,
                     "deleted" if purged else "dropped, never referenced", why)
-        self._store.update_offer(offer.id, staged_uri=None, staged_file=None,
+        await self._store.offers.update_offer(offer.id, staged_uri=None, staged_file=None,
                                  staged_encrypted=None)
 
     async def _upload_copy(self, offer: Offer, encrypt: bool) -> Uploaded | None:
@@ -572,7 +578,7 @@ class OfferService:
         if offer.temp_path is None and offer.staged_uri is not None:
             offer = await self._copy_back(offer)
         if offer.temp_path is None or not await aiofiles.os.path.exists(offer.temp_path):
-            self._fail(offer, "the checked copy of the file is missing")
+            await self._fail(offer, "the checked copy of the file is missing")
             return None
         uploaded = await self._media.upload(
             Path(offer.temp_path), offer.mimetype or "application/octet-stream",
@@ -582,7 +588,7 @@ class OfferService:
         # changed on disk is never delivered.
         if uploaded.sha256 != (offer.delivered_sha256 or offer.sha256):
             await self._media.purge(uploaded.uri)
-            self._fail(offer, "the checked copy of the file was altered")
+            await self._fail(offer, "the checked copy of the file was altered")
             return None
         return uploaded
 
@@ -600,22 +606,24 @@ class OfferService:
             raise PermanentError("the staged copy of the file is not the inspected file",
                                  code="altered")
         part.replace(final)
-        return self._store.update_offer(offer.id, temp_path=str(final),
+        return await self._store.offers.update_offer(offer.id, temp_path=str(final),
                                         temp_key=fetched.sealed_key)
 
     async def _deliver(self, offer: Offer, session: Session) -> bool:
         """Send the accepted file; False while it waits for its staged copy."""
         _, recipient_room = self._rooms_of(offer, session)
         txn_id = f"offer-{offer.id}-deliver"
-        already = self._store.sent_event(txn_id)
+        already = await self._store.outbox.sent_event(txn_id)
         if already is not None:  # sent before a crash that came before recording it
-            self._store.update_offer(offer.id, delivery_event_id=already)
+            await self._store.offers.update_offer(offer.id, delivery_event_id=already)
             return True
         room = await self._rooms.ready(recipient_room)
-        offer = self._store.get_offer(offer.id) or offer  # staging may have finished meanwhile
+        # Staging may have finished meanwhile.
+        offer = await self._store.offers.get_offer(offer.id) or offer
         if self._config.media.prestage:
             if offer.staged_uri is None or bool(offer.staged_encrypted) != room.encrypted:
-                self._stage(offer)  # (again, for a room whose encryption changed): it calls back
+                # (Again, for a room whose encryption changed): it calls back.
+                await self._stage(offer)
                 return False
             uri = offer.staged_uri
             block = json.loads(offer.staged_file) if offer.staged_file else None
@@ -633,7 +641,7 @@ class OfferService:
         failpoints.hit("delivery-uploaded")
         event_id = await self._sender.send(recipient_room, content, txn_id=txn_id)
         failpoints.hit("delivery-sent")
-        self._store.update_offer(offer.id, delivery_event_id=event_id)
+        await self._store.offers.update_offer(offer.id, delivery_event_id=event_id)
         self._metrics.delivered(offer.size or 0, max(0.0, time.time() - offer.updated_at))
         logger.info("offer %d (session %d): delivered as %s", offer.id, session.id, event_id)
         return True
@@ -674,8 +682,8 @@ class OfferService:
                                     "mimetype": shown.mimetype, "size": len(shown.thumbnail)}
         return extras
 
-    def _fail(self, offer: Offer, reason: str) -> None:
-        if self._store.transition(offer.id, OfferState.FAILED, reason=reason):
+    async def _fail(self, offer: Offer, reason: str) -> None:
+        if await self._store.offers.transition(offer.id, OfferState.FAILED, reason=reason):
             logger.error("offer %d (session %d): delivery failed: %s", offer.id,
                          offer.session_id, reason)
 
@@ -707,27 +715,28 @@ class OfferService:
         if offer.temp_path:
             with contextlib.suppress(FileNotFoundError):  # the copy without metadata
                 await aiofiles.os.remove(offer.temp_path)
-            self._store.update_offer(offer.id, temp_path=None, temp_key=None)
-        current = self._store.get_offer(offer.id) or offer
+            await self._store.offers.update_offer(offer.id, temp_path=None, temp_key=None)
+        current = await self._store.offers.get_offer(offer.id) or offer
         if current.staged_uri is not None and offer.state is not OfferState.ACCEPTED:
             await self._drop_staged(current, f"the offer was {offer.state.value}")
         elif current.staged_file is not None:
-            self._store.update_offer(offer.id, staged_file=None)  # the key is in the event now
+            # The key is in the event now.
+            await self._store.offers.update_offer(offer.id, staged_file=None)
         if self._config.media.purge_refused and offer.state is not OfferState.ACCEPTED:
             await self._purge_source(offer)
-        self._store.mark_settled(offer.id, offer.state)
+        await self._store.offers.mark_settled(offer.id, offer.state)
         self._metrics.offer_state(offer.direction, offer.state)
 
     async def _remove_seeded_reactions(self, offer: Offer, room_id: str) -> None:
         """Redact the bot's own ✅/❌ on a settled card, so it shows only the decision made."""
         for word in ("accept", "decline"):
-            reaction = self._store.sent_event(f"offer-{offer.id}-react-{word}")
+            reaction = await self._store.outbox.sent_event(f"offer-{offer.id}-react-{word}")
             if reaction is not None:
                 await self._sender.redact(room_id, reaction, "the offer is settled",
                                           txn_id=f"offer-{offer.id}-unreact-{word}")
 
     async def _edit(self, room_id: str, event_id: str, content: dict[str, Any], txn: str) -> None:
-        if self._removed_from(room_id):
+        if await self._removed_from(room_id):
             logger.info("not editing %s in %s: the bot was removed from that room", event_id,
                         room_id)
             return
@@ -742,15 +751,15 @@ class OfferService:
             and not shown_inline(offer, self._config.policy.max_image_pixels)
         )
 
-    def _removed_from(self, room_id: str) -> bool:
+    async def _removed_from(self, room_id: str) -> bool:
         """Whether the bot was removed from this room, so nothing can be posted there."""
-        found = self._store.session_for_room(room_id)
+        found = await self._store.sessions.session_for_room(room_id)
         if found is None:
             return False
         session, side = found
         return side is Side.CUSTOMER and session.close_reason == "bot_removed"
 
     async def _purge_source(self, offer: Offer) -> None:
-        upload = UploadEvent(json.loads(self._store.source_content(offer.id)))
+        upload = UploadEvent(json.loads(await self._store.offers.source_content(offer.id)))
         if upload.url and await self._media.purge(upload.url):
             logger.info("offer %d: purged the sender's upload %s", offer.id, upload.url)

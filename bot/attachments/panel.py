@@ -1,8 +1,8 @@
 """The live activity panel: one pinned bot message per room listing the chat's attachments.
 
 Every change to a session's offers bumps the version of both rooms' panels in the store and
-submits one durable work unit per room (:meth:`PanelService.changed`, a quick synchronous
-call). Submitting again while a room's unit waits or runs only asks it to run once more, so a
+submits one durable work unit per room (:meth:`PanelService.changed`, a few quick
+store writes). Submitting again while a room's unit waits or runs only asks it to run once more, so a
 burst of changes becomes one edit; a unit that finds its panel behind also waits
 :data:`COALESCE_SECONDS` first, for the rest of the burst. It renders the panel from the
 store and posts it (the first time, then pins it) or edits it in place (``m.replace``), and
@@ -52,19 +52,19 @@ class PanelService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         work.register("panel", self._run_unit, self._give_up)
 
-    def changed(self, session_id: int) -> None:
+    async def changed(self, session_id: int) -> None:
         """The session's attachments changed: both rooms' panels are owed an update."""
-        session = self._store.get_session(session_id)
+        session = await self._store.sessions.get_session(session_id)
         for side in (Side.CUSTOMER, Side.AGENT):
             room_id = session.room_of(side)
             if room_id is not None:
-                self._store.bump_panel(session_id, room_id)
-                self._submit(room_id)
+                await self._store.panels.bump_panel(session_id, room_id)
+                await self._submit(room_id)
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
         """Queue the panel updates a stop left behind (kept in the store, not in the work)."""
-        for panel in self._store.panels_behind():
-            self._submit(panel.room_id)
+        for panel in await self._store.panels.panels_behind():
+            await self._submit(panel.room_id)
 
     async def flush(self, session: Session) -> None:
         """Bring both rooms' panels up to date now (before the bot leaves a closed chat)."""
@@ -73,13 +73,13 @@ class PanelService:
             if room_id is not None:
                 await self._update(room_id)
 
-    def _submit(self, room_id: str) -> None:
-        self._work.submit("panel", f"panel:{room_id}", {"room": room_id},
+    async def _submit(self, room_id: str) -> None:
+        await self._work.submit("panel", f"panel:{room_id}", {"room": room_id},
                           lane=f"panel:{room_id}")
 
     async def _run_unit(self, unit: WorkUnit) -> None:
         room_id = unit.payload["room"]
-        panel = self._store.get_panel(room_id)
+        panel = await self._store.panels.get_panel(room_id)
         if panel is None or panel.shown_version >= panel.version:
             return  # an earlier run already showed this change
         # Let the rest of a burst arrive: everything bumped meanwhile is one edit.
@@ -94,27 +94,27 @@ class PanelService:
     async def _update(self, room_id: str) -> None:
         """Post or edit the room's panel if it is behind (one update at a time per room)."""
         async with self._locks[room_id]:
-            panel = self._store.get_panel(room_id)
+            panel = await self._store.panels.get_panel(room_id)
             if panel is not None and panel.shown_version < panel.version:
                 await self._show(panel)
 
     async def _show(self, panel: Panel) -> None:
-        session = self._store.get_session(panel.session_id)
+        session = await self._store.sessions.get_session(panel.session_id)
         version = panel.version
-        offers = self._store.session_offers(session.id)
+        offers = await self._store.offers.session_offers(session.id)
         content = render.activity_panel(offers, viewpoint_of(session, panel.room_id)).content()
         await self._rooms.ready(panel.room_id)
         if panel.event_id is None:
             event_id = await self._sender.send(
                 panel.room_id, content, txn_id=f"session-{session.id}-panel-{panel.room_id}"
             )
-            self._store.update_panel(panel.room_id, event_id=event_id)
+            await self._store.panels.update_panel(panel.room_id, event_id=event_id)
             panel = Panel(panel.room_id, panel.session_id, event_id, panel.pin, panel.version,
                           panel.shown_version)
         else:
             txn_id = f"session-{session.id}-panel-{panel.room_id}-v{version}"
             await self._sender.edit(panel.room_id, panel.event_id, content, txn_id=txn_id)
-        self._store.update_panel(panel.room_id, shown_version=version)
+        await self._store.panels.update_panel(panel.room_id, shown_version=version)
         if panel.pin == "pending":
             await self._pin(panel)
 
@@ -141,7 +141,7 @@ class PanelService:
                 logger.warning("room %s: the bot may not pin messages (%s); the activity "
                                "panel stays live but unpinned, and !attachments works",
                                panel.room_id, exc.reason)
-                self._store.update_panel(panel.room_id, pin="refused")
+                await self._store.panels.update_panel(panel.room_id, pin="refused")
                 return
-        self._store.update_panel(panel.room_id, pin="pinned")
+        await self._store.panels.update_panel(panel.room_id, pin="pinned")
         logger.info("room %s: activity panel %s pinned", panel.room_id, panel.event_id)

@@ -210,7 +210,36 @@ async def scan(path: Path, key: str, scanner: ScannerConfig) -> ScanResult:
         return await run_scanner(plain, scanner)
 
 
-def secure_leftovers(store: Store, media_dir: Path) -> int:
+def _remove_stale_plaintext(media_dir: Path) -> None:
+    if media_dir.is_dir():
+        for stale in media_dir.glob(f".*{PLAIN_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+            logger.warning("removed %s, a plaintext copy for the scanner left by a crash",
+                           stale.name)
+
+
+def _seal_beside(path: Path, sealing: Path, finish_only: bool) -> str | None:
+    """Write the sealed copy of ``path`` to ``sealing`` and return its key.
+
+    With ``finish_only`` (the key is recorded already) only a pending replacement is finished.
+    None when there is nothing (more) to record. Local file work, once at start-up.
+    """
+    if finish_only:
+        if sealing.exists():
+            os.replace(sealing, path)
+        return None
+    if not path.exists():
+        return None  # delivery will report the missing copy
+    sealer = Sealer()
+    with open(path, "rb") as reader, open(sealing, "wb") as writer:
+        while chunk := reader.read(CHUNK_SIZE):
+            writer.write(sealer.update(chunk))
+        writer.flush()
+        os.fsync(writer.fileno())
+    return sealer.key()
+
+
+async def secure_leftovers(store: Store, media_dir: Path) -> int:
     """At start-up: delete the scanner's plaintext copies a crash left behind, and encrypt
     the plaintext copies an older version kept for waiting offers; returns how many of those.
 
@@ -218,30 +247,17 @@ def secure_leftovers(store: Store, media_dir: Path) -> int:
     replaces the plaintext; a start that finds a sealed file beside a recorded key finishes
     the replacement.
     """
-    if media_dir.is_dir():
-        for stale in media_dir.glob(f".*{PLAIN_SUFFIX}"):
-            stale.unlink(missing_ok=True)
-            logger.warning("removed %s, a plaintext copy for the scanner left by a crash",
-                           stale.name)
+    _remove_stale_plaintext(media_dir)
     count = 0
-    for offer in store.offers_in_states([OfferState.OFFERED, OfferState.ACCEPTED]):
+    for offer in await store.offers.offers_in_states([OfferState.OFFERED, OfferState.ACCEPTED]):
         if offer.temp_path is None:
             continue
         path = Path(offer.temp_path)
         sealing = path.with_name(path.name + ".sealing")
-        if offer.temp_key is not None:
-            if sealing.exists():
-                os.replace(sealing, path)
+        key = _seal_beside(path, sealing, finish_only=offer.temp_key is not None)
+        if key is None:
             continue
-        if not path.exists():
-            continue  # delivery will report the missing copy
-        sealer = Sealer()
-        with open(path, "rb") as reader, open(sealing, "wb") as writer:
-            while chunk := reader.read(CHUNK_SIZE):
-                writer.write(sealer.update(chunk))
-            writer.flush()
-            os.fsync(writer.fileno())
-        store.update_offer(offer.id, temp_key=sealer.key())
+        await store.offers.update_offer(offer.id, temp_key=key)
         os.replace(sealing, path)
         count += 1
     if count:

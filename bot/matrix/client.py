@@ -39,7 +39,7 @@ class LoginRefused(PermanentError):
 
 
 # Checks a room before anything is sent into it; raises TransientError while it must wait.
-RoomGuard = Callable[[str], None]
+RoomGuard = Callable[[str], Awaitable[None]]
 
 TOKEN_REFUSED = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_FORBIDDEN"})
 
@@ -209,11 +209,11 @@ class Sender:
         event_type: str = "m.room.message",
     ) -> str:
         """Send once; returns the event id (the earlier one if this txn id was sent before)."""
-        already = self._store.sent_event(txn_id)
+        already = await self._store.outbox.sent_event(txn_id)
         if already is not None:
             return already
         if self.guard is not None:
-            self.guard(room_id)
+            await self.guard(room_id)
         what = f"sending {txn_id} to {room_id}"
         try:
             response = await self._client.room_send(
@@ -226,7 +226,7 @@ class Sender:
             raise errors.from_exception(exc, what) from exc
         if not isinstance(response, RoomSendResponse):
             raise errors.from_response(response, what)
-        self._store.record_sent(txn_id, room_id, response.event_id)
+        await self._store.outbox.record_sent(txn_id, room_id, response.event_id)
         return response.event_id
 
     async def react(self, room_id: str, event_id: str, key: str, *, txn_id: str) -> str:
@@ -248,7 +248,7 @@ class Sender:
 
     async def redact(self, room_id: str, event_id: str, reason: str, *, txn_id: str) -> None:
         """Redact an event, idempotently."""
-        if self._store.sent_event(txn_id) is not None:
+        if await self._store.outbox.sent_event(txn_id) is not None:
             return
         what = f"redacting {event_id} in {room_id}"
         try:
@@ -258,7 +258,7 @@ class Sender:
             raise errors.from_exception(exc, what) from exc
         if isinstance(response, ErrorResponse):
             raise errors.from_response(response, what)
-        self._store.record_sent(txn_id, room_id, response.event_id)
+        await self._store.outbox.record_sent(txn_id, room_id, response.event_id)
 
 
 async def call(what: str, request: Awaitable[Any], expected: type) -> Any:

@@ -52,8 +52,9 @@ async def _apply_avatar(client: AsyncClient, store: Store, path: Path) -> None:
     digest = hashlib.sha256(data).hexdigest()
     current = await client.get_avatar(client.user_id)
     current_uri = current.avatar_url if isinstance(current, ProfileGetAvatarResponse) else None
-    known_uri = store.get_value(AVATAR_URI_KEY)
-    if store.get_value(AVATAR_SHA_KEY) == digest and known_uri and current_uri == known_uri:
+    known_uri = await store.values.get_value(AVATAR_URI_KEY)
+    known_sha = await store.values.get_value(AVATAR_SHA_KEY)
+    if known_sha == digest and known_uri and current_uri == known_uri:
         return  # unchanged since the last start
     mimetype = magic.from_buffer(data[:8192], mime=True)
     if not mimetype.startswith("image/"):
@@ -68,6 +69,6 @@ async def _apply_avatar(client: AsyncClient, store: Store, path: Path) -> None:
     if isinstance(answer, ErrorResponse):
         logger.warning("could not set the avatar: %s", answer.message)
         return
-    store.set_value(AVATAR_SHA_KEY, digest)
-    store.set_value(AVATAR_URI_KEY, uploaded.content_uri)
+    await store.values.set_value(AVATAR_SHA_KEY, digest)
+    await store.values.set_value(AVATAR_URI_KEY, uploaded.content_uri)
     logger.info("avatar set from %s (%s)", path, uploaded.content_uri)

@@ -43,7 +43,7 @@ class SyncLoop:
         poll_timeout_ms: int = 30_000,
         backoff: Backoff | None = None,
         metrics: Metrics | None = None,
-        on_recovered: Callable[[], None] | None = None,
+        on_recovered: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._client = client
@@ -58,7 +58,7 @@ class SyncLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until ``stop`` is set."""
-        since = self._store.get_value(SYNC_TOKEN_KEY)
+        since = await self._store.values.get_value(SYNC_TOKEN_KEY)
         catching_up = since is None
         full_state = True  # nio does not persist rooms: the first sync must rebuild them
         failures = 0
@@ -82,12 +82,12 @@ class SyncLoop:
             if failures:
                 logger.info("sync recovered after %d failures", failures)
                 if self._on_recovered is not None:
-                    self._on_recovered()  # the homeserver is back: waiting work goes now
+                    await self._on_recovered()  # the homeserver is back: waiting work goes now
             failures = 0
             self.healthy = True
             await self._crypto_housekeeping()
             await self._handle(response, catching_up)
-            self._store.set_value(SYNC_TOKEN_KEY, response.next_batch)
+            await self._store.values.set_value(SYNC_TOKEN_KEY, response.next_batch)
             since = response.next_batch
             full_state = False
             catching_up = False

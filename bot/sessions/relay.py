@@ -310,25 +310,25 @@ def relayed_messages(
 
 
 class _Outbox(Protocol):
-    """What :func:`counterpart` needs from the store (see ``Store.sent_txn``/``sent_in_room``)."""
+    """What :func:`counterpart` needs from the store (see ``Outbox.sent_txn``/``sent_in_room``)."""
 
-    def sent_txn(self, room_id: str, event_id: str) -> str | None:
+    async def sent_txn(self, room_id: str, event_id: str) -> str | None:
         """The txn id that produced an event in a room."""
 
-    def sent_in_room(self, txn_id: str) -> tuple[str, str] | None:
+    async def sent_in_room(self, txn_id: str) -> tuple[str, str] | None:
         """(room, event id) a txn id produced."""
 
 
-def counterpart(outbox: _Outbox, room_id: str, event_id: str, other_room: str) -> str | None:
+async def counterpart(outbox: _Outbox, room_id: str, event_id: str, other_room: str) -> str | None:
     """The event in ``other_room`` that ``event_id`` in ``room_id`` stands for across the relay.
 
     An original message maps to its relayed copy (first part), a relayed copy to the original
     it copies; anything else (a bot notice, an offer card, an unknown id) to None.
     """
-    copy = outbox.sent_in_room(relay_txn(event_id))
+    copy = await outbox.sent_in_room(relay_txn(event_id))
     if copy is not None:
         return copy[1] if copy[0] == other_room else None
-    txn = outbox.sent_txn(room_id, event_id)
+    txn = await outbox.sent_txn(room_id, event_id)
     return original_of(txn) if txn is not None else None
 
 

@@ -121,19 +121,19 @@ class SessionService:
         members = self._rooms.members(session.agent_room)
         return {m for m in members if m != self.own_user_id and not self.is_agent(m)}
 
-    def remove_stranger(self, session: Session, user_id: str, handled_event: str | None = None
+    async def remove_stranger(self, session: Session, user_id: str, handled_event: str | None = None
                         ) -> None:
         """Queue the removal of someone who is not an agent from the agent room."""
         assert session.agent_room is not None
-        self._work.submit(
+        await self._work.submit(
             "kick", f"kick:{session.agent_room}:{user_id}",
             {"session": session.id, "room": session.agent_room, "user": user_id},
             handled_event=handled_event,
         )
 
-    def guard_room(self, room_id: str) -> None:
+    async def guard_room(self, room_id: str) -> None:
         """Refuse to send into an agent room while a stranger is in it (keys would go too)."""
-        found = self._store.session_for_room(room_id)
+        found = await self._store.sessions.session_for_room(room_id)
         if found is None or found[1] is not Side.AGENT:
             return
         session = found[0]
@@ -141,7 +141,7 @@ class SessionService:
         if not strangers:
             return
         for user_id in strangers:
-            self.remove_stranger(session, user_id)
+            await self.remove_stranger(session, user_id)
         raise TransientError(
             f"the agent room holds {', '.join(sorted(strangers))}, who is not an agent; "
             "waiting until they are removed",
@@ -177,7 +177,7 @@ class SessionService:
 
     async def on_invite(self, room_id: str, inviter: str) -> None:
         """A user invited the bot: open a session unless the invite should not open one."""
-        found = self._store.session_for_room(room_id)
+        found = await self._store.sessions.session_for_room(room_id)
         if found is not None:
             session, side = found
             if side is Side.AGENT or session.state is not SessionState.CLOSED:
@@ -186,20 +186,21 @@ class SessionService:
             return
         if self.is_agent(inviter):
             logger.info("ignoring invite to %s from agent %s", room_id, inviter)
-            self._work.submit("leave", f"leave:{room_id}:invite", {"room": room_id})
+            await self._work.submit("leave", f"leave:{room_id}:invite", {"room": room_id})
             return
         allowed = self._config.allowed_servers
         if allowed and server_of(inviter) not in allowed:
             logger.info("refusing invite to %s from %s: server not allowed", room_id, inviter)
-            self._work.submit("refuse", f"refuse:{room_id}", {"room": room_id,
+            await self._work.submit("refuse", f"refuse:{room_id}", {"room": room_id,
                                                                "inviter": inviter})
             return
         # The display name is looked up by the open unit: nothing here may wait on the network.
-        session, created = self._store.create_session(room_id, inviter, localpart(inviter))
+        session, created = await self._store.sessions.create_session(room_id, inviter,
+                                                                     localpart(inviter))
         if created:
             self._metrics.session_opened()
             logger.info("session %d opened for %s in %s", session.id, inviter, room_id)
-        self._work.submit("open", f"open:{session.id}", {"session": session.id},
+        await self._work.submit("open", f"open:{session.id}", {"session": session.id},
                           lane=session_lane(session.id))
 
     async def _run_refuse(self, unit: WorkUnit) -> None:
@@ -225,13 +226,13 @@ class SessionService:
         return localpart(user_id)
 
     async def _run_open(self, unit: WorkUnit) -> None:
-        session = self._store.get_session(unit.payload["session"])
+        session = await self._store.sessions.get_session(unit.payload["session"])
         if session.state is SessionState.CLOSED:
             return
         if session.agent_room is None:
             name = await self._profile_name(session.customer_id)
             if name != session.customer_name:
-                session = self._store.rename_customer(session.id, name)
+                session = await self._store.sessions.rename_customer(session.id, name)
             await call(f"joining {session.customer_room}",
                        self._client.join(session.customer_room), JoinResponse)
             session = await self._create_agent_room(session)
@@ -253,13 +254,13 @@ class SessionService:
 
     async def _open_failed(self, unit: WorkUnit, error: PermanentError) -> None:
         """A chat that cannot be opened is closed, and the customer told if they can be."""
-        session = self._store.get_session(unit.payload["session"])
+        session = await self._store.sessions.get_session(unit.payload["session"])
         if session.customer_room in self._client.rooms:
-            self.enqueue_send(session, Side.CUSTOMER,
+            await self.enqueue_send(session, Side.CUSTOMER,
                               render.chat_not_opened(
                                   render.failure_cause(error.code, error.reason)).content(),
                               f"session-{session.id}-not-opened")
-        self.request_close(session, "open_failed", None, None)
+        await self.request_close(session, "open_failed", None, None)
 
     async def _create_agent_room(self, session: Session) -> Session:
         # Someone let in later (and removed by the bot) must not read the chat so far.
@@ -290,7 +291,7 @@ class SessionService:
             RoomCreateResponse,
         )
         logger.info("session %d: agent room %s created", session.id, response.room_id)
-        return self._store.attach_agent_room(session.id, response.room_id)
+        return await self._store.sessions.attach_agent_room(session.id, response.room_id)
 
     def _agent_room_name(self, session: Session) -> str:
         return self._config.messages.agent_room_name.format(
@@ -299,7 +300,7 @@ class SessionService:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def enqueue_send(
+    async def enqueue_send(
         self,
         session: Session,
         to_side: Side,
@@ -317,12 +318,12 @@ class SessionService:
                                    "content": content, "txn_id": txn_id}
         if origin is not None:
             payload["origin"] = origin.value
-        self._work.submit("send", txn_id, payload, lane=session_lane(session.id),
+        await self._work.submit("send", txn_id, payload, lane=session_lane(session.id),
                           handled_event=handled_event)
 
     async def _run_send(self, unit: WorkUnit) -> None:
         payload = unit.payload
-        session = self._store.get_session(payload["session"])
+        session = await self._store.sessions.get_session(payload["session"])
         room_id = session.room_of(Side(payload["side"]))
         if room_id is None:
             raise PermanentError(f"session {session.id} has no agent room", code="no_room")
@@ -334,16 +335,16 @@ class SessionService:
         origin = unit.payload.get("origin")
         if origin is None:
             return
-        session = self._store.get_session(unit.payload["session"])
+        session = await self._store.sessions.get_session(unit.payload["session"])
         if session.state is SessionState.CLOSED:
             return
         notice = render.not_delivered(render.failure_cause(error.code, error.reason))
-        self.enqueue_send(session, Side(origin), notice.content(),
+        await self.enqueue_send(session, Side(origin), notice.content(),
                           f"undelivered-{unit.payload['txn_id']}")
 
     # -- closing ------------------------------------------------------------------------------
 
-    def request_close(
+    async def request_close(
         self, session: Session, reason: str, by: str | None, handled_event: str | None,
         by_side: Side | None = None,
     ) -> None:
@@ -352,23 +353,23 @@ class SessionService:
         ``by`` names who ended it and ``by_side`` is their room, which is told "You ended the
         chat" while the other room hears who did.
         """
-        self._work.submit("close", f"close:{session.id}",
+        await self._work.submit("close", f"close:{session.id}",
                           {"session": session.id, "reason": reason, "by": by,
                            "side": by_side.value if by_side else None},
                           lane=session_lane(session.id), handled_event=handled_event)
 
     async def _run_close(self, unit: WorkUnit) -> None:
-        session = self._store.get_session(unit.payload["session"])
+        session = await self._store.sessions.get_session(unit.payload["session"])
         reason, by = unit.payload["reason"], unit.payload.get("by")
         by_side = unit.payload.get("side")
-        if self._store.close_session(session.id, reason):
+        if await self._store.sessions.close_session(session.id, reason):
             self._metrics.session_closed()
             logger.info("session %d closed (%s)", session.id, reason)
         if self.offers is not None:
-            self.offers.expire_session(session.id, ENDED_REASON)
+            await self.offers.expire_session(session.id, ENDED_REASON)
         if self._config.retention.redact_delivered_on_close:
             await self._redact_deliveries(session)
-        pending = self._left_undelivered(session)
+        pending = await self._left_undelivered(session)
         for side in (Side.CUSTOMER, Side.AGENT):
             room_id = session.room_of(side)
             if room_id is None or room_id not in self._client.rooms:
@@ -386,36 +387,36 @@ class SessionService:
         if session.agent_room is not None and self._config.retention.leave_closed_rooms:
             rooms.append(session.agent_room)
         for room_id in rooms:
-            self.leave(session, room_id)
+            await self.leave(session, room_id)
 
-    def _left_undelivered(self, session: Session) -> int:
+    async def _left_undelivered(self, session: Session) -> int:
         """How many offers the end of the chat expired (from the store: a rerun agrees)."""
-        return sum(1 for offer in self._store.session_offers(session.id)
+        return sum(1 for offer in await self._store.offers.session_offers(session.id)
                    if offer.state.value == "expired" and offer.reason == ENDED_REASON)
 
-    def leave(self, session: Session, room_id: str) -> None:
+    async def leave(self, session: Session, room_id: str) -> None:
         """Queue leaving one of a closed session's rooms (after its offers are settled)."""
-        self._work.submit("leave", f"leave:{room_id}:{session.id}",
+        await self._work.submit("leave", f"leave:{room_id}:{session.id}",
                           {"session": session.id, "room": room_id},
                           lane=session_lane(session.id))
 
-    def tidy_closed_rooms(self) -> int:
+    async def tidy_closed_rooms(self) -> int:
         """Leave the rooms of closed sessions the bot is still in (left by an older version),
         and forget the keys of those it has left."""
-        closed = self._store.sessions(SessionState.CLOSED)
+        closed = await self._store.sessions.sessions(SessionState.CLOSED)
         forget_keys_of_left_rooms(self._client, [
             room for session in closed for room in (session.customer_room, session.agent_room)
             if room is not None
         ])
         count = 0
         for room_id in list(self._client.rooms):
-            found = self._store.session_for_room(room_id)
+            found = await self._store.sessions.session_for_room(room_id)
             if found is None or found[0].state is not SessionState.CLOSED:
                 continue
             session, side = found
             if side is Side.AGENT and not self._config.retention.leave_closed_rooms:
                 continue
-            self.leave(session, room_id)
+            await self.leave(session, room_id)
             count += 1
         return count
 
@@ -423,19 +424,19 @@ class SessionService:
         room_id = unit.payload["room"]
         session_id = unit.payload.get("session")
         if session_id is not None:
-            if not self._store.session_settled(session_id):
+            if not await self._store.sessions.session_settled(session_id):
                 # The offers' final edits still need the rooms.
                 raise TransientError(f"session {session_id} still has offers to settle",
                                      retry_after=1.0)
-            found = self._store.session_for_room(room_id)
-            session = self._store.get_session(session_id)
+            found = await self._store.sessions.session_for_room(room_id)
+            session = await self._store.sessions.get_session(session_id)
             if found is not None and found[0].id != session_id:
                 return  # the room started a new session meanwhile: stay
             if room_id == session.agent_room:
                 await self._mark_closed(session)
         if room_id in self._client.rooms or room_id in self._client.invited_rooms:
             if self.panels is not None and session_id is not None:  # the last changes first
-                await self.panels.flush(self._store.get_session(session_id))
+                await self.panels.flush(await self._store.sessions.get_session(session_id))
             await call(f"leaving {room_id}", self._client.room_leave(room_id),
                        RoomLeaveResponse)
         forget_room_keys(self._client, [room_id])
@@ -454,7 +455,7 @@ class SessionService:
 
     async def _redact_deliveries(self, session: Session) -> None:
         """Remove delivered files from the chat when it ends (images in-line only while live)."""
-        for offer in self._store.session_offers(session.id):
+        for offer in await self._store.offers.session_offers(session.id):
             if offer.delivery_event_id is None:
                 continue
             room_id = session.room_of(

@@ -152,7 +152,8 @@ MIGRATIONS: list[str | PerDialect] = [
     CREATE INDEX work_due ON work(next_at);
     INSERT INTO work(kind, key, lane, payload, attempts, next_at, created_at)
         SELECT kind, 'job-' || id, 'session:' || session_id,
-               (payload::jsonb || jsonb_build_object('session', session_id))::text, attempts, created_at, created_at
+               (payload::jsonb || jsonb_build_object('session', session_id))::text,
+               attempts, created_at, created_at
         FROM jobs ORDER BY id;
     DROP TABLE jobs;
     CREATE INDEX handled_events_at ON handled_events(handled_at);
