@@ -61,6 +61,7 @@ class Scheduler:
         self._busy_units: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog: tuple[int, float | None] = (0, None)
+        self._checked_at = 0.0  # the time _start_due last looked for due units
         self._metrics.watch_backlog(self.backlog)
 
     def register(self, kind: str, run: Run, give_up: GiveUp | None = None) -> None:
@@ -116,8 +117,11 @@ class Scheduler:
     async def _start_due(self) -> None:
         free = self._concurrency - len(self._tasks)
         if free <= 0:
+            self._checked_at = self._clock()
             return
-        candidates = await self._store.work.due_work(self._clock(), free + len(self._busy_units))
+        self._checked_at = self._clock()
+        candidates = await self._store.work.due_work(self._checked_at,
+                                                     free + len(self._busy_units))
         for unit in candidates:
             if free <= 0:
                 break
@@ -135,8 +139,9 @@ class Scheduler:
     async def _sleep(self, stop: asyncio.Event) -> None:
         due = await self._store.work.next_work_at()
         delay = 60.0 if due is None else min(60.0, max(0.0, due - self._clock()))
-        if delay <= 0:
-            # Due but its lane is busy, or every slot is taken: a finishing unit wakes us.
+        if delay <= 0 and due is not None and due <= self._checked_at:
+            # Due when _start_due looked, so its lane is busy or every slot is taken: a
+            # finishing unit wakes us. (One that fell due since then runs at once.)
             delay = 60.0
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:

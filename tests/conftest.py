@@ -8,6 +8,8 @@ fast unit tests alone. Tests share the one server, so every user gets a unique l
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,20 +50,33 @@ async def homeserver(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL server (Debian's binaries, a cluster in a temp dir) for the session."""
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    # Not under pytest's basetemp: every pytest run on the machine (as root) resets that
+    # directory to 0700, which would lock the server's own user out of its cluster mid-run.
+    base = Path(tempfile.mkdtemp(prefix="parcel-pg-"))
+    server = PostgresServer(base)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def postgres_url(postgres: PostgresServer) -> str:
     """A fresh, empty database on the session's PostgreSQL, as a URL with its password."""
     return postgres.url(postgres.create_database(), with_password=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """The ``database`` a store test opens, once per backend: a SQLite file, an empty PG one."""
+    if request.param == "sqlite":
+        return tmp_path / "data" / "parcel.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

@@ -345,13 +345,18 @@ class PostgresDatabase(Database):
         return script
 
     async def schema_version(self) -> int:
-        await self.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+        await self._schema_table()
         version = await self.fetchval(f"SELECT max(version) FROM {SCHEMA_TABLE}")
         return 0 if version is None else int(version)
 
     async def set_schema_version(self, version: int) -> None:
+        await self._schema_table()
         await self.execute(f"DELETE FROM {SCHEMA_TABLE}")
         await self.execute(f"INSERT INTO {SCHEMA_TABLE}(version) VALUES (?)", version)
+
+    async def _schema_table(self) -> None:
+        # PostgreSQL has no user_version: one row in a table of our own holds it.
+        await self.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
 
     async def lock_for_migration(self) -> None:
         # Held until this transaction ends; a second instance waits here, then finds the

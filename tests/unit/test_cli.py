@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from bot.devdb import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,34 +86,73 @@ def test_log_level_is_accepted_before_and_after_the_subcommand(argv: list[str]) 
     assert _parser().parse_args(argv).log_level == "DEBUG"
 
 
-def _store_config(tmp_path: Path, offers: int = 0) -> Path:
-    """A config without any password, and a store holding ``offers`` offers."""
-    from bot.attachments.model import Direction
-    from bot.store import Store
+def _store_config(tmp_path: Path, offers: int = 0, database: Path | str | None = None) -> Path:
+    """A config without any password, and a store holding ``offers`` offers.
 
+    ``database``: None for the default SQLite file in data_dir, else what the config names.
+    """
     config = tmp_path / "c.yaml"
-    config.write_text(f"homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\ndata_dir: {tmp_path}/d\n")
-    store = Store.open(tmp_path / "d" / "parcel.db")
-    session, _ = store.create_session("!c:x", "@c:x", "Carol")
-    for n in range(offers):
-        store.create_offer(session_id=session.id, direction=Direction.CUSTOMER_TO_AGENT,
-                           sender="@c:x", sender_name="Carol", source_room="!c:x",
-                           source_event_id=f"$e{n}", source_content="{}", msgtype="m.file",
-                           filename=f"file-{n}-{'x' * 60}.pdf", declared_mimetype=None,
-                           declared_size=None)
-    store.close()
+    text = f"homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\ndata_dir: {tmp_path}/d\n"
+    if isinstance(database, str):
+        text += f"database: '{database}'\n"
+    config.write_text(text)
+    asyncio.run(_fill_store(database if isinstance(database, str) else None, tmp_path / "d",
+                            offers))
     return config
 
 
-def test_log_reads_the_store_without_the_password(tmp_path: Path) -> None:
-    """`parcel-bot log` needs no password or token: it only reads the store."""
-    config = _store_config(tmp_path, offers=1)
+async def _fill_store(database: str | None, data_dir: Path, offers: int) -> None:
+    from bot.attachments.model import Direction
+    from bot.store import Store
+
+    store = await Store.open(database, data_dir)
+    session, _ = await store.sessions.create_session("!c:x", "@c:x", "Carol")
+    for n in range(offers):
+        await store.offers.create_offer(
+            session_id=session.id, direction=Direction.CUSTOMER_TO_AGENT, sender="@c:x",
+            sender_name="Carol", source_room="!c:x", source_event_id=f"$e{n}",
+            source_content="{}", msgtype="m.file", filename=f"file-{n}-{'x' * 60}.pdf",
+            declared_mimetype=None, declared_size=None)
+    await store.close()
+
+
+def test_log_reads_the_store_without_the_password(tmp_path: Path,
+                                                        store_database: Path | str) -> None:
+    """`parcel-bot log` needs no password or token: it only reads the store (either backend)."""
+    config = _store_config(tmp_path, offers=1, database=store_database)
     result = subprocess.run([sys.executable, "-m", "bot", "log", "--config", str(config)],
                             capture_output=True, text=True, cwd=ROOT,
                             env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("offer,session,direction")
     assert "file-0-" in result.stdout
+
+
+def test_log_reads_postgres_with_the_password_from_the_environment(
+    tmp_path: Path, postgres: PostgresServer, postgres_url: str
+) -> None:
+    """With the password only in PARCEL_DATABASE_PASSWORD, `log` reads PostgreSQL; a wrong one
+    is a one-line error naming the setting that shows no password."""
+    from urllib.parse import urlsplit
+
+    _store_config(tmp_path, offers=1, database=postgres_url)
+    parts = urlsplit(postgres_url)
+    bare = f"postgresql://{parts.username}@{parts.hostname}:{parts.port}{parts.path}"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\n"
+                      f"data_dir: {tmp_path}/d\ndatabase: '{bare}'\n")
+    command = [sys.executable, "-m", "bot", "log", "--config", str(config)]
+    right = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60,
+                           env={"PATH": "/usr/bin:/bin",
+                                "PARCEL_DATABASE_PASSWORD": postgres.password})
+    assert right.returncode == 0, right.stderr
+    assert "file-0-" in right.stdout
+    wrong = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60,
+                           env={"PATH": "/usr/bin:/bin", "PARCEL_DATABASE_PASSWORD": "wrong-one"})
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith(f"parcel-bot: database: PostgreSQL at {bare} refused the login")
+    assert "wrong-one" not in wrong.stderr and postgres.password not in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
 
 
 def test_log_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:

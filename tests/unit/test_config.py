@@ -616,6 +616,61 @@ VALIDATION_CASES = [
 ]
 
 
+PG_URL = "expected a URL like postgresql://parcel@db:5432/parcel"
+
+DATABASE_CASES = [
+    ("database: 42", f"database: {PG_URL}, got a number"),
+    ("database: 'sqlite:///data/parcel.db'", f"database: {PG_URL}: only PostgreSQL is supported "
+     "here, got 'sqlite' (leave database out for the embedded SQLite store)"),
+    ("database: 'mysql://u:hunter22@db/parcel'", f"database: {PG_URL}: only PostgreSQL is "
+     "supported here, got 'mysql' (leave database out for the embedded SQLite store)"),
+    ("database: 'db:5432/parcel'", f"database: {PG_URL}: only PostgreSQL is supported here, "
+     "got 'db' (leave database out for the embedded SQLite store)"),
+    ("database: 'postgresql://parcel@/parcel'", f"database: {PG_URL}: the host is missing"),
+    ("database: 'postgresql://parcel:hunter22@db'",
+     f"database: {PG_URL}: the database name is missing (…/parcel)"),
+    ("database: 'postgresql://parcel@db/a/b'",
+     f"database: {PG_URL}: the path must be just the database name"),
+    ("database: 'postgresql://parcel:hunter22@db:99999/parcel'",
+     f"database: {PG_URL}: the host or port cannot be read"),
+    ("database: 'postgresql://parcel@db/par cel'", f"database: {PG_URL}: it contains spaces"),
+]
+
+
+@pytest.mark.parametrize(("overlay", "message"), DATABASE_CASES)
+def test_a_bad_database_url_names_the_key_and_hides_the_password(overlay: str,
+                                                                 message: str) -> None:
+    """A database setting that is not a usable PostgreSQL URL fails start-up naming the key,
+    without echoing the URL (it may carry a password)."""
+    err = error_from(overlay)
+    assert str(err) == message
+    assert "hunter22" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "env", "database", "password"),
+    [
+        ("", {}, None, None),
+        ("database: null", {}, None, None),
+        ("database: 'postgresql://parcel@db/parcel'", {}, "postgresql://parcel@db/parcel", None),
+        ("database: ' postgres://parcel:in-url@db:5433/parcel?sslmode=require '",
+         {"PARCEL_DATABASE_PASSWORD": "from-env"},
+         "postgres://parcel:in-url@db:5433/parcel?sslmode=require", "from-env"),
+        ("database: 'postgresql://parcel@/parcel?host=/run/postgresql'",
+         {"PARCEL_DATABASE_PASSWORD": ""}, "postgresql://parcel@/parcel?host=/run/postgresql",
+         None),
+    ],
+    ids=["absent", "null", "url", "env-password-wins", "unix-socket"],
+)
+def test_database_setting_and_its_password(overlay: str, env: dict[str, str],
+                                           database: str | None, password: str | None) -> None:
+    """database is None (SQLite in data_dir) or the URL; PARCEL_DATABASE_PASSWORD, when set
+    and non-empty, is the password to use (winning over the URL's); neither shows in repr."""
+    config = config_from(overlay, env=env)
+    assert (config.database, config.database_password) == (database, password)
+    assert "in-url" not in repr(config) and "from-env" not in repr(config)
+
+
 @pytest.mark.parametrize(("overlay", "message"), VALIDATION_CASES)
 def test_validation_error_names_the_key(overlay: str, message: str) -> None:
     """Each wrong value fails with one message naming the dotted key, what was expected and got."""

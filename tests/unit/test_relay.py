@@ -211,10 +211,10 @@ class FakeOutbox:
     def __init__(self, rows: list[tuple[str, str, str]]) -> None:
         self.rows = rows
 
-    def sent_txn(self, room_id: str, event_id: str) -> str | None:
+    async def sent_txn(self, room_id: str, event_id: str) -> str | None:
         return next((t for t, r, e in self.rows if r == room_id and e == event_id), None)
 
-    def sent_in_room(self, txn_id: str) -> tuple[str, str] | None:
+    async def sent_in_room(self, txn_id: str) -> tuple[str, str] | None:
         return next(((r, e) for t, r, e in self.rows if t == txn_id), None)
 
 
@@ -241,11 +241,11 @@ OUTBOX = FakeOutbox([
         ("!cust", "$unknown", "!agents", None),
     ],
 )
-def test_counterpart_maps_replies_across_the_relay(
+async def test_counterpart_maps_replies_across_the_relay(
     room: str, event: str, other: str, expected: str | None
 ) -> None:
     """Originals map to their relayed copies and copies to their originals, in either room."""
-    assert counterpart(OUTBOX, room, event, other) == expected
+    assert await counterpart(OUTBOX, room, event, other) == expected
 
 
 @pytest.mark.parametrize(

@@ -166,43 +166,47 @@ def test_memory_stays_flat_reading_a_large_sealed_copy(tmp_path: Path) -> None:
 # --- what an older version or a crash left behind ----------------------------------------------
 
 
-def _waiting_offer(store: Store, path: Path) -> int:
-    session, _ = store.create_session("!c:parcel.test", "@carol:parcel.test", "Carol")
-    store.attach_agent_room(session.id, "!a:parcel.test")
-    offer, _ = store.create_offer(
+async def _waiting_offer(store: Store, path: Path) -> int:
+    session, _ = await store.sessions.create_session("!c:parcel.test", "@carol:parcel.test",
+                                                     "Carol")
+    await store.sessions.attach_agent_room(session.id, "!a:parcel.test")
+    offer, _ = await store.offers.create_offer(
         session_id=session.id, direction=Direction.CUSTOMER_TO_AGENT,
         sender="@carol:parcel.test", sender_name="Carol", source_room="!c:parcel.test",
         source_event_id=f"$up-{path.name}", source_content="{}", msgtype="m.file",
         filename="report.pdf", declared_mimetype=None, declared_size=None,
     )
-    assert store.transition(offer.id, OfferState.OFFERED, temp_path=str(path)) is not None
+    offered = await store.offers.transition(offer.id, OfferState.OFFERED, temp_path=str(path))
+    assert offered is not None
     return offer.id
 
 
-def test_plaintext_copy_of_an_older_version_is_sealed_at_start(tmp_path: Path) -> None:
+async def test_plaintext_copy_of_an_older_version_is_sealed_at_start(
+    tmp_path: Path, store_database: Path | str
+) -> None:
     """A waiting offer's plaintext copy (no key in the store) is encrypted in place."""
     media = tmp_path / "media"
     media.mkdir()
     data = samples.pdf()
     copy = media / "offer-1"
     copy.write_bytes(data)
-    store = Store.open(tmp_path / "parcel.db")
+    store = await Store.open(store_database)
     try:
-        offer_id = _waiting_offer(store, copy)
-        assert secure_leftovers(store, media) == 1
-        offer = store.get_offer(offer_id)
+        offer_id = await _waiting_offer(store, copy)
+        assert await secure_leftovers(store, media) == 1
+        offer = await store.offers.get_offer(offer_id)
         assert offer is not None and offer.temp_key is not None
         assert offer.temp_key not in repr(offer)
         assert copy.read_bytes() != data and sorted(p.name for p in media.iterdir()) == [copy.name]
         with open_sealed(copy, offer.temp_key) as handle:
             assert handle.read() == data
-        assert secure_leftovers(store, media) == 0  # already sealed: left alone
+        assert await secure_leftovers(store, media) == 0  # already sealed: left alone
     finally:
-        store.close()
+        await store.close()
 
 
-def test_interrupted_sealing_and_stale_scanner_copies_are_finished_at_start(
-    tmp_path: Path,
+async def test_interrupted_sealing_and_stale_scanner_copies_are_finished_at_start(
+    tmp_path: Path, store_database: Path | str
 ) -> None:
     """A sealed file beside a recorded key replaces the plaintext; scanner copies are deleted."""
     media = tmp_path / "media"
@@ -212,13 +216,13 @@ def test_interrupted_sealing_and_stale_scanner_copies_are_finished_at_start(
     copy.write_bytes(data)  # the plaintext, not yet replaced when the crash came
     key = seal(media / "offer-2.sealing", data)
     (media / ".offer-3.k2j3h4.plain").write_bytes(b"plaintext for the scanner")
-    store = Store.open(tmp_path / "parcel.db")
+    store = await Store.open(store_database)
     try:
-        offer_id = _waiting_offer(store, copy)
-        store.update_offer(offer_id, temp_key=key)
-        assert secure_leftovers(store, media) == 0
+        offer_id = await _waiting_offer(store, copy)
+        await store.offers.update_offer(offer_id, temp_key=key)
+        assert await secure_leftovers(store, media) == 0
     finally:
-        store.close()
+        await store.close()
     assert sorted(p.name for p in media.iterdir()) == ["offer-2"]
     with open_sealed(copy, key) as handle:
         assert handle.read() == data

@@ -1,12 +1,13 @@
-"""The durable scheduler on a real SQLite store: order, unlimited retries, failures, restarts."""
+"""The durable scheduler on a real store (SQLite and PostgreSQL): order, unlimited retries,
+failures, restarts."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from bot.errors import PermanentError, TransientError
@@ -14,6 +15,30 @@ from bot.metrics import Metrics
 from bot.retry import Backoff
 from bot.store import Store, WorkUnit
 from bot.work import Scheduler
+
+
+async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = predicate()
+    return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+
+async def no_units(store: Store) -> bool:
+    """Whether the store has no work left."""
+    return await store.work.work_units() == []
+
+
+async def tries(store: Store) -> list[int]:
+    """How often each waiting unit was tried, oldest first."""
+    return [unit.attempts for unit in await store.work.work_units()]
+
+
+def async_eq(get: Callable[[], Awaitable[object]], expected: object
+             ) -> Callable[[], Awaitable[bool]]:
+    """A predicate: whether what ``get()`` returns equals ``expected``."""
+    async def holds() -> bool:
+        return await get() == expected
+    return holds
+
 
 FAST = Backoff(initial=0.001, cap=0.01)
 
@@ -36,11 +61,11 @@ class Running:
             await self.task
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    opened = Store.open(tmp_path / "parcel.db")
+@pytest_asyncio.fixture
+async def store(store_database: Path | str) -> AsyncIterator[Store]:
+    opened = await Store.open(store_database)
     yield opened
-    opened.close()
+    await opened.close()
 
 
 @pytest_asyncio.fixture
@@ -50,9 +75,10 @@ async def running(store: Store) -> AsyncIterator[Running]:
     await runner.close()
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def until(predicate: Callable[[], bool | Awaitable[bool]], what: str,
+                timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
+    while not await _holds(predicate):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
@@ -72,11 +98,11 @@ async def test_a_lane_runs_in_order_through_transient_failures(store: Store,
 
     running.scheduler.register("send", send)
     for n in range(1, 6):
-        running.scheduler.submit("send", f"m{n}", {"n": n}, lane="session:1")
+        await running.scheduler.submit("send", f"m{n}", {"n": n}, lane="session:1")
     running.start()
     await until(lambda: len(done) == 5, "all five sends")
     assert done == [1, 2, 3, 4, 5]
-    assert store.work_units() == []
+    assert await store.work.work_units() == []
 
 
 async def test_transient_failures_are_retried_without_a_limit(store: Store,
@@ -90,9 +116,10 @@ async def test_transient_failures_are_retried_without_a_limit(store: Store,
             raise ConnectionResetError("reset by peer")
 
     running.scheduler.register("flaky", flaky)
-    running.scheduler.submit("flaky", "k", {})
+    await running.scheduler.submit("flaky", "k", {})
     running.start()
-    await until(lambda: len(attempts) == 51 and not store.work_units(), "the 51st attempt")
+    await until(lambda: len(attempts) == 51, "the 51st attempt")
+    await until(lambda: no_units(store), "the unit's end")
     assert attempts == list(range(51))
 
 
@@ -113,11 +140,11 @@ async def test_a_permanent_failure_ends_the_unit_tells_and_frees_the_lane(
 
     running.scheduler.register("send", send, give_up)
     for key in ("first", "bad", "after"):
-        running.scheduler.submit("send", key, {}, lane="session:1")
+        await running.scheduler.submit("send", key, {}, lane="session:1")
     running.start()
     await until(lambda: done == ["first", "after"], "the unit after the failed one")
     assert told == [("bad", "M_FORBIDDEN")]
-    assert store.work_units() == []
+    assert await store.work.work_units() == []
 
 
 async def test_an_unexpected_exception_is_a_permanent_internal_failure(
@@ -136,8 +163,8 @@ async def test_an_unexpected_exception_is_a_permanent_internal_failure(
         told.append(error.code)
 
     running.scheduler.register("job", buggy, give_up)
-    running.scheduler.submit("job", "bug", {}, lane="l")
-    running.scheduler.submit("job", "fine", {}, lane="l")
+    await running.scheduler.submit("job", "bug", {}, lane="l")
+    await running.scheduler.submit("job", "fine", {}, lane="l")
     running.start()
     await until(lambda: done == ["fine"], "the next unit")
     assert told == ["internal"]
@@ -155,12 +182,13 @@ async def test_a_unit_asked_for_again_while_it_runs_runs_again(store: Store,
             await gate.wait()
 
     running.scheduler.register("offer", look)
-    running.scheduler.submit("offer", "offer:1", {}, lane="offer:1")
+    await running.scheduler.submit("offer", "offer:1", {}, lane="offer:1")
     running.start()
     await until(lambda: runs == [0], "the first run")
-    running.scheduler.submit("offer", "offer:1", {}, lane="offer:1")
+    await running.scheduler.submit("offer", "offer:1", {}, lane="offer:1")
     gate.set()
-    await until(lambda: runs == [0, 1] and not store.work_units(), "the second run")
+    await until(lambda: runs == [0, 1], "the second run")
+    await until(lambda: no_units(store), "the unit's end")
 
 
 async def test_work_left_by_a_stopped_scheduler_runs_after_a_restart(store: Store) -> None:
@@ -171,10 +199,10 @@ async def test_work_left_by_a_stopped_scheduler_runs_after_a_restart(store: Stor
         raise TransientError("homeserver down")
 
     first.scheduler.register("send", down)
-    first.scheduler.submit("send", "m1", {"n": 1}, lane="s")
-    first.scheduler.submit("send", "m2", {"n": 2}, lane="s")
+    await first.scheduler.submit("send", "m1", {"n": 1}, lane="s")
+    await first.scheduler.submit("send", "m2", {"n": 2}, lane="s")
     first.start()
-    await until(lambda: store.work_units()[0].attempts == 1, "the failed attempt")
+    await until(async_eq(lambda: tries(store), [1, 0]), "the failed attempt")
     await first.close()
 
     second = Running(store)
@@ -185,7 +213,7 @@ async def test_work_left_by_a_stopped_scheduler_runs_after_a_restart(store: Stor
 
     second.scheduler.register("send", up)
     second.start()
-    second.scheduler.hurry()  # as the sync loop does when the homeserver answers again
+    await second.scheduler.hurry()  # as the sync loop does when the homeserver answers again
     try:
         await until(lambda: done == [1, 2], "both sends after the restart")
     finally:
@@ -204,13 +232,13 @@ async def test_hurry_runs_waiting_units_at_once(store: Store) -> None:
         done.append(unit.key)
 
     runner.scheduler.register("decrypt", decrypt)
-    runner.scheduler.submit("decrypt", "d1", {})
+    await runner.scheduler.submit("decrypt", "d1", {})
     runner.start()
     try:
-        await until(lambda: store.work_units() and store.work_units()[0].attempts == 1,
+        await until(async_eq(lambda: tries(store), [1]),
                     "the first failure")
         state["up"] = True
-        runner.scheduler.hurry("decrypt")
+        await runner.scheduler.hurry("decrypt")
         await until(lambda: done == ["d1"], "the hurried unit")
     finally:
         await runner.close()
@@ -224,11 +252,11 @@ async def test_backlog_reports_waiting_units_and_retries_are_counted(store: Stor
         raise TransientError("down")
 
     runner.scheduler.register("send", down)
-    runner.scheduler.submit("send", "a", {})
-    runner.scheduler.submit("send", "b", {})
+    await runner.scheduler.submit("send", "a", {})
+    await runner.scheduler.submit("send", "b", {})
     runner.start()
     try:
-        await until(lambda: all(u.attempts == 1 for u in store.work_units()), "two failures")
+        await until(async_eq(lambda: tries(store), [1, 1]), "two failures")
         count, oldest = runner.scheduler.backlog()
         assert count == 2 and oldest >= 0.0
         text = runner.metrics.exposition().decode()
