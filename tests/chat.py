@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from bot.app import Parcel
 from bot.config import Config
 from bot.devserver import Homeserver, RegisteredUser
 from bot.render import OFFER_KEY, latest_offer_state
-from tests.helpers import sync_until
+from tests.helpers import Predicate, sync_until
 
 PANEL_HEAD = "📋 Files in this chat"  # how the bot's activity panel begins
 
@@ -58,7 +57,7 @@ class Person:
     async def _record_megolm(self, room: Any, event: MegolmEvent) -> None:
         self.undecryptable.append(event)
 
-    async def until(self, predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    async def until(self, predicate: Predicate, what: str, timeout: float = 30.0) -> None:
         """Sync until ``predicate`` holds (failing with ``what`` after ``timeout`` s)."""
         await sync_until(self.client, predicate, timeout=timeout, what=what)
 
@@ -280,6 +279,8 @@ def config_yaml(config: Config) -> str:
         "retry": {"max_backoff": config.retry.max_backoff,
                   "undecryptable_for": config.retry.undecryptable_for},
     }
+    if config.database is not None:
+        raw["database"] = config.database
     return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
 
 

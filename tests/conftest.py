@@ -79,6 +79,16 @@ def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bot_store(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``start_chat`` settings putting the bot's store on one backend: SQLite in data_dir (no
+    setting) or an empty PostgreSQL database (``database: URL``)."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("postgres_url")
+    return {"database": url}
+
+
 @pytest.fixture
 def make_user(homeserver: Homeserver) -> MakeUser:
     """Factory: ``await make_user("carol", displayname="Carol")`` registers ``@carol-<n>…``."""

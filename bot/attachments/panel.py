@@ -1,8 +1,8 @@
 """The live activity panel: one pinned bot message per room listing the chat's attachments.
 
 Every change to a session's offers bumps the version of both rooms' panels in the store and
-submits one durable work unit per room (:meth:`PanelService.changed`, a few
-quick store writes). Submitting again while a room's unit waits or runs only asks it to run once more, so a
+submits one durable work unit per room (:meth:`PanelService.changed`, a few quick store
+writes). Submitting again while a room's unit waits or runs only asks it to run once more, so a
 burst of changes becomes one edit; a unit that finds its panel behind also waits
 :data:`COALESCE_SECONDS` first, for the rest of the burst. It renders the panel from the
 store and posts it (the first time, then pins it) or edits it in place (``m.replace``), and

@@ -41,14 +41,14 @@ async def pinned(person: Person, room_id: str) -> list[str]:
     return list(answer.content.get("pinned", []))
 
 
-def panel_edit_count(chat: Chat, room_id: str) -> int:
+async def panel_edit_count(chat: Chat, room_id: str) -> int:
     """How many panel edits the bot has sent to a room (its outbox keeps every one)."""
     store = chat.bot.parcel.store
-    rows = store._conn.execute(
+    count = await store.db.fetchval(
         "SELECT COUNT(*) FROM outbox WHERE room_id = ? AND txn_id LIKE ?",
-        (room_id, "%-panel-%-v%"),
-    ).fetchone()
-    return int(rows[0])
+        room_id, "%-panel-%-v%",
+    )
+    return int(count)
 
 
 async def test_panel_is_pinned_and_follows_each_offer(start_chat, caplog) -> None:
@@ -82,7 +82,7 @@ async def test_panel_is_pinned_and_follows_each_offer(start_chat, caplog) -> Non
     assert await pinned(customer, chat.customer_room) == []
     refusals = [r for r in caplog.records if "may not pin" in r.getMessage()]
     assert len(refusals) == 1 and chat.customer_room in refusals[0].getMessage()
-    assert chat.bot.parcel.store.get_panel(chat.customer_room).pin == "refused"
+    assert (await chat.bot.parcel.store.panels.get_panel(chat.customer_room)).pin == "refused"
     assert offer_id == 1
 
 
@@ -117,17 +117,17 @@ async def test_a_burst_of_changes_is_one_edit(start_chat) -> None:
                       "the panel")
     parcel, store = chat.bot.parcel, chat.bot.parcel.store
 
-    def caught_up() -> bool:
-        panel = store.get_panel(chat.agent_room)
+    async def caught_up() -> bool:
+        panel = await store.panels.get_panel(chat.agent_room)
         return panel is not None and panel.shown_version == panel.version
 
     await wait_for(caught_up, what="the panel caught up")
-    before = panel_edit_count(chat, chat.agent_room)
-    session_id = store.get_panel(chat.agent_room).session_id
+    before = await panel_edit_count(chat, chat.agent_room)
+    session_id = (await store.panels.get_panel(chat.agent_room)).session_id
     for _ in range(20):
-        parcel.panels.changed(session_id)
+        await parcel.panels.changed(session_id)
     await wait_for(caught_up, what="the burst shown")
-    assert panel_edit_count(chat, chat.agent_room) == before + 1
+    assert await panel_edit_count(chat, chat.agent_room) == before + 1
 
 
 async def test_panel_shows_expired_files_after_the_chat_ends(start_chat) -> None:

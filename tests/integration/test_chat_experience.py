@@ -115,7 +115,7 @@ async def test_each_chat_numbers_its_offers_from_one(start_chat, make_user, make
         "There is no offer #2 waiting for a decision in this chat.")
     assert agent.offer_state(chat.agent_room, second_id) == "offered"
     store = chat.bot.parcel.store
-    assert store.get_offer(second_id).state.value == "offered"
+    assert (await store.offers.get_offer(second_id)).state.value == "offered"
 
 
 async def test_agents_hear_of_a_customers_refused_file(start_chat) -> None:

@@ -46,9 +46,10 @@ async def test_crash_after_the_upload_was_recorded_before_the_offer(start_chat) 
     await _settle_and_check(chat, image)
 
 
-async def test_crash_after_offer_and_accept_while_down(start_chat) -> None:
-    """Killed with an offer pending; ✅ given while down is acted on once it is back."""
-    chat: Chat = await start_chat(as_process=True)
+async def test_crash_after_offer_and_accept_while_down(start_chat, bot_store) -> None:
+    """Killed with an offer pending; ✅ given while down is acted on once it is back (the
+    ``parcel-bot`` process on SQLite and on PostgreSQL)."""
+    chat: Chat = await start_chat(as_process=True, **bot_store)
     await chat.open_session()
     image = samples.png(31, 21)
     await chat.customer.send_file(chat.customer_room, image, "b.png", "image/png", "m.image")

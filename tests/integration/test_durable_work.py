@@ -29,6 +29,11 @@ def store_of(chat: Chat) -> Store:
 
 
 
+async def no_work_left(store: Store) -> bool:
+    """Whether the store has no waiting work unit."""
+    return await store.work.work_units() == []
+
+
 async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, homeserver) -> None:
     """Synapse stopped while an accepted file's copy is uploading, while another is being
     inspected and with texts in flight, for longer than the backoff cap: without a bot restart
@@ -40,7 +45,7 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         await chat.open_session()
         agent, customer = chat.agent, chat.customer
         store = store_of(chat)
-        session_id = store.sessions()[-1].id
+        session_id = (await store.sessions.sessions())[-1].id
 
         # The bot's transfers crawl, so that the outage catches them under way.
         proxy.rate = 3 * 1024 * 1024  # ten seconds a transfer: room for a slow, busy machine
@@ -59,14 +64,17 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         texts = [f"in flight {n}" for n in range(5)]
         for text in texts:
             await customer.say(chat.customer_room, text)
-        await wait_for(lambda: {o.filename: o.state.value
-                                for o in store.session_offers(session_id)}
-                       == {"manual.bin": "accepted", "photos.bin": "inspecting"},
-                       what="the delivery and the inspection under way", interval=0.01)
+        async def both_under_way() -> bool:
+            offers = await store.offers.session_offers(session_id)
+            return ({o.filename: o.state.value for o in offers}
+                    == {"manual.bin": "accepted", "photos.bin": "inspecting"})
+
+        await wait_for(both_under_way, what="the delivery and the inspection under way",
+                       interval=0.01)
         await asyncio.sleep(1.0)  # a second into both transfers
         in_flight = {o.filename: (o.state.value, o.staged_uri is not None,
                                   o.delivery_event_id is not None)
-                     for o in store.session_offers(session_id)}
+                     for o in await store.offers.session_offers(session_id)}
         await homeserver.stop()
         stopped = time.monotonic()
         try:
@@ -104,7 +112,7 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         await barrier(customer, chat.customer_room, agent, chat.agent_room)
         got = agent.deliveries(chat.agent_room, chat.bot_id)
         assert len(got) == 1 and await agent.download(got[0]["content"]) == from_customer
-        await wait_for(lambda: store.work_units() == [], what="no work left")
+        await wait_for(lambda: no_work_left(store), what="no work left")
 
 
 async def _forbid_bot_messages(customer: Person, room_id: str) -> None:
@@ -138,9 +146,10 @@ async def test_a_permanent_failure_tells_the_sender_and_the_chat_goes_on(start_c
     await customer.say(chat.customer_room, "still here")
     await agent.until(lambda: "Carol: still here" in agent.bodies(chat.agent_room),
                       "the customer's next text")
-    offer = store_of(chat).session_offers(store_of(chat).sessions()[-1].id)[0]
+    store = store_of(chat)
+    offer = (await store.offers.session_offers((await store.sessions.sessions())[-1].id))[0]
     assert offer.state.value == "failed" and "not allowed to post" in (offer.reason or "")
-    await wait_for(lambda: store_of(chat).work_units() == [], what="no work left")
+    await wait_for(lambda: no_work_left(store), what="no work left")
     assert customer.offers(chat.customer_room) == []
 
 

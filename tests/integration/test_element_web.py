@@ -64,8 +64,8 @@ async def test_customer_in_element_accepts_an_image_and_sees_it_inline(
             finally:
                 await customer.close()
         store = bot.parcel.store
-        [session] = store.sessions()
-        [offer] = store.session_offers(session.id)
+        [session] = await store.sessions.sessions()
+        [offer] = await store.offers.session_offers(session.id)
         assert offer.state.value == "accepted" and offer.delivery_event_id is not None
         assert offer.decided_by == customer_user.user_id
         await agent.until(lambda: agent.offer_state(agent_room, offer.id) == "accepted",

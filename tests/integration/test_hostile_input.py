@@ -76,15 +76,23 @@ async def test_hostile_file_names_are_shown_safely_everywhere(start_chat) -> Non
     await chat.open_session()
     agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
     image = samples.png(16, 16)
-    def offer_id(upload_event: str) -> int | None:
-        offer = store_of(chat).offer_by_source_event(upload_event)
+    async def offer_id(upload_event: str) -> int | None:
+        offer = await store_of(chat).offers.offer_by_source_event(upload_event)
         return None if offer is None else offer.id
 
-    def card_for(upload_event: str) -> dict[str, Any] | None:
+    async def card_for(upload_event: str) -> dict[str, Any] | None:
+        wanted = await offer_id(upload_event)
         for event in agent.offers(chat.agent_room):
-            if event["content"][OFFER_KEY]["id"] == offer_id(upload_event):
+            if event["content"][OFFER_KEY]["id"] == wanted:
                 return event
         return None
+
+    async def has_card(upload_event: str) -> bool:
+        return await card_for(upload_event) is not None
+
+    async def status_offered(upload_event: str) -> bool:
+        offer = await offer_id(upload_event)
+        return customer.offer_state(chat.customer_room, offer) == "offered"
 
     uploads: dict[str, str] = {}
     for key, name in NAMES.items():
@@ -93,14 +101,11 @@ async def test_hostile_file_names_are_shown_safely_everywhere(start_chat) -> Non
         upload = await customer.send_file(chat.customer_room, image, name, "image/png",
                                           "m.image")
         uploads[key] = upload
-        await agent.until(lambda u=upload: card_for(u) is not None, f"the {key} card")
-        await customer.until(
-            lambda u=upload: customer.offer_state(chat.customer_room, offer_id(u)) == "offered",
-            f"the {key} status line",
-        )
+        await agent.until(lambda u=upload: has_card(u), f"the {key} card")
+        await customer.until(lambda u=upload: status_offered(u), f"the {key} status line")
 
-    ids = {key: offer_id(event_id) for key, event_id in uploads.items()}
-    cards = {key: card_for(event_id)["content"]  # type: ignore[index]
+    ids = {key: await offer_id(event_id) for key, event_id in uploads.items()}
+    cards = {key: (await card_for(event_id))["content"]  # type: ignore[index]
              for key, event_id in uploads.items()}
     statuses = {
         e["content"][OFFER_KEY]["id"]: e["content"] for e in customer.offers(chat.customer_room)
@@ -177,7 +182,7 @@ async def test_declared_size_that_lies_is_refused_by_the_real_size(start_chat) -
     assert notice == "\u26d4 data.bin was not sent: it is larger than the limit of 64 KB"
     await barrier(customer, chat.customer_room, agent, chat.agent_room)
     assert agent.offers(chat.agent_room) == []
-    [offer] = store_of(chat).session_offers(1)
+    [offer] = await store_of(chat).offers.session_offers(1)
     assert offer.state.value == "rejected" and offer.temp_path is None
 
 

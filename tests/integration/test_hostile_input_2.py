@@ -231,9 +231,9 @@ async def test_bot_kicked_from_the_dm_closes_the_session(start_chat) -> None:
     await agent.until(lambda: agent.offer_state(chat.agent_room, offer_id) == "expired",
                       "the offer card edited to expired")
     store = store_of(chat)
-    session = store.sessions()[0]
+    session = (await store.sessions.sessions())[0]
     assert session.state is SessionState.CLOSED and session.close_reason == "bot_removed"
-    entry = store.attachment_log(session.id)[0]
+    entry = (await store.offers.attachment_log(session.id))[0]
     assert [step[0] for step in entry.transitions][-1] == "expired"
     assert entry.transitions[-1][3] == "the chat ended"
 

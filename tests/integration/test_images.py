@@ -76,7 +76,7 @@ async def test_location_metadata_is_removed_and_the_pixels_are_kept(start_chat) 
         assert "xmp" not in image.info
     assert b"Acme" not in data and b"GPSLatitude" not in data
     assert event["content"]["info"]["size"] == len(data)
-    offer = chat.bot.parcel.store.get_offer(offer_id)
+    offer = await chat.bot.parcel.store.offers.get_offer(offer_id)
     assert offer.sha256 == hashlib.sha256(photo).hexdigest()
     assert offer.delivered_sha256 == hashlib.sha256(data).hexdigest() != offer.sha256
 

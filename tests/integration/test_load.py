@@ -70,6 +70,9 @@ async def test_fifty_concurrent_sessions(start_chat, make_user, make_client) -> 
     assert got == expected
     parcel = chat.bot.parcel
     assert parcel is not None and parcel.store is not None
-    await wait_for(lambda: sorted(e.offer.state.value for e in parcel.store.attachment_log())
-                   == ["accepted"] * SESSIONS + ["declined"] * SESSIONS,
-                   timeout=60, what="every offer's final state")
+    async def final_states() -> bool:
+        log = await parcel.store.offers.attachment_log()
+        return (sorted(e.offer.state.value for e in log)
+                == ["accepted"] * SESSIONS + ["declined"] * SESSIONS)
+
+    await wait_for(final_states, timeout=60, what="every offer's final state")

@@ -26,10 +26,10 @@ HEAVY_CHECK = "\u2714\ufe0f"  # ✔️ looks like a yes but is not the accept ke
 
 
 
-def stored_state(chat: Chat, offer_id: int) -> str:
+async def stored_state(chat: Chat, offer_id: int) -> str:
     """The offer's state in the bot's store (decisions are written there before any reply)."""
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
-    offer = chat.bot.parcel.store.get_offer(offer_id)
+    offer = await chat.bot.parcel.store.offers.get_offer(offer_id)
     assert offer is not None, f"offer #{offer_id} is not in the store"
     return offer.state.value
 
@@ -89,7 +89,7 @@ async def assert_still_offered(chat: Chat, offer_id: int, card: dict[str, Any]) 
     """Nothing decided: the store, both rooms and the media agree the offer is still open."""
     await barrier(chat.customer, chat.customer_room, chat.agent, chat.agent_room)
     await barrier(chat.agent, chat.agent_room, chat.customer, chat.customer_room)
-    assert stored_state(chat, offer_id) == "offered"
+    assert await stored_state(chat, offer_id) == "offered"
     assert chat.agent.edits_of(chat.agent_room, card["event_id"]) == []
     assert chat.customer.offer_state(chat.customer_room, offer_id) == "offered"
     assert chat.agent.deliveries(chat.agent_room, chat.bot_id) == []
@@ -164,7 +164,8 @@ async def test_accept_and_decline_commands_decide_and_confirm(start_chat) -> Non
         f"Offer #{a_id} was already accepted."
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
-    assert stored_state(chat, a_id) == "accepted" and stored_state(chat, b_id) == "declined"
+    assert await stored_state(chat, a_id) == "accepted"
+    assert await stored_state(chat, b_id) == "declined"
     assert len(agent.deliveries(chat.agent_room, chat.bot_id)) == 1
     # Commands are answered by the bot, never relayed to the other side.
     assert not any("!accept" in b or "!decline" in b for b in customer.bodies(chat.customer_room))
@@ -285,7 +286,7 @@ async def test_redacted_upload_is_withdrawn_and_a_later_accept_delivers_nothing(
         f"Offer #{offer_id} was already withdrawn."
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
-    assert stored_state(chat, offer_id) == "withdrawn"
+    assert await stored_state(chat, offer_id) == "withdrawn"
     assert agent.deliveries(chat.agent_room, chat.bot_id) == []
 
 
@@ -309,7 +310,7 @@ async def test_offer_expires_after_its_ttl_on_both_sides(start_chat) -> None:
     assert await reply(agent, chat.agent_room, bot, f"Offer #{offer_id}") == (
         f"Offer #{offer_id} was already expired."
     )
-    assert stored_state(chat, offer_id) == "expired"
+    assert await stored_state(chat, offer_id) == "expired"
     assert agent.deliveries(chat.agent_room, chat.bot_id) == []
 
 
@@ -334,7 +335,7 @@ async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(sta
         assert customer.offer_state(chat.customer_room, offer_id) == "expired"
         await agent.until(lambda oid=offer_id: agent.offer_state(chat.agent_room, oid)
                           == "expired", f"offer #{offer_id} expired for the agent")
-        assert stored_state(chat, offer_id) == "expired"
+        assert await stored_state(chat, offer_id) == "expired"
     closing = "You ended the chat. 2 pending files were not delivered."
     await agent.until(lambda: closing in agent.bodies(chat.agent_room, bot),
                       "the closing notice for the agents")
@@ -346,7 +347,7 @@ async def test_end_expires_pending_offers_notifies_the_other_side_and_leaves(sta
     assert await reply(agent, chat.agent_room, bot, "This chat is closed") == (
         "This chat is closed; nothing you write here is relayed any more."
     )
-    assert stored_state(chat, to_agent) == "expired"
+    assert await stored_state(chat, to_agent) == "expired"
 
 
 # --- reactions that must not count ---------------------------------------------------------
@@ -451,7 +452,7 @@ async def test_repeated_accepts_from_two_agents_deliver_once(start_team_chat) ->
     assert len(agent.deliveries(chat.agent_room, chat.bot_id)) == 1
     assert len(bob.deliveries(chat.agent_room, chat.bot_id)) == 1
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
-    offer = chat.bot.parcel.store.get_offer(offer_id)
+    offer = await chat.bot.parcel.store.offers.get_offer(offer_id)
     assert offer is not None and offer.decided_by == agent.user_id
     assert customer.offer_state(chat.customer_room, offer_id) == "accepted"
 
@@ -470,12 +471,12 @@ async def test_racing_accept_and_decline_settle_on_exactly_one_outcome(start_tea
         "the status line edited to the outcome",
     )
     await barrier(agent, chat.agent_room, customer, chat.customer_room)
-    outcome = stored_state(chat, offer_id)
+    outcome = await stored_state(chat, offer_id)
     await agent.until(lambda: agent.offer_state(chat.agent_room, offer_id) == outcome,
                       "the card edited to the outcome")
     assert customer.offer_state(chat.customer_room, offer_id) == outcome
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
-    [entry] = chat.bot.parcel.store.attachment_log(since=None)
+    [entry] = await chat.bot.parcel.store.offers.attachment_log(since=None)
     decisions = [state for state, _, _, _ in entry.transitions
                  if state in ("accepted", "declined")]
     assert decisions == [outcome]

@@ -9,9 +9,11 @@ from tests.conftest import Chat
 ACCEPT, DECLINE = "\u2705", "\u274c"
 
 
-async def test_image_accepted_is_delivered_inline_with_identical_bytes(start_chat) -> None:
-    """An image is offered with ✅/❌, reaches the agent only after ✅, as m.image with w/h."""
-    chat: Chat = await start_chat()
+async def test_image_accepted_is_delivered_inline_with_identical_bytes(start_chat,
+                                                                      bot_store) -> None:
+    """An image is offered with ✅/❌, reaches the agent only after ✅, as m.image with w/h
+    (the bot's store on SQLite and on PostgreSQL)."""
+    chat: Chat = await start_chat(**bot_store)
     await chat.open_session()
     agent, customer = chat.agent, chat.customer
     image = samples.png(64, 48)

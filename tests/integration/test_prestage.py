@@ -16,13 +16,23 @@ ACCEPT, DECLINE = "\u2705", "\u274c"
 UPLOAD = r"/_matrix/media/v3/upload$"
 
 
-def the_offer(chat: Chat) -> Offer:
+async def the_offer(chat: Chat) -> Offer:
     """The single offer of the chat's session, from the bot's store."""
     parcel = chat.bot.parcel
     assert parcel is not None and parcel.store is not None
-    session = parcel.store.sessions()[-1]
-    [offer] = parcel.store.session_offers(session.id)
+    session = (await parcel.store.sessions.sessions())[-1]
+    [offer] = await parcel.store.offers.session_offers(session.id)
     return offer
+
+
+async def is_staged(chat: Chat) -> bool:
+    """Whether the offer's copy for the recipient is uploaded."""
+    return (await the_offer(chat)).staged_uri is not None
+
+
+async def is_unstaged(chat: Chat) -> bool:
+    """Whether the offer has no staged copy (any more)."""
+    return (await the_offer(chat)).staged_uri is None
 
 
 
@@ -52,7 +62,8 @@ async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserve
                              "the offer card", timeout=60)
         card = customer.offer_named(chat.customer_room, "report.bin")
         assert card is not None
-        assert the_offer(chat).staged_uri is None, "staging finished before the ✅ could race it"
+        assert (await the_offer(chat)).staged_uri is None, (
+            "staging finished before the ✅ could race it")
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)
         await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                              "the delivery", timeout=60)
@@ -62,7 +73,7 @@ async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserve
         assert len(delivered) == 1
         assert await customer.download(delivered[0]["content"]) == data
         assert proxy.count("POST", UPLOAD) == 1
-        assert delivered[0]["content"]["url"] == the_offer(chat).staged_uri
+        assert delivered[0]["content"]["url"] == (await the_offer(chat)).staged_uri
 
 
 async def test_decline_deletes_the_staged_copy(start_chat) -> None:
@@ -74,15 +85,16 @@ async def test_decline_deletes_the_staged_copy(start_chat) -> None:
     await agent.send_file(chat.agent_room, samples.pdf(), "terms.pdf", "application/pdf")
     await customer.until(lambda: customer.offer_named(chat.customer_room, "terms.pdf"),
                          "the offer card")
-    await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
-    staged = the_offer(chat).staged_uri
+    await wait_for(lambda: is_staged(chat), what="the staged copy")
+    staged = (await the_offer(chat)).staged_uri
     assert staged is not None and await _media_status(chat, staged) == 200
     card = customer.offer_named(chat.customer_room, "terms.pdf")
     assert card is not None
     await customer.react(chat.customer_room, card["event_id"], DECLINE)
-    await agent.until(lambda: agent.offer_state(chat.agent_room, the_offer(chat).id)
-                      == "declined", "the declined status line")
-    await wait_for(lambda: the_offer(chat).staged_uri is None, what="the staged copy dropped")
+    offer_id = (await the_offer(chat)).id
+    await agent.until(lambda: agent.offer_state(chat.agent_room, offer_id) == "declined",
+                      "the declined status line")
+    await wait_for(lambda: is_unstaged(chat), what="the staged copy dropped")
     assert await _media_status(chat, staged) == 404
     assert not any(staged in str(e.get("content")) for e in customer.events[chat.customer_room])
 
@@ -97,11 +109,11 @@ async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_c
     await agent.send_file(chat.agent_room, image, "map.png", "image/png", "m.image")
     await customer.until(lambda: customer.offer_named(chat.customer_room, "map.png"),
                          "the offer card")
-    await wait_for(lambda: the_offer(chat).staged_uri is not None, what="the staged copy")
-    plain_copy = the_offer(chat).staged_uri
-    assert plain_copy is not None and not the_offer(chat).staged_encrypted
+    await wait_for(lambda: is_staged(chat), what="the staged copy")
+    plain_copy = (await the_offer(chat)).staged_uri
+    assert plain_copy is not None and not (await the_offer(chat)).staged_encrypted
     # Once staged, no copy of the file is kept on the bot's disk.
-    assert the_offer(chat).temp_path is None
+    assert (await the_offer(chat)).temp_path is None
     assert list((chat.bot.config.data_dir / "media").iterdir()) == []
     turned_on = await customer.client.room_put_state(
         chat.customer_room, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
@@ -155,7 +167,7 @@ async def test_without_prestage_the_copy_is_uploaded_on_accept(start_chat, homes
         await customer.until(lambda: customer.offer_named(chat.customer_room, "plain.pdf"),
                              "the offer card")
         await barrier(agent, chat.agent_room, customer, chat.customer_room)
-        assert proxy.count("POST", UPLOAD) == 0 and the_offer(chat).staged_uri is None
+        assert proxy.count("POST", UPLOAD) == 0 and (await the_offer(chat)).staged_uri is None
         card = customer.offer_named(chat.customer_room, "plain.pdf")
         assert card is not None
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)

@@ -9,9 +9,10 @@ from tests.conftest import Chat
 ACCEPT = "\u2705"
 
 
-async def test_restart_neither_replays_nor_loses_messages(start_chat) -> None:
-    """Messages before a restart are not relayed again; one sent while down arrives once."""
-    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True})
+async def test_restart_neither_replays_nor_loses_messages(start_chat, bot_store) -> None:
+    """Messages before a restart are not relayed again; one sent while down arrives once (an
+    encrypted chat, the bot's store on SQLite and on PostgreSQL)."""
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True}, **bot_store)
     await chat.open_session(encrypted=True)
     agent, customer = chat.agent, chat.customer
     await customer.say(chat.customer_room, "before restart")
@@ -29,9 +30,10 @@ async def test_restart_neither_replays_nor_loses_messages(start_chat) -> None:
     assert bodies.count("Carol: while the bot was down") == 1
 
 
-async def test_decision_made_while_the_bot_was_down_is_acted_on(start_chat) -> None:
-    """A ✅ given while the bot is stopped delivers the file once after it comes back."""
-    chat: Chat = await start_chat()
+async def test_decision_made_while_the_bot_was_down_is_acted_on(start_chat, bot_store) -> None:
+    """A ✅ given while the bot is stopped delivers the file once after it comes back (the
+    bot's store on SQLite and on PostgreSQL)."""
+    chat: Chat = await start_chat(**bot_store)
     await chat.open_session()
     agent, customer = chat.agent, chat.customer
     image = samples.png(20, 10)

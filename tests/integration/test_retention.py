@@ -30,6 +30,9 @@ async def test_delivered_media_is_redacted_on_close_and_records_purged(start_cha
     )
     parcel = chat.bot.parcel
     assert parcel is not None and parcel.store is not None
-    await wait_for(lambda: parcel.store.sessions() == [], timeout=30,
+    async def purged() -> bool:
+        return await parcel.store.sessions.sessions() == []
+
+    await wait_for(purged, timeout=30,
                    what="the closed session to be purged")
-    assert parcel.store.attachment_log() == []
+    assert await parcel.store.offers.attachment_log() == []

@@ -63,7 +63,7 @@ async def test_invite_from_an_agent_opens_no_session(start_chat) -> None:
     )
     assert agent.client.invited_rooms == {}
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
-    assert chat.bot.parcel.store.sessions() == []
+    assert await chat.bot.parcel.store.sessions.sessions() == []
 
 
 async def test_servers_outside_allowed_servers_cannot_open_sessions(start_chat) -> None:
@@ -74,7 +74,7 @@ async def test_servers_outside_allowed_servers_cannot_open_sessions(start_chat) 
     await customer.until(lambda: any("not available" in b for b in customer.bodies(room_id)),
                          "the refusal notice")
     assert chat.bot.parcel is not None and chat.bot.parcel.store is not None
-    assert chat.bot.parcel.store.sessions() == []
+    assert await chat.bot.parcel.store.sessions.sessions() == []
 
 
 async def test_customer_imitating_an_agent_is_shown_with_their_user_id(
