@@ -209,9 +209,8 @@ class SchemaTooNew(RuntimeError):
 
 def statements(migration: str | PerDialect, db: Database) -> list[str]:
     """The statements of one migration for ``db``'s dialect, its column types mapped."""
-    if isinstance(migration, PerDialect):
-        migration = getattr(migration, db.dialect)
-    script = db.ddl(migration)
+    script = migration if isinstance(migration, str) else str(getattr(migration, db.dialect))
+    script = db.ddl(script)
     return [statement for statement in script.split(";") if statement.strip()]
 
 
