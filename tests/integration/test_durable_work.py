@@ -208,8 +208,12 @@ async def test_a_message_whose_keys_arrive_after_a_restart_is_relayed(start_chat
                 "session_id": session.id, "session_key": session.session_key}
     await customer.say(chat.customer_room, "the late one")
     assert olm.outbound_group_sessions[room_id].id == held_key["session_id"]
-    await wait_for(lambda: any(u.kind == "decrypt" for u in store_of(chat).work_units()),
-                   what="the undecryptable message kept as work")
+    store = store_of(chat)
+
+    async def kept_as_work() -> bool:
+        return any(u.kind == "decrypt" for u in await store.work.work_units())
+
+    await wait_for(kept_as_work, what="the undecryptable message kept as work")
 
     await chat.bot.stop()
     await chat.bot.start()
