@@ -8,8 +8,6 @@ fast unit tests alone. Tests share the one server, so every user gets a unique l
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +48,14 @@ async def homeserver(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """One real PostgreSQL server (Debian's binaries, a cluster in a temp dir) for the session."""
-    # Not under pytest's basetemp: every pytest run on the machine (as root) resets that
-    # directory to 0700, which would lock the server's own user out of its cluster mid-run.
-    base = Path(tempfile.mkdtemp(prefix="parcel-pg-"))
-    server = PostgresServer(base)
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
     server.start()
     try:
         yield server
     finally:
         server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
