@@ -156,6 +156,7 @@ class OfferService:
         self._work = work
         work.register("offer", self._run_unit, self._give_up)
         work.register("stage", self._run_stage, self._give_up)
+        work.register("reaction", self._run_reaction)
         self._media_dir = config.data_dir / "media"
         self._media_dir.mkdir(parents=True, exist_ok=True)
         # Told the session id after every step, so the activity panels follow (set by the
@@ -222,17 +223,50 @@ class OfferService:
         return decided, None
 
     async def on_reaction(self, session: Session, side: Side, actor: str, target_event: str,
-                    key: object) -> None:
+                          key: object) -> None:
         """A reaction in a session room: a decision if it is ✅/❌ on a live offer card."""
-        offer = await self._store.offers.offer_by_offer_event(session.room_of(side) or "",
-                                                              target_event)
-        if offer is None or offer.session_id != session.id:
-            return
         normalized = normalize_key(key)
         if normalized not in (self._accept_key, self._decline_key):
             return
+        room = session.room_of(side) or ""
+        offer = await self._store.offers.offer_by_offer_event(room, target_event)
+        if offer is None:
+            await self._defer_reaction(session, side, room, actor, target_event, normalized)
+            return
+        if offer.session_id != session.id:
+            return
         await self.decide(session, side, offer.shown_number, actor,
                     accept=normalized == self._accept_key)
+
+    async def _defer_reaction(self, session: Session, side: Side, room: str, actor: str,
+                              target_event: str, key: str) -> None:
+        """A ✅/❌ on an event that is no known card: perhaps a card whose event id is not
+        recorded yet (a crash came between sending it and recording it, and the decision was
+        made meanwhile). Each offer with such a card in this room looks again once its own
+        step (which records the card) is done: the unit waits in the offer's lane."""
+        for offer in await self._store.offers.session_offers(session.id):
+            if offer.state is not OfferState.OFFERED or offer.offer_event_id is not None:
+                continue
+            if session.other_room(sender_side(offer.direction)) != room:
+                continue
+            await self._work.submit(
+                "reaction", f"reaction:{offer.id}:{target_event}:{actor}:{key}",
+                {"offer": offer.id, "session": session.id, "side": side.value, "actor": actor,
+                 "target": target_event, "key": key},
+                lane=offer_lane(offer.id),
+            )
+
+    async def _run_reaction(self, unit: WorkUnit) -> None:
+        """A deferred reaction, now that its offer's card is recorded (if it was that card)."""
+        payload = unit.payload
+        session = await self._store.sessions.get_session(payload["session"])
+        side = Side(payload["side"])
+        offer = await self._store.offers.offer_by_offer_event(session.room_of(side) or "",
+                                                              payload["target"])
+        if offer is None or offer.id != payload["offer"]:
+            return  # it was a reaction to something else
+        await self.on_reaction(session, side, payload["actor"], payload["target"],
+                               payload["key"])
 
     async def on_redaction(self, session: Session, redacted_event: str, actor: str) -> None:
         """The sender redacted their upload: withdraw the offer if still undecided."""
@@ -487,6 +521,7 @@ class OfferService:
                 offer,
             )
             event_id = await self._send_ready(recipient_room, card, f"offer-{offer.id}-card")
+            failpoints.hit("card-sent")
             offer = await self._store.offers.update_offer(offer.id, offer_event_id=event_id,
                                              offer_room=recipient_room)
         card_event = offer.offer_event_id

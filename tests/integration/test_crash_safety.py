@@ -61,6 +61,24 @@ async def test_crash_after_offer_and_accept_while_down(start_chat, bot_store) ->
     await _settle_and_check(chat, image)
 
 
+async def test_a_decision_on_a_card_sent_just_before_a_crash_is_acted_on(start_chat,
+                                                                       bot_store) -> None:
+    """Killed after the card was sent but before its event id was recorded; the ✅ given while
+    down is kept until the card is recorded on restart, then acted on once."""
+    chat: Chat = await start_chat(as_process=True, **bot_store)
+    await chat.open_session()
+    await chat.bot.stop()
+    await chat.bot.start(failpoint="card-sent")
+    image = samples.png(33, 23)
+    await chat.customer.send_file(chat.customer_room, image, "d.png", "image/png", "m.image")
+    agent = chat.agent
+    await agent.until(lambda: agent.offers(chat.agent_room), "the offer card")
+    await chat.bot.wait_killed()
+    await agent.react(chat.agent_room, agent.offers(chat.agent_room)[0]["event_id"], ACCEPT)
+    await chat.bot.start()
+    await _settle_and_check(chat, image)
+
+
 @pytest.mark.parametrize("point", ["delivery-uploaded", "delivery-sent"])
 async def test_crash_in_the_middle_of_delivering(start_chat, point: str) -> None:
     """Killed between upload and send, or after sending: still delivered exactly once."""
