@@ -180,7 +180,7 @@ class Router:
             # A sticker is an image: offered like one, never relayed as is.
             name = self._sessions.label(session, side, sender)
             await self._offers.on_upload(session, side, event_id, sender, name,
-                                   relay.sticker_as_image(content))
+                                         relay.sticker_as_image(content))
         elif kind == "m.reaction":
             relates = content.get("m.relates_to")
             if isinstance(relates, dict) and relates.get("rel_type") == "m.annotation":
@@ -275,8 +275,8 @@ class Router:
         if content.get("format") != "org.matrix.custom.html" or not isinstance(formatted, str):
             formatted = None
         await self._relay_text(session, side, event_id, sender, str(msgtype), body, formatted,
-                         reply_to=None if is_edit else relay.reply_target(content),
-                         is_edit=is_edit)
+                               reply_to=None if is_edit else relay.reply_target(content),
+                               is_edit=is_edit)
 
     async def _relay_text(
         self, session: Session, side: Side, event_id: str, sender: str, msgtype: str,
@@ -301,12 +301,13 @@ class Router:
             return
         for part, relayed in enumerate(contents, start=1):
             await self._sessions.enqueue_send(session, other, relayed,
-                                        relay.relay_txn(event_id, part), event_id, origin=side)
+                                              relay.relay_txn(event_id, part), event_id,
+                                              origin=side)
 
     async def _reply(self, session: Session, side: Side, event_id: str,
                      message: render.Message) -> None:
         await self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",
-                                    event_id)
+                                          event_id)
 
     async def _on_command(
         self, session: Session, side: Side, event_id: str, sender: str, body: str
@@ -343,7 +344,7 @@ class Router:
         if not (number.isascii() and number.isdigit()) or len(number) > 12:
             return render.command_error(f"!{word} needs an offer number, like !{word} 3.")
         offer, problem = await self._offers.decide(session, side, int(number), sender,
-                                             accept=word == "accept")
+                                                   accept=word == "accept")
         if problem is not None:
             return render.command_error(problem)
         assert offer is not None
@@ -354,8 +355,8 @@ class Router:
         """Keep the message as work that is tried again when keys arrive, and on a schedule."""
         room_id = session.room_of(side)
         await self._work.submit("decrypt", f"decrypt:{event.event_id}",
-                          {"room": room_id, "event": event.source},
-                          handled_event=event.event_id)
+                                {"room": room_id, "event": event.source},
+                                handled_event=event.event_id)
 
     async def _run_decrypt(self, unit: WorkUnit) -> None:
         """Decrypt a stored event and handle it; ask the sender to resend once time is up."""
@@ -388,7 +389,7 @@ class Router:
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
         await self._sessions.enqueue_send(session, side, render.undecryptable().content(),
-                                    f"undecryptable-{event.event_id}")
+                                          f"undecryptable-{event.event_id}")
 
 
 def _text_field(content: dict[str, Any], key: str) -> str | None:

@@ -236,7 +236,7 @@ class OfferService:
         if offer.session_id != session.id:
             return
         await self.decide(session, side, offer.shown_number, actor,
-                    accept=normalized == self._accept_key)
+                          accept=normalized == self._accept_key)
 
     async def _defer_reaction(self, session: Session, side: Side, room: str, actor: str,
                               target_event: str, key: str) -> None:
@@ -309,7 +309,7 @@ class OfferService:
     async def schedule(self, offer_id: int) -> None:
         """Queue (durably) a look at the offer: :meth:`advance` runs as its work unit."""
         await self._work.submit("offer", f"offer:{offer_id}", {"offer": offer_id},
-                          lane=offer_lane(offer_id))
+                                lane=offer_lane(offer_id))
 
     async def _run_unit(self, unit: WorkUnit) -> None:
         await self.advance(unit.payload["offer"])
@@ -443,7 +443,7 @@ class OfferService:
             verdict, scanned = result.verdict, result.scanned
         if not verdict.allowed:
             await self._reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
-                         sha256=facts.sha256)
+                               sha256=facts.sha256)
             return
         stripped = await self._strip_metadata(final, downloaded.sealed_key, facts.mimetype)
         moved = await self._store.offers.transition(
@@ -555,7 +555,7 @@ class OfferService:
         """Queue uploading the recipient's copy of an offered file (with media.prestage)."""
         if self._config.media.prestage:
             await self._work.submit("stage", f"stage:{offer.id}", {"offer": offer.id},
-                              lane=f"stage:{offer.id}")
+                                    lane=f"stage:{offer.id}")
 
     async def _run_stage(self, unit: WorkUnit) -> None:
         """Upload the checked copy for the recipient's room while the offer waits."""

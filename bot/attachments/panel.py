@@ -75,7 +75,7 @@ class PanelService:
 
     async def _submit(self, room_id: str) -> None:
         await self._work.submit("panel", f"panel:{room_id}", {"room": room_id},
-                          lane=f"panel:{room_id}")
+                                lane=f"panel:{room_id}")
 
     async def _run_unit(self, unit: WorkUnit) -> None:
         room_id = unit.payload["room"]

@@ -121,8 +121,8 @@ class SessionService:
         members = self._rooms.members(session.agent_room)
         return {m for m in members if m != self.own_user_id and not self.is_agent(m)}
 
-    async def remove_stranger(self, session: Session, user_id: str, handled_event: str | None = None
-                        ) -> None:
+    async def remove_stranger(self, session: Session, user_id: str,
+                              handled_event: str | None = None) -> None:
         """Queue the removal of someone who is not an agent from the agent room."""
         assert session.agent_room is not None
         await self._work.submit(
@@ -201,7 +201,7 @@ class SessionService:
             self._metrics.session_opened()
             logger.info("session %d opened for %s in %s", session.id, inviter, room_id)
         await self._work.submit("open", f"open:{session.id}", {"session": session.id},
-                          lane=session_lane(session.id))
+                                lane=session_lane(session.id))
 
     async def _run_refuse(self, unit: WorkUnit) -> None:
         room_id, inviter = unit.payload["room"], unit.payload["inviter"]
@@ -257,9 +257,9 @@ class SessionService:
         session = await self._store.sessions.get_session(unit.payload["session"])
         if session.customer_room in self._client.rooms:
             await self.enqueue_send(session, Side.CUSTOMER,
-                              render.chat_not_opened(
-                                  render.failure_cause(error.code, error.reason)).content(),
-                              f"session-{session.id}-not-opened")
+                                    render.chat_not_opened(
+                                        render.failure_cause(error.code, error.reason)).content(),
+                                    f"session-{session.id}-not-opened")
         await self.request_close(session, "open_failed", None, None)
 
     async def _create_agent_room(self, session: Session) -> Session:
@@ -319,7 +319,7 @@ class SessionService:
         if origin is not None:
             payload["origin"] = origin.value
         await self._work.submit("send", txn_id, payload, lane=session_lane(session.id),
-                          handled_event=handled_event)
+                                handled_event=handled_event)
 
     async def _run_send(self, unit: WorkUnit) -> None:
         payload = unit.payload
@@ -340,7 +340,7 @@ class SessionService:
             return
         notice = render.not_delivered(render.failure_cause(error.code, error.reason))
         await self.enqueue_send(session, Side(origin), notice.content(),
-                          f"undelivered-{unit.payload['txn_id']}")
+                                f"undelivered-{unit.payload['txn_id']}")
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -354,9 +354,9 @@ class SessionService:
         chat" while the other room hears who did.
         """
         await self._work.submit("close", f"close:{session.id}",
-                          {"session": session.id, "reason": reason, "by": by,
-                           "side": by_side.value if by_side else None},
-                          lane=session_lane(session.id), handled_event=handled_event)
+                                {"session": session.id, "reason": reason, "by": by,
+                                 "side": by_side.value if by_side else None},
+                                lane=session_lane(session.id), handled_event=handled_event)
 
     async def _run_close(self, unit: WorkUnit) -> None:
         session = await self._store.sessions.get_session(unit.payload["session"])
@@ -397,8 +397,8 @@ class SessionService:
     async def leave(self, session: Session, room_id: str) -> None:
         """Queue leaving one of a closed session's rooms (after its offers are settled)."""
         await self._work.submit("leave", f"leave:{room_id}:{session.id}",
-                          {"session": session.id, "room": room_id},
-                          lane=session_lane(session.id))
+                                {"session": session.id, "room": room_id},
+                                lane=session_lane(session.id))
 
     async def tidy_closed_rooms(self) -> int:
         """Leave the rooms of closed sessions the bot is still in (left by an older version),

@@ -85,7 +85,7 @@ async def at_version(database: Path | str, version: int) -> Database:
 
 
 async def open_session(store: Store, room: str = CUSTOMER_ROOM, agent_room: str | None = AGENT_ROOM,
-                 customer: str = CUSTOMER) -> int:
+                       customer: str = CUSTOMER) -> int:
     session, _ = await store.sessions.create_session(room, customer, "Carol")
     if agent_room is not None:
         await store.sessions.attach_agent_room(session.id, agent_room)
@@ -93,8 +93,8 @@ async def open_session(store: Store, room: str = CUSTOMER_ROOM, agent_room: str 
 
 
 async def make_offer(store: Store, session_id: int, event_id: str = "$upload",
-               direction: Direction = Direction.CUSTOMER_TO_AGENT,
-               sender: str = CUSTOMER) -> tuple[Offer, bool]:
+                     direction: Direction = Direction.CUSTOMER_TO_AGENT,
+                     sender: str = CUSTOMER) -> tuple[Offer, bool]:
     return await store.offers.create_offer(
         session_id=session_id,
         direction=direction,
@@ -789,7 +789,7 @@ async def test_outbox_owner(txn_id: str, owner: tuple[str, int] | None) -> None:
 
 
 async def test_pruning_forgets_old_records_but_keeps_those_still_needed(store: Store,
-                                                                  clock: Clock) -> None:
+                                                                        clock: Clock) -> None:
     """Old handled events and sent records go, except outbox rows of offers with work owed
     and of open sessions; recent rows all stay."""
     session_id = await open_session(store)
@@ -857,7 +857,7 @@ async def _seed_session(store: Store, clock: Clock, name: str, close_at: float |
     offer, _ = await make_offer(store, session_id, f"${name}-upload")
     await store.offers.transition(offer.id, S.OFFERED)
     await store.work.submit_work("send", f"relay-{name}", {"session": session_id},
-                      lane=session_lane(session_id))
+                                 lane=session_lane(session_id))
     if close_at is not None:
         saved = clock.now
         clock.now = close_at
