@@ -8,9 +8,9 @@ in a temp dir), ``--rooms`` encrypted rooms shared with ``--customers`` customer
 ``--devices`` devices each. Each round every room gets one message from a customer device;
 the bot syncs until it has decrypted them all, then answers in every room (sharing its
 Megolm session on the first round). Customers alternate devices, so rounds 1 and 2 bring new
-Megolm sessions (to-device keys, Olm decryption); later rounds are the steady state. The store time per sync and per answer comes from a
-:class:`~bot.matrix.pgstore.StoreTimer`. Printed, not asserted. The PostgreSQL server runs
-with ``fsync=off`` (as in the tests): a commit on a real disk adds its flush time.
+Megolm sessions (to-device keys, Olm decryption); later rounds are the steady state. The
+store time per sync and per answer comes from a :class:`~bot.matrix.pgstore.StoreTimer`.
+Printed, not asserted. The PostgreSQL server runs with ``fsync=off`` (as in the tests): a commit on a real disk adds its flush time.
 """
 
 from __future__ import annotations

@@ -43,7 +43,6 @@ from typing import Any, TypeVar
 
 import peewee
 import psycopg
-from psycopg import sql
 import vodozemac
 from nio import AsyncClient
 from nio.crypto import DeviceStore, OlmAccount, OlmDevice, TrustState
@@ -57,6 +56,7 @@ from nio.store import (
 )
 from peewee import Field, Model, OnConflict, Tuple
 from playhouse.psycopg3_ext import Psycopg3Database
+from psycopg import sql
 
 from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY

@@ -32,7 +32,7 @@ KEY = "pickle-key-for-the-postgres-crypto-store-tests"
 async def _pg_client(homeserver: Homeserver, user: RegisteredUser, url: str, store_dir: Path,
                      timer: StoreTimer | None = None) -> AsyncClient:
     """A client configured as Parcel's, with its crypto store in PostgreSQL, synced once."""
-    store_dir.mkdir(parents=True, exist_ok=True)
+    store_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local temp dir, once
     client = AsyncClient(homeserver.url, user.user_id, device_id=user.device_id,
                          store_path=str(store_dir),
                          config=client_config(True, KEY, postgres_crypto_store(url, timer=timer)))
@@ -196,7 +196,7 @@ async def test_two_accounts_in_one_database_keep_their_own_sessions(
     homeserver: Homeserver, make_user: MakeUser, make_client: MakeClient, postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    """Two bots in one encrypted room, one database: each decrypts, neither sees the other's rows."""
+    """Two bots in one encrypted room, one database: each decrypts, sees only its own rows."""
     one_user, two_user = await make_user("pgbot"), await make_user("pgbot")
     carol_user = await make_user("carol")
     one = Person(await _pg_client(homeserver, one_user, postgres_url, tmp_path / "one"), one_user)
