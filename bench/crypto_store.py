@@ -10,7 +10,8 @@ the bot syncs until it has decrypted them all, then answers in every room (shari
 Megolm session on the first round). Customers alternate devices, so rounds 1 and 2 bring new
 Megolm sessions (to-device keys, Olm decryption); later rounds are the steady state. The
 store time per sync and per answer comes from a :class:`~bot.matrix.pgstore.StoreTimer`.
-Printed, not asserted. The PostgreSQL server runs with ``fsync=off`` (as in the tests): a commit on a real disk adds its flush time.
+Printed, not asserted. The PostgreSQL server runs with ``fsync=off`` (as in the tests): a
+commit on a real disk adds its flush time.
 """
 
 from __future__ import annotations
