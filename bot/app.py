@@ -6,21 +6,24 @@ import asyncio
 import logging
 import time
 
+import asyncpg
 from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
+from nio.store import MatrixStore
 
 from bot.attachments import sealed
 from bot.attachments.offers import OfferService
 from bot.attachments.panel import PanelService
 from bot.config import Config
 from bot.datadir import make_private
-from bot.documents import Documents, FileDocuments
+from bot.documents import Documents, FileDocuments, StoreDocuments
 from bot.keys import EncryptionKey, encryption_key
-from bot.leader import Lease
+from bot.leader import Lease, NotLeader
 from bot.matrix.client import Sender, call, connect
 from bot.matrix.crosssign import CrossSigningError, CrossSigningStatus, ensure_cross_signed
 from bot.matrix.cryptostore import protect_stores
 from bot.matrix.media import MediaClient
+from bot.matrix.pgstore import close_crypto_store, postgres_crypto_store
 from bot.matrix.profile import apply_profile
 from bot.matrix.rooms import RoomDirectory
 from bot.matrix.sync import SyncLoop
@@ -54,6 +57,7 @@ class Parcel:
         self.documents: Documents = FileDocuments(config.data_dir)
         self.lease: Lease | None = None
         """Set when instances share a PostgreSQL database: only its holder works."""
+        self._crypto_store: type[MatrixStore] | None = None  # None: nio's SQLite in data_dir
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open the store, then do the work until ``stop`` is set; then shut down.
@@ -65,11 +69,17 @@ class Parcel:
         make_private(config.data_dir)  # before anything is written there
         self.key = encryption_key(config)
         (config.data_dir / "crypto").mkdir(exist_ok=True)
-        protect_stores(config.data_dir / "crypto", self.key.pickle_key)
+        if config.database is None:
+            protect_stores(config.data_dir / "crypto", self.key.pickle_key)
         opened = await self._open_store(stop)
         if opened is None:
             return  # stopped before the database could be reached
         self.store = store = opened
+        self.documents, self._crypto_store = device_state(config, store)
+        if config.database is not None:
+            url, password = config.database, config.database_password
+            self.lease = Lease(lambda: asyncpg.connect(url, password=password),
+                               ttl=config.leader_lease)
         await sealed.secure_leftovers(store, config.data_dir / "media")
         metrics_server: web.AppRunner | None = None
         try:
@@ -100,6 +110,9 @@ class Parcel:
             self.metrics.set_leader(True)
             try:
                 await self._lead(term)
+            except NotLeader:
+                if not lease.lost.is_set():
+                    raise
             finally:
                 term.set()
                 await renewing
@@ -140,7 +153,8 @@ class Parcel:
             router = Router(config, store, client, rooms, sessions, offers, work)
             self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics,
                                  backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
-                                 on_recovered=work.hurry)
+                                 on_recovered=work.hurry,
+                                 fence=None if self.lease is None else self.lease.check)
             self.metrics.set_sessions_open(len(await store.sessions.sessions(SessionState.OPEN)))
             await offers.resume()
             await panels.resume()
@@ -156,6 +170,7 @@ class Parcel:
                 await media.close()
             if self.client is not None:
                 await self.client.close()
+                close_crypto_store(self.client)
                 self.client = None
 
     def _access_token(self) -> str:
@@ -186,8 +201,11 @@ class Parcel:
         key = self.key
         assert key is not None
         fence = None if self.lease is None else self.lease.check
-        return await until_done(lambda: connect(self.config, key.pickle_key, self.documents, fence),
-                                f"connecting to {self.config.homeserver}", stop, self._backoff)
+        return await until_done(
+            lambda: connect(self.config, key.pickle_key, self.documents, fence,
+                            crypto_store=self._crypto_store),
+            f"connecting to {self.config.homeserver}", stop, self._backoff,
+        )
 
     async def _establish_identity(self, client: AsyncClient, stop: asyncio.Event) -> None:
         """Upload device keys and cross-sign the device, so Element trusts the bot.
@@ -267,23 +285,44 @@ async def reset_identity(config: Config) -> CrossSigningStatus:
     """The admin's explicit decision: give the bot a new cross-signing identity.
 
     Logs in as the saved device, publishes fresh cross-signing keys through password auth and
-    signs the device with them. Everyone who verified the bot must verify it again.
+    signs the device with them. Everyone who verified the bot must verify it again. With
+    PostgreSQL, stop every instance first: the seeds and the crypto store are shared.
     """
     if not config.encryption:
         raise CrossSigningError("encryption is off in the configuration: there is no identity "
                                 "to reset")
     make_private(config.data_dir)
     key = encryption_key(config)
-    protect_stores(config.data_dir / "crypto", key.pickle_key)
-    documents = FileDocuments(config.data_dir)
-    client = await connect(config, key.pickle_key, documents)
+    if config.database is None:
+        protect_stores(config.data_dir / "crypto", key.pickle_key)
+    store = await Store.open(config.database, config.data_dir, password=config.database_password)
+    documents, crypto_store = device_state(config, store)
     try:
-        if client.should_upload_keys:
-            await call("uploading the device keys", client.keys_upload(), KeysUploadResponse)
-        return await ensure_cross_signed(client, documents, config.password,
-                                         seeds_key=key.seeds_key, reset=True)
+        client = await connect(config, key.pickle_key, documents, crypto_store=crypto_store)
+        try:
+            if client.should_upload_keys:
+                await call("uploading the device keys", client.keys_upload(),
+                           KeysUploadResponse)
+            return await ensure_cross_signed(client, documents, config.password,
+                                             seeds_key=key.seeds_key, reset=True)
+        finally:
+            await client.close()
+            close_crypto_store(client)
     finally:
-        await client.close()
+        await store.close()
+
+
+def device_state(config: Config, store: Store) -> tuple[Documents, type[MatrixStore] | None]:
+    """Where the device's credentials, seeds and crypto store live: files in data_dir, or,
+    with PostgreSQL, the database (so that any instance, on any disk, is the same device).
+
+    Returns the documents and the nio store class (None: nio's SQLite store in data_dir).
+    """
+    if config.database is None:
+        return FileDocuments(config.data_dir), None
+    return StoreDocuments(store.values), postgres_crypto_store(
+        config.database, password=config.database_password
+    )
 
 
 async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:

@@ -48,6 +48,11 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: about 160 MB once a clie
 LARGE_IMAGE_MODES = ("file", "reject")
 DEFAULT_SCANNER_TIMEOUT = 60.0  # "60s"
 DEFAULT_TRANSFER_TIMEOUT = 300.0  # "5m"
+# A standby takes over within the lease plus a second of polling: 8 s keeps that under 10 s
+# while a leader may miss three renewals (one every lease / 4) before it stands down.
+DEFAULT_LEADER_LEASE = 8.0
+MIN_LEADER_LEASE = 3.0
+MAX_LEADER_LEASE = 120.0
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_DEVICE_NAME = "parcel"
 PATH_PLACEHOLDER = "{path}"
@@ -225,6 +230,9 @@ class Config:
     database: str | None = dataclasses.field(default=None, repr=False)
     # From ENV_DATABASE_PASSWORD; wins over a password in the URL.
     database_password: str | None = dataclasses.field(default=None, repr=False)
+    # With PostgreSQL: how long the leader's lease lasts without a renewal, so how soon a
+    # standby takes over from a dead leader (bot/leader.py).
+    leader_lease: float = DEFAULT_LEADER_LEASE
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +257,7 @@ _SCHEMA: _Schema = {
     "device_name": None,
     "data_dir": None,
     "database": None,
+    "leader_lease": None,
     "encryption": None,
     "allowed_servers": None,
     "notify_agents_of_refusals": None,
@@ -437,6 +446,14 @@ def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError(f"must be longer than 0 seconds, got {_describe(value)}")
+    return seconds
+
+
+def _lease(value: object) -> float:
+    seconds = parse_duration(value)
+    if not MIN_LEADER_LEASE <= seconds <= MAX_LEADER_LEASE:
+        raise ValueError(f"must be between {MIN_LEADER_LEASE:g} s and {MAX_LEADER_LEASE:g} s, "
+                         f"got {_describe(value)}")
     return seconds
 
 
@@ -936,7 +953,7 @@ def _parse(
     retention = section("retention")
     retry = section("retry")
     profile = section("profile")
-    return Config(
+    config = Config(
         homeserver=homeserver,
         user_id=user_id,
         password=password,
@@ -993,7 +1010,17 @@ def _parse(
         ),
         database=top.get("database", _database_url, None),
         database_password=env.get(ENV_DATABASE_PASSWORD) or None,
+        leader_lease=top.get("leader_lease", _lease, DEFAULT_LEADER_LEASE),
     )
+    if config.database is not None and config.encryption_key is None:
+        # A key generated into data_dir would be lost with the container and unknown to the
+        # other instances, and the database alone must never open the keys it holds.
+        raise ConfigError(
+            "encryption_key",
+            f"with database on PostgreSQL the encryption key must be given: set "
+            f"{ENV_ENCRYPTION_KEY} (or encryption_key), the same for every instance",
+        )
+    return config
 
 
 # --------------------------------------------------------------------------------------------

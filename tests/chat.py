@@ -281,6 +281,9 @@ def config_yaml(config: Config) -> str:
     }
     if config.database is not None:
         raw["database"] = config.database
+        raw["leader_lease"] = config.leader_lease
+    if config.encryption_key is not None:
+        raw["encryption_key"] = config.encryption_key
     return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
 
 
@@ -370,8 +373,9 @@ class BotProcess:
         self._log_offset = 0
         write_config(config, config_path)
 
-    async def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
-        """Start ``python -m bot run`` and wait until its first sync is done."""
+    async def start(self, failpoint: str | None = None, timeout: float = 60.0,
+                    ready: bytes = b"first sync done") -> None:
+        """Start ``python -m bot run`` and wait until it logs ``ready`` (its first sync)."""
         env = dict(os.environ)
         env.pop(failpoints.ENV_VAR, None)
         if failpoint:
@@ -385,14 +389,14 @@ class BotProcess:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while b"first sync done" not in self._log_since_start():
+        while ready not in self.log_since_start():
             if self.process.returncode is not None:
                 raise AssertionError(f"the bot exited: {self.log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError("the bot process did not become ready")
             await asyncio.sleep(0.1)
 
-    def _log_since_start(self) -> bytes:
+    def log_since_start(self) -> bytes:
         """What the current run has logged so far."""
         with open(self.log_path, "rb") as log:
             log.seek(self._log_offset)

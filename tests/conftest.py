@@ -74,13 +74,14 @@ def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def bot_store(request: pytest.FixtureRequest) -> dict[str, str]:
+def bot_store(request: pytest.FixtureRequest) -> dict[str, Any]:
     """``start_chat`` settings putting the bot's store on one backend: SQLite in data_dir (no
     setting) or an empty PostgreSQL database (``database: URL``)."""
     if request.param == "sqlite":
         return {}
     url: str = request.getfixturevalue("postgres_url")
-    return {"database": url}
+    # With PostgreSQL the encryption key must be given (it may not be generated into data_dir).
+    return {"database": url, "encryption_key": "a test key shared by every instance"}
 
 
 @pytest.fixture

@@ -102,11 +102,14 @@ def client_config(
 
 
 class FencedClient(AsyncClient):
-    """A nio client that asks ``fence`` before every request it makes to the homeserver.
+    """A nio client that asks ``fence`` before every request and before taking in any answer.
 
     nio sends everything (syncs, events, room keys to other devices, key uploads) through
-    :meth:`send`; with several instances, ``fence`` raises unless this one holds the leader
-    lease, so a deposed leader cannot send anything, even from inside nio.
+    :meth:`send`, and applies every answer (a sync's to-device messages ratchet Olm sessions
+    and are written to the shared crypto store) in :meth:`receive_response`. With several
+    instances ``fence`` raises unless this one holds the leader lease, so a deposed leader
+    neither sends nor overwrites the new leader's keys, even with a request that was under
+    way when it lost the lease.
     """
 
     def __init__(self, *args: Any, fence: Callable[[], None], **kwargs: Any) -> None:
@@ -116,6 +119,10 @@ class FencedClient(AsyncClient):
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         self._fence()
         return await super().send(*args, **kwargs)
+
+    async def receive_response(self, response: Any) -> None:
+        self._fence()
+        await super().receive_response(response)
 
 
 async def connect(

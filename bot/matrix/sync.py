@@ -30,6 +30,9 @@ SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
 class SyncLoop:
     """Long-polls the homeserver and hands every batch to ``handle`` before saving the position.
 
+    ``fence`` raises (a :class:`~bot.errors.TransientError`) when this instance may no longer
+    save the position (it lost the leader lease).
+
     ``handle(response, catching_up)`` gets ``catching_up=True`` for the very first sync of a
     fresh store, whose timeline is history from before Parcel existed.
     """
@@ -44,6 +47,7 @@ class SyncLoop:
         backoff: Backoff | None = None,
         metrics: Metrics | None = None,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._client = client
@@ -52,6 +56,7 @@ class SyncLoop:
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff = backoff or Backoff(cap=60.0)
         self._on_recovered = on_recovered
+        self._fence = fence or (lambda: None)
         self.first_sync_done = asyncio.Event()
         self.healthy = False
         self.last_sync_at: float | None = None
@@ -87,6 +92,7 @@ class SyncLoop:
             self.healthy = True
             await self._crypto_housekeeping()
             await self._handle(response, catching_up)
+            self._fence()  # a leader deposed meanwhile must not move the shared position
             await self._store.values.set_value(SYNC_TOKEN_KEY, response.next_batch)
             since = response.next_batch
             full_state = False

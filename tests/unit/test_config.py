@@ -666,9 +666,34 @@ def test_database_setting_and_its_password(overlay: str, env: dict[str, str],
                                            database: str | None, password: str | None) -> None:
     """database is None (SQLite in data_dir) or the URL; PARCEL_DATABASE_PASSWORD, when set
     and non-empty, is the password to use (winning over the URL's); neither shows in repr."""
-    config = config_from(overlay, env=env)
+    config = config_from(overlay, env={**env, "PARCEL_ENCRYPTION_KEY": "k" * 32})
     assert (config.database, config.database_password) == (database, password)
     assert "in-url" not in repr(config) and "from-env" not in repr(config)
+
+
+def test_postgres_without_an_explicit_encryption_key_is_refused() -> None:
+    """With PostgreSQL the key cannot be a file generated into data_dir: start-up says so."""
+    err = error_from("database: 'postgresql://parcel@db/parcel'")
+    assert str(err) == (
+        "encryption_key: with database on PostgreSQL the encryption key must be given: set "
+        "PARCEL_ENCRYPTION_KEY (or encryption_key), the same for every instance"
+    )
+
+
+@pytest.mark.parametrize(("overlay", "seconds"), [
+    ("", 8.0), ("leader_lease: 3s", 3.0), ("leader_lease: 15s", 15.0),
+    ("leader_lease: 2m", 120.0),
+])  # fmt: skip
+def test_leader_lease(overlay: str, seconds: float) -> None:
+    """leader_lease is a duration from 3 s to 2 min, 8 s by default."""
+    assert config_from(overlay).leader_lease == seconds
+
+
+@pytest.mark.parametrize("value", ["2s", "0", "3m", "soon"])
+def test_leader_lease_out_of_range_is_refused(value: str) -> None:
+    """A lease shorter than 3 s (a busy leader would lose it) or longer than 2 min is refused."""
+    err = error_from(f"leader_lease: {value!r}")
+    assert err.key == "leader_lease"
 
 
 @pytest.mark.parametrize(("overlay", "message"), VALIDATION_CASES)
