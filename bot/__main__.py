@@ -65,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     reset.add_argument("--config", required=True, type=Path)
+    migrate = commands.add_parser(
+        "migrate-store",
+        help="copy an embedded (SQLite) install into PostgreSQL; stop the bot first",
+        parents=[common],
+    )
+    migrate.add_argument("--config", required=True, type=Path,
+                         help="the configuration of the SQLite install (no database setting)")
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="postgresql://user@host[:port]/db (an empty database); the "
+                              "password from PARCEL_DATABASE_PASSWORD or the URL")
     demo = commands.add_parser("demo", help="play a scripted chat on a throwaway Synapse",
                                parents=[common])
     demo.add_argument("--keep", action="store_true",
@@ -88,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Reading the store needs no login: the password may stay out of the environment.
             config = config_module.load(args.config, require_credentials=False)
             return asyncio.run(print_log(config, args.session, args.since, args.format))
+        if args.command == "migrate-store":
+            config = config_module.load(args.config, require_credentials=False)
+            setup_logging(log_level or "WARNING")
+            return asyncio.run(_migrate_store(config, args.to))
         config = config_module.load(args.config)
         if args.command == "check-config":
             return check_config(args.config, config)
@@ -176,6 +190,25 @@ async def _reset_identity(config: Config) -> int:
     status = await reset_identity(config)
     print(f"parcel-bot: {status.detail}")
     return 0 if status.cross_signed else 1
+
+
+async def _migrate_store(config: Config, url: str) -> int:
+    from bot.migrate import migrate_store
+
+    url = config_module.check_database_url(url)
+    report = await migrate_store(config, url, os.environ.get(config_module.ENV_DATABASE_PASSWORD))
+    print(f"parcel-bot: copied {config.data_dir} into {report.target}:")
+    for table, count in report.rows.items():
+        print(f"  {table}: {count} rows")
+    crypto = sum(report.crypto_rows.values())
+    print(f"  crypto store: {crypto} rows "
+          f"({report.crypto_rows.get('megolminboundsessions', 0)} room keys, "
+          f"{report.crypto_rows.get('olmsessions', 0)} Olm sessions)")
+    print(f"  documents: {', '.join(report.documents) or 'none'}")
+    print("Next: set `database:` to that URL in the configuration, give every instance the "
+          f"same encryption key ({config_module.ENV_ENCRYPTION_KEY}; now from "
+          f"{report.key_source}), start the bot, then archive the old data_dir.")
+    return 0
 
 
 LOG_COLUMNS = ("offer", "session", "direction", "sender", "recipient_side", "filename",

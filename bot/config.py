@@ -559,6 +559,14 @@ def _database_url(value: object) -> str:
     return text
 
 
+def check_database_url(value: str, key: str = "--to") -> str:
+    """A PostgreSQL URL given outside the file (``migrate-store --to``), or ConfigError."""
+    try:
+        return _database_url(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def _user_id(example: str) -> Callable[[object], str]:
     def convert(value: object) -> str:
         if not (isinstance(value, str) and len(value) <= 255 and _USER_ID_RE.fullmatch(value)):
