@@ -139,8 +139,10 @@ def test_arguments_run_another_command(bin_dir: Path, tmp_path: Path) -> None:
 
 
 def test_compose_example_config_is_valid(bin_dir: Path) -> None:
-    """docker/parcel.config.yaml passes check-config once the password comes from the env."""
-    result = run_entrypoint(bin_dir, COMPOSE_CONFIG, PARCEL_PASSWORD="secret")
+    """docker/parcel.config.yaml passes check-config once the secrets come from the env
+    (with PostgreSQL the encryption key is required)."""
+    result = run_entrypoint(bin_dir, COMPOSE_CONFIG, PARCEL_PASSWORD="secret",
+                            PARCEL_ENCRYPTION_KEY="a key of at least sixteen characters")
     assert result.returncode == 0, result.stderr
     assert f"stub parcel-bot: run --config {COMPOSE_CONFIG}" in result.stdout
 
