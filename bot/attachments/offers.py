@@ -582,13 +582,14 @@ class OfferService:
             return
         block = uploaded.file_block(offer.mimetype)
         # Made now, while the local copy is there: an image's blurhash and thumbnail.
-        extras = await self._image_extras(offer, room.encrypted)
+        extras = await self._image_extras(current, room.encrypted)
         await self._store.offers.update_offer(offer.id, staged_uri=uploaded.uri,
                                  staged_file=json.dumps(block) if block else None,
                                  staged_encrypted=int(room.encrypted), temp_path=None,
                                  temp_key=None, image_info=json.dumps(extras) if extras else None)
         # The local copy has done its job: the staged one is the file from now on.
-        for path in self._paths(offer):
+        for path in (*self._paths(offer), *([Path(current.temp_path)] if current.temp_path
+                                            else [])):
             path.unlink(missing_ok=True)
         logger.info("offer %d (session %d): delivery staged as %s%s", offer.id, session.id,
                     uploaded.uri, " (encrypted)" if room.encrypted else "")
@@ -612,6 +613,9 @@ class OfferService:
         """Upload the checked copy (the inspected bytes, or nothing); None when it is gone."""
         if offer.temp_path is None and offer.staged_uri is not None:
             offer = await self._copy_back(offer)
+        elif offer.temp_path is not None and not await aiofiles.os.path.exists(offer.temp_path):
+            # Another instance checked it and died with its disk (or the disk was lost).
+            offer = await self._fetch_checked_copy_again(offer)
         if offer.temp_path is None or not await aiofiles.os.path.exists(offer.temp_path):
             await self._fail(offer, "the checked copy of the file is missing")
             return None
@@ -626,6 +630,46 @@ class OfferService:
             await self._fail(offer, "the checked copy of the file was altered")
             return None
         return uploaded
+
+    async def _fetch_checked_copy_again(self, offer: Offer) -> Offer:
+        """Download the sender's upload again into this instance's media directory.
+
+        Only the bytes that were inspected may go out: the download must have the inspected
+        SHA-256, and a copy without metadata must come out of the same removal with the hash
+        recorded for it; otherwise the offer fails rather than deliver something unchecked.
+        """
+        assert offer.sha256 is not None and offer.size is not None
+        final, part = self._paths(offer)
+        upload = UploadEvent(json.loads(await self._store.offers.source_content(offer.id)))
+        if upload.url is None:
+            raise PermanentError("the sender's message has no file any more", code="missing")
+        logger.warning("offer %d: its checked copy %s is not on this instance's disk; fetching "
+                       "the sender's upload again", offer.id, offer.temp_path)
+        try:
+            fetched = await self._media.download(upload.url, part, max_bytes=offer.size,
+                                                 encrypted_file=upload.encrypted_file, seal=True)
+        except MediaError as exc:  # gone or refused for good; transient ones are raised
+            raise PermanentError(f"the sender's upload cannot be fetched again: {exc.reason}",
+                                 code="missing") from exc
+        if fetched.sha256 != offer.sha256:
+            part.unlink(missing_ok=True)
+            raise PermanentError("the sender's upload is not the inspected file any more",
+                                 code="altered")
+        part.replace(final)
+        assert fetched.sealed_key is not None
+        path, key = final, fetched.sealed_key
+        if offer.delivered_sha256 is not None:
+            stripped = await self._strip_metadata(final, key, offer.mimetype)
+            if stripped is None or stripped.sha256 != offer.delivered_sha256:
+                final.unlink(missing_ok=True)
+                if stripped is not None:
+                    stripped.path.unlink(missing_ok=True)
+                raise PermanentError("the copy without metadata came out different this time",
+                                     code="altered")
+            final.unlink(missing_ok=True)
+            path, key = stripped.path, stripped.key
+        return await self._store.offers.update_offer(offer.id, temp_path=str(path),
+                                                     temp_key=key)
 
     async def _copy_back(self, offer: Offer) -> Offer:
         """Fetch the staged copy back as the local checked copy (to stage it again, encrypted
@@ -668,6 +712,8 @@ class OfferService:
             if uploaded is None:
                 return True
             uri, block = uploaded.uri, uploaded.file_block(offer.mimetype)
+            # The copy may have been fetched again just now (this instance had none).
+            offer = await self._store.offers.get_offer(offer.id) or offer
             extras = await self._image_extras(offer, room.encrypted)
         content = delivery_content(offer, uri, block, self._config.policy.max_image_pixels)
         content["info"].update(extras)

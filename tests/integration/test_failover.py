@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -41,11 +42,12 @@ class Instances:
         self._make_config = make_config
         self._base = base
         self.all: list[BotProcess] = []
+        self.overrides: dict[str, object] = {}
 
     async def start(self, homeserver_url: str, *, wait: str) -> BotProcess:
         """Start one more instance and wait for ``wait`` in its log ("leader" / "standby")."""
         data_dir = self._base / f"instance-{len(self.all) + 1}"
-        config = self._make_config(data_dir, homeserver_url)
+        config = self._make_config(data_dir, homeserver_url, **self.overrides)
         process = BotProcess(config, self._base / f"instance-{len(self.all) + 1}.yaml")
         self.all.append(process)
         line = b"first sync done" if wait == "leader" else b"standby: waiting"
@@ -70,12 +72,13 @@ async def ha_chat(homeserver: Homeserver, make_user: MakeUser, make_client: Make
     agent = Person(await make_client(agent_user, encrypted=True), agent_user)
     customer = Person(await make_client(customer_user, encrypted=True), customer_user)
 
-    def make_config(data_dir: Path, homeserver_url: str):
+    def make_config(data_dir: Path, homeserver_url: str, **overrides: object):
         data_dir.mkdir(parents=True)
         return bot_config(homeserver, bot_user, [agent_user.user_id], data_dir,
                           homeserver=homeserver_url, database=postgres_url,
                           encryption_key=KEY, leader_lease=f"{LEASE:g}s",
-                          agents={"room_encryption": True}, policy={"max_size": "40MB"})
+                          agents={"room_encryption": True}, policy={"max_size": "40MB"},
+                          **overrides)
 
     chat = Chat(None, bot_user, agent, customer, homeserver)
     instances = Instances(chat, make_config, tmp_path)
@@ -119,11 +122,16 @@ async def test_an_instance_keeps_no_state_on_disk(ha_chat) -> None:
                          "the answer relayed")
 
 
-async def test_the_standby_takes_over_a_killed_leader_exactly_once(ha_chat) -> None:
+async def test_the_standby_takes_over_a_killed_leader_exactly_once(ha_chat, postgres) -> None:
     """SIGKILL the leader with an accepted file uploading, an offer waiting for a decision and
-    texts in flight: the standby delivers the file once, relays every text once in order,
-    acts on the waiting offer and decrypts what the customer sends next (same device)."""
+    texts in flight: the standby delivers the file once (its checked copy died with the
+    leader's disk: fetched again from the sender's upload and checked against the inspected
+    hash), relays every text once in order, acts on the waiting offer and decrypts what the
+    customer sends next (same device)."""
     chat, instances = ha_chat
+    # Upload on ✅ (no staging), so that the accepted copy is certainly still uploading when
+    # the leader is killed.
+    instances.overrides = {"media": {"prestage": False}}
     async with FaultyProxy(chat.homeserver.url) as proxy:
         leader = await instances.start(proxy.url, wait="leader")
         standby = await instances.start(chat.homeserver.url, wait="standby")
@@ -145,6 +153,12 @@ async def test_the_standby_takes_over_a_killed_leader_exactly_once(ha_chat) -> N
         texts = [f"in flight {n}" for n in range(5)]
         for text in texts:
             await customer.say(chat.customer_room, text)
+        database = leader.config.database
+        assert database is not None
+        await wait_for(lambda: postgres.sql(
+            database.rsplit("/", 1)[1],
+            "SELECT state, delivery_event_id IS NULL FROM offers WHERE filename = 'manual.bin'",
+        ).strip() == "accepted|t", what="the accepted copy uploading", timeout=60)
         assert not customer.deliveries(chat.customer_room, chat.bot_id)
 
         leader_process = leader.process
@@ -152,6 +166,7 @@ async def test_the_standby_takes_over_a_killed_leader_exactly_once(ha_chat) -> N
         leader_process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await leader_process.wait()
+        shutil.rmtree(leader.config.data_dir)  # its container, and the disk with it, is gone
         await wait_for(lambda: holder_line(standby), what="the standby taking the lease",
                        timeout=LEASE + 20)
         took = time.monotonic() - killed
