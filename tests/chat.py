@@ -284,6 +284,8 @@ def config_yaml(config: Config) -> str:
         raw["leader_lease"] = config.leader_lease
     if config.encryption_key is not None:
         raw["encryption_key"] = config.encryption_key
+    if config.metrics is not None:
+        raw["metrics"] = {"listen": f"{config.metrics.listen_host}:{config.metrics.listen_port}"}
     return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
 
 

@@ -16,9 +16,10 @@ import signal
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from bot.devserver import Homeserver
+from bot.devserver import Homeserver, free_port
 from tests import samples
 from tests.chat import BotProcess, Person, bot_config
 from tests.conftest import Chat
@@ -192,6 +193,34 @@ async def test_the_standby_takes_over_a_killed_leader_exactly_once(ha_chat, post
         assert len(got) == 1 and await agent.download(got[0]["content"]) == photo
         relayed = [b for b in agent.bodies(chat.agent_room) if b.startswith("Carol: ")]
         assert relayed == [f"Carol: {t}" for t in [*texts, "after the takeover"]], relayed
+
+
+async def _get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_health_and_metrics_tell_the_leader_from_the_standby(ha_chat) -> None:
+    """/health answers "leader" on the instance that leads and "standby" on the other (both
+    200); parcel_leader is 1 and 0; when the leader stops, the standby's answers change."""
+    chat, instances = ha_chat
+    ports = [free_port(), free_port()]
+    instances.overrides = {"metrics": {"listen": f"127.0.0.1:{ports[0]}"}}
+    leader = await instances.start(chat.homeserver.url, wait="leader")
+    instances.overrides = {"metrics": {"listen": f"127.0.0.1:{ports[1]}"}}
+    await instances.start(chat.homeserver.url, wait="standby")
+    first, second = (f"http://127.0.0.1:{port}" for port in ports)
+    assert await _get(f"{first}/health") == (200, "leader")
+    assert await _get(f"{second}/health") == (200, "standby")
+    assert "parcel_leader 1.0" in (await _get(f"{first}/metrics"))[1]
+    assert "parcel_leader 0.0" in (await _get(f"{second}/metrics"))[1]
+    await leader.stop()  # a clean stop releases the lease: the standby takes it at once
+
+    async def second_leads() -> bool:
+        return await _get(f"{second}/health") == (200, "leader")
+
+    await wait_for(second_leads, what="the standby leading", timeout=30)
+    assert "parcel_leader 1.0" in (await _get(f"{second}/metrics"))[1]
 
 
 async def test_a_paused_leader_sends_nothing_once_it_resumes(ha_chat) -> None:
