@@ -78,10 +78,15 @@ class GrowingCopy:
     (:meth:`written`) and how it ended (:meth:`complete`, :meth:`fail`). A reader may read
     only what is *released*: everything written but the last byte, until the download has
     ended well (within the size limit, as long as announced, and for an encrypted upload with
-    a matching checksum). So an upload that follows a file that turns out bad never completes.
+    a matching checksum) and, with ``hold``, until :meth:`release`. So an upload that follows
+    a file that turns out bad never completes: the homeserver drops a partial upload.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = False) -> None:
+        # With ``hold`` the last byte waits for :meth:`release` even after the download
+        # ended well: the caller's own checks come first.
+        self._hold = hold
+        self._downloaded = False
         self.size: int | None = None
         self.released = 0
         self._reader: Unsealer | None = None
@@ -108,8 +113,17 @@ class GrowingCopy:
         if count != self.size:
             self.fail(MediaError("the file was not as long as the server said"))
             return
-        self.released = count
+        self._downloaded = True
+        if not self._hold:
+            self.release()
+
+    def release(self) -> bool:
+        """Let the last byte go (the file passed the caller's checks); False if it cannot."""
+        if self._error is not None or not self._downloaded or self.size is None:
+            return False
+        self.released = self.size
         self._changed.set()
+        return True
 
     def fail(self, error: BaseException) -> None:
         """The download failed (or cannot be followed): the reader stops with ``error``."""
