@@ -40,7 +40,12 @@ class FaultyProxy:
         self.upstream = upstream.rstrip("/")
         self.rules: list[Rule] = []
         self.rate: float | None = None  # bytes per second, per body; None for full speed
+        # Bytes per second of request bodies (uploads) when they must crawl slower than
+        # downloads; None: ``rate`` applies to them too.
+        self.upload_rate: float | None = None
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        # ("start" | "end", method, path), in order: "end" once a response was sent in full.
+        self.log: list[tuple[str, str, str]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -77,6 +82,14 @@ class FaultyProxy:
                 return rule
         return None
 
+    def position(self, what: str, method: str, path_regex: str) -> int | None:
+        """Where in :attr:`log` the first matching start or end is; None if there is none."""
+        pattern = re.compile(path_regex)
+        for index, (kind, m, path) in enumerate(self.log):
+            if kind == what and m == method and pattern.search(path):
+                return index
+        return None
+
     def count(self, method: str, path_regex: str) -> int:
         """How many requests so far matched ``method`` and ``path_regex``."""
         pattern = re.compile(path_regex)
@@ -84,6 +97,7 @@ class FaultyProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.method, request.path))
+        self.log.append(("start", request.method, request.path))
         rule = self._rule_for(request)
         if rule is not None:
             rule.hits += 1
@@ -95,7 +109,7 @@ class FaultyProxy:
                                      status=502)
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        body = self._paced(request.content) if request.body_exists else None
+        body = self._paced(request.content, upload=True) if request.body_exists else None
         try:
             async with self._session.request(
                 request.method, self.upstream + request.rel_url.path_qs, headers=headers,
@@ -109,6 +123,7 @@ class FaultyProxy:
                 async for chunk in self._paced(upstream.content):
                     await response.write(chunk)
                 await response.write_eof()
+                self.log.append(("end", request.method, request.path))
                 return response
         except (aiohttp.ClientError, ConnectionError):
             # Synapse behind us went away: as a load balancer would, cut the client off.
@@ -116,8 +131,10 @@ class FaultyProxy:
                 request.transport.close()
             raise web.HTTPBadGateway() from None
 
-    async def _paced(self, stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    async def _paced(self, stream: aiohttp.StreamReader,
+                     upload: bool = False) -> AsyncIterator[bytes]:
         async for chunk in stream.iter_chunked(1 << 16):
-            if self.rate:
-                await asyncio.sleep(len(chunk) / self.rate)
+            rate = (self.upload_rate or self.rate) if upload else self.rate
+            if rate:
+                await asyncio.sleep(len(chunk) / rate)
             yield chunk

@@ -201,6 +201,11 @@ class AttachmentEncryptor:
         """Bytes of ciphertext produced so far (equal to the plaintext size)."""
         return self._size
 
+    def decryptor(self) -> CipherContext:
+        """A decryptor of this stream's ciphertext from its first byte (to read back a copy
+        while it is still being written)."""
+        return Cipher(algorithms.AES(self._key), modes.CTR(self._iv)).decryptor()
+
     def file_info(self, url: str, mimetype: str | None = None) -> dict[str, Any]:
         """Return the complete ``file`` block for the event: v2, key, iv, hashes, url.
 

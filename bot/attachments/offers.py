@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from bot.attachments.text import safe_filename
 from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config, DirectionPolicy
 from bot.errors import PermanentError, TransientError
 from bot.matrix.client import Sender
-from bot.matrix.media import MediaClient, MediaError, TooLarge, Uploaded
+from bot.matrix.media import GrowingCopy, MediaClient, MediaError, TooLarge, Uploaded
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
 from bot.store import Session, Side, Store, WorkUnit, offer_lane
@@ -134,6 +135,16 @@ async def _nothing_changed(session_id: int) -> None:
     """The default ``on_change``: nobody is told."""
 
 
+@dataclass(frozen=True)
+class _Streamed:
+    """A recipient's copy uploaded while the file downloaded: for which room kind, and the
+    Content-Type it went up with (both must match the offer's to be its staged copy)."""
+
+    uploaded: Uploaded
+    encrypted: bool
+    content_type: str
+
+
 class OfferService:
     """Turns uploads into offers, applies decisions, delivers, and keeps the log."""
 
@@ -164,6 +175,9 @@ class OfferService:
         self.on_change: Callable[[int], Awaitable[None]] = _nothing_changed
         self._accept_key = normalize_key(config.reactions.accept)
         self._decline_key = normalize_key(config.reactions.decline)
+        # Staging uploads that follow an inspection's download (in memory: after a restart the
+        # stage unit uploads from the local copy as before).
+        self._streams: dict[int, tuple[GrowingCopy, asyncio.Task[_Streamed | None]]] = {}
 
     # -- inbound ----------------------------------------------------------------------------
 
@@ -405,29 +419,122 @@ class OfferService:
         return self._config.policy.agent_to_customer
 
     async def _inspect(self, offer: Offer, session: Session) -> None:
+        """Download, check and judge the file; offered, or rejected with the reason.
+
+        The recipient's copy is staged from the download stream as it comes in (see
+        :meth:`_follow_download`); unless the file ends up offered, that upload is abandoned
+        before its last byte.
+        """
+        await self._drop_stream(offer.id, "inspecting again")
+        upload = UploadEvent(json.loads(await self._store.offers.source_content(offer.id)))
+        follow = self._follow_download(offer, session, upload)
+        offered = False
+        try:
+            offered = await self._check(offer, session, upload, follow)
+        finally:
+            if not offered:
+                await self._drop_stream(offer.id, "the file was not offered")
+
+    def _follow_download(self, offer: Offer, session: Session,
+                         upload: UploadEvent) -> GrowingCopy | None:
+        """Start uploading the recipient's copy from the download itself (``media.prestage``).
+
+        Sound because the upload can never be complete before the verdict: it reads the
+        sealed copy as it is written, and its last byte is held back until the file is
+        offered (:class:`~bot.matrix.media.GrowingCopy`); a refused or failed file's upload
+        is abandoned, and the homeserver drops a partial upload. Even a complete one is
+        referenced by nothing until the stage unit finds it is the inspected bytes (hash,
+        room encryption and type checked in :meth:`_take_stream`).
+        """
+        if not self._config.media.prestage or upload.url is None:
+            return None
+        if self._config.policy.strip_metadata and offer.declared_mimetype in images.STRIPPABLE:
+            return None  # the delivered copy will be a different file (metadata removed)
+        side = sender_side(offer.direction)
+        recipient_room = session.other_room(side)
+        room = self._rooms.room(recipient_room) if recipient_room is not None else None
+        if room is None:
+            return None  # not synced yet: staged after the check, as usual
+        _, part = self._paths(offer)
+        encrypt = bool(room.encrypted)
+        content_type = "application/octet-stream" if encrypt else (
+            offer.declared_mimetype or "application/octet-stream")
+        copy = GrowingCopy(hold=True)
+
+        async def follow() -> _Streamed | None:
+            try:
+                uploaded = await self._media.upload_following(
+                    part, copy, content_type, safe_filename(offer.filename), encrypt=encrypt)
+            except Exception as exc:  # noqa: BLE001 - only an optimisation: staged later
+                logger.debug("offer %d: no staging from the download (%s)", offer.id, exc)
+                return None
+            return _Streamed(uploaded, encrypt, content_type)
+
+        self._streams[offer.id] = (copy, asyncio.create_task(follow(),
+                                                             name=f"offer-{offer.id}-follow"))
+        return copy
+
+    async def _drop_stream(self, offer_id: int, why: str) -> None:
+        """Abandon the upload that followed the download (deleted if it got to the end)."""
+        found = self._streams.pop(offer_id, None)
+        if found is None:
+            return
+        copy, task = found
+        copy.fail(MediaError(why))  # stops the upload before its last byte
+        result = (await asyncio.gather(task, return_exceptions=True))[0]
+        if isinstance(result, _Streamed):
+            purged = await self._media.purge(result.uploaded.uri)
+            logger.info("offer %d: copy staged from the download %s %s (%s)", offer_id,
+                        result.uploaded.uri, "deleted" if purged else "dropped, never referenced",
+                        why)
+
+    async def _take_stream(self, offer: Offer, encrypted: bool) -> Uploaded | None:
+        """The copy staged from the download, if it is the recipient's copy of this offer."""
+        found = self._streams.pop(offer.id, None)
+        if found is None:
+            return None
+        copy, task = found
+        # Offered (this runs only then), so the held-back end may go; what arrives is still
+        # checked against the inspected bytes below.
+        copy.release()
+        result = (await asyncio.gather(task, return_exceptions=True))[0]
+        if not isinstance(result, _Streamed):
+            return None
+        expected_type = "application/octet-stream" if encrypted else (
+            offer.mimetype or "application/octet-stream")
+        if (result.uploaded.sha256 == (offer.delivered_sha256 or offer.sha256)
+                and result.encrypted == encrypted and result.content_type == expected_type):
+            return result.uploaded
+        await self._media.purge(result.uploaded.uri)
+        logger.info("offer %d: copy staged from the download %s not used (another room "
+                    "encryption, type or file)", offer.id, result.uploaded.uri)
+        return None
+
+    async def _check(self, offer: Offer, session: Session, upload: UploadEvent,
+                     follow: GrowingCopy | None) -> bool:
+        """The inspection proper; True when the offer moved to OFFERED."""
         policy = self._policy(offer)
         final, part = self._paths(offer)
-        upload = UploadEvent(json.loads(await self._store.offers.source_content(offer.id)))
         if offer.declared_size is not None and offer.declared_size > policy.max_size:
             await self._reject(offer, too_large(offer.declared_size, policy))
-            return
+            return False
         try:
             if upload.url is None:
                 raise MediaError("the message has no file attached")
             downloaded = await self._media.download(
                 upload.url, part, max_bytes=policy.max_size, encrypted_file=upload.encrypted_file,
-                seal=True,
+                seal=True, follow=follow,
             )
         except TooLarge:
             await self._reject(offer, too_large(policy.max_size + 1, policy))
-            return
+            return False
         except BadEncryptedFile as exc:
             await self._reject(offer, Verdict(False, "bad_encryption", exc.reason))
-            return
+            return False
         except MediaError as exc:
             # Permanent (gone, refused); a transient failure is raised to be retried.
             await self._reject(offer, Verdict(False, "download_failed", exc.reason))
-            return
+            return False
         part.replace(final)
         assert downloaded.sealed_key is not None
         facts = await asyncio.to_thread(sealed.inspect, final, downloaded.sealed_key,
@@ -444,7 +551,7 @@ class OfferService:
         if not verdict.allowed:
             await self._reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
                                sha256=facts.sha256)
-            return
+            return False
         stripped = await self._strip_metadata(final, downloaded.sealed_key, facts.mimetype)
         moved = await self._store.offers.transition(
             offer.id,
@@ -466,14 +573,19 @@ class OfferService:
             final.unlink(missing_ok=True)  # withdrawn or expired while we looked
             if stripped is not None:
                 stripped.path.unlink(missing_ok=True)
-        else:
-            await self._stage(moved)  # right away, beside posting the card
-            logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
-                        session.id, facts.mimetype, facts.size, facts.sha256)
-            if stripped is not None:
-                logger.info("offer %d (session %d): metadata removed; checked sha256 %s, "
-                            "delivered sha256 %s (%d bytes)", offer.id, session.id,
-                            facts.sha256, stripped.sha256, stripped.size)
+            return False
+        if follow is not None and stripped is None:
+            follow.release()  # offered: the copy staged from the download may complete
+        elif follow is not None:
+            await self._drop_stream(offer.id, "its metadata was removed: another file")
+        await self._stage(moved)  # right away, beside posting the card
+        logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
+                    session.id, facts.mimetype, facts.size, facts.sha256)
+        if stripped is not None:
+            logger.info("offer %d (session %d): metadata removed; checked sha256 %s, "
+                        "delivered sha256 %s (%d bytes)", offer.id, session.id,
+                        facts.sha256, stripped.sha256, stripped.size)
+        return True
 
     async def _strip_metadata(
         self, path: Path, key: str, mimetype: str | None
@@ -562,16 +674,20 @@ class OfferService:
         offer = await self._store.offers.get_offer(unit.payload["offer"])
         if offer is None or offer.state not in (OfferState.OFFERED, OfferState.ACCEPTED) \
                 or offer.delivery_event_id is not None:
+            await self._drop_stream(unit.payload["offer"], "staging has no purpose any more")
             return  # decided against, or delivered: staging has no purpose any more
         session = await self._store.sessions.get_session(offer.session_id)
         _, recipient_room = self._rooms_of(offer, session)
         room = await self._rooms.ready(recipient_room)
         replaced = offer.staged_uri
         if replaced is not None and bool(offer.staged_encrypted) == room.encrypted:
+            await self._drop_stream(offer.id, "staged already")
             if offer.state is OfferState.ACCEPTED:
                 await self.schedule(offer.id)  # staged already: the waiting delivery goes on
             return
-        uploaded = await self._upload_copy(offer, room.encrypted)
+        uploaded = await self._take_stream(offer, room.encrypted)
+        if uploaded is None:
+            uploaded = await self._upload_copy(offer, room.encrypted)
         if uploaded is None:
             return
         failpoints.hit("delivery-staged")
@@ -797,6 +913,7 @@ class OfferService:
             with contextlib.suppress(FileNotFoundError):  # the copy without metadata
                 await aiofiles.os.remove(offer.temp_path)
             await self._store.offers.update_offer(offer.id, temp_path=None, temp_key=None)
+        await self._drop_stream(offer.id, f"the offer was {offer.state.value}")
         current = await self._store.offers.get_offer(offer.id) or offer
         if current.staged_uri is not None and offer.state is not OfferState.ACCEPTED:
             await self._drop_staged(current, f"the offer was {offer.state.value}")

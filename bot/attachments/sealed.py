@@ -68,6 +68,11 @@ class Sealer:
         """Encrypt the next chunk of plaintext (same length out)."""
         return self._encryptor.update(chunk)
 
+    def reader(self) -> Unsealer:
+        """Decrypts what this sealer writes, from its start: the copy can be read (uploaded)
+        while it is still being written, before :meth:`key` exists."""
+        return Unsealer.of(self._encryptor.decryptor())
+
     def key(self) -> str:
         """Finish and return the key to keep in the store (JSON; the file has no tail)."""
         self._encryptor.finalize()
@@ -95,9 +100,17 @@ class Unsealer:
 
     def __init__(self, key: str) -> None:
         try:
-            self._decryptor = AttachmentDecryptor(_block(key))
+            self._decryptor: AttachmentDecryptor | CipherContext = \
+                AttachmentDecryptor(_block(key))
         except BadEncryptedFile as exc:
             raise _unusable(exc) from None
+
+    @classmethod
+    def of(cls, cipher: CipherContext) -> Unsealer:
+        """An unsealer around a CTR decryptor already set to the file's start."""
+        unsealer = cls.__new__(cls)
+        unsealer._decryptor = cipher
+        return unsealer
 
     def update(self, chunk: bytes) -> bytes:
         """Decrypt the next chunk of the file."""

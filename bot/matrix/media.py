@@ -7,15 +7,15 @@ is one attempt; failures are raised classified (``bot.errors``) and retried by t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
-import aiofiles
 import aiofiles.os
 import aiohttp
 
@@ -24,6 +24,7 @@ from bot.attachments.inspect import StreamingDigest
 from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor
 from bot.attachments.sealed import Sealer, Unsealer
 from bot.errors import PermanentError, TransientError
+from bot.matrix.chunks import ChunkWorker
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,85 @@ class Downloaded:
     size: int
     sha256: str
     sealed_key: str | None = field(default=None, repr=False)
+
+
+class GrowingCopy:
+    """A download's local copy while it is written, for an upload that follows it.
+
+    The download announces the file's length (:meth:`begin`), says how much of it is on disk
+    (:meth:`written`) and how it ended (:meth:`complete`, :meth:`fail`). A reader may read
+    only what is *released*: everything written but the last byte, until the download has
+    ended well (within the size limit, as long as announced, and for an encrypted upload with
+    a matching checksum) and, with ``hold``, until :meth:`release`. So an upload that follows
+    a file that turns out bad never completes: the homeserver drops a partial upload.
+    """
+
+    def __init__(self, hold: bool = False) -> None:
+        # With ``hold`` the last byte waits for :meth:`release` even after the download
+        # ended well: the caller's own checks come first.
+        self._hold = hold
+        self._downloaded = False
+        self.size: int | None = None
+        self.released = 0
+        self._reader: Unsealer | None = None
+        self._error: BaseException | None = None
+        self._started = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    def begin(self, size: int, reader: Unsealer) -> None:
+        """The download started: ``size`` bytes are coming, sealed for ``reader``."""
+        self.size, self._reader = size, reader
+        self._started.set()
+
+    def written(self, count: int) -> None:
+        """``count`` bytes of the copy are on disk (flushed)."""
+        if self.size is None or self._error is not None:
+            return  # not followed (or no longer)
+        self.released = max(self.released, min(count, self.size - 1))
+        self._changed.set()
+
+    def complete(self, count: int) -> None:
+        """The download ended well after ``count`` bytes: all of it may be read."""
+        if self._error is not None:
+            return
+        if count != self.size:
+            self.fail(MediaError("the file was not as long as the server said"))
+            return
+        self._downloaded = True
+        if not self._hold:
+            self.release()
+
+    def release(self) -> bool:
+        """Let the last byte go (the file passed the caller's checks); False if it cannot."""
+        if self._error is not None or not self._downloaded or self.size is None:
+            return False
+        self.released = self.size
+        self._changed.set()
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        """The download failed (or cannot be followed): the reader stops with ``error``."""
+        if self._error is None:
+            self._error = error
+        self._started.set()
+        self._changed.set()
+
+    async def started(self) -> tuple[int, Unsealer]:
+        """Wait for the download to start; its size and the reader of the sealed bytes."""
+        await self._started.wait()
+        if self._error is not None:
+            raise self._error
+        assert self.size is not None and self._reader is not None
+        return self.size, self._reader
+
+    async def readable(self, offset: int) -> int:
+        """Wait until bytes past ``offset`` are released; how far the copy may be read."""
+        while self._error is None and self.released <= offset:
+            self._changed.clear()
+            await self._changed.wait()
+        if self._error is not None:
+            raise self._error
+        return self.released
 
 
 def parse_mxc(uri: object) -> tuple[str, str]:
@@ -118,11 +198,13 @@ class MediaClient:
         max_bytes: int,
         encrypted_file: dict[str, Any] | None = None,
         seal: bool = False,
+        follow: GrowingCopy | None = None,
     ) -> Downloaded:
         """Stream ``mxc`` into ``dest``, decrypting if needed, stopping past ``max_bytes``.
 
         With ``seal`` the plaintext is written encrypted under a fresh key
-        (:mod:`bot.attachments.sealed`), returned as ``sealed_key``.
+        (:mod:`bot.attachments.sealed`), returned as ``sealed_key``. ``follow`` (with
+        ``seal``) is kept told how far ``dest`` is written, for :meth:`upload_following`.
 
         Raises :class:`TooLarge` or :class:`MediaError` (permanent), the decryptor's
         ``BadEncryptedFile``, or :class:`~bot.errors.TransientError` (try again later).
@@ -139,13 +221,15 @@ class MediaClient:
             async with self._http().get(url, headers=self._headers()) as response:
                 if response.status == 200:
                     return await self._save(response, dest, max_bytes, decryptor,
-                                            Sealer() if seal else None)
+                                            Sealer() if seal else None, follow)
                 if response.status in (404, 403):
                     raise MediaError("the file is not available on the server any more",
                                      code="M_NOT_FOUND")
                 raise await _refusal(response, what)
         except BaseException as exc:
             dest.unlink(missing_ok=True)  # noqa: ASYNC240 - local metadata; also on cancellation
+            if follow is not None:
+                follow.fail(exc)
             if isinstance(exc, Exception) and not isinstance(exc, errors.WorkError):
                 raise errors.from_exception(exc, what) from exc
             raise
@@ -157,23 +241,39 @@ class MediaClient:
         max_bytes: int,
         decryptor: AttachmentDecryptor | None,
         sealer: Sealer | None = None,
+        follow: GrowingCopy | None = None,
     ) -> Downloaded:
         digest = StreamingDigest()
         declared = response.content_length
         if declared is not None and declared > max_bytes:
             raise TooLarge(max_bytes)
-        async with aiofiles.open(dest, "wb") as out:
-            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
-                plain = decryptor.update(chunk) if decryptor is not None else chunk
-                if digest.size + len(plain) > max_bytes:
-                    raise TooLarge(max_bytes)
-                digest.update(plain)
-                await out.write(sealer.update(plain) if sealer is not None else plain)
-            if decryptor is not None:
-                tail = decryptor.finalize()
-                if tail:
-                    digest.update(tail)
-                    await out.write(sealer.update(tail) if sealer is not None else tail)
+        if follow is not None:
+            if declared and sealer is not None:  # the follower's upload needs its length
+                follow.begin(declared, sealer.reader())
+            else:
+                follow.fail(MediaError("the file's length was not announced"))
+        received = written = 0
+        out = await asyncio.to_thread(dest.open, "wb")
+        try:
+            # Decrypting, hashing, sealing and writing chunk N run in a worker thread while
+            # chunk N+1 comes in from the network.
+            async with ChunkWorker() as worker:
+                async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                    # AES-CTR keeps lengths: the plaintext is as long as what came in.
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise TooLarge(max_bytes)
+                    written += await worker.submit(_store_chunk, out, chunk, decryptor, digest,
+                                                   sealer) or 0
+                    if follow is not None:
+                        follow.written(written)
+                written += await worker.submit(_store_tail, out, decryptor, digest,
+                                               sealer) or 0
+                written += await worker.result() or 0
+        finally:
+            out.close()  # buffers were flushed chunk by chunk: this only releases the handle
+        if follow is not None:
+            follow.complete(written)
         return Downloaded(size=digest.size, sha256=digest.hexdigest(),
                           sealed_key=sealer.key() if sealer is not None else None)
 
@@ -189,6 +289,25 @@ class MediaClient:
         on the way with ``sealed_key``.
         """
         size = (await aiofiles.os.stat(path)).st_size
+        unsealer = Unsealer(sealed_key) if sealed_key else None
+        return await self._post(path, size, content_type, filename, encrypt, unsealer, None)
+
+    async def upload_following(
+        self, path: Path, copy: GrowingCopy, content_type: str, filename: str, *,
+        encrypt: bool = False,
+    ) -> Uploaded:
+        """Upload the sealed copy a download is writing at ``path`` while it is written.
+
+        Reads only what ``copy`` released; when the download fails the upload is abandoned
+        before its last byte, so the homeserver never completes a bad file.
+        """
+        size, unsealer = await copy.started()
+        return await self._post(path, size, content_type, filename, encrypt, unsealer, copy)
+
+    async def _post(
+        self, path: Path, size: int, content_type: str, filename: str, encrypt: bool,
+        unsealer: Unsealer | None, growing: GrowingCopy | None,
+    ) -> Uploaded:
         url = f"{self._homeserver}/_matrix/media/v3/upload?filename={quote(filename, safe='')}"
         if encrypt:
             content_type = "application/octet-stream"
@@ -198,8 +317,7 @@ class MediaClient:
         what = f"uploading {filename}"
         try:
             async with self._http().post(
-                url, data=_read_chunks(path, digest, encryptor,
-                                       Unsealer(sealed_key) if sealed_key else None),
+                url, data=_read_chunks(path, size, digest, encryptor, unsealer, growing),
                 headers=headers,
             ) as response:
                 if response.status != 200:
@@ -247,16 +365,73 @@ class MediaClient:
         return False
 
 
+def _store_chunk(
+    out: BinaryIO, chunk: bytes, decryptor: AttachmentDecryptor | None,
+    digest: StreamingDigest, sealer: Sealer | None,
+) -> int:
+    """Worker side of a download: decrypt, hash, seal and write one chunk; bytes written."""
+    plain = decryptor.update(chunk) if decryptor is not None else chunk
+    digest.update(plain)
+    data = sealer.update(plain) if sealer is not None else plain
+    out.write(data)
+    out.flush()  # a follower reads it through another handle
+    return len(data)
+
+
+def _store_tail(
+    out: BinaryIO, decryptor: AttachmentDecryptor | None, digest: StreamingDigest,
+    sealer: Sealer | None,
+) -> int:
+    """Worker side of a download's end: check the checksum, write what is left (CTR: nothing)."""
+    if decryptor is None:
+        return 0
+    tail = decryptor.finalize()  # raises BadEncryptedFile on a checksum mismatch
+    if not tail:
+        return 0
+    return _store_chunk(out, tail, None, digest, sealer)
+
+
+def _load_chunk(
+    handle: BinaryIO, count: int, digest: StreamingDigest,
+    encryptor: AttachmentEncryptor | None, unsealer: Unsealer | None,
+) -> bytes:
+    """Worker side of an upload: read, unseal, hash and encrypt the next ``count`` bytes."""
+    chunk = handle.read(count)
+    if len(chunk) != count:
+        raise MediaError("the file changed while it was being uploaded")
+    if unsealer is not None:
+        chunk = unsealer.update(chunk)
+    digest.update(chunk)
+    return encryptor.update(chunk) if encryptor is not None else chunk
+
+
 async def _read_chunks(
-    path: Path, digest: StreamingDigest, encryptor: AttachmentEncryptor | None,
-    unsealer: Unsealer | None = None,
+    path: Path, size: int, digest: StreamingDigest, encryptor: AttachmentEncryptor | None,
+    unsealer: Unsealer | None = None, growing: GrowingCopy | None = None,
 ) -> AsyncIterator[bytes]:
-    async with aiofiles.open(path, "rb") as handle:
-        while chunk := await handle.read(CHUNK_SIZE):
-            if unsealer is not None:
-                chunk = unsealer.update(chunk)
-            digest.update(chunk)
-            yield encryptor.update(chunk) if encryptor is not None else chunk
+    """The upload's body: the next chunk is read and prepared in a worker thread while
+    aiohttp sends this one. With ``growing``, only what the download released is read."""
+    handle = await asyncio.to_thread(path.open, "rb")
+    asked = 0
+
+    def ask(limit: int) -> None:
+        nonlocal asked
+        count = min(CHUNK_SIZE, limit - asked)
+        worker.start(_load_chunk, handle, count, digest, encryptor, unsealer)
+        asked += count
+
+    try:
+        async with ChunkWorker() as worker:
+            while asked < size or worker.busy:
+                if not worker.busy:
+                    ask(await growing.readable(asked) if growing is not None else size)
+                chunk = await worker.result()
+                released = growing.released if growing is not None else size
+                if asked < released:
+                    ask(released)  # read ahead while this chunk is sent
+                yield chunk
+    finally:
+        handle.close()
 
 
 async def _refusal(response: aiohttp.ClientResponse, what: str) -> errors.WorkError:

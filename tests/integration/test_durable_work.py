@@ -49,6 +49,9 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
 
         # The bot's transfers crawl, so that the outage catches them under way.
         proxy.rate = 3 * 1024 * 1024  # ten seconds a transfer: room for a slow, busy machine
+        # The staging upload follows the download as it comes in; crawling slower, it is still
+        # under way when the outage starts.
+        proxy.upload_rate = 1024 * 1024
         to_customer = samples.noise(BIG, seed=1)
         await agent.send_file(chat.agent_room, to_customer, "manual.bin",
                               "application/octet-stream")
@@ -82,7 +85,7 @@ async def test_outage_longer_than_the_backoff_cap_loses_nothing(start_chat, home
         finally:
             await homeserver.start()
         back = time.monotonic()
-        proxy.rate = None
+        proxy.rate = proxy.upload_rate = None
         assert chat.bot.running, "the bot stopped during the outage"
 
         after = "right after the outage"

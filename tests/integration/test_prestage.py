@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from nio import RoomPutStateResponse
 
-from bot.attachments.model import Offer
+from bot.attachments.model import Offer, OfferState
 from tests import samples
 from tests.chat import barrier
 from tests.conftest import Chat
@@ -14,6 +14,7 @@ from tests.helpers import wait_for
 
 ACCEPT, DECLINE = "\u2705", "\u274c"
 UPLOAD = r"/_matrix/media/v3/upload$"
+DOWNLOAD = r"/_matrix/client/v1/media/download/"
 
 
 async def the_offer(chat: Chat) -> Offer:
@@ -57,6 +58,7 @@ async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserve
         agent, customer = chat.agent, chat.customer
         data = samples.noise(6 * 1024 * 1024, seed=5)
         proxy.rate = 2 * 1024 * 1024  # the bot's transfers take seconds from here on
+        proxy.upload_rate = 512 * 1024  # the staging upload, following the download, lags
         await agent.send_file(chat.agent_room, data, "report.bin", "application/octet-stream")
         await customer.until(lambda: customer.offer_named(chat.customer_room, "report.bin"),
                              "the offer card", timeout=60)
@@ -67,7 +69,7 @@ async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserve
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)
         await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                              "the delivery", timeout=60)
-        proxy.rate = None
+        proxy.rate = proxy.upload_rate = None
         await barrier(customer, chat.customer_room, agent, chat.agent_room)
         delivered = customer.deliveries(chat.customer_room, chat.bot_id)
         assert len(delivered) == 1
@@ -176,3 +178,70 @@ async def test_without_prestage_the_copy_is_uploaded_on_accept(start_chat, homes
         assert proxy.count("POST", UPLOAD) == 1
         [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
         assert await customer.download(delivered["content"]) == data
+
+
+async def test_the_copy_is_staged_from_the_download_stream(start_chat, homeserver) -> None:
+    """The recipient's copy goes up while the file still comes down (one upload in all), and
+    the ✅ delivers that copy: the inspected bytes."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, policy={"max_size": "20MB"})
+        await chat.open_session()
+        agent, customer = chat.agent, chat.customer
+        data = samples.noise(4 * 1024 * 1024, seed=11)
+        proxy.rate = 2 * 1024 * 1024  # the download takes seconds: room to overlap
+        await agent.send_file(chat.agent_room, data, "stream.bin", "application/octet-stream")
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "stream.bin"),
+                             "the offer card", timeout=60)
+        await wait_for(lambda: is_staged(chat), timeout=60,
+                       what="the staged copy")
+        proxy.rate = None
+        upload_start = proxy.position("start", "POST", UPLOAD)
+        download_end = proxy.position("end", "GET", DOWNLOAD)
+        assert upload_start is not None and download_end is not None
+        assert upload_start < download_end, "the staging upload waited for the download"
+        card = customer.offer_named(chat.customer_room, "stream.bin")
+        assert card is not None
+        await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+        await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
+                             "the delivery", timeout=60)
+        [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
+        assert delivered["content"]["url"] == (await the_offer(chat)).staged_uri
+        assert await customer.download(delivered["content"]) == data
+        assert proxy.count("POST", UPLOAD) == 1
+
+
+async def _bot_media(chat: Chat) -> int:
+    """How many media items the homeserver keeps from the bot (admin API, bot's token)."""
+    url = f"{chat.homeserver.url}/_synapse/admin/v1/users/{chat.bot_id}/media"
+    headers = {"Authorization": f"Bearer {chat.bot_user.access_token}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return int((await response.json())["total"])
+
+
+async def test_a_refused_file_leaves_no_staged_copy(start_chat, homeserver) -> None:
+    """A program refused after it came down: the staging upload that followed the download
+    is abandoned before its end, so the homeserver keeps nothing of it."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, bot_admin=True,
+                                      policy={"max_size": "20MB"})
+        await chat.open_session()
+        agent = chat.agent
+        program = samples.elf_program() + samples.noise(3 * 1024 * 1024, seed=3)
+        proxy.rate = 2 * 1024 * 1024
+        await agent.send_file(chat.agent_room, program, "tool.bin", "application/octet-stream")
+        store = chat.bot.parcel.store
+
+        async def settled_rejection() -> bool:
+            session = (await store.sessions.sessions())[-1]
+            offers = await store.offers.session_offers(session.id)
+            return bool(offers) and offers[0].state is OfferState.REJECTED \
+                and await store.offers.is_settled(offers[0].id)
+
+        await wait_for(settled_rejection, timeout=60, what="the rejection")
+        proxy.rate = None
+        assert proxy.position("start", "POST", UPLOAD) is not None, "no staging was tried"
+        assert proxy.position("end", "POST", UPLOAD) is None
+        assert (await the_offer(chat)).staged_uri is None
+        await barrier(agent, chat.agent_room, chat.customer, chat.customer_room)
+        assert await _bot_media(chat) == 0

@@ -263,3 +263,132 @@ async def test_sealed_download_then_sealed_upload_round_trip(server, tmp_path: P
     assert block is not None and enc.sha256 == got.sha256
     assert decrypt_attachment(script.last_body, block["key"]["k"], block["hashes"]["sha256"],
                               block["iv"]) == plaintext
+
+
+def _dribble(body: bytes, piece: int = 300_000):
+    """A handler streaming ``body`` in pieces with a declared length (as Synapse does)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = len(body)
+        await response.prepare(request)
+        for start in range(0, len(body), piece):
+            await response.write(body[start:start + piece])
+            await asyncio.sleep(0)  # let the client take each piece as it comes
+        return response
+
+    return answer
+
+
+async def test_a_download_of_many_chunks_is_hashed_and_sealed_in_order(
+        server, tmp_path: Path) -> None:
+    """Chunks worked on in the worker thread keep their order: hash and sealed copy are right."""
+    from bot.attachments.sealed import open_sealed
+
+    url, script = server
+    plaintext = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32 + 12345)
+    script.responses = [_dribble(plaintext)]
+    client = _client(url)
+    dest = tmp_path / "offer-1"
+    try:
+        got = await client.download("mxc://x/y", dest, max_bytes=len(plaintext), seal=True)
+    finally:
+        await client.close()
+    assert got.size == len(plaintext)
+    assert got.sha256 == hashlib.sha256(plaintext).hexdigest()
+    assert got.sealed_key is not None
+    with open_sealed(dest, got.sealed_key) as handle:
+        assert handle.read() == plaintext
+
+
+async def test_an_upload_following_a_download_sends_the_checked_bytes(
+        server, tmp_path: Path) -> None:
+    """The staging upload reads the sealed copy as the encrypted download writes it: the
+    homeserver gets the plaintext re-encrypted under a fresh key, with the same hash."""
+    from nio.crypto.attachments import encrypt_attachment
+
+    from bot.matrix.media import GrowingCopy
+
+    url, script = server
+    plaintext = bytes(range(256)) * (9 * 1024 * 1024 // 256 // 2 + 77)
+    ciphertext, keys = encrypt_attachment(plaintext)
+    script.responses = [_dribble(ciphertext), web.json_response({"content_uri": "mxc://x/st"})]
+    client = _client(url)
+    copy = GrowingCopy()
+    try:
+        following = asyncio.create_task(
+            client.upload_following(tmp_path / "offer-1", copy, "application/octet-stream",
+                                    "a.bin", encrypt=True))
+        got = await client.download("mxc://x/y", tmp_path / "offer-1",
+                                    max_bytes=len(plaintext), encrypted_file=keys, seal=True,
+                                    follow=copy)
+        staged = await following
+    finally:
+        await client.close()
+    assert staged.sha256 == got.sha256 == hashlib.sha256(plaintext).hexdigest()
+    block = staged.file_block("application/octet-stream")
+    assert block is not None and block["url"] == "mxc://x/st"
+    assert script.last_body != ciphertext
+    assert decrypt_attachment(script.last_body, block["key"]["k"], block["hashes"]["sha256"],
+                              block["iv"]) == plaintext
+
+
+async def test_an_upload_following_a_bad_download_never_completes(
+        server, tmp_path: Path) -> None:
+    """An encrypted file whose checksum fails at its end: the following upload is abandoned
+    before its last byte, so the homeserver stores nothing."""
+    from nio.crypto.attachments import encrypt_attachment
+
+    from bot.attachments.mediacrypto import BadEncryptedFile
+    from bot.matrix.media import GrowingCopy
+
+    url, script = server
+    plaintext = b"x" * (3 * 1024 * 1024 + 5)
+    ciphertext, keys = encrypt_attachment(plaintext)
+    damaged = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
+    script.responses = [_dribble(damaged), web.json_response({"content_uri": "mxc://x/st"})]
+    client = _client(url)
+    copy = GrowingCopy()
+    try:
+        following = asyncio.create_task(
+            client.upload_following(tmp_path / "offer-1", copy, "application/octet-stream",
+                                    "a.bin"))
+        with pytest.raises(BadEncryptedFile):
+            await client.download("mxc://x/y", tmp_path / "offer-1", max_bytes=len(plaintext),
+                                  encrypted_file=keys, seal=True, follow=copy)
+        with pytest.raises(Exception):  # noqa: B017, PT011 - any failure; never an upload
+            await following
+    finally:
+        await client.close()
+    assert script.last_body == b""  # the server never had a whole body
+    assert len(script.responses) == 1  # the upload was never answered
+
+
+async def test_an_upload_following_a_download_without_length_gives_up_at_once(
+        server, tmp_path: Path) -> None:
+    """Without a declared length the upload cannot say its own: following is refused and
+    the download goes on alone."""
+    from bot.matrix.media import GrowingCopy
+
+    url, script = server
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"y" * 5000)
+        return response
+
+    script.responses = [chunked]
+    client = _client(url)
+    copy = GrowingCopy()
+    try:
+        following = asyncio.create_task(
+            client.upload_following(tmp_path / "f", copy, "application/octet-stream", "a"))
+        got = await client.download("mxc://x/y", tmp_path / "f", max_bytes=10_000, seal=True,
+                                    follow=copy)
+        with pytest.raises(MediaError):
+            await following
+    finally:
+        await client.close()
+    assert got.size == 5000 and script.requests == 1
