@@ -1020,7 +1020,7 @@ def _parse(
         database_password=env.get(ENV_DATABASE_PASSWORD) or None,
         leader_lease=top.get("leader_lease", _lease, DEFAULT_LEADER_LEASE),
     )
-    if config.database is not None and config.encryption_key is None:
+    if config.database is not None and config.encryption_key is None and require_credentials:
         # A key generated into data_dir would be lost with the container and unknown to the
         # other instances, and the database alone must never open the keys it holds.
         raise ConfigError(
