@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import report
 from bench.burst import part_burst
+from bench.ha import part_ha
 from bench.harness import write_json
 from bench.history import part_startup
 from bench.scenarios import (
@@ -43,7 +44,7 @@ from bench.scenarios import (
 from bench.traffic import part_traffic
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale")
+PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale", "ha")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +87,8 @@ def _part_timeout(params: Params, part: str) -> float:
         "burst": 300.0 if full else 180.0,
         "scale": 1200.0 if full else 400.0,
         "traffic": 600.0 if full else 300.0,
+        # PostgreSQL: failover kills, the backends' latencies, its scale windows, nio's store.
+        "ha": 1200.0 if full else 600.0,
     }[part]
 
 
@@ -141,6 +144,8 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
             steps.append(("startup", lambda: part_startup(bench)))
         if "scale" in parts:  # last: it leaves hundreds of rooms on the homeserver
             steps.append(("scale", lambda: part_scale(bench)))
+        if "ha" in parts:  # after scale: its own scale windows leave hundreds of rooms too
+            steps.append(("ha", lambda: part_ha(bench)))
         for name, step in steps:
             began = time.monotonic()
             busy0 = report.busy_mark()
