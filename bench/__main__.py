@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer repetitions, 5 and 20 sessions for 10 s, start-up with 10 "
-                             "and 110 sessions (about 5 minutes)")
+                             "and 110 sessions, 3 failover kills (about 7 minutes)")
     parser.add_argument("--only", default=",".join(PARTS),
                         help=f"comma-separated parts to run (default: all of {','.join(PARTS)};"
                              " 'latency' includes the one-hop baseline, 'e2ee' needs 'latency')")
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "profile": "python -m bench.profile (needs py-spy) writes bench/results/profile.json",
             "timing": "latency parts: origin_server_ts of the triggering event -> the recipient "
                       "client handing over the resulting event (after decryption); scale: "
-                      "the customer's send returning -> the recipient client",
+                      "the customer's send returning -> the recipient client; ha failover: "
+                      "the SIGKILL -> the standby's log line / the agent's client",
         },
         **results,
     }

@@ -694,7 +694,8 @@ def _sec(stats: dict[str, Any] | None) -> str:
 
 
 def _sqlite_scale(results: dict[str, Any], level: int) -> dict[str, Any] | None:
-    """Parcel's side of the scale part (SQLite) at ``level`` sessions, when it ran."""
+    """Parcel's side of the scale part (SQLite) at the ``level`` it aimed for, when it ran
+    (its ``sessions`` say how many it set up)."""
     for entry in results.get("scale", {}).get("levels", []):
         if entry["level"] == level and "parcel" in entry:
             return entry["parcel"]
@@ -751,7 +752,8 @@ def ha_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[s
                 f"{_ms(s['latency']['p50'])} / {_p95(s)}",
                 _per_file(s, "bot_cpu_s_per_offer"), _per_file(s, "synapse_cpu_s_per_offer"),
                 _per_file(s, "postgres_cpu_s_per_offer"),
-                "—" if lite is None else (f"{lite['throughput_per_s']:.1f}/s, "
+                "—" if lite is None else (f"{lite['sessions']} sessions: "
+                                          f"{lite['throughput_per_s']:.1f}/s, "
                                           f"{_per_file(lite, 'bot_cpu_s_per_offer')}"),
                 _limit(s),
             ])
@@ -807,7 +809,8 @@ def ha_markdown_rows(results: dict[str, Any]) -> list[str]:
         s = e["parcel"]
         lite = _sqlite_scale(results, e["level"])
         baseline = "—" if lite is None else (
-            f"SQLite {lite['throughput_per_s']:.1f}/s, {_p95(lite)}, "
+            f"SQLite ({lite['sessions']} sessions) {lite['throughput_per_s']:.1f}/s, "
+            f"{_p95(lite)}, "
             f"{_per_file(lite, 'bot_cpu_s_per_offer')} / "
             f"{_per_file(lite, 'synapse_cpu_s_per_offer')}")
         rel = "—" if lite is None else (

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench.ha import failover_summary, first_line_at, parse_psql_rows
-from bench.report import ha_markdown_rows
+from bench.report import ha_markdown_rows, ha_tables
 
 
 def _at(text: str) -> float:
@@ -104,3 +104,46 @@ def test_ha_markdown_rows() -> None:
         "| nio crypto store on PostgreSQL, 10 encrypted rooms: event loop blocked per sync "
         "p50 / p99 | 45.5 / 74.5 ms | — | — | — |",
     ]
+
+
+def _scale_side(sessions: int, rate: float, bot_cpu: float) -> dict[str, Any]:
+    return {"sessions": sessions, "throughput_per_s": rate, "latency": {"p50": 0.2, "p95": 0.5,
+            "max": 0.6}, "latency_censored": False, "bot_cpu_s_per_offer": bot_cpu,
+            "synapse_cpu_s_per_offer": 0.2, "postgres_cpu_s_per_offer": 0.015,
+            "during_window": {"synapse_cpu_utilisation": 0.5, "bot_cpu_utilisation": 0.1,
+                              "harness_cpu_utilisation": 0.1, "machine_busy_cores": 0.8}}
+
+
+def test_ha_scale_row_sits_beside_the_sqlite_scale_part() -> None:
+    """A PostgreSQL scale level is shown next to the SQLite level that aimed for as many."""
+    results = {
+        "scale": {"levels": [{"level": 50, "sessions": 40,
+                              "parcel": _scale_side(40, 4.0, 0.020)}]},
+        "ha": {"scale": {"window_s": 30.0, "levels": [
+            {"level": 50, "sessions": 50, "parcel": _scale_side(50, 5.0, 0.030)},
+            {"level": 200, "sessions": 120, "parcel": _scale_side(120, 6.0, 0.025)}]}},
+    }
+    rows = ha_markdown_rows(results)
+    assert rows[0].startswith(
+        "| 50 sessions × 1 file/s (30 s) on PostgreSQL: files/s, p95, CPU per file bot / "
+        "Synapse / PostgreSQL, limited by | 5.0/s, 500 ms, 30.0 ms / 200.0 ms / 15.0 ms, ")
+    assert rows[0].endswith("| SQLite (40 sessions) 4.0/s, 500 ms, 20.0 ms / 200.0 ms | "
+                            "1.25× SQLite | — |")
+    assert rows[1].endswith("| — | — | — |")
+
+
+def test_ha_tables_name_every_piece_that_ran() -> None:
+    """Each measured piece of the ha part gets its stdout table; missing ones get none."""
+    results = {"ha": {
+        "failover": {"kills": 3, "lease_s": 8.0, "rounds": 3, "failed": 0,
+                     **{k: {"n": 3, "p50": 7.0, "p95": 7.9, "max": 8.0}
+                        for k in ("to_lease_s", "to_ready_s", "to_relayed_s")}},
+        "crypto_store": [{"rooms": 10, "customer_devices": 10, "syncs": 3, "sync_p50_ms": 45.5,
+                          "sync_p99_ms": 74.5, "sync_max_ms": 74.5, "send_p50_ms": 0.0,
+                          "send_p99_ms": 20.1, "call_p50_ms": 1.76, "call_p99_ms": 5.56}],
+        "seconds": {"failover": 30.0, "crypto_store": 7.0},
+    }}
+    tables = ha_tables(results)
+    assert [t[0][:3] for t in tables] == ["9a.", "9d.", "9. "]
+    assert tables[0][2][2] == ["a text sent after the kill at the agent", "7.0 / 7.9 s",
+                               "8.0 s", "3"]
