@@ -87,12 +87,8 @@ def encryption_key(config: Config) -> EncryptionKey:
     With neither ``PARCEL_ENCRYPTION_KEY`` nor ``encryption_key`` set, the key is read from
     ``data_dir/encryption.key``, which is created (0600, atomically) when it does not exist.
     A damaged key file raises :class:`ConfigError` and is never replaced: a new key could not
-    open what the old one protects.
-
-    The PostgreSQL backend (the standby issue) must not use the generated file: with that
-    backend the key has to come from the config or the environment, so that the database
-    alone never reveals the keys it holds. It should refuse here when
-    ``config.encryption_key`` is None.
+    open what the old one protects. With PostgreSQL the configuration already refuses to
+    load without an explicit key (see ``bot.config``), so the file is never generated then.
     """
     if config.encryption_key is not None:
         source = config.encryption_key_source or "encryption_key"

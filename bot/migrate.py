@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 _TABLE_ORDER = ("kv", "sessions", "offers", "offer_transitions", "handled_events", "outbox",
                 "work", "panels")
 # Every Parcel table that holds state a running install has written (an empty one is new).
-_INSTALL_TABLES = ("sessions", "offers", "work", "outbox", "handled_events")
+_INSTALL_TABLES = ("kv", "sessions", "offers", "work", "outbox", "handled_events")
 
 
 class MigrationRefused(RuntimeError):
@@ -114,9 +114,6 @@ async def _refuse_a_used_target(target: Database) -> None:
                 f"the target database already holds a Parcel install (its {table} table has "
                 "rows); migrate into an empty database"
             )
-    if await target.fetchval("SELECT count(*) FROM kv"):
-        raise MigrationRefused("the target database already holds Parcel settings (kv); "
-                               "migrate into an empty database")
 
 
 async def _copy_tables(source: Database, target: Database) -> dict[str, int]:
@@ -135,14 +132,17 @@ async def _copy_tables(source: Database, target: Database) -> dict[str, int]:
                 [_as(types[c], row[c]) for c in columns] for row in rows
             ])
         if "id" in types:
-            # Rows came with their ids: the identity must continue after the highest.
-            await target.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"GREATEST((SELECT max(id) FROM {table}), 1), "
-                f"(SELECT max(id) FROM {table}) IS NOT NULL)"
-            )
+            await target.execute(_continue_ids(table, "id"))
         counts[table] = len(rows)
     return counts
+
+
+def _continue_ids(table: str, column: str) -> str:
+    """SQL that makes ``table``'s identity go on after the highest copied id (rows were
+    inserted with their ids, which does not advance the sequence)."""
+    return (f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+            f"GREATEST((SELECT max({column}) FROM {table}), 1), "
+            f"(SELECT max({column}) FROM {table}) IS NOT NULL)")
 
 
 async def _column_types(db: Database, table: str) -> dict[str, str]:
@@ -190,12 +190,8 @@ def _copy_crypto_store(path: Path, target: Any) -> dict[str, int]:
             for model in models:
                 primary = model._meta.primary_key
                 if isinstance(primary, peewee.AutoField):
-                    table = model._meta.table_name
                     target.database.execute_sql(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', '{primary.column_name}'),"
-                        f" GREATEST((SELECT max({primary.column_name}) FROM {table}), 1),"
-                        f" (SELECT max({primary.column_name}) FROM {table}) IS NOT NULL)"
-                    )
+                        _continue_ids(model._meta.table_name, primary.column_name))
     finally:
         source_db.close()
     return counts
