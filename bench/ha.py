@@ -36,7 +36,6 @@ from typing import Any
 import yaml
 
 from bench.harness import (
-    Actor,
     BenchError,
     Child,
     quantile,
@@ -46,7 +45,6 @@ from bench.harness import (
 from bench.history import _LOG_TIME
 from bench.scenarios import (
     KB,
-    OCTET,
     Bench,
     Chat,
     ParcelBot,
@@ -54,9 +52,8 @@ from bench.scenarios import (
     _open_scale_sessions,
     _scale_watcher,
     _scale_window,
-    gather_limited,
-    plain_bytes,
     say,
+    scale_customers,
 )
 from bot.config import DEFAULT_LEADER_LEASE, ENV_DATABASE_PASSWORD
 from bot.devdb import PostgresServer
@@ -390,18 +387,7 @@ async def part_pg_scale(b: Bench, pg: Postgres, levels: tuple[int, ...],
     side = ScaleSide("parcel", parcel.user_id, parcel.child, agent)
     agent.watchers.append(_scale_watcher(side))
     began = time.monotonic()
-    users = await gather_limited(8, [lambda i=i: b.user(f"hacust{i}", f"Customer {i}")
-                                     for i in range(nmax)])
-    customers: list[Actor] = []
-    for user in users:
-        if isinstance(user, BaseException):
-            raise BenchError(f"registering customers failed: {user!r}")
-        actor = Actor(b.hs.url, user, b._dir("clients"), keep_events=False)
-        b.actors.append(actor)
-        customers.append(actor)
-    blobs = await gather_limited(8, [lambda i=i: customers[i].upload(
-        plain_bytes(4 * KB), f"h{i}.bin", OCTET) for i in range(nmax)])
-    media = {i: m for i, m in enumerate(blobs) if isinstance(m, dict)}
+    customers, media = await scale_customers(b, "hacust", nmax)
     say(f"  scale on PostgreSQL: {nmax} customers registered ({time.monotonic() - began:.0f} s)")
     deadline = time.monotonic() + setup_budget
     out_levels: list[dict[str, Any]] = []

@@ -674,6 +674,24 @@ def _scale_watcher(side: ScaleSide) -> Callable[[Seen], None]:
     return watch
 
 
+async def scale_customers(b: Bench, prefix: str,
+                          count: int) -> tuple[list[Actor], dict[int, dict[str, Any]]]:
+    """``count`` registered customers (``<prefix><n>``) and one pre-uploaded 4 KB file each
+    (by customer index; a failed upload leaves that index out)."""
+    users = await gather_limited(8, [lambda i=i: b.user(f"{prefix}{i}", f"Customer {i}")
+                                     for i in range(count)])
+    customers: list[Actor] = []
+    for user in users:
+        if isinstance(user, BaseException):
+            raise BenchError(f"registering customers failed: {user!r}")
+        actor = Actor(b.hs.url, user, b._dir("clients"), keep_events=False)
+        b.actors.append(actor)
+        customers.append(actor)
+    blobs = await gather_limited(8, [lambda i=i: customers[i].upload(
+        plain_bytes(4 * KB), f"{prefix[0]}{i}.bin", OCTET) for i in range(count)])
+    return customers, {i: m for i, m in enumerate(blobs) if isinstance(m, dict)}
+
+
 async def _open_scale_sessions(b: Bench, side: ScaleSide, customers: list[Actor],
                                indices: list[int], deadline: float,
                                parcel: ParcelBot | None, relay: RelayBot | None) -> None:
@@ -865,18 +883,7 @@ async def part_scale(b: Bench) -> None:
     agent_r.watchers.append(_scale_watcher(r_side))
 
     began = time.monotonic()
-    users = await gather_limited(8, [lambda i=i: b.user(f"cust{i}", f"Customer {i}")
-                                     for i in range(nmax)])
-    customers: list[Actor] = []
-    for user in users:
-        if isinstance(user, BaseException):
-            raise BenchError(f"registering customers failed: {user!r}")
-        actor = Actor(b.hs.url, user, b._dir("clients"), keep_events=False)
-        b.actors.append(actor)
-        customers.append(actor)
-    blobs = await gather_limited(8, [lambda i=i: customers[i].upload(
-        plain_bytes(4 * KB), f"c{i}.bin", OCTET) for i in range(nmax)])
-    media = {i: m for i, m in enumerate(blobs) if isinstance(m, dict)}
+    customers, media = await scale_customers(b, "cust", nmax)
     say(f"  {nmax} customers registered with one pre-uploaded 4 KB file each "
         f"({time.monotonic() - began:.0f} s)")
 
