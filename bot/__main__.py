@@ -18,6 +18,7 @@ from typing import Any
 from bot import config as config_module
 from bot.config import Config, ConfigError
 from bot.logs import setup_logging
+from bot.matrix.chunks import limit_malloc_arenas
 
 logger = logging.getLogger("bot")
 
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``parcel-bot`` and ``python -m bot``."""
     args = _parser().parse_args(argv)
     log_level = getattr(args, "log_level", None)
+    limit_malloc_arenas()  # before any thread: memory stays flat however large the file
     try:
         if args.command == "demo":
             from bot.demo import run_demo

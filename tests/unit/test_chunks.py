@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import platform
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -121,3 +125,49 @@ async def test_a_cancelled_wait_leaves_the_call_to_settle() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished.is_set()
+
+
+# A child process that frees chunks in threads other than the one that allocated them (as a
+# download does) and prints how many malloc arenas (glibc's malloc_info "heap"s) it made.
+_ARENAS_CHILD = """
+import ctypes, re, sys, tempfile, threading
+from bot.matrix.chunks import limit_malloc_arenas
+if sys.argv[1] == "limited":
+    assert limit_malloc_arenas()
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()  # all eight allocate at once, so each wants an arena of its own
+    chunks = [bytearray(1 << 16) for _ in range(64)]
+    del chunks
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(len(re.findall(r'<heap nr="', open(out.name).read())))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize(("mode", "expected"), [("limited", 2), ("default", None)])
+def test_malloc_arenas_are_capped_for_chunks_freed_in_other_threads(
+        mode: str, expected: int | None) -> None:
+    """With the cap, eight threads share two arenas; without it glibc makes more."""
+    result = subprocess.run([sys.executable, "-c", _ARENAS_CHILD, mode], check=True,
+                            capture_output=True, text=True, timeout=60,
+                            env={name: value for name, value in os.environ.items()
+                                 if name != "MALLOC_ARENA_MAX"})
+    arenas = int(result.stdout.strip())
+    if expected is None:
+        assert arenas > 2
+    else:
+        assert arenas <= expected
