@@ -247,13 +247,15 @@ class MediaClient:
         declared = response.content_length
         if declared is not None and declared > max_bytes:
             raise TooLarge(max_bytes)
+        received = written = 0
+        out = await asyncio.to_thread(dest.open, "wb")
+        # Only now may the follower open the file: told before it exists, it could lose that
+        # race and stage only after the verdict.
         if follow is not None:
             if declared and sealer is not None:  # the follower's upload needs its length
                 follow.begin(declared, sealer.reader())
             else:
                 follow.fail(MediaError("the file's length was not announced"))
-        received = written = 0
-        out = await asyncio.to_thread(dest.open, "wb")
         try:
             # Decrypting, hashing, sealing and writing chunk N run in a worker thread while
             # chunk N+1 comes in from the network.

@@ -392,3 +392,34 @@ async def test_an_upload_following_a_download_without_length_gives_up_at_once(
     finally:
         await client.close()
     assert got.size == 5000 and script.requests == 1
+
+
+async def test_the_follower_is_started_only_once_the_file_exists(
+        server, tmp_path: Path) -> None:
+    """The follower opens the copy as soon as it is told to begin: the file must be there by
+    then (else the staging from the download is lost to a race, and staged only later)."""
+    from bot.attachments.sealed import Unsealer
+    from bot.matrix.media import GrowingCopy
+
+    url, script = server
+    dest = tmp_path / "offer-1"
+    seen: list[bool] = []
+
+    class Watching(GrowingCopy):
+        def begin(self, size: int, reader: Unsealer) -> None:
+            seen.append(dest.exists())
+            super().begin(size, reader)
+
+    script.responses = [web.Response(body=b"x" * 5000),
+                        web.json_response({"content_uri": "mxc://x/st"})]
+    client = _client(url)
+    copy = Watching()
+    try:
+        following = asyncio.create_task(
+            client.upload_following(dest, copy, "application/octet-stream", "a.bin"))
+        await client.download("mxc://x/y", dest, max_bytes=10_000, seal=True, follow=copy)
+        staged = await following
+    finally:
+        await client.close()
+    assert seen == [True]
+    assert staged.uri == "mxc://x/st"
