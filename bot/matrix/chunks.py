@@ -14,12 +14,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +100,10 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     With two arenas: +17.0 and +21.7 MiB (+14.6 and +24.7 MiB encrypted).
     Returns whether the cap was set: False off glibc (musl, macOS), where it does not apply.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+        # The process's own symbols (libc among them): no library search, no subprocess.
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
