@@ -29,7 +29,14 @@ from bot.attachments.text import safe_filename
 from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config, DirectionPolicy
 from bot.errors import PermanentError, TransientError
 from bot.matrix.client import Sender
-from bot.matrix.media import GrowingCopy, MediaClient, MediaError, TooLarge, Uploaded
+from bot.matrix.media import (
+    GrowingCopy,
+    MediaClient,
+    MediaError,
+    TooLarge,
+    Uploaded,
+    upload_content_type,
+)
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
 from bot.store import Session, Side, Store, WorkUnit, offer_lane
@@ -457,8 +464,7 @@ class OfferService:
             return None  # not synced yet: staged after the check, as usual
         _, part = self._paths(offer)
         encrypt = bool(room.encrypted)
-        content_type = "application/octet-stream" if encrypt else (
-            offer.declared_mimetype or "application/octet-stream")
+        content_type = upload_content_type(offer.declared_mimetype, encrypt)
         copy = GrowingCopy(hold=True)
 
         async def follow() -> _Streamed | None:
@@ -500,8 +506,7 @@ class OfferService:
         result = (await asyncio.gather(task, return_exceptions=True))[0]
         if not isinstance(result, _Streamed):
             return None
-        expected_type = "application/octet-stream" if encrypted else (
-            offer.mimetype or "application/octet-stream")
+        expected_type = upload_content_type(offer.mimetype, encrypted)
         if (result.uploaded.sha256 == (offer.delivered_sha256 or offer.sha256)
                 and result.encrypted == encrypted and result.content_type == expected_type):
             return result.uploaded
@@ -736,7 +741,7 @@ class OfferService:
             await self._fail(offer, "the checked copy of the file is missing")
             return None
         uploaded = await self._media.upload(
-            Path(offer.temp_path), offer.mimetype or "application/octet-stream",
+            Path(offer.temp_path), upload_content_type(offer.mimetype, encrypt),
             safe_filename(offer.filename), encrypt=encrypt, sealed_key=offer.temp_key,
         )
         # Only the inspected bytes (minus their metadata, if removed) may go out; a copy

@@ -29,6 +29,7 @@ from bot.matrix.chunks import ChunkWorker
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+OCTET_STREAM = "application/octet-stream"
 _MXC = re.compile(r"^mxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_\-]+)$")
 
 
@@ -148,6 +149,12 @@ class GrowingCopy:
         if self._error is not None:
             raise self._error
         return self.released
+
+
+def upload_content_type(mimetype: str | None, encrypted: bool) -> str:
+    """The Content-Type a file goes up with: its own type, but ciphertext is opaque bytes
+    (an encrypted file's real type travels inside the event, not to the media repository)."""
+    return OCTET_STREAM if encrypted or not mimetype else mimetype
 
 
 def parse_mxc(uri: object) -> tuple[str, str]:
@@ -311,8 +318,7 @@ class MediaClient:
         unsealer: Unsealer | None, growing: GrowingCopy | None,
     ) -> Uploaded:
         url = f"{self._homeserver}/_matrix/media/v3/upload?filename={quote(filename, safe='')}"
-        if encrypt:
-            content_type = "application/octet-stream"
+        content_type = upload_content_type(content_type, encrypt)
         headers = self._headers({"Content-Type": content_type, "Content-Length": str(size)})
         encryptor = AttachmentEncryptor() if encrypt else None
         digest = StreamingDigest()

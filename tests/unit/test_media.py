@@ -13,7 +13,15 @@ from aiohttp import web
 from nio.crypto.attachments import decrypt_attachment
 
 from bot.errors import TransientError
-from bot.matrix.media import MediaClient, MediaError, TooLarge, parse_mxc
+from bot.matrix.media import (
+    GrowingCopy,
+    MediaClient,
+    MediaError,
+    TooLarge,
+    Uploaded,
+    parse_mxc,
+    upload_content_type,
+)
 
 
 class Script:
@@ -50,6 +58,14 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
 
 def _client(url: str, timeout: float = 10.0) -> MediaClient:
     return MediaClient(url, lambda: "token", timeout)
+
+
+def _following(client: MediaClient, dest: Path, copy: GrowingCopy,
+               encrypt: bool = False) -> asyncio.Task[Uploaded]:
+    """The staging upload of ``dest``, started before the download that writes it."""
+    return asyncio.create_task(
+        client.upload_following(dest, copy, "application/octet-stream", "a.bin",
+                                encrypt=encrypt))
 
 
 def _rate_limited() -> web.Response:
@@ -307,7 +323,6 @@ async def test_an_upload_following_a_download_sends_the_checked_bytes(
     homeserver gets the plaintext re-encrypted under a fresh key, with the same hash."""
     from nio.crypto.attachments import encrypt_attachment
 
-    from bot.matrix.media import GrowingCopy
 
     url, script = server
     plaintext = bytes(range(256)) * (9 * 1024 * 1024 // 256 // 2 + 77)
@@ -316,9 +331,7 @@ async def test_an_upload_following_a_download_sends_the_checked_bytes(
     client = _client(url)
     copy = GrowingCopy()
     try:
-        following = asyncio.create_task(
-            client.upload_following(tmp_path / "offer-1", copy, "application/octet-stream",
-                                    "a.bin", encrypt=True))
+        following = _following(client, tmp_path / "offer-1", copy, encrypt=True)
         got = await client.download("mxc://x/y", tmp_path / "offer-1",
                                     max_bytes=len(plaintext), encrypted_file=keys, seal=True,
                                     follow=copy)
@@ -340,7 +353,6 @@ async def test_an_upload_following_a_bad_download_never_completes(
     from nio.crypto.attachments import encrypt_attachment
 
     from bot.attachments.mediacrypto import BadEncryptedFile
-    from bot.matrix.media import GrowingCopy
 
     url, script = server
     plaintext = b"x" * (3 * 1024 * 1024 + 5)
@@ -350,9 +362,7 @@ async def test_an_upload_following_a_bad_download_never_completes(
     client = _client(url)
     copy = GrowingCopy()
     try:
-        following = asyncio.create_task(
-            client.upload_following(tmp_path / "offer-1", copy, "application/octet-stream",
-                                    "a.bin"))
+        following = _following(client, tmp_path / "offer-1", copy)
         with pytest.raises(BadEncryptedFile):
             await client.download("mxc://x/y", tmp_path / "offer-1", max_bytes=len(plaintext),
                                   encrypted_file=keys, seal=True, follow=copy)
@@ -368,7 +378,6 @@ async def test_an_upload_following_a_download_without_length_gives_up_at_once(
         server, tmp_path: Path) -> None:
     """Without a declared length the upload cannot say its own: following is refused and
     the download goes on alone."""
-    from bot.matrix.media import GrowingCopy
 
     url, script = server
 
@@ -383,8 +392,7 @@ async def test_an_upload_following_a_download_without_length_gives_up_at_once(
     client = _client(url)
     copy = GrowingCopy()
     try:
-        following = asyncio.create_task(
-            client.upload_following(tmp_path / "f", copy, "application/octet-stream", "a"))
+        following = _following(client, tmp_path / "f", copy)
         got = await client.download("mxc://x/y", tmp_path / "f", max_bytes=10_000, seal=True,
                                     follow=copy)
         with pytest.raises(MediaError):
@@ -399,7 +407,6 @@ async def test_the_follower_is_started_only_once_the_file_exists(
     """The follower opens the copy as soon as it is told to begin: the file must be there by
     then (else the staging from the download is lost to a race, and staged only later)."""
     from bot.attachments.sealed import Unsealer
-    from bot.matrix.media import GrowingCopy
 
     url, script = server
     dest = tmp_path / "offer-1"
@@ -415,11 +422,22 @@ async def test_the_follower_is_started_only_once_the_file_exists(
     client = _client(url)
     copy = Watching()
     try:
-        following = asyncio.create_task(
-            client.upload_following(dest, copy, "application/octet-stream", "a.bin"))
+        following = _following(client, dest, copy)
         await client.download("mxc://x/y", dest, max_bytes=10_000, seal=True, follow=copy)
         staged = await following
     finally:
         await client.close()
     assert seen == [True]
     assert staged.uri == "mxc://x/st"
+
+
+@pytest.mark.parametrize(("mimetype", "encrypted", "expected"), [
+    ("image/png", False, "image/png"),
+    ("image/png", True, "application/octet-stream"),
+    (None, False, "application/octet-stream"),
+    ("", False, "application/octet-stream"),
+    (None, True, "application/octet-stream"),
+])
+def test_an_upload_goes_up_as_its_type_or_as_opaque_bytes_when_encrypted(
+        mimetype: str | None, encrypted: bool, expected: str) -> None:
+    assert upload_content_type(mimetype, encrypted) == expected
