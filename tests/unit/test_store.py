@@ -19,7 +19,7 @@ import pytest_asyncio
 import bot.store as store_module
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.devdb import PostgresServer
-from bot.errors import PermanentError, TransientError
+from bot.errors import PermanentError, Source, TransientError
 from bot.store import SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
 from bot.store import migrations as migrations_module
 from bot.store.db import Database, connect, redact_url
@@ -195,8 +195,10 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
     await _open_and_close(store_database)
     broken = "CREATE TABLE half_done (x INTEGER); CREATE TABLE broken ("
     monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, broken])
-    with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
+    with pytest.raises(PermanentError) as raised:
         await Store.open(store_database)
+    assert raised.value.source is Source.DATABASE
+    assert isinstance(raised.value.__cause__, sqlite3.Error | asyncpg.PostgresError)
     db = await connect(store_database)
     try:
         async with db.transaction():
