@@ -86,6 +86,7 @@ class WorkUnit:
     next_at: float
     last_error: str | None
     created_at: float
+    waits_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def _work_from_row(row: Row) -> WorkUnit:
         next_at=row["next_at"],
         last_error=row["last_error"],
         created_at=row["created_at"],
+        waits_for=row["waits_for"],
     )
 
 
@@ -261,17 +263,20 @@ class Sessions(_Concern):
         return _session_from_row(row)
 
     async def session_for_room(self, room_id: str) -> tuple[Session, Side] | None:
-        """The session a room belongs to, and which side it is, if any."""
+        """The session a room belongs to, and which side it is, if any.
+
+        Runs for every event: one lookup per side, each on its own index (an ``OR`` with
+        ``ORDER BY id`` made PostgreSQL walk the primary key instead).
+        """
         row = await self._db.fetchrow(
-            "SELECT * FROM sessions WHERE customer_room = ? OR agent_room = ? "
-            "ORDER BY id DESC LIMIT 1",
-            room_id, room_id,
+            "SELECT * FROM sessions WHERE customer_room = ? ORDER BY id DESC LIMIT 1", room_id
         )
+        if row is not None:
+            return _session_from_row(row), Side.CUSTOMER
+        row = await self._db.fetchrow("SELECT * FROM sessions WHERE agent_room = ?", room_id)
         if row is None:
             return None
-        session = _session_from_row(row)
-        side = Side.CUSTOMER if session.customer_room == room_id else Side.AGENT
-        return session, side
+        return _session_from_row(row), Side.AGENT
 
     async def sessions(self, state: SessionState | None = None) -> list[Session]:
         """All sessions, or those in one state, oldest first."""
@@ -555,7 +560,7 @@ class Work(_Concern):
             await db.execute(
                 "INSERT INTO work(kind, key, lane, payload, next_at, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-                "generation = work.generation + 1, next_at = CASE "
+                "generation = work.generation + 1, waits_for = NULL, next_at = CASE "
                 "WHEN excluded.next_at < work.next_at THEN excluded.next_at "
                 "ELSE work.next_at END",
                 kind, key, lane, json.dumps(payload), at, at,
@@ -591,14 +596,46 @@ class Work(_Concern):
         return None if at is None else float(at)
 
     async def finish_work(self, unit: WorkUnit) -> bool:
-        """Remove a unit that is done, unless more was asked of it while it ran (then False)."""
-        return await self._db.execute(
-            "DELETE FROM work WHERE id = ? AND generation = ?", unit.id, unit.generation
-        ) == 1
+        """Remove a unit that is done, unless more was asked of it while it ran (then False).
 
-    async def drop_work(self, unit_id: int) -> None:
+        Either way its run is over: the units waiting for it are woken.
+        """
+        db = self._db
+        async with db.transaction():
+            done = await db.execute(
+                "DELETE FROM work WHERE id = ? AND generation = ?", unit.id, unit.generation
+            ) == 1
+            await self.wake_work(unit.key)
+        return done
+
+    async def drop_work(self, unit: WorkUnit) -> None:
         """Remove a unit whatever was asked of it since (it can never succeed)."""
-        await self._db.execute("DELETE FROM work WHERE id = ?", unit_id)
+        db = self._db
+        async with db.transaction():
+            await db.execute("DELETE FROM work WHERE id = ?", unit.id)
+            await self.wake_work(unit.key)
+
+    async def wake_work(self, key: str, now: float | None = None) -> int:
+        """Make the units waiting for ``key`` due now; returns how many."""
+        return await self._db.execute(
+            "UPDATE work SET next_at = ?, waits_for = NULL WHERE waits_for = ?",
+            time.time() if now is None else now, key,
+        )
+
+    async def wait_work(self, unit: WorkUnit, until: float, why: str,
+                        waits_for: str | None) -> None:
+        """Park a unit until ``waits_for`` finishes (or ``until`` at the latest).
+
+        Not a failure: its attempts stay as they are. A unit asked for again while it ran is
+        due at once instead.
+        """
+        await self._db.execute(
+            "UPDATE work SET last_error = ?, "
+            "waits_for = CASE WHEN generation = ? THEN ? ELSE NULL END, "
+            "next_at = CASE WHEN generation = ? THEN ? WHEN next_at < ? THEN next_at "
+            "ELSE ? END WHERE id = ?",
+            why, unit.generation, waits_for, unit.generation, until, until, until, unit.id,
+        )
 
     async def postpone_work(self, unit: WorkUnit, next_at: float, error: str) -> None:
         """Record a failed attempt and when to try again (at once if re-asked meanwhile)."""
@@ -728,20 +765,28 @@ class Outbox(_Concern):
         db = self._db
         handled = await db.execute("DELETE FROM handled_events WHERE handled_at < ?",
                                    older_than)
-        rows = await db.fetch(
-            "SELECT txn_id FROM outbox WHERE created_at < ? LIMIT ?", older_than, batch
-        )
-        done: list[str] = []
-        for row in rows:
-            owner = outbox_owner(row["txn_id"])
-            if owner is None or not await self._owner_busy(*owner):
-                done.append(row["txn_id"])
-        for start in range(0, len(done), 500):
-            chunk = done[start:start + 500]
-            await db.execute(
-                f"DELETE FROM outbox WHERE txn_id IN ({', '.join('?' for _ in chunk)})", *chunk
+        removed = 0
+        after = ""  # pages by txn id, so rows that must be kept never hide the others
+        while True:
+            rows = await db.fetch(
+                "SELECT txn_id FROM outbox WHERE created_at < ? AND txn_id > ? "
+                "ORDER BY txn_id LIMIT ?", older_than, after, batch
             )
-        return handled, len(done)
+            if not rows:
+                return handled, removed
+            after = rows[-1]["txn_id"]
+            done: list[str] = []
+            for row in rows:
+                owner = outbox_owner(row["txn_id"])
+                if owner is None or not await self._owner_busy(*owner):
+                    done.append(row["txn_id"])
+            for start in range(0, len(done), 500):
+                chunk = done[start:start + 500]
+                await db.execute(
+                    f"DELETE FROM outbox WHERE txn_id IN ({', '.join('?' for _ in chunk)})",
+                    *chunk,
+                )
+            removed += len(done)
 
     async def _owner_busy(self, kind: str, owner_id: int) -> bool:
         if kind == "offer":

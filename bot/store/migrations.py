@@ -200,6 +200,14 @@ MIGRATIONS: list[str | PerDialect] = [
         shown_version INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 7: a unit that waits for another one (by its key) is woken when that one finishes,
+    # instead of polling; a customer room's sessions found by an index that also orders them
+    # (the lookup on every event took the newest session by scanning).
+    """
+    ALTER TABLE work ADD COLUMN waits_for TEXT;
+    CREATE INDEX work_waits_for ON work(waits_for);
+    CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
+    """,
 ]
 
 
