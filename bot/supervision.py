@@ -77,8 +77,9 @@ class LoopHealth:
             logger.warning("%s loop recovered after %.0f s and %d failed attempts (last: %s)",
                            loop, now - outage.since, outage.failures, outage.error.reason)
 
-    def failed(self, loop: str, error: WorkError) -> int:
-        """A round of ``loop`` failed with ``error``; returns the failures of this outage."""
+    def failed(self, loop: str, error: WorkError, exc: BaseException | None = None) -> int:
+        """A round of ``loop`` failed with ``error`` (classified from ``exc``); returns the
+        failures of this outage. Its first failure is logged, with the traceback for a bug."""
         now = self._clock()
         if self._on_failure is not None:
             self._on_failure(loop, error.source)
@@ -87,7 +88,8 @@ class LoopHealth:
             self._outages[loop] = Outage(now, 1, error, now)
             kind = "transient" if isinstance(error, TransientError) else "unexpected"
             logger.error("%s loop: %s failure (%s): %s; retrying with backoff", loop, kind,
-                         error.source.value, error.reason)
+                         error.source.value, error.reason,
+                         exc_info=exc if error.source is Source.INTERNAL else None)
             return 1
         outage.failures += 1
         outage.error = error
@@ -133,9 +135,7 @@ async def supervise(loop: str, round_: Callable[[], Awaitable[None]], stop: asyn
                 raise
             except Exception as exc:  # noqa: BLE001 - classified and logged once per outage
                 error = from_exception(exc, f"{loop} loop")
-                if error.source is Source.INTERNAL:
-                    logger.debug("%s loop failure", loop, exc_info=exc)
-                failures = health.failed(loop, error)
+                failures = health.failed(loop, error, exc)
                 retry_after = error.retry_after if isinstance(error, TransientError) else None
                 await sleep_or_stop(stop, backoff.delay(failures, retry_after))
     finally:

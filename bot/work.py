@@ -197,7 +197,7 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the loop's health says it, once per outage
-            self._health.failed("work", from_exception(exc, f"recording {unit.kind} work"))
+            self._health.failed("work", from_exception(exc, f"recording {unit.kind} work"), exc)
         finally:
             self._busy_units.discard(unit.id)
             if current is not None:
