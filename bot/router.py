@@ -36,7 +36,7 @@ from bot.errors import Source, TransientError, Waiting, from_exception
 from bot.matrix.client import call
 from bot.matrix.rooms import RoomDirectory
 from bot.sessions import relay
-from bot.sessions.service import SessionService
+from bot.sessions.service import SessionService, kick_key
 from bot.store import DELIVERY_RECORDS_KEPT, Session, SessionState, Side, Store, WorkUnit
 from bot.work import Scheduler
 
@@ -231,6 +231,12 @@ class Router:
             logger.info("session %d: the bot was removed from the customer room by %s",
                         session.id, sender)
             await self._sessions.request_close(session, "bot_removed", None, source["event_id"])
+        elif (
+            side is Side.AGENT and membership in ("leave", "ban") and isinstance(member, str)
+            and not self._sessions.is_agent(member)
+        ):
+            # A stranger gone (removed by someone, or left): what waited for that goes now.
+            await self._work.wake(kick_key(session.agent_room or "", member))
         elif (
             side is Side.AGENT
             and membership in ("invite", "join")

@@ -238,14 +238,6 @@ class Sessions(_Concern):
                                name, session_id)
         return await self.get_session(session_id)
 
-    async def session_settled(self, session_id: int) -> bool:
-        """Whether every offer of a session has carried out what its state owes."""
-        n = await self._db.fetchval(
-            "SELECT COUNT(*) AS n FROM offers WHERE session_id = ? AND "
-            "(settled_state IS NULL OR settled_state != state)", session_id
-        )
-        return int(n) == 0
-
     async def close_session(self, session_id: int, reason: str) -> bool:
         """Close an open session; False when it was already closed."""
         changed = await self._db.execute(
@@ -512,12 +504,16 @@ class Offers(_Concern):
         return [LogEntry(offer=_offer_from_row(row), transitions=tuple(steps.get(row["id"], ())))
                 for row in rows]
 
-    async def unsettled_offers(self) -> list[Offer]:
-        """Offers whose current state still has side effects to carry out (resumed at start)."""
-        rows = await self._db.fetch(
-            "SELECT * FROM offers WHERE settled_state IS NULL OR settled_state != state "
-            "ORDER BY id"
-        )
+    async def unsettled_offers(self, session_id: int | None = None) -> list[Offer]:
+        """Offers (of one session) whose current state still has side effects to carry out."""
+        unsettled = "(settled_state IS NULL OR settled_state != state)"
+        if session_id is None:
+            rows = await self._db.fetch(f"SELECT * FROM offers WHERE {unsettled} ORDER BY id")
+        else:
+            rows = await self._db.fetch(
+                f"SELECT * FROM offers WHERE session_id = ? AND {unsettled} ORDER BY id",
+                session_id,
+            )
         return [_offer_from_row(row) for row in rows]
 
     async def mark_settled(self, offer_id: int, state: OfferState) -> None:
