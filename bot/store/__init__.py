@@ -21,11 +21,12 @@ from typing import Any
 
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.store.db import Database, Row, connect, redact_url
-from bot.store.migrations import SchemaTooNew, migrate
+from bot.store.migrations import SchemaMismatch, SchemaTooNew, check_version, migrate
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DELIVERY_RECORDS_KEPT", "Store", "Session", "SessionState", "Side", "SchemaTooNew",
+           "SchemaMismatch",
            "LogEntry", "WorkUnit", "Panel", "Database", "redact_url"]
 
 
@@ -811,17 +812,22 @@ class Store:
 
     @classmethod
     async def open(cls, database: str | Path | None = None, data_dir: Path | None = None, *,
-                   password: str | None = None) -> Store:
+                   password: str | None = None, upgrade: bool = True) -> Store:
         """Open (creating and migrating as needed) the store a ``database`` setting names.
 
         None: the SQLite file ``data_dir/parcel.db``; a path: that SQLite file; a
         ``postgresql://`` URL: that database (``password`` wins over the URL's). An unreachable
         PostgreSQL raises :class:`~bot.errors.TransientError`; a refused login or a missing
         database :class:`~bot.errors.PermanentError`; a newer schema :class:`SchemaTooNew`.
+        With ``upgrade=False`` (tools that only read, beside a running bot) the schema is
+        left as it is, and one that is not the current version raises :class:`SchemaMismatch`.
         """
         db = await connect(database, data_dir, password)
         try:
-            await migrate(db)
+            if upgrade:
+                await migrate(db)
+            else:
+                await check_version(db)
         except BaseException:
             await db.close()
             raise

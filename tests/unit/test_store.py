@@ -20,7 +20,7 @@ import bot.store as store_module
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.devdb import PostgresServer
 from bot.errors import PermanentError, Source, TransientError
-from bot.store import SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
+from bot.store import SchemaMismatch, SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
 from bot.store import migrations as migrations_module
 from bot.store.db import Database, connect, redact_url
 from bot.store.migrations import MIGRATIONS, migrate, statements
@@ -989,3 +989,21 @@ async def test_panel_versions_track_what_the_message_shows(store: Store) -> None
     assert await store.panels.panels_behind() == []
     with pytest.raises(ValueError):
         await store.panels.update_panel(CUSTOMER_ROOM, version=9)
+
+
+async def test_a_reading_tool_never_upgrades_the_store(store_database: Path | str) -> None:
+    """``Store.open(upgrade=False)`` (``parcel-bot log``) refuses a store of another version
+    and leaves it exactly as it found it; the current version opens."""
+    old = await at_version(store_database, 1)
+    await old.close()
+    with pytest.raises(SchemaMismatch, match="schema version 1, older than this Parcel's 7"):
+        await Store.open(store_database, upgrade=False)
+    db = await connect(store_database)
+    try:
+        async with db.transaction():
+            assert await db.schema_version() == 1
+    finally:
+        await db.close()
+    await (await Store.open(store_database)).close()  # the bot upgrades it
+    reader = await Store.open(store_database, upgrade=False)
+    await reader.close()
