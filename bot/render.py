@@ -1,6 +1,9 @@
 """Every string and HTML fragment a person sees, escaped in one place.
 
-Functions here are pure: they take facts and return message contents. User-controlled text
+Functions here are pure: they take facts and return message contents, in the language of
+the reader's :class:`~bot.i18n.Translator` (the keyword argument ``t``; English by default).
+Every sentence is a catalog message (``t._``/``t.pair``/``t.ngettext``) with named
+placeholders; nothing rendered is ever stored. User-controlled text
 (names, file names, message bodies) only ever reaches HTML through :func:`html.escape` or the
 ``nh3`` sanitiser.
 """
@@ -8,7 +11,6 @@ Functions here are pure: they take facts and return message contents. User-contr
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,8 @@ import nh3
 
 from bot.attachments.inspect import describe_mimetype
 from bot.attachments.model import Direction, Offer, OfferState
-from bot.attachments.text import display_filename, human_size, safe_filename, strip_invisible
+from bot.attachments.text import display_filename, safe_filename, strip_invisible
+from bot.i18n import ENGLISH, N_, Rich, Translator
 
 OFFER_KEY = "io.parcel.offer"
 
@@ -120,12 +123,12 @@ def plain_to_html(text: str) -> str:
     return _e(text).replace("\n", "<br>")
 
 
-def message_too_long(size: int) -> Message:
+def message_too_long(size: int, *, t: Translator = ENGLISH) -> Message:
     """Tells the sender a message was too long to relay even in parts; nothing was sent."""
-    return Message(
-        f"⚠️ Your last message was not relayed: at {human_size(size)} it is too long to send "
-        "even in parts. Please send it as several shorter messages, or as a file."
-    )
+    return Message(t._(
+        "⚠️ Your last message was not relayed: at {size} it is too long to send even in "
+        "parts. Please send it as several shorter messages, or as a file.", size=t.size(size)
+    ))
 
 
 def agent_label(name: str, label: str) -> str:
@@ -136,22 +139,27 @@ def agent_label(name: str, label: str) -> str:
 # -- sessions -------------------------------------------------------------------------------
 
 
-def session_opened_for_agents(customer_name: str, customer_id: str, session_id: int) -> Message:
+def session_opened_for_agents(
+    customer_name: str, customer_id: str, session_id: int, *, t: Translator = ENGLISH
+) -> Message:
     """The first message in a new agent room."""
-    text = (
-        f"New chat #{session_id} with {customer_name} ({customer_id}). What you write here "
-        "is relayed to the customer; files are offered to them first. Type !help for commands."
-    )
-    rich = (
-        f"New chat <b>#{session_id}</b> with <b>{_e(customer_name)}</b> ({_e(customer_id)}). "
-        "What you write here is relayed to the customer; files are offered to them first. "
-        "Type <code>!help</code> for commands."
+    text, rich = t.pair(
+        "New chat {chat} with {customer} ({customer_id}). What you write here is relayed to "
+        "the customer; files are offered to them first. Type {help} for commands.",
+        chat=Rich.bold(f"#{session_id}"), customer=Rich.bold(customer_name),
+        customer_id=customer_id, help=Rich.code("!help"),
     )
     return Message(text, rich)
 
 
-def welcome(text: str) -> Message:
-    """The greeting the customer sees when the session opens (configured wording)."""
+def welcome(text: str, *, t: Translator = ENGLISH, choices: int = 1) -> Message:
+    """The greeting the customer sees when the session opens (configured wording).
+
+    With more than one language to ``choices`` from, a line says how to switch.
+    """
+    if choices > 1:
+        text += "\n\n" + t._("Type {command} to choose another language.",
+                             command="!language")
     return Message(text)
 
 
@@ -162,6 +170,7 @@ def session_closed(
     you: bool,
     pending: int,
     bot_id: str | None = None,
+    t: Translator = ENGLISH,
 ) -> Message:
     """The closing notice for one room of a session.
 
@@ -171,120 +180,222 @@ def session_closed(
     customer's room) it says how to start a new chat.
     """
     if reason == "customer_left":
-        lines = ["The customer left the chat. This session is closed."]
+        lines = [t._("The customer left the chat. This session is closed.")]
     elif reason == "bot_removed":
-        lines = ["The bot was removed from the customer's chat (or that room was shut down), "
-                 "so nothing more can reach the customer. This session is closed."]
+        lines = [t._("The bot was removed from the customer's chat (or that room was shut "
+                     "down), so nothing more can reach the customer. This session is closed.")]
     elif you:
-        lines = ["You ended the chat."]
+        lines = [t._("You ended the chat.")]
     elif closer:
-        lines = [f"{_plain(closer)} ended the chat."]
+        lines = [t._("{name} ended the chat.", name=_plain(closer))]
     else:
-        lines = ["This chat is closed."]
+        lines = [t._("This chat is closed.")]
     if pending:
-        files = "1 pending file was" if pending == 1 else f"{pending} pending files were"
-        lines.append(f"{files} not delivered.")
+        lines.append(t.ngettext("{n} pending file was not delivered.",
+                                "{n} pending files were not delivered.", pending))
     if bot_id:
-        lines.append(f"To talk to us again, start a new chat with {bot_id}.")
+        lines.append(t._("To talk to us again, start a new chat with {bot}.", bot=bot_id))
     return Message(" ".join(lines))
 
 
-def closed_room_name(name: str) -> str:
+def closed_room_name(name: str, *, t: Translator = ENGLISH) -> str:
     """The name of an agent room once its chat has ended: "[closed] Chat with Carol (#12)"."""
-    prefix = "[closed] "
-    return name if name.startswith(prefix) else prefix + name
+    prefix = t._("[closed] {name}", name="")
+    return name if name.startswith(prefix) else t._("[closed] {name}", name=name)
 
 
-def session_closed_already() -> Message:
+def session_closed_already(*, t: Translator = ENGLISH) -> Message:
     """Reply to a message in a room whose session has ended."""
-    return Message("This chat is closed; nothing you write here is relayed any more.")
+    return Message(t._("This chat is closed; nothing you write here is relayed any more."))
 
 
-def not_delivered(reason: str) -> Message:
+def not_delivered(reason: str, *, t: Translator = ENGLISH) -> Message:
     """A message could not be relayed to the other side."""
-    return Message(f"⚠️ Your last message could not be relayed: {reason}")
+    return Message(t._("⚠️ Your last message could not be relayed: {reason}", reason=reason))
 
 
 # Plain words for the permanent failures a person may be told about, by error code.
 FAILURE_CAUSES = {
-    "M_FORBIDDEN": "the bot is not allowed to post there",
-    "M_TOO_LARGE": "the file is larger than the homeserver allows",
-    "M_NOT_FOUND": "the room no longer exists",
+    "M_FORBIDDEN": N_("the bot is not allowed to post there"),
+    "M_TOO_LARGE": N_("the file is larger than the homeserver allows"),
+    "M_NOT_FOUND": N_("the room no longer exists"),
 }
 
 
-def failure_cause(code: str, detail: str) -> str:
+def failure_cause(code: str, detail: str, *, t: Translator = ENGLISH) -> str:
     """A permanent failure in plain words: the known cause for ``code``, else ``detail``."""
-    return FAILURE_CAUSES.get(code, detail)
+    return t.known(FAILURE_CAUSES[code]) if code in FAILURE_CAUSES else t.known(detail)
 
 
-def offer_failed(filename: str, reason: str, accepted: bool) -> Message:
+def offer_failed(filename: str, reason: str, accepted: bool, *,
+                 t: Translator = ENGLISH) -> Message:
     """Tells the sender that their file will not arrive although nobody declined it."""
     name = display_filename(filename)
+    reason = t.known(reason)
     if accepted:
-        return Message(f"⚠️ {name} was accepted but could not be delivered: {reason}")
-    return Message(f"⚠️ {name} could not be offered: {reason}")
+        return Message(t._("⚠️ {filename} was accepted but could not be delivered: {reason}",
+                           filename=name, reason=reason))
+    return Message(t._("⚠️ {filename} could not be offered: {reason}", filename=name,
+                       reason=reason))
 
 
-def chat_not_opened(reason: str) -> Message:
+def chat_not_opened(reason: str, *, t: Translator = ENGLISH) -> Message:
     """Tells the customer that no agent can be reached through this chat."""
-    return Message(f"⚠️ Sorry, the chat with support could not be opened: {reason}")
+    return Message(t._("⚠️ Sorry, the chat with support could not be opened: {reason}",
+                       reason=reason))
 
 
-def not_relayable(what: str) -> Message:
+_NOT_RELAYABLE = {
+    "location": N_("That location could not be relayed: only text and files are supported."),
+    "poll": N_("That poll could not be relayed: only text and files are supported."),
+    "call": N_("That call could not be relayed: only text and files are supported."),
+    "message": N_("That message could not be relayed: only text and files are supported."),
+}
+
+
+def not_relayable(what: str, *, t: Translator = ENGLISH) -> Message:
     """Reply to an event that is neither text nor a file ("location", "poll", "call")."""
-    return Message(f"That {what} could not be relayed: only text and files are supported.")
+    return Message(t._(_NOT_RELAYABLE.get(what, _NOT_RELAYABLE["message"])))
 
 
 def sticker_name(description: str) -> str:
-    """The name an offered sticker goes by: "sticker (thumbs up)", or "sticker"."""
+    """The name an offered sticker goes by: "sticker (thumbs up)", or "sticker".
+
+    It becomes the offer's file name (stored), so it stays in one language.
+    """
     return f"sticker ({description})" if description else "sticker"
 
 
-def undecryptable() -> Message:
+def undecryptable(*, t: Translator = ENGLISH) -> Message:
     """Asks the sender to resend what the bot could not decrypt."""
-    return Message(
+    return Message(t._(
         "⚠️ Your last message could not be read (it was encrypted with keys this bot did not "
         "receive). Please send it again."
-    )
+    ))
 
 
 # -- commands -------------------------------------------------------------------------------
 
+# (English command, what it does); each language may add aliases (COMMAND_ALIASES).
 HELP_LINES = (
-    ("!help", "show this help"),
-    ("!attachments", "list the files sent and received in this chat"),
-    ("!accept N", "accept offer number N (same as reacting ✅)"),
-    ("!decline N", "decline offer number N (same as reacting ❌)"),
-    ("!end", "close this chat"),
+    ("!help", N_("show this help")),
+    ("!attachments", N_("list the files sent and received in this chat")),
+    ("!accept N", N_("accept offer number N (same as reacting ✅)")),
+    ("!decline N", N_("decline offer number N (same as reacting ❌)")),
+    ("!end", N_("close this chat")),
 )
+# Shown in customer rooms only: the agents' language is configured.
+LANGUAGE_HELP = ("!language", N_("list the languages of this chat, or switch: !language es"))
+
+# Commands in other words, by language: alias → the English command word. English always works.
+COMMAND_ALIASES: dict[str, dict[str, str]] = {
+    "de": {"hilfe": "help", "anhaenge": "attachments", "annehmen": "accept",
+           "ablehnen": "decline", "ende": "end", "sprache": "language"},
+    "fr": {"aide": "help", "fichiers": "attachments", "accepter": "accept",
+           "refuser": "decline", "fin": "end", "langue": "language"},
+    "es": {"ayuda": "help", "archivos": "attachments", "aceptar": "accept",
+           "rechazar": "decline", "fin": "end", "idioma": "language"},
+    "it": {"aiuto": "help", "allegati": "attachments", "accetta": "accept",
+           "rifiuta": "decline", "fine": "end", "lingua": "language"},
+    "nl": {"hulp": "help", "bijlagen": "attachments", "accepteren": "accept",
+           "weigeren": "decline", "einde": "end", "taal": "language"},
+    "pt": {"ajuda": "help", "anexos": "attachments", "aceitar": "accept",
+           "recusar": "decline", "fim": "end", "idioma": "language"},
+    "ar": {},
+}
 
 
-def help_text() -> Message:
-    """The command list."""
-    text = "Commands:\n" + "\n".join(f"{cmd} — {what}" for cmd, what in HELP_LINES)
-    rich = "<b>Commands</b><ul>" + "".join(
-        f"<li><code>{_e(cmd)}</code> — {_e(what)}</li>" for cmd, what in HELP_LINES
-    ) + "</ul>"
-    return Message(text, rich)
+def command_word(word: str, language: str) -> str:
+    """The English command a typed word stands for in ``language`` (the word if none)."""
+    word = word.lower()
+    return COMMAND_ALIASES.get(language, {}).get(word, word)
 
 
-def unknown_command(word: str) -> Message:
+def _aliases_of(command: str, language: str) -> list[str]:
+    return [f"!{alias}" for alias, english in COMMAND_ALIASES.get(language, {}).items()
+            if english == command]
+
+
+# What ends a heading in plain text but not in HTML (French puts a space before the colon).
+_COLON = " :\u00a0\u202f"
+
+
+def help_text(*, t: Translator = ENGLISH, language_command: bool = False) -> Message:
+    """The command list, with this language's aliases (``!annehmen N``) beside the English."""
+    lines = HELP_LINES + ((LANGUAGE_HELP,) if language_command else ())
+    text_lines, items = [t._("Commands:")], []
+    for cmd, what in lines:
+        word, _, arg = cmd[1:].partition(" ")
+        names = [cmd] + [f"{alias} {arg}".rstrip() for alias in _aliases_of(word, t.code)]
+        shown = " / ".join(t.isolate(name) for name in names)
+        text_lines.append(f"{shown} — {t.known(what)}")
+        codes = " / ".join(f"<code>{_e(name)}</code>" for name in names)
+        items.append(f"<li>{codes} — {_e(t.known(what))}</li>")
+    rich = f"<b>{_e(text_lines[0].rstrip(_COLON))}</b><ul>" + "".join(items) + "</ul>"
+    return Message("\n".join(text_lines), rich)
+
+
+def unknown_command(word: str, *, t: Translator = ENGLISH) -> Message:
     """Reply to a command Parcel does not know."""
     shown = _plain(word)[:40]
-    return Message(f"Unknown command {shown}. Commands: " + ", ".join(c for c, _ in HELP_LINES))
+    return Message(t._("Unknown command {command}. Commands: {commands}", command=shown,
+                       commands=", ".join(c for c, _ in HELP_LINES)))
 
 
 def command_error(text: str) -> Message:
-    """A short answer to a command that could not be carried out."""
+    """A short answer to a command that could not be carried out (already in its language)."""
     return Message(text)
+
+
+def decision_done(accepted: bool, number: int, *, t: Translator = ENGLISH) -> Message:
+    """The answer to a successful !accept / !decline."""
+    if accepted:
+        return Message(t._("Accepted offer #{number}.", number=number))
+    return Message(t._("Declined offer #{number}.", number=number))
+
+
+def offer_number_needed(word: str, *, t: Translator = ENGLISH) -> Message:
+    """The answer to !accept / !decline without a usable number."""
+    return Message(t._("{command} needs an offer number, like {example}.", command=f"!{word}",
+                       example=f"!{word} 3"))
+
+
+def language_choices(current: str, allowed: Sequence[str], *,
+                     t: Translator = ENGLISH) -> Message:
+    """The answer to a bare !language: the choices, each named in its own language."""
+    from bot.i18n import own_name
+
+    lines = [t._("This chat is in {language}. To switch, type !language and a code:",
+                 language=own_name(current))]
+    lines += [f"!language {code} — {t.isolate(own_name(code))}" for code in allowed]
+    return Message("\n".join(lines))
+
+
+def language_switched(*, t: Translator) -> Message:
+    """The confirmation of !language, in the language just chosen."""
+    from bot.i18n import own_name
+
+    return Message(t._("This chat is now in {language}.", language=own_name(t.code)))
+
+
+def language_unknown(code: str, allowed: Sequence[str], *, t: Translator = ENGLISH) -> Message:
+    """The answer to !language with a code that is not among the choices."""
+    return Message(t._("{code} is not one of this chat's languages. Choose one of: {choices}",
+                       code=_plain(code)[:20], choices=t.list(list(allowed))))
+
+
+def language_agents_fixed(*, t: Translator = ENGLISH) -> Message:
+    """The answer to !language in the agent room (its language is configured)."""
+    return Message(t._("The agents' language is set in the configuration (agents.language); "
+                       "!language switches a customer's chat."))
 
 
 # -- offers ---------------------------------------------------------------------------------
 
 
 def side_name(direction: Direction, recipient: bool) -> str:
-    """"the agent" or "the customer", for the recipient or the sender of an offer."""
+    """"the agent" or "the customer", for the recipient or the sender of an offer (English:
+    for logs; messages use whole sentences per side)."""
     to_agent = direction is Direction.CUSTOMER_TO_AGENT
     return "the agent" if to_agent == recipient else "the customer"
 
@@ -304,9 +415,25 @@ def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
     }
 
 
-def describe(offer: Offer) -> str:
+def describe(offer: Offer, *, t: Translator = ENGLISH) -> str:
     """The kind of file in plain words ("PNG image"), from the detected type."""
-    return describe_mimetype(offer.mimetype) if offer.mimetype else "file"
+    return describe_kind(offer.mimetype, t=t) if offer.mimetype else t._("file")
+
+
+def describe_kind(mimetype: str, *, t: Translator = ENGLISH) -> str:
+    """:func:`describe_mimetype` in the reader's language ("PNG-Bild")."""
+    english = describe_mimetype(mimetype)
+    known = t.known(english)
+    if known != english or t.code == "en":
+        return known
+    # Named from the subtype ("JXL image"): the noun translated, the label kept.
+    label, _, noun = english.rpartition(" ")
+    if label and label.isupper() and noun in ("image", "video", "audio", "file"):
+        return {"image": t._("{label} image", label=label),
+                "video": t._("{label} video", label=label),
+                "audio": t._("{label} audio", label=label),
+                "file": t._("{label} file", label=label)}[noun]
+    return english
 
 
 def latest_offer_state(events: Iterable[dict[str, Any]], offer_id: int) -> str | None:
@@ -326,28 +453,28 @@ def latest_offer_state(events: Iterable[dict[str, Any]], offer_id: int) -> str |
     return state
 
 
-def _facts(offer: Offer) -> list[str]:
-    parts = [describe(offer)]
+def _facts(offer: Offer, t: Translator) -> list[str]:
+    parts = [describe(offer, t=t)]
     if offer.size is not None:
-        parts.append(human_size(offer.size))
+        parts.append(t.size(offer.size))
     if offer.width and offer.height:
-        parts.append(f"{offer.width}×{offer.height}")
+        parts.append(t.isolate(f"{offer.width}×{offer.height}"))
     return parts
 
 
-def _decision(offer: Offer, decider: str | None) -> str:
+def _decision(offer: Offer, decider: str | None, t: Translator) -> str:
     """"by Alice (support), 2026-11-24 21:05 UTC" for a decided offer, as far as it is known."""
     parts = []
     if decider:
-        parts.append(f"by {_plain(decider)}")
+        parts.append(t._("by {name}", name=_plain(decider)))
     if offer.decided_at is not None:
-        parts.append(f"{format_time(offer.decided_at)} UTC")
+        parts.append(t.isolate(f"{t.datetime(offer.decided_at)} {t.zone(offer.decided_at)}"))
     return " " + ", ".join(parts) if parts else ""
 
 
 def offer_card(
     offer: Offer, accept_key: str, decline_key: str, decider: str | None = None,
-    as_file: bool = False,
+    as_file: bool = False, *, t: Translator = ENGLISH,
 ) -> dict[str, Any]:
     """The recipient's message for an offer, in its current state.
 
@@ -359,64 +486,76 @@ def offer_card(
     """
     name = display_filename(offer.filename)
     sender = _plain(offer.sender_name)
-    facts = " · ".join(_facts(offer) + ([LARGE_IMAGE_NOTE] if as_file else []))
-    scanned = " · scanned: clean" if offer.scanned else ""
+    facts = " · ".join(_facts(offer, t) + ([t.known(LARGE_IMAGE_NOTE)] if as_file else []))
+    scanned = " · " + t._("scanned: clean") if offer.scanned else ""
     number = offer.shown_number
     state = offer.state
     if state is OfferState.OFFERED:
-        text = (
-            f"📥 Accept {name} from {sender}?\n"
-            f"{facts}{scanned} · offer #{number}\n"
-            f"React {accept_key} to accept or {decline_key} to decline "
-            f"(or type !accept {number} / !decline {number})."
+        q_text, q_rich = t.pair("Accept {filename} from {sender}?", filename=name,
+                                sender=sender)
+        o_text, o_rich = t.pair("offer #{number}", number=number)
+        r_text, r_rich = t.pair(
+            "React {accept} to accept or {decline} to decline (or type {accept_command} / "
+            "{decline_command}).", accept=accept_key, decline=decline_key,
+            accept_command=Rich.code(f"!accept {number}"),
+            decline_command=Rich.code(f"!decline {number}"),
         )
-        rich = (
-            f"📥 <b>Accept {_e(name)} from {_e(sender)}?</b><br>"
-            f"{_e(facts)}{_e(scanned)} · offer #{number}<br>"
-            f"React {_e(accept_key)} to accept or {_e(decline_key)} to decline "
-            f"(or type <code>!accept {number}</code> / <code>!decline {number}</code>)."
-        )
+        text = f"📥 {q_text}\n{facts}{scanned} · {o_text}\n{r_text}"
+        rich = f"📥 <b>{q_rich}</b><br>{_e(facts)}{_e(scanned)} · {o_rich}<br>{r_rich}"
         return Message(text, rich).content("m.notice")
-    decided = _decision(offer, decider)
+    decided = _decision(offer, decider, t)
     icon, outcome = {
-        OfferState.ACCEPTED: ("✅", f"accepted{decided}; the file is below"),
-        OfferState.DECLINED: ("🚫", f"declined{decided}; it was not delivered"),
-        OfferState.WITHDRAWN: ("↩️", "withdrawn by the sender"),
-        OfferState.EXPIRED: ("⌛", "expired; it was not delivered"),
-        OfferState.FAILED: ("⚠️", "accepted, but it could not be delivered"),
+        OfferState.ACCEPTED: ("✅", t._("accepted{decided}; the file is below", decided=decided)),
+        OfferState.DECLINED: ("🚫", t._("declined{decided}; it was not delivered",
+                                       decided=decided)),
+        OfferState.WITHDRAWN: ("↩️", t._("withdrawn by the sender")),
+        OfferState.EXPIRED: ("⌛", t._("expired; it was not delivered")),
+        OfferState.FAILED: ("⚠️", t._("accepted, but it could not be delivered")),
     }.get(state, ("", state.value))
     lead = f"{icon} " if icon else ""
-    text = f"{lead}{name} from {sender} (offer #{number}) — {outcome}"
-    rich = f"{lead}<b>{_e(name)}</b> from {_e(sender)} (offer #{number}) — {_e(outcome)}"
-    return Message(text, rich).content("m.notice")
+    text, rich = t.pair("{filename} from {sender} (offer #{number}) — {outcome}",
+                        filename=Rich.bold(name), sender=sender, number=number, outcome=outcome)
+    return Message(f"{lead}{text}", f"{lead}{rich}").content("m.notice")
 
 
-LARGE_IMAGE_NOTE = "too large to show in-line: it will arrive as a file"
+LARGE_IMAGE_NOTE = N_("too large to show in-line: it will arrive as a file")
+
+# The sender's status line, by state and by who receives the file (whole sentences: the
+# recipient's name changes the grammar in other languages).
+_STATUS_TO_AGENT = {
+    OfferState.OFFERED: N_("⬆️ {filename} · {facts} — waiting for the agent to accept "
+                           "(offer #{number})"),
+    OfferState.ACCEPTED: N_("📎 {filename} — received by the agent"),
+    OfferState.DECLINED: N_("🚫 {filename} — declined by the agent"),
+    OfferState.WITHDRAWN: N_("↩️ {filename} — withdrawn; the agent did not receive it"),
+    OfferState.EXPIRED: N_("⌛ {filename} — expired; the agent did not accept it in time"),
+}
+_STATUS_TO_CUSTOMER = {
+    OfferState.OFFERED: N_("⬆️ {filename} · {facts} — waiting for the customer to accept "
+                           "(offer #{number})"),
+    OfferState.ACCEPTED: N_("📎 {filename} — received by the customer"),
+    OfferState.DECLINED: N_("🚫 {filename} — declined by the customer"),
+    OfferState.WITHDRAWN: N_("↩️ {filename} — withdrawn; the customer did not receive it"),
+    OfferState.EXPIRED: N_("⌛ {filename} — expired; the customer did not accept it in time"),
+}
 
 
-def status_line(offer: Offer) -> dict[str, Any]:
+def status_line(offer: Offer, *, t: Translator = ENGLISH) -> dict[str, Any]:
     """The sender's status line for an offer, in its current state.
 
     It is posted as a reply to the sender's own upload (see :func:`reply_to`), so clients show
     it attached to that file.
     """
     name = display_filename(offer.filename)
-    recipient = side_name(offer.direction, recipient=True)
     state = offer.state
-    if state is OfferState.OFFERED:
-        facts = " · ".join(_facts(offer))
-        text = (f"⬆️ {name} · {facts} — waiting for {recipient} to accept "
-                f"(offer #{offer.shown_number})")
-    elif state is OfferState.ACCEPTED:
-        text = f"📎 {name} — received by {recipient}"
-    elif state is OfferState.DECLINED:
-        text = f"🚫 {name} — declined by {recipient}"
-    elif state is OfferState.WITHDRAWN:
-        text = f"↩️ {name} — withdrawn; {recipient} did not receive it"
-    elif state is OfferState.EXPIRED:
-        text = f"⌛ {name} — expired; {recipient} did not accept it in time"
+    table = (_STATUS_TO_AGENT if offer.direction is Direction.CUSTOMER_TO_AGENT
+             else _STATUS_TO_CUSTOMER)
+    if state in table:
+        text = t._(table[state], filename=name, facts=" · ".join(_facts(offer, t)),
+                   number=offer.shown_number)
     elif state is OfferState.FAILED:
-        text = f"⚠️ {name} — could not be delivered: {offer.reason or 'unknown error'}"
+        text = t._("⚠️ {filename} — could not be delivered: {reason}", filename=name,
+                   reason=t.known(offer.reason or N_("unknown error")))
     else:
         text = f"{name} — {state.value}"
     return Message(text).content("m.notice")
@@ -429,34 +568,42 @@ def reply_to(content: dict[str, Any], event_id: str) -> dict[str, Any]:
     return content
 
 
-def rejection_notice(filename: str, reason: str) -> Message:
+def rejection_notice(filename: str, reason: str, *, t: Translator = ENGLISH) -> Message:
     """Tells the sender a file was refused and why; nothing reached the recipient."""
-    return Message(f"⛔ {display_filename(filename)} was not sent: {reason}")
+    return Message(t._("⛔ {filename} was not sent: {reason}",
+                       filename=display_filename(filename), reason=t.known(reason)))
 
 
-def refusal_notice_for_agents(customer: str, filename: str, reason: str) -> Message:
+def refusal_notice_for_agents(customer: str, filename: str, reason: str, *,
+                              t: Translator = ENGLISH) -> Message:
     """Tells the agents that a customer's file was refused, so "did you get it?" has an answer."""
-    return Message(f"⛔ {_plain(customer)} tried to send {display_filename(filename)}: "
-                   f"refused — {reason}")
+    return Message(t._("⛔ {customer} tried to send {filename}: refused — {reason}",
+                       customer=_plain(customer), filename=display_filename(filename),
+                       reason=t.known(reason)))
 
 
 # -- the attachment log -----------------------------------------------------------------------
 
 STATE_WORDS = {
-    OfferState.INSPECTING: "checking",
-    OfferState.OFFERED: "waiting",
-    OfferState.ACCEPTED: "accepted",
-    OfferState.DECLINED: "declined",
-    OfferState.WITHDRAWN: "withdrawn",
-    OfferState.EXPIRED: "expired",
-    OfferState.REJECTED: "rejected",
-    OfferState.FAILED: "failed",
+    OfferState.INSPECTING: N_("checking"),
+    OfferState.OFFERED: N_("waiting"),
+    OfferState.ACCEPTED: N_("accepted"),
+    OfferState.DECLINED: N_("declined"),
+    OfferState.WITHDRAWN: N_("withdrawn"),
+    OfferState.EXPIRED: N_("expired"),
+    OfferState.REJECTED: N_("rejected"),
+    OfferState.FAILED: N_("failed"),
 }
 
 
-def format_time(ts: float) -> str:
-    """UTC time as shown in logs: 2026-11-24 21:05."""
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+def state_word(state: OfferState, *, t: Translator = ENGLISH) -> str:
+    """One word for an offer's state in the reader's language ("waiting", "wartet")."""
+    return t.known(STATE_WORDS[state])
+
+
+def format_time(ts: float, *, t: Translator = ENGLISH) -> str:
+    """A time as shown in logs and cards: 2026-11-24 21:05 (UTC, or the configured zone)."""
+    return t.datetime(ts)
 
 
 def _one_line(text: str) -> str:
@@ -467,40 +614,51 @@ def _one_line(text: str) -> str:
 
 NBSP = "\u00a0"
 NB_HYPHEN = "\u2011"
-LOG_HEADER = ("#", "Direction", "File", "Kind", "Size", "From", "State", "Time (UTC)")
+LOG_HEADER = ("#", N_("Direction"), N_("File"), N_("Kind"), N_("Size"), N_("From"), N_("State"),
+              N_("Time ({zone})"))
 
 
-def attachment_log(offers: Sequence[Offer], viewpoint: Direction) -> Message:
+def _way(offer: Offer, viewpoint: Direction, t: Translator) -> str:
+    return t._("sent") if offer.direction is viewpoint else t._("received")
+
+
+def attachment_log(offers: Sequence[Offer], viewpoint: Direction, *,
+                   t: Translator = ENGLISH) -> Message:
     """The session's attachment log as a table; ``viewpoint`` is the direction called "sent"."""
     if not offers:
-        return Message("No files have been sent in this chat yet.")
+        return Message(t._("No files have been sent in this chat yet."))
     rows = []
     for offer in offers:
         rows.append(
             (
                 str(offer.shown_number),
-                "sent" if offer.direction is viewpoint else "received",
+                _way(offer, viewpoint, t),
                 display_filename(offer.filename, limit=48),
-                describe(offer),
-                human_size(offer.size) if offer.size is not None else "—",
+                describe(offer, t=t),
+                t.size(offer.size) if offer.size is not None else "—",
                 _plain(offer.sender_name),
-                STATE_WORDS[offer.state] + (f" ({offer.reason})" if offer.reason and
-                                            offer.state is OfferState.REJECTED else ""),
-                format_time(offer.updated_at),
+                state_word(offer.state, t=t) + (f" ({t.known(offer.reason)})" if offer.reason
+                                                and offer.state is OfferState.REJECTED else ""),
+                format_time(offer.updated_at, t=t),
             )
         )
-    text_lines = [f"Attachments ({len(rows)}):"]
+    zone = t.zone(offers[-1].updated_at)
+    header = [t._(h, zone=zone) if "{zone}" in h else t.known(h) for h in LOG_HEADER]
+    heading = t._("Attachments ({count}):", count=t.number(len(rows)))
+    text_lines = [heading]
     for row in rows:
-        text_lines.append(f"#{row[0]} {row[1]}: {row[2]} · {row[3]} · {row[4]} · from {row[5]} · "
-                          f"{row[6]} · {row[7]}")
+        text_lines.append(t._("#{number} {way}: {filename} · {kind} · {size} · from {sender} · "
+                              "{state} · {time}", number=row[0], way=row[1], filename=row[2],
+                              kind=row[3], size=row[4], sender=row[5], state=row[6],
+                              time=row[7]))
     # The heading also in HTML: Element shows only the formatted body.
-    rich = f"<b>Attachments ({len(rows)})</b><table><thead><tr>" + "".join(
-        f"<th>{_e(_one_line(h))}</th>" for h in LOG_HEADER
+    rich = f"<b>{_e(heading.rstrip(_COLON))}</b><table><thead><tr>" + "".join(
+        f"<th>{_e(_one_line(h))}</th>" for h in header
     ) + "</tr></thead>"
     # The time column keeps date and time together (Element wraps narrow columns at spaces).
     rich += "<tbody>" + "".join(
-        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row[:-1])
-        + f"<td>{_e(_one_line(row[-1]))}</td></tr>" for row in rows
+        "<tr>" + "".join(f"<td>{_e(t.isolate(cell))}</td>" for cell in row[:-1])
+        + f"<td>{_e(_one_line(t.isolate(row[-1])))}</td></tr>" for row in rows
     ) + "</tbody></table>"
     return Message("\n".join(text_lines), rich)
 
@@ -520,31 +678,36 @@ PANEL_ICONS = {
 }
 
 
-def activity_panel(offers: Sequence[Offer], viewpoint: Direction) -> Message:
+def activity_panel(offers: Sequence[Offer], viewpoint: Direction, *,
+                   t: Translator = ENGLISH) -> Message:
     """The pinned panel of one room: every attachment of the chat with its state.
 
     ``viewpoint`` is the direction this room calls "sent". The first line is what Element's
     pinned-message banner shows, so it carries the counts.
     """
     if not offers:
-        return Message("📋 Files in this chat: none yet. Each file sent here is listed with its "
-                       "state.")
+        return Message(t._("📋 Files in this chat: none yet. Each file sent here is listed with "
+                           "its state."))
     waiting = sum(1 for offer in offers if offer.is_pending)
-    head = f"📋 Files in this chat: {len(offers)}"
     if waiting:
-        head += f" ({waiting} waiting)"
+        head = t.ngettext("📋 Files in this chat: {total} ({n} waiting)",
+                          "📋 Files in this chat: {total} ({n} waiting)", waiting,
+                          total=t.number(len(offers)))
+    else:
+        head = t._("📋 Files in this chat: {total}", total=t.number(len(offers)))
     text_lines = [head]
     items = []
     for offer in offers:
-        way = "sent" if offer.direction is viewpoint else "received"
-        size = human_size(offer.size) if offer.size is not None else "—"
-        facts = f"{describe(offer)} · {size} · {way} · {STATE_WORDS[offer.state]}"
-        when = format_time(offer.updated_at)
+        size = t.size(offer.size) if offer.size is not None else "—"
+        facts = " · ".join(t.isolate(part) for part in (
+            describe(offer, t=t), size, _way(offer, viewpoint, t), state_word(offer.state, t=t)
+        ))
+        when = t.isolate(format_time(offer.updated_at, t=t))
         icon, name = PANEL_ICONS[offer.state], display_filename(offer.filename, limit=48)
-        number = offer.shown_number
-        text_lines.append(f"{icon} #{number} {name} · {facts} · {when}")
-        items.append(f"<li>{icon} <b>#{number} {_e(name)}</b> · {_e(facts)} · "
-                     f"{_e(_one_line(when))}</li>")
+        number = f"#{offer.shown_number}"
+        text_lines.append(f"{icon} {t.isolate(number)} {t.isolate(name)} · {facts} · {when}")
+        items.append(f"<li>{icon} <b>{_e(t.isolate(number))} {_e(t.isolate(name))}</b> · "
+                     f"{_e(facts)} · {_e(_one_line(when))}</li>")
     # Newlines between the parts: Element's pinned banner shows the text on one line, and
     # without them "… (1 waiting)📎 #1 …" would run together.
     rich = f"<b>{_e(head)}</b>\n<ul>\n" + "\n".join(items) + "\n</ul>"
