@@ -139,11 +139,23 @@ def check_config(path: Path, config: Config) -> int:
     print(at_rest)
     print(f"encryption key: {keys.describe_source(config)}")
     print(f"store: {describe_database(config)}")
+    print(describe_languages(config))
     if config.metrics is not None:
         guarded = "bearer token required" if config.metrics.token else "no token (open)"
         print(f"metrics: {config.metrics.listen_host}:{config.metrics.listen_port}, /metrics "
               f"{guarded}, /health open")
     return 0
+
+
+def describe_languages(config: Config) -> str:
+    """The languages in use: customers', the choices with !language, agents', the time zone."""
+    from bot import i18n
+
+    i18n.load_all(tuple(dict.fromkeys((config.language, config.agents.language,
+                                       *config.languages))))
+    choices = ", ".join(config.languages)
+    return (f"languages: customers {config.language} (may switch to {choices}), "
+            f"agents {config.agents.language}; times in {config.timezone}")
 
 
 def describe_database(config: Config) -> str:

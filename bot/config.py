@@ -32,6 +32,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bot import i18n
+from bot.i18n import N_
+
 _T = TypeVar("_T")
 
 ENV_PASSWORD = "PARCEL_PASSWORD"
@@ -92,6 +95,8 @@ class AgentsConfig:
     users: tuple[str, ...]
     room_encryption: bool = True
     label: str = "support"
+    # The language of the agent rooms (a shipped code); the top-level ``language`` if unset.
+    language: str = "en"
 
 
 @dataclass(frozen=True)
@@ -138,13 +143,29 @@ class ReactionsConfig:
 
 @dataclass(frozen=True)
 class MessagesConfig:
-    """Admin-chosen wording."""
+    """Admin-chosen wording, for every language or by language code.
 
-    welcome: str = (
+    A string is used for every language, except that Parcel's own default wording is
+    translated for each reader (it is a catalog message). ``*_by_language`` holds wording
+    given as a map by language code (``welcome`` is then the default language's entry).
+    """
+
+    welcome: str = N_(
         "Hello! You are connected to our support team. Files you send are offered to the "
         "agent, who accepts them before they see them."
     )
-    agent_room_name: str = "Chat with {customer} (#{session})"
+    agent_room_name: str = N_("Chat with {customer} (#{session})")
+    welcome_by_language: tuple[tuple[str, str], ...] = ()
+    agent_room_name_by_language: tuple[tuple[str, str], ...] = ()
+
+    def welcome_in(self, language: str) -> str:
+        """The configured welcome for ``language`` (the map's entry, else the one for all)."""
+        return dict(self.welcome_by_language).get(language, self.welcome)
+
+    def agent_room_name_in(self, language: str) -> str:
+        """The agent room name template for ``language`` (the map's entry, else the one for
+        all)."""
+        return dict(self.agent_room_name_by_language).get(language, self.agent_room_name)
 
 
 @dataclass(frozen=True)
@@ -233,6 +254,15 @@ class Config:
     # With PostgreSQL: how long the leader's lease lasts without a renewal, so how soon a
     # standby takes over from a dead leader (bot/leader.py).
     leader_lease: float = DEFAULT_LEADER_LEASE
+    # The language of customer rooms (a shipped code), the ones a customer may switch to
+    # with !language, and the time zone times are shown in (IANA name).
+    language: str = "en"
+    languages: tuple[str, ...] = i18n.SHIPPED
+    timezone: str = "UTC"
+
+    def translator(self, language: str) -> i18n.Translator:
+        """The translator for a reader of ``language`` in the configured time zone."""
+        return i18n.translator(language, self.timezone)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +292,10 @@ _SCHEMA: _Schema = {
     "allowed_servers": None,
     "notify_agents_of_refusals": None,
     "profile": {"display_name": None, "avatar": None},
-    "agents": {"users": None, "room_encryption": None, "label": None},
+    "language": None,
+    "languages": None,
+    "timezone": None,
+    "agents": {"users": None, "room_encryption": None, "label": None, "language": None},
     "policy": {
         "max_size": None,
         "offer_ttl": None,
@@ -759,7 +792,42 @@ def _empty(path: str) -> _Section:
     return _Section({}, path)
 
 
-def _agents(section: _Section, encryption: bool, user_id: str) -> AgentsConfig:
+def _language(value: object) -> str:
+    """A language code Parcel ships."""
+    try:
+        return i18n.check_language(value)
+    except i18n.UnknownLanguage as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _timezone(value: object) -> str:
+    """An IANA time zone name."""
+    i18n.check_timezone(value)
+    assert isinstance(value, str)
+    return value
+
+
+def _wording(
+    section: _Section, name: str, convert: Callable[[object], str], default: str,
+    default_language: str,
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A string for every language, or a map by language code that has the default one."""
+    value = section.data.get(name)
+    if not isinstance(value, Mapping):
+        return section.get(name, convert, default), ()
+    key = section.key(name)
+    by_language: dict[str, str] = {}
+    for code, text in value.items():
+        _convert(f"{key}.{_key_text(code)}", code, _language)
+        by_language[code] = _convert(f"{key}.{code}", text, convert)
+    if default_language not in by_language:
+        raise ConfigError(key, f"the map has no entry for the default language "
+                               f"'{default_language}' (language)")
+    return by_language[default_language], tuple(sorted(by_language.items()))
+
+
+def _agents(section: _Section, encryption: bool, user_id: str,
+            language: str = "en") -> AgentsConfig:
     users = section.items("users", _user_id("@alice:example.org"), "a list of Matrix user ids")
     users = users or ()
     first_index: dict[str, int] = {}
@@ -782,6 +850,7 @@ def _agents(section: _Section, encryption: bool, user_id: str) -> AgentsConfig:
         users=users,
         room_encryption=room_encryption,
         label=section.get("label", _text, AgentsConfig.label),
+        language=section.get("language", _language, language),
     )
 
 
@@ -961,6 +1030,19 @@ def _parse(
     retention = section("retention")
     retry = section("retry")
     profile = section("profile")
+    language = top.get("language", _language, "en")
+    languages = tuple(dict.fromkeys(
+        top.items("languages", _language, 'a list of language codes like ["de", "en"]')
+        or i18n.SHIPPED
+    ))
+    if language not in languages:
+        raise ConfigError("languages", f"must include the default language '{language}' "
+                                       "(language)")
+    welcome, welcome_by_language = _wording(messages, "welcome", _text,
+                                            MessagesConfig.welcome, language)
+    room_name, room_name_by_language = _wording(messages, "agent_room_name",
+                                                _room_name_template,
+                                                MessagesConfig.agent_room_name, language)
     config = Config(
         homeserver=homeserver,
         user_id=user_id,
@@ -971,14 +1053,14 @@ def _parse(
             "data_dir", lambda value: _data_dir(value, base), _data_dir(DEFAULT_DATA_DIR, base)
         ),
         encryption=encryption,
-        agents=_agents(section("agents"), encryption, user_id),
+        agents=_agents(section("agents"), encryption, user_id, language),
         policy=_policy(section("policy")),
         reactions=_reactions(section("reactions")),
         messages=MessagesConfig(
-            welcome=messages.get("welcome", _text, MessagesConfig.welcome),
-            agent_room_name=messages.get(
-                "agent_room_name", _room_name_template, MessagesConfig.agent_room_name
-            ),
+            welcome=welcome,
+            agent_room_name=room_name,
+            welcome_by_language=welcome_by_language,
+            agent_room_name_by_language=room_name_by_language,
         ),
         media=MediaConfig(
             transfer_timeout=media.get(
@@ -1019,6 +1101,9 @@ def _parse(
         database=top.get("database", _database_url, None),
         database_password=env.get(ENV_DATABASE_PASSWORD) or None,
         leader_lease=top.get("leader_lease", _lease, DEFAULT_LEADER_LEASE),
+        language=language,
+        languages=languages,
+        timezone=top.get("timezone", _timezone, "UTC"),
     )
     if config.database is not None and config.encryption_key is None and require_credentials:
         # A key generated into data_dir would be lost with the container and unknown to the

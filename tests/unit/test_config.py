@@ -435,7 +435,7 @@ VALIDATION_CASES = [
     # agents
     (
         "agents: ['@a:b']",
-        "agents: expected a mapping with the keys users, room_encryption, label, got a list",
+        "agents: expected a mapping with the keys users, room_encryption, label, language, got a list",
     ),
     ("agents: {users: '@a:b'}", 'agents.users: expected a list of Matrix user ids, got "@a:b"'),
     (
@@ -1147,3 +1147,67 @@ def test_secrets_never_show_in_the_configs_repr() -> None:
     for secret in ("hunter2-secret", "syt_secret_token", "pg-secret"):
         assert secret not in shown
     assert "homeserver=" in shown
+
+
+# ---------------------------------------------------------------------------------------------
+# Languages
+# ---------------------------------------------------------------------------------------------
+
+
+def test_languages_default() -> None:
+    """Without language keys: English everywhere, every shipped language allowed, UTC."""
+    config = config_from()
+    assert (config.language, config.agents.language, config.timezone) == ("en", "en", "UTC")
+    assert config.languages == ("en", "de", "fr", "es", "it", "nl", "pt", "ar")
+
+
+def test_agents_language_follows_language_unless_set() -> None:
+    """agents.language defaults to the top-level language and may differ from it."""
+    assert config_from("language: de").agents.language == "de"
+    config = config_from("{language: de, agents: {language: fr}, timezone: Europe/Berlin}")
+    assert (config.language, config.agents.language, config.timezone) == (
+        "de", "fr", "Europe/Berlin")
+
+
+def test_wording_by_language() -> None:
+    """messages.* given as a map: the default language's entry is the one for all others."""
+    config = config_from(
+        "{language: de, messages: {welcome: {de: Hallo, en: Hello},"
+        " agent_room_name: {de: 'Gespräch #{session}', fr: 'Discussion #{session}'}}}"
+    )
+    assert config.messages.welcome == "Hallo"
+    assert config.messages.welcome_in("en") == "Hello"
+    assert config.messages.welcome_in("fr") == "Hallo"
+    assert config.messages.agent_room_name_in("fr") == "Discussion #{session}"
+    assert config.messages.agent_room_name_in("es") == "Gespräch #{session}"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ("language: xx", "language: 'xx' is not a shipped language (shipped: en, de, fr, es, "
+                         "it, nl, pt, ar)"),
+        ("agents: {language: tlh}", "agents.language: 'tlh' is not a shipped language "
+                                    "(shipped: en, de, fr, es, it, nl, pt, ar)"),
+        ("languages: [de, ru]", "languages[1]: 'ru' is not a shipped language (shipped: en, "
+                                "de, fr, es, it, nl, pt, ar)"),
+        ("{language: fr, languages: [de, en]}",
+         "languages: must include the default language 'fr' (language)"),
+        ("timezone: Mars/Olympus", "timezone: 'Mars/Olympus' is not an IANA time zone name "
+                                   "(like Europe/Berlin)"),
+        ("timezone: ../etc/passwd", "timezone: '../etc/passwd' is not an IANA time zone name "
+                                    "(like Europe/Berlin)"),
+        ("{language: de, messages: {welcome: {en: Hello}}}",
+         "messages.welcome: the map has no entry for the default language 'de' (language)"),
+        ("messages: {welcome: {en: Hi, xx: Yo}}",
+         "messages.welcome.xx: 'xx' is not a shipped language (shipped: en, de, fr, es, it, "
+         "nl, pt, ar)"),
+        ("messages: {agent_room_name: {en: '{name}'}}",
+         'messages.agent_room_name.en: unknown placeholder "{name}"; use {customer} and '
+         "{session}"),
+    ],
+)
+def test_language_errors_name_the_key(overlay: str, message: str) -> None:
+    """A language that is not shipped, a bad time zone, a map without the default language:
+    each is a config error naming the key."""
+    assert str(error_from(overlay)) == message
