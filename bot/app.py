@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 import asyncpg
 from aiohttp import web
 from nio import AsyncClient, KeysUploadResponse
 from nio.store import MatrixStore
 
+from bot import i18n
 from bot.attachments import sealed
 from bot.attachments.offers import OfferService
 from bot.attachments.panel import PanelService
@@ -31,6 +33,7 @@ from bot.matrix.sync import SyncLoop
 from bot.metrics import Metrics
 from bot.retry import Backoff, sleep_or_stop, until_done
 from bot.router import Router
+from bot.sessions import language
 from bot.sessions.service import SessionService
 from bot.store import DELIVERY_RECORDS_KEPT, SessionState, Store
 from bot.supervision import LoopHealth, supervise
@@ -71,6 +74,9 @@ class Parcel:
         instance holds it, work while it does, and go back to waiting when it is lost.
         """
         config = self.config
+        # The catalogs in use, compiled now: a broken translation fails at start-up.
+        i18n.load_all(tuple(dict.fromkeys((config.language, config.agents.language,
+                                           *config.languages))))
         make_private(config.data_dir)  # before anything is written there
         self.key = encryption_key(config)
         (config.data_dir / "crypto").mkdir(exist_ok=True)
@@ -156,7 +162,8 @@ class Parcel:
             sessions = SessionService(config, store, client, sender, rooms, work, self.metrics)
             offers = OfferService(config, store, sender, media, rooms, work, self.metrics)
             sessions.offers = offers
-            panels = PanelService(store, client, sender, rooms, work)
+            panels = PanelService(store, client, sender, rooms, work,
+                                  reader=partial(language.reader, config))
             offers.on_change = panels.changed
             sessions.panels = panels
             self.panels = panels

@@ -10,6 +10,7 @@ durable work units (relays, offers, kicks, decryption retries) that the schedule
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ from bot.attachments.model import Direction
 from bot.attachments.offers import FILE_MSGTYPES, OfferService
 from bot.config import Config
 from bot.errors import Source, TransientError, Waiting, from_exception
+from bot.i18n import Translator
 from bot.matrix.client import call
 from bot.matrix.rooms import RoomDirectory
 from bot.sessions import relay
@@ -193,7 +195,8 @@ class Router:
         elif "state_key" not in source:
             what = relay.unsupported_event(str(kind))
             if what is not None:
-                await self._reply(session, side, event_id, render.not_relayable(what))
+                await self._reply(session, side, event_id,
+                                  render.not_relayable(what, t=self._t(session, side)))
 
     async def _on_closed(
         self, session: Session, side: Side, event_id: str, sender: str, source: dict[str, Any]
@@ -209,7 +212,8 @@ class Router:
             or not self._sessions.is_agent(sender)
         ):
             return
-        await self._reply(session, side, event_id, render.session_closed_already())
+        await self._reply(session, side, event_id,
+                          render.session_closed_already(t=self._t(session, side)))
 
     def _may_speak(self, session: Session, side: Side, sender: str) -> bool:
         """Only configured agents count in the agent room; anyone but the bot in the other."""
@@ -271,7 +275,8 @@ class Router:
         body = content.get("body")
         if msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
             what = "location" if msgtype == "m.location" else "message"
-            await self._reply(session, side, event_id, render.not_relayable(what))
+            await self._reply(session, side, event_id,
+                              render.not_relayable(what, t=self._t(session, side)))
             return
         if not is_edit and await self._on_command(session, side, event_id, sender, body):
             return
@@ -288,10 +293,12 @@ class Router:
     ) -> None:
         """Relay text to the other side: no fake quotes, real replies, in parts if long."""
         body, formatted = relay.strip_fallbacks(body, formatted, is_reply=reply_to is not None)
-        if is_edit:
-            body = f"(edited) {body}"
-            formatted = f"<i>(edited)</i> {formatted}" if formatted is not None else None
         other = Side.AGENT if side is Side.CUSTOMER else Side.CUSTOMER
+        if is_edit:
+            edited = self._t(session, other)._("(edited)")  # in the readers' language
+            body = f"{edited} {body}"
+            formatted = (f"<i>{html.escape(edited)}</i> {formatted}" if formatted is not None
+                         else None)
         here, there = session.room_of(side), session.room_of(other)
         target = None
         if reply_to is not None and here is not None and there is not None:
@@ -301,7 +308,8 @@ class Router:
         if contents is None:
             logger.warning("session %d: %s is too long to relay even in parts", session.id,
                            event_id)
-            await self._reply(session, side, event_id, render.message_too_long(len(body.encode())))
+            await self._reply(session, side, event_id, render.message_too_long(
+                len(body.encode()), t=self._t(session, side)))
             return
         for part, relayed in enumerate(contents, start=1):
             await self._sessions.enqueue_send(session, other, relayed,
@@ -313,47 +321,81 @@ class Router:
         await self._sessions.enqueue_send(session, side, message.content(), f"reply-{event_id}",
                                           event_id)
 
+    def _t(self, session: Session, side: Side) -> Translator:
+        """The language of the people in ``side``'s room."""
+        return self._sessions.translator(session, side)
+
     async def _on_command(
         self, session: Session, side: Side, event_id: str, sender: str, body: str
     ) -> bool:
-        """Run a ``!command``; returns False when the text is not a command at all."""
+        """Run a ``!command``; returns False when the text is not a command at all.
+
+        English commands always work; the room's language may add its own words
+        (``!annehmen 1``), shown by ``!help``.
+        """
         match = _COMMAND.match(body.strip())
         if match is None:
             return False
-        word, argument = match.group(1).lower(), (match.group(2) or "").strip()
+        t = self._t(session, side)
+        typed, argument = match.group(1).lower(), (match.group(2) or "").strip()
+        word = render.command_word(typed, t.code)
         if word == "help":
-            await self._reply(session, side, event_id, render.help_text())
+            await self._reply(session, side, event_id,
+                              render.help_text(t=t, language_command=side is Side.CUSTOMER))
         elif word == "attachments":
             viewpoint = (
                 Direction.CUSTOMER_TO_AGENT if side is Side.CUSTOMER
                 else Direction.AGENT_TO_CUSTOMER
             )
             offers = await self._store.offers.session_offers(session.id)
-            await self._reply(session, side, event_id, render.attachment_log(offers, viewpoint))
+            await self._reply(session, side, event_id,
+                              render.attachment_log(offers, viewpoint, t=t))
         elif word in ("accept", "decline"):
             await self._reply(session, side, event_id,
-                        await self._decision_command(session, side, sender, word, argument))
+                        await self._decision_command(session, side, sender, word, argument, t))
         elif word == "end":
             name = self._sessions.label(session, side, sender)
             await self._sessions.request_close(session, "ended", name, event_id, by_side=side)
+        elif word == "language":
+            await self._reply(session, side, event_id,
+                              await self._language_command(session, side, argument, t))
         else:
-            await self._reply(session, side, event_id, render.unknown_command(f"!{word}"))
+            await self._reply(session, side, event_id, render.unknown_command(f"!{typed}", t=t))
         return True
 
+    async def _language_command(
+        self, session: Session, side: Side, argument: str, t: Translator
+    ) -> render.Message:
+        """``!language`` lists a customer's choices; ``!language es`` switches their chat
+        (remembered in the store; the panel is redrawn in it; the answer is in it)."""
+        allowed = self._config.languages
+        if side is Side.AGENT:
+            return render.language_agents_fixed(t=t)
+        if not argument:
+            return render.language_choices(t.code, allowed, t=t)
+        code = argument.split()[0].lower()
+        if code not in allowed:
+            return render.language_unknown(argument, allowed, t=t)
+        session = await self._store.sessions.set_language(session.id, code)
+        logger.info("session %d: the customer switched the chat to %s", session.id, code)
+        if self._sessions.panels is not None:
+            await self._sessions.panels.changed(session.id)
+        return render.language_switched(t=self._t(session, side))
+
     async def _decision_command(
-        self, session: Session, side: Side, sender: str, word: str, argument: str
+        self, session: Session, side: Side, sender: str, word: str, argument: str,
+        t: Translator,
     ) -> render.Message:
         number = argument.lstrip("#")
         # ASCII digits only: str.isdigit() is also true for "²", which int() refuses.
         if not (number.isascii() and number.isdigit()) or len(number) > 12:
-            return render.command_error(f"!{word} needs an offer number, like !{word} 3.")
+            return render.offer_number_needed(word, t=t)
         offer, problem = await self._offers.decide(session, side, int(number), sender,
-                                                   accept=word == "accept")
+                                                   accept=word == "accept", t=t)
         if problem is not None:
             return render.command_error(problem)
         assert offer is not None
-        verb = "Accepted" if word == "accept" else "Declined"
-        return render.command_error(f"{verb} offer #{offer.shown_number}.")
+        return render.decision_done(word == "accept", offer.shown_number, t=t)
 
     async def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
         """Keep the message as work that is tried again when keys arrive, and on a schedule."""
@@ -394,7 +436,8 @@ class Router:
                           at_most=min(30.0, self._config.retry.undecryptable_for))
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
-        await self._sessions.enqueue_send(session, side, render.undecryptable().content(),
+        await self._sessions.enqueue_send(session, side,
+                                          render.undecryptable(t=self._t(session, side)).content(),
                                           f"undecryptable-{event.event_id}")
 
 

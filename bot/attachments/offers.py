@@ -28,6 +28,7 @@ from bot.attachments.policy import Verdict, evaluate, image_too_large, too_large
 from bot.attachments.text import safe_filename
 from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config, DirectionPolicy
 from bot.errors import PermanentError, TransientError
+from bot.i18n import ENGLISH, Translator
 from bot.matrix.client import Sender
 from bot.matrix.media import (
     GrowingCopy,
@@ -39,6 +40,7 @@ from bot.matrix.media import (
 )
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
+from bot.sessions.language import reader
 from bot.store import Session, Side, Store, WorkUnit, offer_lane
 from bot.work import Scheduler
 
@@ -215,28 +217,34 @@ class OfferService:
         return offer
 
     async def decide(
-        self, session: Session, side: Side, number: int, actor: str, accept: bool
+        self, session: Session, side: Side, number: int, actor: str, accept: bool,
+        t: Translator = ENGLISH,
     ) -> tuple[Offer | None, str | None]:
         """Apply a decision on this chat's offer #``number`` from ``side``'s room.
 
-        Returns (offer, why-not) for command replies. Numbers count per chat, so a number from
-        another chat finds nothing here.
+        Returns (offer, why-not) for command replies, why-not in the language of ``t``.
+        Numbers count per chat, so a number from another chat finds nothing here.
         """
         offer = await self._store.offers.offer_by_number(session.id, number)
         if offer is None:
-            return None, f"There is no offer #{number} waiting for a decision in this chat."
+            return None, t._("There is no offer #{number} waiting for a decision in this chat.",
+                             number=number)
         if sender_side(offer.direction) is side:
-            recipient = render.side_name(offer.direction, recipient=True)
-            return None, (f"Offer #{number} was sent from this side of the chat; only "
-                          f"{recipient} can accept or decline it.")
+            if offer.direction is Direction.CUSTOMER_TO_AGENT:
+                return None, t._("Offer #{number} was sent from this side of the chat; only the "
+                                 "agent can accept or decline it.", number=number)
+            return None, t._("Offer #{number} was sent from this side of the chat; only the "
+                             "customer can accept or decline it.", number=number)
         if offer.state is OfferState.INSPECTING:
-            return offer, f"Offer #{number} is still being checked; try again in a moment."
+            return offer, t._("Offer #{number} is still being checked; try again in a moment.",
+                              number=number)
         target = OfferState.ACCEPTED if accept else OfferState.DECLINED
         decided = await self._store.offers.transition(offer.id, target, actor=actor)
         if decided is None:
             current = await self._store.offers.get_offer(offer.id)
-            state = render.STATE_WORDS[current.state] if current else "gone"
-            return current, f"Offer #{number} was already {state}."
+            state = render.state_word(current.state, t=t) if current else t._("gone")
+            return current, t._("Offer #{number} was already {state}.", number=number,
+                                state=state)
         logger.info("offer %d (session %d): %s by %s", offer.id, offer.session_id,
                     target.value, actor)
         self._metrics.decided(max(0.0, decided.updated_at - offer.updated_at))
@@ -385,7 +393,8 @@ class OfferService:
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
             reason = offer.reason or "it was refused"
-            notice = render.rejection_notice(offer.filename, reason)
+            notice = render.rejection_notice(offer.filename, reason,
+                                             t=await self._reader(offer, sender=True))
             content = render.reply_to(self._with_block(notice.content(), offer),
                                       offer.source_event_id)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
@@ -394,7 +403,8 @@ class OfferService:
         elif offer.state is OfferState.FAILED:
             # The sender first: they are the one waiting, and their room may still work.
             notice = render.offer_failed(offer.filename, offer.reason or "unknown error",
-                                         accepted=offer.decided_by is not None)
+                                         accepted=offer.decided_by is not None,
+                                         t=await self._reader(offer, sender=True))
             content = self._with_block(notice.content(), offer)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-failed")
             await self._finish(offer)
@@ -411,7 +421,8 @@ class OfferService:
             or session.agent_room is None
         ):
             return
-        notice = render.refusal_notice_for_agents(offer.sender_name, offer.filename, reason)
+        notice = render.refusal_notice_for_agents(offer.sender_name, offer.filename, reason,
+                                                  t=reader(self._config, session, Side.AGENT))
         # No io.parcel.offer block: nothing was offered to the agents, this only informs them.
         await self._send_ready(session.agent_room, notice.content(),
                                f"offer-{offer.id}-refused-agents")
@@ -624,6 +635,15 @@ class OfferService:
         await self._rooms.ready(room_id)
         return await self._sender.send(room_id, content, txn_id=txn_id)
 
+    async def _reader(self, offer: Offer, sender: bool) -> Translator:
+        """The language of the offer's sender's room (``sender``) or its recipient's, as the
+        session has it now (a customer's !language applies to later edits too)."""
+        session = await self._store.sessions.get_session(offer.session_id)
+        side = sender_side(offer.direction)
+        if not sender:
+            side = Side.AGENT if side is Side.CUSTOMER else Side.CUSTOMER
+        return reader(self._config, session, side)
+
     def _with_block(self, content: dict[str, Any], offer: Offer) -> dict[str, Any]:
         content[render.OFFER_KEY] = render.offer_block(offer, offer.session_id)
         return content
@@ -634,7 +654,8 @@ class OfferService:
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,
                                   self._config.reactions.decline,
-                                  as_file=self._sent_as_file(offer)),
+                                  as_file=self._sent_as_file(offer),
+                                  t=await self._reader(offer, sender=False)),
                 offer,
             )
             event_id = await self._send_ready(recipient_room, card, f"offer-{offer.id}-card")
@@ -662,8 +683,10 @@ class OfferService:
         if offer.status_event_id is not None:
             return offer
         # A reply to the sender's upload: Element shows it attached to that file.
-        status = render.reply_to(self._with_block(render.status_line(offer), offer),
-                                 offer.source_event_id)
+        status = render.reply_to(
+            self._with_block(render.status_line(offer, t=await self._reader(offer, sender=True)),
+                             offer),
+            offer.source_event_id)
         event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
         return await self._store.offers.update_offer(offer.id, status_event_id=event_id,
                                         status_room=sender_room)
@@ -901,14 +924,16 @@ class OfferService:
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,
                                   self._config.reactions.decline, decider,
-                                  as_file=self._sent_as_file(offer)),
+                                  as_file=self._sent_as_file(offer),
+                                  t=await self._reader(offer, sender=False)),
                 offer,
             )
             await self._edit(offer.offer_room, offer.offer_event_id, card,
                              f"offer-{offer.id}-{state}-card")
             await self._remove_seeded_reactions(offer, offer.offer_room)
         if offer.status_event_id and offer.status_room:
-            status = self._with_block(render.status_line(offer), offer)
+            status = self._with_block(
+                render.status_line(offer, t=await self._reader(offer, sender=True)), offer)
             await self._edit(offer.status_room, offer.status_event_id, status,
                              f"offer-{offer.id}-{state}-status")
         final, part = self._paths(offer)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from nio import AsyncClient, RoomGetStateEventResponse, RoomPutStateResponse
 
@@ -22,6 +23,7 @@ from bot import render
 from bot.attachments.model import Direction
 from bot.attachments.offers import direction_from
 from bot.errors import PermanentError
+from bot.i18n import ENGLISH, Translator
 from bot.matrix.client import Sender, call
 from bot.matrix.rooms import RoomDirectory
 from bot.store import Panel, Session, Side, Store, WorkUnit
@@ -42,8 +44,11 @@ class PanelService:
     """Keeps each session room's activity panel in step with the store."""
 
     def __init__(self, store: Store, client: AsyncClient, sender: Sender, rooms: RoomDirectory,
-                 work: Scheduler, coalesce: float = COALESCE_SECONDS) -> None:
+                 work: Scheduler, coalesce: float = COALESCE_SECONDS,
+                 reader: Callable[[Session, Side], Translator] | None = None) -> None:
         self._store = store
+        # Each room's panel in its readers' language (bot.sessions.language.reader).
+        self._reader = reader or (lambda session, side: ENGLISH)
         self._client = client
         self._sender = sender
         self._rooms = rooms
@@ -102,7 +107,9 @@ class PanelService:
         session = await self._store.sessions.get_session(panel.session_id)
         version = panel.version
         offers = await self._store.offers.session_offers(session.id)
-        content = render.activity_panel(offers, viewpoint_of(session, panel.room_id)).content()
+        side = Side.CUSTOMER if panel.room_id == session.customer_room else Side.AGENT
+        content = render.activity_panel(offers, viewpoint_of(session, panel.room_id),
+                                        t=self._reader(session, side)).content()
         await self._rooms.ready(panel.room_id)
         if panel.event_id is None:
             event_id = await self._sender.send(

@@ -21,10 +21,12 @@ from bot import render
 from bot.attachments.text import strip_invisible
 from bot.config import Config
 from bot.errors import PermanentError, Waiting
+from bot.i18n import Translator
 from bot.matrix.client import Sender, call
 from bot.matrix.roomkeys import forget_keys_of_left_rooms, forget_room_keys
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
+from bot.sessions.language import reader
 from bot.sessions.naming import disambiguate
 from bot.store import Session, SessionState, Side, Store, WorkUnit, session_lane
 from bot.work import Scheduler
@@ -92,6 +94,10 @@ class SessionService:
     def own_user_id(self) -> str:
         """The bot's user id."""
         return self._config.user_id
+
+    def translator(self, session: Session, side: Side) -> Translator:
+        """The language of the people in ``side``'s room (see :func:`language.reader`)."""
+        return reader(self._config, session, side)
 
     def is_agent(self, user_id: str) -> bool:
         """Whether ``user_id`` is a configured agent (by id, never by name)."""
@@ -239,10 +245,11 @@ class SessionService:
         room_id, inviter = unit.payload["room"], unit.payload["inviter"]
         await call(f"joining {room_id}", self._client.join(room_id), JoinResponse)
         await self._rooms.ready(room_id)
-        notice = render.Message(
-            "Sorry, this support service is not available to accounts on "
-            f"{server_of(inviter)}."
-        )
+        t = self._config.translator(self._config.language)
+        notice = render.Message(t._(
+            "Sorry, this support service is not available to accounts on {server}.",
+            server=server_of(inviter),
+        ))
         await self._sender.send(room_id, notice.content(), txn_id=f"refuse-{room_id}")
         await call(f"leaving {room_id}", self._client.room_leave(room_id), RoomLeaveResponse)
 
@@ -271,15 +278,19 @@ class SessionService:
         assert session.agent_room is not None
         await self._rooms.ready(session.customer_room)
         await self._rooms.ready(session.agent_room)
+        customer = self.translator(session, Side.CUSTOMER)
+        welcome = self._config.messages.welcome_in(customer.code)
         await self._sender.send(
             session.customer_room,
-            render.welcome(self._config.messages.welcome).content(),
+            render.welcome(customer.known(welcome), t=customer,
+                           choices=len(self._config.languages)).content(),
             txn_id=f"session-{session.id}-welcome",
         )
         await self._sender.send(
             session.agent_room,
             render.session_opened_for_agents(
-                session.customer_name, session.customer_id, session.id
+                session.customer_name, session.customer_id, session.id,
+                t=self.translator(session, Side.AGENT),
             ).content(),
             txn_id=f"session-{session.id}-opened",
         )
@@ -288,9 +299,11 @@ class SessionService:
         """A chat that cannot be opened is closed, and the customer told if they can be."""
         session = await self._store.sessions.get_session(unit.payload["session"])
         if session.customer_room in self._client.rooms:
+            t = self.translator(session, Side.CUSTOMER)
             await self.enqueue_send(session, Side.CUSTOMER,
                                     render.chat_not_opened(
-                                        render.failure_cause(error.code, error.reason)).content(),
+                                        render.failure_cause(error.code, error.reason, t=t),
+                                        t=t).content(),
                                     f"session-{session.id}-not-opened")
         await self.request_close(session, "open_failed", None, None)
 
@@ -315,7 +328,9 @@ class SessionService:
             "creating the agent room",
             self._client.room_create(
                 name=self._agent_room_name(session),
-                topic=f"Parcel session #{session.id} with {session.customer_id}",
+                topic=self.translator(session, Side.AGENT)._(
+                    "Parcel session #{session} with {customer}", session=session.id,
+                    customer=session.customer_id),
                 invite=list(self._config.agents.users),
                 preset=RoomPreset.private_chat,
                 initial_state=initial_state,
@@ -326,9 +341,9 @@ class SessionService:
         return await self._store.sessions.attach_agent_room(session.id, response.room_id)
 
     def _agent_room_name(self, session: Session) -> str:
-        return self._config.messages.agent_room_name.format(
-            customer=session.customer_name, session=session.id
-        )
+        t = self.translator(session, Side.AGENT)
+        template = t.known(self._config.messages.agent_room_name_in(t.code))
+        return template.format(customer=session.customer_name, session=session.id)
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -370,7 +385,8 @@ class SessionService:
         session = await self._store.sessions.get_session(unit.payload["session"])
         if session.state is SessionState.CLOSED:
             return
-        notice = render.not_delivered(render.failure_cause(error.code, error.reason))
+        t = self.translator(session, Side(origin))
+        notice = render.not_delivered(render.failure_cause(error.code, error.reason, t=t), t=t)
         await self.enqueue_send(session, Side(origin), notice.content(),
                                 f"undelivered-{unit.payload['txn_id']}")
 
@@ -411,6 +427,7 @@ class SessionService:
             notice = render.session_closed(
                 reason, by, you=by_side == side.value, pending=pending,
                 bot_id=self.own_user_id if side is Side.CUSTOMER else None,
+                t=self.translator(session, side),
             )
             await self._sender.send(
                 room_id, notice.content(), txn_id=f"session-{session.id}-closed-{room_id}"
@@ -481,7 +498,8 @@ class SessionService:
     async def _mark_closed(self, session: Session) -> None:
         """Rename the agent room "[closed] …" so agents see at a glance that it is over."""
         assert session.agent_room is not None
-        name = render.closed_room_name(self._agent_room_name(session))
+        name = render.closed_room_name(self._agent_room_name(session),
+                                       t=self.translator(session, Side.AGENT))
         room = self._rooms.room(session.agent_room)
         if room is not None and room.name == name:
             return

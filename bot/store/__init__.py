@@ -58,6 +58,8 @@ class Session:
     created_at: float
     closed_at: float | None
     close_reason: str | None
+    # The customer's choice with !language; None: the configured language.
+    language: str | None = None
 
     def room_of(self, side: Side) -> str | None:
         """The room id of one side."""
@@ -174,6 +176,7 @@ def _session_from_row(row: Row) -> Session:
         created_at=row["created_at"],
         closed_at=row["closed_at"],
         close_reason=row["close_reason"],
+        language=row["language"],
     )
 
 
@@ -237,6 +240,12 @@ class Sessions(_Concern):
         """Record the customer's display name (looked up after the session was opened)."""
         await self._db.execute("UPDATE sessions SET customer_name = ? WHERE id = ?",
                                name, session_id)
+        return await self.get_session(session_id)
+
+    async def set_language(self, session_id: int, language: str) -> Session:
+        """Remember the language a customer chose for their chat (a code, never text)."""
+        await self._db.execute("UPDATE sessions SET language = ? WHERE id = ?",
+                               language, session_id)
         return await self.get_session(session_id)
 
     async def close_session(self, session_id: int, reason: str) -> bool:

@@ -208,6 +208,11 @@ MIGRATIONS: list[str | PerDialect] = [
     CREATE INDEX work_waits_for ON work(waits_for);
     CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
     """,
+    # 8: the language a customer switched their chat to with !language (NULL: the configured
+    # default); only the code is stored, every message is rendered for its reader.
+    """
+    ALTER TABLE sessions ADD COLUMN language TEXT;
+    """,
 ]
 
 
