@@ -222,11 +222,22 @@ class Translator:
         return format_datetime(moment, pattern, tzinfo=self._zone, locale=self.locale)
 
     def zone(self, ts: float) -> str:
-        """The short name of the configured time zone at ``ts`` ("UTC", "CET")."""
+        """The short name of the configured time zone at ``ts`` ("UTC", "MEZ", "UTC+1")."""
         if self.timezone == "UTC":
             return "UTC"
         moment = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
-        return format_datetime(moment, "z", tzinfo=self._zone, locale=self.locale)
+        name = format_datetime(moment, "z", tzinfo=self._zone, locale=self.locale)
+        if name[:1] not in "+-":
+            return name
+        # No short name in this locale (CLDR gives "+0100"): the offset, as people write it.
+        offset = moment.astimezone(self._zone).utcoffset() or _dt.timedelta()
+        minutes = int(offset.total_seconds() // 60)
+        hours, rest = divmod(abs(minutes), 60)
+        return f"UTC{'-' if minutes < 0 else '+'}{hours}" + (f":{rest:02d}" if rest else "")
+
+    def language_name(self, code: str) -> str:
+        """A language's name in this language, as it reads in a sentence ("français")."""
+        return Locale.parse(code).get_display_name(self.locale) or code
 
     def list(self, items: list[str], style: str = "standard") -> str:
         """Items joined the way this language lists them ("a, b and c", "a, b und c")."""

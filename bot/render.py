@@ -20,7 +20,7 @@ import nh3
 from bot.attachments.inspect import describe_mimetype
 from bot.attachments.model import Direction, Offer, OfferState
 from bot.attachments.text import display_filename, safe_filename, strip_invisible
-from bot.i18n import ENGLISH, N_, Rich, Translator
+from bot.i18n import ENGLISH, N_, Rich, Translator, own_name
 
 OFFER_KEY = "io.parcel.offer"
 
@@ -222,6 +222,22 @@ FAILURE_CAUSES = {
 }
 
 
+# Reasons stored on an offer in English (for logs and the admin CLI) that are shown to people
+# translated: t.known() finds them in the catalog. Keep them equal to the code that sets them
+# (bot/attachments/offers.py, policy.py, sessions/service.py).
+UNKNOWN_ERROR = N_("unknown error")
+STORED_REASONS = (
+    N_("the chat ended"),
+    N_("nobody accepted it in time"),
+    N_("the sender deleted the file"),
+    N_("it was refused"),
+    N_("it is empty"),
+    N_("the checked copy of the file is missing"),
+    N_("the checked copy of the file was altered"),
+    UNKNOWN_ERROR,
+)
+
+
 def failure_cause(code: str, detail: str, *, t: Translator = ENGLISH) -> str:
     """A permanent failure in plain words: the known cause for ``code``, else ``detail``."""
     return t.known(FAILURE_CAUSES[code]) if code in FAILURE_CAUSES else t.known(detail)
@@ -363,19 +379,15 @@ def offer_number_needed(word: str, *, t: Translator = ENGLISH) -> Message:
 def language_choices(current: str, allowed: Sequence[str], *,
                      t: Translator = ENGLISH) -> Message:
     """The answer to a bare !language: the choices, each named in its own language."""
-    from bot.i18n import own_name
-
     lines = [t._("This chat is in {language}. To switch, type !language and a code:",
-                 language=own_name(current))]
+                 language=t.language_name(current))]
     lines += [f"!language {code} — {t.isolate(own_name(code))}" for code in allowed]
     return Message("\n".join(lines))
 
 
 def language_switched(*, t: Translator) -> Message:
     """The confirmation of !language, in the language just chosen."""
-    from bot.i18n import own_name
-
-    return Message(t._("This chat is now in {language}.", language=own_name(t.code)))
+    return Message(t._("This chat is now in {language}.", language=t.language_name(t.code)))
 
 
 def language_unknown(code: str, allowed: Sequence[str], *, t: Translator = ENGLISH) -> Message:
@@ -555,7 +567,7 @@ def status_line(offer: Offer, *, t: Translator = ENGLISH) -> dict[str, Any]:
                    number=offer.shown_number)
     elif state is OfferState.FAILED:
         text = t._("⚠️ {filename} — could not be delivered: {reason}", filename=name,
-                   reason=t.known(offer.reason or N_("unknown error")))
+                   reason=t.known(offer.reason or UNKNOWN_ERROR))
     else:
         text = f"{name} — {state.value}"
     return Message(text).content("m.notice")
