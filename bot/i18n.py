@@ -239,6 +239,14 @@ class Translator:
         """A language's name in this language, as it reads in a sentence ("français")."""
         return Locale.parse(code).get_display_name(self.locale) or code
 
+    def joined(self, items: list[str]) -> str:
+        """Items separated by this language's list comma ("a, b"; Arabic "a، b"), no "and"."""
+        pattern = self.locale.list_patterns["standard"]["start"]
+        result = items[0] if items else ""
+        for item in items[1:]:
+            result = pattern.format(result, item)
+        return result
+
     def list(self, items: list[str], style: str = "standard") -> str:
         """Items joined the way this language lists them ("a, b and c", "a, b und c")."""
         return format_list([self.isolate(item) for item in items], style=style,

@@ -481,7 +481,7 @@ def _decision(offer: Offer, decider: str | None, t: Translator) -> str:
         parts.append(t._("by {name}", name=_plain(decider)))
     if offer.decided_at is not None:
         parts.append(t.isolate(f"{t.datetime(offer.decided_at)} {t.zone(offer.decided_at)}"))
-    return " " + ", ".join(parts) if parts else ""
+    return " " + t.joined(parts) if parts else ""
 
 
 def offer_card(

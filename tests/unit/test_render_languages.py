@@ -1,0 +1,216 @@
+"""Rendering per reader: the same facts in several languages (expectations written out here,
+never produced by the catalog under test), and right-to-left isolation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot import render
+from bot.attachments.model import Direction, Offer, OfferState
+from bot.i18n import FSI, PDI, Translator, translator
+
+S = OfferState
+C2A = Direction.CUSTOMER_TO_AGENT
+A2C = Direction.AGENT_TO_CUSTOMER
+BERLIN = "Europe/Berlin"
+# 2023-11-14 22:13:20 UTC, 23:13 in Berlin (winter time).
+MOMENT = 1_700_000_000.0
+
+
+def make_offer(**overrides: Any) -> Offer:
+    base: dict[str, Any] = dict(
+        id=7, session_id=3, direction=C2A, sender="@carol:hs", sender_name="Carol",
+        source_room="!c:hs", source_event_id="$up", msgtype="m.file", filename="report.pdf",
+        declared_mimetype="application/pdf", declared_size=1_234_567, state=S.OFFERED,
+        created_at=MOMENT, updated_at=MOMENT, mimetype="application/pdf", size=1_234_567,
+        number=2,
+    )
+    base.update(overrides)
+    return Offer(**base)
+
+
+def iso(text: str) -> str:
+    """``text`` in a bidirectional isolate, as a right-to-left reader's values are."""
+    return f"{FSI}{text}{PDI}"
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("en", "⬆️ report.pdf · PDF document · 1.2 MB — waiting for the agent to accept (offer #2)"),
+        ("de", "⬆️ report.pdf · PDF-Dokument · 1,2 MB — wartet auf Annahme durch den Mitarbeiter "
+               "(Angebot #2)"),
+        ("fr", "⬆️ report.pdf · document PDF · 1,2 Mo — en attente d'acceptation par l'agent "
+               "(offre n° 2)"),
+        ("es", "⬆️ report.pdf · documento PDF · 1,2 MB — esperando a que el agente lo acepte "
+               "(oferta n.º 2)"),
+        ("it", "⬆️ report.pdf · documento PDF · 1,2 MB — in attesa che l'operatore lo accetti "
+               "(offerta n. 2)"),
+        ("nl", "⬆️ report.pdf · PDF-document · 1,2 MB — wacht tot de medewerker het accepteert "
+               "(aanbod #2)"),
+        ("pt", "⬆️ report.pdf · documento PDF · 1,2 MB — aguardando o atendente aceitar "
+               "(oferta n.º 2)"),
+        ("ar", f"⬆️ {iso('report.pdf')} · {iso('مستند PDF · ' + iso('1.2') + ' ميغابايت')} — "
+               f"بانتظار قبول الموظف (العرض رقم {iso('2')})"),
+    ],
+)
+def test_status_line_waiting_in_each_language(code: str, shown: str) -> None:
+    """The sender's waiting status line: kind, size (decimal comma where the locale has one)
+    and the sentence, in the reader's language."""
+    assert render.status_line(make_offer(), t=translator(code))["body"] == shown
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("en", "🚫 report.pdf from Carol (offer #2) — declined by Alice (support), "
+               "2023-11-14 23:13 UTC+1; it was not delivered"),
+        ("de", "🚫 report.pdf von Carol (Angebot #2) — abgelehnt von Alice (support), "
+               "14.11.2023 23:13 MEZ; sie wurde nicht zugestellt"),
+        ("fr", "🚫 report.pdf de Carol (offre n° 2) — refusée par Alice (support), "
+               "14/11/2023 23:13 UTC+1\u00a0; il n'a pas été remis"),
+        ("nl", "🚫 report.pdf van Carol (aanbod #2) — geweigerd door Alice (support), "
+               "14-11-2023 23:13 CET; het is niet afgeleverd"),
+    ],
+)
+def test_decided_card_in_the_readers_time_zone(code: str, shown: str) -> None:
+    """A decided card names who decided and when, in the configured zone, the reader's date
+    pattern and the zone's name in the reader's locale."""
+    offer = make_offer(state=S.DECLINED, decided_at=MOMENT)
+    card = render.offer_card(offer, "✅", "❌", decider="Alice (support)",
+                             t=translator(code, BERLIN))
+    assert card["body"] == shown
+
+
+@pytest.mark.parametrize(
+    ("code", "pending", "shown"),
+    [
+        ("en", 1, "You ended the chat. 1 pending file was not delivered."),
+        ("en", 3, "You ended the chat. 3 pending files were not delivered."),
+        ("de", 1, "Sie haben das Gespräch beendet. 1 ausstehende Datei wurde nicht zugestellt."),
+        ("de", 3, "Sie haben das Gespräch beendet. 3 ausstehende Dateien wurden nicht "
+                  "zugestellt."),
+        ("fr", 1, "Vous avez mis fin à la discussion. 1 fichier en attente n'a pas été remis."),
+        ("fr", 2, "Vous avez mis fin à la discussion. 2 fichiers en attente n'ont pas été remis."),
+        ("ar", 1, f"لقد أنهيت المحادثة. لم يُسلَّم ملف معلّق واحد ({iso('1')})."),
+        ("ar", 2, f"لقد أنهيت المحادثة. لم يُسلَّم ملفان معلّقان ({iso('2')})."),
+        ("ar", 3, f"لقد أنهيت المحادثة. لم تُسلَّم {iso('3')} ملفات معلّقة."),
+        ("ar", 11, f"لقد أنهيت المحادثة. لم يُسلَّم {iso('11')} ملفًا معلّقًا."),
+        ("ar", 100, f"لقد أنهيت المحادثة. لم يُسلَّم {iso('100')} ملف معلّق."),
+    ],
+)
+def test_closing_words_use_real_plural_forms(code: str, pending: int, shown: str) -> None:
+    """"1 file" / "2 files" as each language counts, Arabic's one, two, few, many, other."""
+    notice = render.session_closed("ended", None, you=True, pending=pending, t=translator(code))
+    assert notice.body == shown
+
+
+@pytest.mark.parametrize(
+    ("code", "size", "shown"),
+    [
+        ("en", 1, "1 byte"), ("en", 999, "999 bytes"), ("en", 1_700, "1.7 KB"),
+        ("de", 1, "1 Byte"), ("de", 1_700, "1,7 kB"), ("de", 25_000_000, "25 MB"),
+        ("fr", 1, "1 octet"), ("fr", 0, "0 octet"), ("fr", 2, "2 octets"),
+        ("fr", 1_700, "1,7 ko"), ("fr", 3_400_000_000, "3,4 Go"),
+        ("es", 1_700, "1,7 kB"), ("pt", 1_700, "1,7 kB"),
+        ("ar", 1_700, f"{iso('1.7')} كيلوبايت"),
+    ],
+)
+def test_sizes_follow_the_locale(code: str, size: int, shown: str) -> None:
+    """Sizes in decimal units with the locale's decimal sign and unit names."""
+    assert translator(code).size(size) == shown
+
+
+def test_panel_in_german_with_the_time_zone() -> None:
+    """The pinned panel in German: counts, kind, size, direction, state and Berlin time."""
+    offers = [make_offer(), make_offer(id=8, number=3, direction=A2C, filename="a.png",
+                                       mimetype="image/png", size=1_700, state=S.ACCEPTED)]
+    panel = render.activity_panel(offers, C2A, t=translator("de", BERLIN))
+    assert panel.body == (
+        "📋 Dateien in diesem Gespräch: 2 (1 wartet)\n"
+        "⬆️ #2 report.pdf · PDF-Dokument · 1,2 MB · gesendet · wartet · 14.11.2023 23:13\n"
+        "📎 #3 a.png · PNG-Bild · 1,7 kB · empfangen · angenommen · 14.11.2023 23:13"
+    )
+
+
+def test_help_in_german_shows_the_aliases() -> None:
+    """!help in German lists each English command with its German alias."""
+    text = render.help_text(t=translator("de"), language_command=True).body
+    assert text.splitlines() == [
+        "Befehle:",
+        "!help / !hilfe — diese Hilfe anzeigen",
+        "!attachments / !anhaenge — die in diesem Gespräch gesendeten und empfangenen Dateien "
+        "auflisten",
+        "!accept N / !annehmen N — Angebot Nummer N annehmen (wie eine Reaktion mit ✅)",
+        "!decline N / !ablehnen N — Angebot Nummer N ablehnen (wie eine Reaktion mit ❌)",
+        "!end / !ende — dieses Gespräch beenden",
+        "!language / !sprache — die Sprachen dieses Gesprächs auflisten oder wechseln: "
+        "!language es",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("typed", "code", "command"),
+    [("annehmen", "de", "accept"), ("ACCEPT", "de", "accept"), ("refuser", "fr", "decline"),
+     ("idioma", "es", "language"), ("annehmen", "fr", "annehmen"), ("help", "ar", "help")],
+)
+def test_command_words(typed: str, code: str, command: str) -> None:
+    """English commands work in every language; an alias only in its own."""
+    assert render.command_word(typed, code) == command
+
+
+def test_language_choices_each_in_its_own_language() -> None:
+    """!language lists the choices by their own names, the sentence in the reader's."""
+    body = render.language_choices("es", ["de", "en", "es", "fr", "ar"],
+                                   t=translator("es")).body
+    assert body.splitlines() == [
+        "Este chat está en español. Para cambiar, escriba !language y un código:",
+        "!language de — Deutsch",
+        "!language en — English",
+        "!language es — Español",
+        "!language fr — Français",
+        "!language ar — العربية",
+    ]
+    assert render.language_switched(t=translator("es")).body == "Este chat está ahora en español."
+    assert render.language_unknown("xx", ["de", "en"], t=translator("de")).body == (
+        "xx ist keine Sprache dieses Gesprächs. Wählen Sie eine von: de und en")
+
+
+def test_arabic_isolates_a_hostile_name_and_file_name() -> None:
+    """A right-to-left reader gets every name, file name and number in its own isolate, so
+    a Latin file name or a name with bidi controls cannot reorder the sentence."""
+    hostile = "Eve \u202eevil"
+    notice = render.refusal_notice_for_agents(hostile, "invoice.pdf", "it is empty",
+                                              t=translator("ar"))
+    assert notice.body == (
+        f"⛔ حاول {iso('Eve evil')} إرسال {iso('invoice.pdf')}: رُفض — {iso('الملف فارغ')}")
+
+
+def test_html_escapes_translated_text_and_values() -> None:
+    """The HTML form escapes the translation and the values; bold and code stay markup."""
+    offer = make_offer(filename="<b>x</b>.pdf", sender_name="A&B")
+    card = render.offer_card(offer, "✅", "❌", t=translator("fr"))
+    assert card["formatted_body"].startswith(
+        "📥 <b>Accepter &lt;b&gt;x&lt;_b&gt;.pdf de A&amp;B\u00a0?</b><br>")
+    assert "<code>!accept 2</code>" in card["formatted_body"]
+
+
+def test_default_wording_is_translated_but_an_admins_is_not() -> None:
+    """Parcel's own welcome is a catalog message; an admin's own text stays as written."""
+    t = translator("it")
+    default = ("Hello! You are connected to our support team. Files you send are offered to the "
+               "agent, who accepts them before they see them.")
+    assert t.known(default).startswith("Salve! È in contatto con il nostro team di assistenza.")
+    assert t.known("Willkommen bei Acme!") == "Willkommen bei Acme!"
+    assert render.closed_room_name("Chat con Carol (n. 3)", t=t) == "[chiusa] Chat con Carol (n. 3)"
+    assert render.closed_room_name("[chiusa] x", t=t) == "[chiusa] x"
+
+
+def test_unknown_time_zone_or_language_is_refused() -> None:
+    """A translator needs a shipped language and an IANA zone."""
+    with pytest.raises(ValueError, match="not a shipped language"):
+        Translator("tlh")
+    with pytest.raises(ValueError, match="not an IANA time zone"):
+        Translator("de", "Middle/Earth")
