@@ -17,6 +17,7 @@ from typing import Any
 
 from bot import config as config_module
 from bot.config import Config, ConfigError
+from bot.i18n import SHIPPED as SHIPPED_LANGUAGES
 from bot.logs import setup_logging
 from bot.matrix.chunks import limit_malloc_arenas
 
@@ -82,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="leave everything running and print the logins")
     demo.add_argument("--port", type=int, default=None,
                       help="with --keep: the homeserver's port (default: a free one)")
+    demo.add_argument("--language", default="en", choices=SHIPPED_LANGUAGES,
+                      help="the language Parcel speaks to both sides (default: en)")
     return parser
 
 
@@ -95,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.demo import run_demo
 
             setup_logging(log_level or "WARNING")
-            return asyncio.run(run_demo(keep=args.keep, port=args.port))
+            return asyncio.run(run_demo(keep=args.keep, port=args.port,
+                                        language=args.language))
         if args.command == "log":
             # Reading the store needs no login: the password may stay out of the environment.
             config = config_module.load(args.config, require_credentials=False)

@@ -449,8 +449,9 @@ def _describe_content(content: dict[str, Any]) -> str:
 class Demo:
     """Owns everything the demo starts, so :meth:`close` can stop it in the right order."""
 
-    def __init__(self, base: Path, port: int | None = None) -> None:
+    def __init__(self, base: Path, port: int | None = None, language: str = "en") -> None:
         self.base = base
+        self.language = language  # both sides' (``parcel-bot demo --language de``)
         self.began = time.monotonic()
         self.homeserver = Homeserver(base / "synapse", port=port)
         self.config: Config | None = None
@@ -521,6 +522,7 @@ class Demo:
             "agents": {"users": [alice_user.user_id], "room_encryption": ENCRYPTED},
             "policy": {"max_size": "10MB", "offer_ttl": "1h"},
             "logging": {"level": "WARNING"},
+            "language": self.language,
         }
         self.config = config_module.parse(raw, env={})
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -607,9 +609,14 @@ class Demo:
         # The attachment log.
         await carol.say(croom, "!attachments")
 
+        # The log's heading in the chat's language, up to its count: "Attachments (".
+        assert self.config is not None
+        heading = self.config.translator(self.language)._("Attachments ({count}):", count="")
+        heading = heading.split("(")[0] + "("
+
         def reply() -> dict[str, Any] | None:
             for event in carol.messages(croom, bot.user_id):
-                if str(event["content"].get("body", "")).startswith("Attachments ("):
+                if str(event["content"].get("body", "")).startswith(heading):
                     return event
             return None
 
@@ -717,14 +724,15 @@ def _signals(handler: Callable[[], None]) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-async def run_demo(keep: bool = False, port: int | None = None) -> int:
+async def run_demo(keep: bool = False, port: int | None = None, language: str = "en") -> int:
     """Play the scripted chat; with ``keep``, stay up until Ctrl-C/SIGTERM. Returns an exit code.
 
     ``port`` fixes the homeserver's port (so a browser tab or an Element login survives a
-    restart of the demo); by default a free one is chosen.
+    restart of the demo); by default a free one is chosen. ``language`` is the language both
+    sides are spoken to in.
     """
     base = Path(tempfile.mkdtemp(prefix="parcel-demo-"))
-    demo = Demo(base, port)
+    demo = Demo(base, port, language)
     stop = asyncio.Event()
     main = asyncio.current_task()
     keeping = cleaning = False
