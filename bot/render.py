@@ -17,8 +17,8 @@ from typing import Any
 
 import nh3
 
-from bot.attachments.inspect import describe_mimetype
 from bot.attachments.model import Direction, Offer, OfferState
+from bot.attachments.reasons import describe_kind, stored_reason
 from bot.attachments.text import display_filename, safe_filename, strip_invisible
 from bot.i18n import ENGLISH, N_, Rich, Translator, own_name
 
@@ -231,7 +231,7 @@ STORED_REASONS = (
     N_("nobody accepted it in time"),
     N_("the sender deleted the file"),
     N_("it was refused"),
-    N_("it is empty"),
+    N_("it could not be checked for malware"),
     N_("the checked copy of the file is missing"),
     N_("the checked copy of the file was altered"),
     UNKNOWN_ERROR,
@@ -432,22 +432,6 @@ def describe(offer: Offer, *, t: Translator = ENGLISH) -> str:
     return describe_kind(offer.mimetype, t=t) if offer.mimetype else t._("file")
 
 
-def describe_kind(mimetype: str, *, t: Translator = ENGLISH) -> str:
-    """:func:`describe_mimetype` in the reader's language ("PNG-Bild")."""
-    english = describe_mimetype(mimetype)
-    known = t.known(english)
-    if known != english or t.code == "en":
-        return known
-    # Named from the subtype ("JXL image"): the noun translated, the label kept.
-    label, _, noun = english.rpartition(" ")
-    if label and label.isupper() and noun in ("image", "video", "audio", "file"):
-        return {"image": t._("{label} image", label=label),
-                "video": t._("{label} video", label=label),
-                "audio": t._("{label} audio", label=label),
-                "file": t._("{label} file", label=label)}[noun]
-    return english
-
-
 def latest_offer_state(events: Iterable[dict[str, Any]], offer_id: int) -> str | None:
     """An offer's state as a client sees it: the newest of its messages and their edits.
 
@@ -580,18 +564,24 @@ def reply_to(content: dict[str, Any], event_id: str) -> dict[str, Any]:
     return content
 
 
-def rejection_notice(filename: str, reason: str, *, t: Translator = ENGLISH) -> Message:
-    """Tells the sender a file was refused and why; nothing reached the recipient."""
+def rejection_notice(filename: str, reason: str, *, t: Translator = ENGLISH,
+                     facts: str | None = None) -> Message:
+    """Tells the sender a file was refused and why; nothing reached the recipient.
+
+    ``facts`` (the offer's ``reason_facts``) give the reason in the reader's language;
+    without them the English ``reason`` is translated if it is a catalog message.
+    """
     return Message(t._("⛔ {filename} was not sent: {reason}",
-                       filename=display_filename(filename), reason=t.known(reason)))
+                       filename=display_filename(filename),
+                       reason=stored_reason(reason, facts, t)))
 
 
 def refusal_notice_for_agents(customer: str, filename: str, reason: str, *,
-                              t: Translator = ENGLISH) -> Message:
+                              t: Translator = ENGLISH, facts: str | None = None) -> Message:
     """Tells the agents that a customer's file was refused, so "did you get it?" has an answer."""
     return Message(t._("⛔ {customer} tried to send {filename}: refused — {reason}",
                        customer=_plain(customer), filename=display_filename(filename),
-                       reason=t.known(reason)))
+                       reason=stored_reason(reason, facts, t)))
 
 
 # -- the attachment log -----------------------------------------------------------------------
@@ -649,8 +639,9 @@ def attachment_log(offers: Sequence[Offer], viewpoint: Direction, *,
                 describe(offer, t=t),
                 t.size(offer.size) if offer.size is not None else "—",
                 _plain(offer.sender_name),
-                state_word(offer.state, t=t) + (f" ({t.known(offer.reason)})" if offer.reason
-                                                and offer.state is OfferState.REJECTED else ""),
+                state_word(offer.state, t=t) + (
+                    f" ({stored_reason(offer.reason, offer.reason_facts, t)})"
+                    if offer.reason and offer.state is OfferState.REJECTED else ""),
                 format_time(offer.updated_at, t=t),
             )
         )

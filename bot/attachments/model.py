@@ -106,6 +106,9 @@ class Offer:
     # An in-line image's blurhash and thumbnail (JSON for the delivery's info; the thumbnail's
     # key in an encrypted room), made while the local copy is there.
     image_info: str | None = field(default=None, repr=False)
+    # The refusal reason as facts (bot/attachments/reasons.py, JSON), rendered per reader;
+    # ``reason`` is its English text.
+    reason_facts: str | None = None
 
     @property
     def is_pending(self) -> bool:

@@ -393,12 +393,12 @@ class OfferService:
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
             reason = offer.reason or "it was refused"
-            notice = render.rejection_notice(offer.filename, reason,
+            notice = render.rejection_notice(offer.filename, reason, facts=offer.reason_facts,
                                              t=await self._reader(offer, sender=True))
             content = render.reply_to(self._with_block(notice.content(), offer),
                                       offer.source_event_id)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
-            await self._tell_agents_of_refusal(offer, session, reason)
+            await self._tell_agents_of_refusal(offer, session, reason)  # with offer's facts
             await self._finish(offer)
         elif offer.state is OfferState.FAILED:
             # The sender first: they are the one waiting, and their room may still work.
@@ -422,7 +422,8 @@ class OfferService:
         ):
             return
         notice = render.refusal_notice_for_agents(offer.sender_name, offer.filename, reason,
-                                                  t=reader(self._config, session, Side.AGENT))
+                                                  t=reader(self._config, session, Side.AGENT),
+                                                  facts=offer.reason_facts)
         # No io.parcel.offer block: nothing was offered to the agents, this only informs them.
         await self._send_ready(session.agent_room, notice.content(),
                                f"offer-{offer.id}-refused-agents")
@@ -615,6 +616,8 @@ class OfferService:
         final, part = self._paths(offer)
         final.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
+        if verdict.facts is not None:  # the reason as facts, rendered for each reader
+            facts["reason_facts"] = verdict.facts.to_json()
         if await self._store.offers.transition(offer.id, OfferState.REJECTED, reason=verdict.reason,
                                   **facts):
             self._metrics.rejected(verdict.code)

@@ -10,17 +10,17 @@ one is fine: the detected type wins.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from bot.attachments import reasons
 from bot.attachments.inspect import (
     FileFacts,
-    describe_mimetype,
     executable_kind,
     normalize_mimetype,
 )
-from bot.attachments.text import human_size, strip_invisible
+from bot.attachments.text import strip_invisible
+from bot.i18n import N_
 
 if TYPE_CHECKING:
     from bot.config import DirectionPolicy
@@ -49,20 +49,29 @@ def image_too_large(
 
 def megapixels(pixels: int) -> str:
     """ "40 megapixels", "1.5 megapixels"."""
-    value = round(pixels / 1_000_000, 1)
-    return f"{value:g} megapixels"
+    return reasons.Reason("{value}", {"value": reasons.megapixels(pixels)}).render()
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The policy's answer for one file.
 
-    ``reason`` completes "<file name> was not sent: <reason>" and is "" when allowed.
+    ``reason`` completes "<file name> was not sent: <reason>" and is "" when allowed; it is
+    English (logs, the admin CLI). ``facts`` is the same reason as a catalog message and its
+    values, rendered for each reader (stored with the offer).
     """
 
     allowed: bool
     code: str
     reason: str
+    # Not compared: two verdicts are equal when they say the same (the facts render to it).
+    facts: reasons.Reason | None = field(default=None, compare=False)
+
+
+def _refused(code: str, message: str, **values: Any) -> Verdict:
+    """A refusal whose reason is ``message`` (a catalog message) with ``values``."""
+    facts = reasons.Reason(message, values)
+    return Verdict(False, code, facts.render(), facts)
 
 
 OK = Verdict(allowed=True, code="ok", reason="")
@@ -141,7 +150,6 @@ _HARMLESS_PATTERNS = (
     "application/vnd.openxmlformats-officedocument.*",
     "application/vnd.oasis.opendocument.*",
 )
-_QUALIFIED = re.compile(r"^(.+) \((\w+)\)$")
 # How many allowed patterns a "not allowed" reason lists before cutting short.
 _LISTED_PATTERNS = 5
 
@@ -170,11 +178,8 @@ def mime_matches(mimetype: str, pattern: str) -> bool:
 def too_large(size_so_far: int, policy: DirectionPolicy) -> Verdict:
     """Verdict while streaming, before the facts exist: refused once past ``max_size``."""
     if size_so_far > policy.max_size:
-        return Verdict(
-            allowed=False,
-            code="too_large",
-            reason=f"it is larger than the limit of {human_size(policy.max_size)}",
-        )
+        return _refused("too_large", N_("it is larger than the limit of {limit}"),
+                        limit=reasons.size(policy.max_size))
     return OK
 
 
@@ -190,22 +195,6 @@ def file_extension(filename: str) -> str:
     if not dot or not stem.strip("."):
         return ""
     return ext.strip().lower()
-
-
-def _with_article(description: str) -> str:
-    """ "PNG image" → "a PNG image", "MP4 video" → "an MP4 video", "Excel…" → "an Excel…"."""
-    word = description.split(" ", 1)[0]
-    if (len(word) > 1 and word.isupper()) or word[:1].isdigit():
-        vowel_sound = word[0] in "AEFHILMNORSX8"
-    else:
-        vowel_sound = word[:1].lower() in "aeiou"
-    return ("an " if vowel_sound else "a ") + description
-
-
-def _inline(description: str) -> str:
-    """ "program (Windows)" → "Windows program", so a MIME type can follow in parentheses."""
-    match = _QUALIFIED.match(description)
-    return f"{match.group(2)} {match.group(1)}" if match else description
 
 
 def _harmless_claim(filename: str, declared_mimetype: str | None) -> str | None:
@@ -238,73 +227,68 @@ def evaluate(
     """
     detected = facts.mimetype
     if facts.size == 0:
-        return Verdict(False, "empty", "it is empty")
+        return _refused("empty", N_("it is empty"))
     if facts.size > policy.max_size:
-        return Verdict(
-            False,
-            "too_large",
-            f"it is {human_size(facts.size)}, and the limit is {human_size(policy.max_size)}",
-        )
+        return _refused("too_large", N_("it is {size}, and the limit is {limit}"),
+                        size=reasons.size(facts.size), limit=reasons.size(policy.max_size))
 
     if facts.also_runnable is not None:
         # A polyglot: shown as a document, runnable as a program. Refused whatever the rules on
         # programs say, since the recipient would trust what the card calls it.
-        return Verdict(
-            False,
+        return _refused(
             "polyglot",
-            f"it is {_with_article(_inline(facts.description))} ({detected}) but also a "
-            f"runnable {_inline(describe_mimetype(facts.also_runnable))} "
-            f"({facts.also_runnable}), and a file that is both is never sent",
+            N_("it is {kind} ({mimetype}) but also a runnable {other} ({other_mimetype}), and "
+               "a file that is both is never sent"),
+            kind=reasons.kind(detected, article=True), mimetype=detected,
+            other=reasons.kind(facts.also_runnable), other_mimetype=facts.also_runnable,
         )
 
     kind = executable_kind(detected) or ("program" if facts.is_executable else None)
     if kind is not None:
         claim = _harmless_claim(filename, declared_mimetype)
         if claim is not None:
-            return Verdict(
-                False,
-                "disguised",
-                f"it claims to be {_with_article(_inline(describe_mimetype(claim)))} "
-                f"but is a {kind} ({detected})",
-            )
+            message = (N_("it claims to be {claim} but is a program ({mimetype})")
+                       if kind == "program" else
+                       N_("it claims to be {claim} but is a script ({mimetype})"))
+            return _refused("disguised", message, claim=reasons.kind(claim, article=True),
+                            mimetype=detected)
         if policy.block_executables:
-            return Verdict(
-                False,
-                "executable",
-                f"it is a {kind} ({detected}), and {kind}s are not allowed",
-            )
+            message = (N_("it is a program ({mimetype}), and programs are not allowed")
+                       if kind == "program" else
+                       N_("it is a script ({mimetype}), and scripts are not allowed"))
+            return _refused("executable", message, mimetype=detected)
 
     extension = file_extension(filename)
     if policy.block_executables and extension in DANGEROUS_EXTENSIONS:
-        return Verdict(
-            False,
+        return _refused(
             "executable",
-            f"its name ends in .{extension}, which is run as a program, "
-            "and programs are not allowed",
+            N_("its name ends in .{extension}, which is run as a program, and programs are not "
+               "allowed"),
+            extension=extension,
         )
 
-    description = f"{_with_article(_inline(facts.description))} ({detected})"
     if reject_large_images_over is not None and image_too_large(
         detected, facts.width, facts.height, reject_large_images_over
     ):
+        limit = reasons.megapixels(reject_large_images_over)
         if facts.width and facts.height:
-            what = (f"a {facts.width}×{facts.height} image "
-                    f"({megapixels(facts.width * facts.height)})")
-        else:
-            what = "an image too large to measure"
-        return Verdict(
-            False,
-            "image_too_large",
-            f"it is {what}, and images over {megapixels(reject_large_images_over)} are not "
-            "allowed",
-        )
+            return _refused(
+                "image_too_large",
+                N_("it is a {width}×{height} image ({megapixels}), and images over {limit} are "
+                   "not allowed"),
+                width=facts.width, height=facts.height,
+                megapixels=reasons.megapixels(facts.width * facts.height), limit=limit,
+            )
+        return _refused("image_too_large", N_("it is an image too large to measure, and images "
+                                              "over {limit} are not allowed"), limit=limit)
+    described = reasons.kind(detected, article=True)
     if any(mime_matches(detected, p) for p in policy.blocked_types):
-        return Verdict(False, "blocked_type", f"it is {description}, and this type is not allowed")
+        return _refused("blocked_type", N_("it is {kind} ({mimetype}), and this type is not "
+                                           "allowed"), kind=described, mimetype=detected)
     if policy.allowed_types and not any(mime_matches(detected, p) for p in policy.allowed_types):
-        return Verdict(
-            False,
+        return _refused(
             "not_allowed_type",
-            f"it is {description}, and only these types are allowed: "
-            f"{_list_patterns(policy.allowed_types)}",
+            N_("it is {kind} ({mimetype}), and only these types are allowed: {types}"),
+            kind=described, mimetype=detected, types=_list_patterns(policy.allowed_types),
         )
     return OK

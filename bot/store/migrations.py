@@ -209,9 +209,12 @@ MIGRATIONS: list[str | PerDialect] = [
     CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
     """,
     # 8: the language a customer switched their chat to with !language (NULL: the configured
-    # default); only the code is stored, every message is rendered for its reader.
+    # default), and an offer's refusal reason as facts (a catalog message and its values, JSON)
+    # beside its English text: only codes and facts are stored, every message is rendered for
+    # its reader.
     """
     ALTER TABLE sessions ADD COLUMN language TEXT;
+    ALTER TABLE offers ADD COLUMN reason_facts TEXT;
     """,
 ]
 

@@ -102,3 +102,12 @@ async def test_customer_in_german_agents_in_french_and_a_switch_to_spanish(start
                          "the customer's panel in Spanish")
     await agent.until(lambda: panel(agent, agents_room, "📋 Fichiers de cette discussion\u00a0: 1"),
                       "the agents' panel in French")
+
+    # A refused program: the customer is told in Spanish, the agents in French, each from
+    # the reason's stored facts.
+    await customer.send_file(room, samples.elf_program(), "tool", "application/octet-stream")
+    await customer.until(lambda: said(customer, room, bot, "⛔ tool no se envió: el archivo es "
+                                      "un programa ("), "the Spanish refusal")
+    await agent.until(lambda: said(agent, agents_room, bot, "⛔ Carol a tenté d'envoyer tool"
+                                   "\u00a0: refusé — le fichier est un programme ("),
+                      "the French refusal notice for the agents")

@@ -214,3 +214,72 @@ def test_unknown_time_zone_or_language_is_refused() -> None:
         Translator("tlh")
     with pytest.raises(ValueError, match="not an IANA time zone"):
         Translator("de", "Middle/Earth")
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("en", "⛔ big.zip was not sent: it is larger than the limit of 25 MB"),
+        ("de", "⛔ big.zip wurde nicht gesendet: die Datei ist größer als die Grenze von 25 MB"),
+        ("fr", "⛔ big.zip n'a pas été envoyé\u00a0: le fichier dépasse la limite de 25 Mo"),
+        ("es", "⛔ big.zip no se envió: el archivo supera el límite de 25 MB"),
+    ],
+)
+def test_refusal_reason_from_stored_facts(code: str, shown: str) -> None:
+    """A refusal is stored as facts (message and values) and told in the reader's language,
+    the limit in the reader's units."""
+    from bot.attachments import policy
+    from bot.config import DirectionPolicy
+
+    verdict = policy.too_large(30_000_000, DirectionPolicy(max_size=25_000_000,
+                                                           allowed_types=(), blocked_types=(),
+                                                           block_executables=True))
+    assert verdict.facts is not None
+    stored = verdict.facts.to_json()
+    notice = render.rejection_notice("big.zip", verdict.reason, facts=stored, t=translator(code))
+    assert notice.body == shown
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("en", "it is a Windows program (application/x-dosexec), and this type is not allowed"),
+        ("de", "die Datei ist vom Typ Programm (Windows) (application/x-dosexec), und dieser Typ "
+               "ist nicht erlaubt"),
+        ("it", "il file è di tipo programma (Windows) (application/x-dosexec) e questo tipo non "
+               "è consentito"),
+    ],
+)
+def test_file_kind_in_a_reason(code: str, shown: str) -> None:
+    """A file kind in a reason comes from the detected type, in the reader's words (English
+    with its article)."""
+    from bot.attachments.reasons import Reason, kind
+
+    reason = Reason("it is {kind} ({mimetype}), and this type is not allowed",
+                    {"kind": kind("application/x-dosexec", article=True),
+                     "mimetype": "application/x-dosexec"})
+    assert Reason.from_json(reason.to_json()) == reason
+    assert reason.render(translator(code)) == shown
+
+
+def test_megapixels_in_french() -> None:
+    """Pixel counts as megapixels with the locale's decimal sign."""
+    from bot.attachments.reasons import Reason, megapixels
+
+    reason = Reason("it is a {width}×{height} image ({megapixels}), and images over {limit} are "
+                    "not allowed", {"width": 8000, "height": 6000,
+                                    "megapixels": megapixels(48_000_000),
+                                    "limit": megapixels(12_500_000)})
+    assert reason.render(translator("fr")) == (
+        "le fichier est une image de 8000×6000 (48 mégapixels), et les images de plus de "
+        "12,5 mégapixels ne sont pas autorisées")
+
+
+def test_a_reason_without_facts_is_translated_when_the_catalog_has_it() -> None:
+    """Offers refused before reasons were stored as facts show their English text, translated
+    when it is a catalog message ("the chat ended")."""
+    from bot.attachments.reasons import stored_reason
+
+    assert stored_reason("the chat ended", None, translator("nl")) == "het gesprek is beëindigd"
+    assert stored_reason("some scanner said no", None, translator("nl")) == "some scanner said no"
+    assert stored_reason(None, "not json", translator("de")) == "unbekannter Fehler"
