@@ -231,7 +231,6 @@ STORED_REASONS = (
     N_("nobody accepted it in time"),
     N_("the sender deleted the file"),
     N_("it was refused"),
-    N_("it could not be checked for malware"),
     N_("the checked copy of the file is missing"),
     N_("the checked copy of the file was altered"),
     UNKNOWN_ERROR,

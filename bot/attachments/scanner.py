@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.attachments.policy import OK, Verdict
+from bot.attachments.reasons import Reason
 from bot.attachments.text import ELLIPSIS, strip_invisible
 from bot.config import PATH_PLACEHOLDER, ScannerConfig
+from bot.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ _SPACES = re.compile(r"\s+")
 EXIT_CLEAN = 0
 EXIT_INFECTED = 1
 
-SCAN_FAILED_REASON = "it could not be checked for malware"
+SCAN_FAILED_REASON = N_("it could not be checked for malware")
 
 
 @dataclass(frozen=True)
@@ -150,12 +152,12 @@ async def scan(path: Path, scanner: ScannerConfig) -> ScanResult:
         return ScanResult(clean=True, verdict=OK, scanned=True, detail="clean")
     if status == EXIT_INFECTED:
         line = verdict_line(stdout, path) or verdict_line(stderr, path)
-        flagged = "the malware scanner flagged it"
-        reason = f"{flagged} ({line})" if line else flagged
+        facts = (Reason(N_("the malware scanner flagged it ({finding})"), {"finding": line})
+                 if line else Reason(N_("the malware scanner flagged it")))
         logger.info("scan of %s: infected (%s)", path, line or "no details")
         return ScanResult(
             clean=False,
-            verdict=Verdict(allowed=False, code="infected", reason=reason),
+            verdict=Verdict(allowed=False, code="infected", reason=facts.render(), facts=facts),
             scanned=True,
             detail=line or "infected",
         )
@@ -176,7 +178,8 @@ def _failed(scanner: ScannerConfig, path: Path, detail: str) -> ScanResult:
     logger.warning("scan of %s failed (%s); refusing the file", path, detail)
     return ScanResult(
         clean=False,
-        verdict=Verdict(allowed=False, code="scan_failed", reason=SCAN_FAILED_REASON),
+        verdict=Verdict(allowed=False, code="scan_failed", reason=SCAN_FAILED_REASON,
+                        facts=Reason(SCAN_FAILED_REASON)),
         scanned=False,
         detail=detail,
     )

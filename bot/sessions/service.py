@@ -176,7 +176,9 @@ class SessionService:
                        unit.payload["session"], user_id, room_id)
         await call(f"removing {user_id} from {room_id}",
                    self._client.room_kick(room_id, user_id,
-                                          reason="Only support agents may be in this room"),
+                                          reason=self._config.translator(
+                                              self._config.agents.language)._(
+                                              "Only support agents may be in this room")),
                    RoomKickResponse)
         self._kicks_refused.discard((room_id, user_id))
         self._forget_member(room_id, user_id)
