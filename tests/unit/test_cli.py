@@ -192,3 +192,22 @@ def test_check_config_reports_a_data_dir_that_cannot_be_created(tmp_path: Path) 
         f"parcel-bot: configuration error: data_dir: cannot create {tmp_path}/plain-file/data: "
         f"{tmp_path}/plain-file is not a directory")
     assert not (tmp_path / "plain-file" / "data").exists()
+
+
+def test_check_config_shows_the_languages(tmp_path: Path) -> None:
+    """check-config names the customers' language, the choices, the agents' and the zone; a
+    language that is not shipped is one line naming the key."""
+    config = tmp_path / "c.yaml"
+    config.write_text("homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\n"
+                      f"data_dir: {tmp_path}/data\nlanguage: de\nlanguages: [de, en, fr]\n"
+                      "agents: {language: fr}\ntimezone: Europe/Berlin\n")
+    result = _run("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert ("languages: customers de (may switch to de, en, fr), agents fr; times in "
+            "Europe/Berlin") in result.stdout.splitlines()
+    config.write_text("homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\nlanguage: sv\n")
+    result = _run("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "parcel-bot: configuration error: language: 'sv' is not a shipped language (shipped: "
+        "en, de, fr, es, it, nl, pt, ar)")
