@@ -304,7 +304,7 @@ LANGUAGE_HELP = ("!language", N_("list the languages of this chat, or switch: !l
 
 # Commands in other words, by language: alias → the English command word. English always works.
 COMMAND_ALIASES: dict[str, dict[str, str]] = {
-    "de": {"hilfe": "help", "anhaenge": "attachments", "annehmen": "accept",
+    "de": {"hilfe": "help", "anhänge": "attachments", "annehmen": "accept",
            "ablehnen": "decline", "ende": "end", "sprache": "language"},
     "fr": {"aide": "help", "fichiers": "attachments", "accepter": "accept",
            "refuser": "decline", "fin": "end", "langue": "language"},
@@ -316,7 +316,8 @@ COMMAND_ALIASES: dict[str, dict[str, str]] = {
            "weigeren": "decline", "einde": "end", "taal": "language"},
     "pt": {"ajuda": "help", "anexos": "attachments", "aceitar": "accept",
            "recusar": "decline", "fim": "end", "idioma": "language"},
-    "ar": {},
+    "ar": {"مساعدة": "help", "مرفقات": "attachments", "قبول": "accept", "رفض": "decline",
+           "إنهاء": "end", "لغة": "language"},
 }
 
 

@@ -45,7 +45,8 @@ from bot.work import Scheduler
 logger = logging.getLogger(__name__)
 
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
-_COMMAND = re.compile(r"^!([A-Za-z]+)(?:\s+(.*))?$", re.DOTALL)
+# A command word is letters of any script: each language may add its own (!annehmen, !قبول).
+_COMMAND = re.compile(r"^!([^\W\d_]+)(?:\s+(.*))?$", re.DOTALL)
 BACKFILL_CAP = 1000
 
 

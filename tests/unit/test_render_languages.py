@@ -141,7 +141,7 @@ def test_help_in_german_shows_the_aliases() -> None:
     assert text.splitlines() == [
         "Befehle:",
         "!help / !hilfe — diese Hilfe anzeigen",
-        "!attachments / !anhaenge — die in diesem Gespräch gesendeten und empfangenen Dateien "
+        "!attachments / !anhänge — die in diesem Gespräch gesendeten und empfangenen Dateien "
         "auflisten",
         "!accept N / !annehmen N — Angebot Nummer N annehmen (wie eine Reaktion mit ✅)",
         "!decline N / !ablehnen N — Angebot Nummer N ablehnen (wie eine Reaktion mit ❌)",
@@ -154,7 +154,8 @@ def test_help_in_german_shows_the_aliases() -> None:
 @pytest.mark.parametrize(
     ("typed", "code", "command"),
     [("annehmen", "de", "accept"), ("ACCEPT", "de", "accept"), ("refuser", "fr", "decline"),
-     ("idioma", "es", "language"), ("annehmen", "fr", "annehmen"), ("help", "ar", "help")],
+     ("idioma", "es", "language"), ("annehmen", "fr", "annehmen"), ("help", "ar", "help"),
+     ("قبول", "ar", "accept"), ("Anhänge", "de", "attachments")],
 )
 def test_command_words(typed: str, code: str, command: str) -> None:
     """English commands work in every language; an alias only in its own."""
