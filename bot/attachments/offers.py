@@ -398,7 +398,7 @@ class OfferService:
             content = render.reply_to(self._with_block(notice.content(), offer),
                                       offer.source_event_id)
             await self._send_ready(offer.source_room, content, f"offer-{offer.id}-rejected")
-            await self._tell_agents_of_refusal(offer, session, reason)  # with offer's facts
+            await self._tell_agents_of_refusal(offer, session, reason)
             await self._finish(offer)
         elif offer.state is OfferState.FAILED:
             # The sender first: they are the one waiting, and their room may still work.
