@@ -68,11 +68,11 @@ def test_status_line_waiting_in_each_language(code: str, shown: str) -> None:
         ("en", "🚫 report.pdf from Carol (offer #2) — declined by Alice (support), "
                "2023-11-14 23:13 UTC+1; it was not delivered"),
         ("de", "🚫 report.pdf von Carol (Angebot #2) — abgelehnt von Alice (support), "
-               "14.11.2023 23:13 MEZ; sie wurde nicht zugestellt"),
+               "14.11.2023 23:13 MEZ; die Datei wurde nicht zugestellt"),
         ("fr", "🚫 report.pdf de Carol (offre n° 2) — refusée par Alice (support), "
-               "14/11/2023 23:13 UTC+1\u00a0; il n'a pas été remis"),
+               "14/11/2023 23:13 UTC+1\u00a0; le fichier n'a pas été remis"),
         ("nl", "🚫 report.pdf van Carol (aanbod #2) — geweigerd door Alice (support), "
-               "14-11-2023 23:13 CET; het is niet afgeleverd"),
+               "14-11-2023 23:13 CET; het bestand is niet afgeleverd"),
     ],
 )
 def test_decided_card_in_the_readers_time_zone(code: str, shown: str) -> None:
