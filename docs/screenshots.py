@@ -1,12 +1,14 @@
 """Take the README's screenshots from a real run: Synapse, Parcel, and a customer in Element Web.
 
-    bash .ci/setup.sh && .venv/bin/python docs/screenshots.py
+    bash .ci/setup.sh && .venv/bin/python docs/screenshots.py [--language de]
 
 Starts a throwaway Synapse on loopback, the bot (as "Acme Support", with a logo), Element Web
 from ``../shared/element-web`` and a headless Chromium driven by ``tests/browser/customer.mjs``.
 The customer sends a photo (the ⬆️ waiting status line), the agent accepts it, then offers an
 image that the customer accepts with ✅ (the card, the image in-line, the pinned panel). The
 pictures are written to ``docs/screenshots/`` as small palette PNGs. Nothing is drawn by hand.
+With ``--language de`` Parcel speaks German to both sides and only the panel picture is kept,
+as ``de-4-pinned-panel.png`` (the README's German example).
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ from tests.chat import OFFER_KEY, BotRunner, Person, bot_config  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 NAMES = ("1-waiting-status", "2-offer-card", "3-image-delivered", "4-pinned-panel")
+# What the browser waits for when Parcel speaks another language (customer.mjs's TEXTS),
+# written out here (not taken from the catalogs under test).
+TEXTS = {
+    "de": {
+        "welcome": "mit unserem Support-Team verbunden",
+        "waiting": "wartet auf Annahme durch den Mitarbeiter",
+        "received": "vom Mitarbeiter empfangen",
+        "card": "📥 wiring.png von",
+        "accepted": "angenommen von",
+        "panel": "Dateien in diesem Gespräch",
+        "panelWaiting": "wartet",
+        "log": "Anhänge (2)",
+        "ended": "Sie haben das Gespräch beendet",
+    },
+}
 
 
 def router_photo() -> bytes:
@@ -77,7 +94,7 @@ def shrink(path: Path) -> None:
     small.save(path, format="PNG", optimize=True)
 
 
-async def take(work: Path) -> None:
+async def take(work: Path, language: str = "en") -> None:
     """One real run, saving the pictures into ``work``."""
     server = Homeserver(work / "synapse")
     await server.start()
@@ -91,7 +108,8 @@ async def take(work: Path) -> None:
         config = bot_config(server, bot_user, [agent_user.user_id], work / "bot",
                             agents={"room_encryption": True},
                             profile={"display_name": "Acme Support",
-                                     "avatar": str(work / "logo.png")})
+                                     "avatar": str(work / "logo.png")},
+                            language=language)
         agent = await _person(server, agent_user, work / "agent-store")
         bot = BotRunner(config)
         await bot.start()
@@ -103,6 +121,7 @@ async def take(work: Path) -> None:
                     shots=work, upload=work / "router.png",
                     fail_shot=Path(os.environ.get("PARCEL_BROWSER_FAIL_SHOT",
                                                   work / "failure.png")),
+                    texts=TEXTS.get(language),
                 )
                 try:
                     await _act_as_agent(customer, agent)
@@ -150,6 +169,10 @@ async def _act_as_agent(customer: element.Customer, agent: Person) -> None:
 
 def main() -> int:
     """Take the screenshots and copy them into docs/screenshots/."""
+    language = sys.argv[2] if sys.argv[1:2] == ["--language"] and len(sys.argv) > 2 else "en"
+    if language not in ("en", *TEXTS):
+        print(f"screenshots.py: --language is one of en, {', '.join(TEXTS)}", file=sys.stderr)
+        return 2
     problems = element.missing()
     if problems:
         print("screenshots.py needs: " + ", ".join(problems) + " (run bash .ci/setup.sh)",
@@ -158,13 +181,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="parcel-shots-") as tmp:
         work = Path(tmp)
         try:
-            asyncio.run(take(work))
+            asyncio.run(take(work, language))
         except (AssertionError, RuntimeError) as exc:
             print(f"screenshots.py: {exc}", file=sys.stderr)
             return 1
         OUT.mkdir(parents=True, exist_ok=True)
-        for name in NAMES:
-            target = OUT / f"{name}.png"
+        for name in NAMES if language == "en" else NAMES[-1:]:
+            target = OUT / (f"{name}.png" if language == "en" else f"{language}-{name}.png")
             target.write_bytes((work / f"{name}.png").read_bytes())
             shrink(target)
             print(f"{target.relative_to(ROOT)}: {target.stat().st_size // 1024} KB")

@@ -6,7 +6,9 @@
 // UPLOAD (a file the customer sends, for the "waiting" status line) and saves the README
 // screenshots into SHOTS.
 //
-// Settings come from the environment: ELEMENT_URL, USER, PASSWORD, BOT_ID, [SHOTS, UPLOAD].
+// Settings come from the environment: ELEMENT_URL, USER, PASSWORD, BOT_ID, [SHOTS, UPLOAD,
+// TEXTS]. TEXTS (JSON) replaces the English words waited for when Parcel speaks another
+// language (docs/screenshots.py --language de).
 // Progress goes to stdout as "STEP <name>" lines, which the Python side waits for; anything
 // that goes wrong ends the process non-zero with "FAIL <what>" and a screenshot beside it.
 
@@ -16,6 +18,19 @@ const env = process.env;
 const STEP_TIMEOUT = 45_000;
 const shots = env.SHOTS || "";
 const failShot = env.FAIL_SHOT || "";
+// What Parcel's messages say, by name: English unless TEXTS gives the chat's language.
+const say = {
+  welcome: "connected to our support team",
+  waiting: "waiting for the agent to accept",
+  received: "received by the agent",
+  card: "📥 Accept",
+  accepted: "accepted by",
+  panel: "Files in this chat",
+  panelWaiting: "waiting",
+  log: "Attachments (2)",
+  ended: "You ended the chat",
+  ...JSON.parse(env.TEXTS || "{}"),
+};
 
 function step(name) {
   console.log(`STEP ${name}`);
@@ -90,7 +105,7 @@ async function main() {
   await composer.click();
   await composer.pressSequentially("Hello, my router is blinking red.");
   await composer.press("Enter");
-  await tileWith("connected to our support team").waitFor({ timeout: 60_000 });
+  await tileWith(say.welcome).waitFor({ timeout: 60_000 });
   await dismissPrompts();
   step("chat-open");
 
@@ -106,15 +121,15 @@ async function main() {
     }
     await (await chooser).setFiles(env.UPLOAD);
     await page.getByRole("button", { name: "Upload" }).click();
-    await tileWith("waiting for the agent to accept").waitFor();
+    await tileWith(say.waiting).waitFor();
     await shot("1-waiting-status");
     step("uploaded");
-    await tileWith("received by the agent").waitFor();
+    await tileWith(say.received).waitFor();
     step("upload-accepted");
   }
 
   // The agent's image arrives as an offer card that asks first; ✅ is a pill to click.
-  const card = tileWith("📥 Accept");
+  const card = tileWith(say.card);
   await card.waitFor();
   const accept = card.locator(".mx_ReactionsRowButton", { hasText: "✅" });
   await accept.waitFor();
@@ -127,10 +142,10 @@ async function main() {
   await image.waitFor();
   await page.waitForFunction((img) => img.complete && img.naturalWidth > 0,
     await image.elementHandle());
-  await tileWith("accepted by").waitFor();
+  await tileWith(say.accepted).waitFor();
   // The panel is edited a moment later (edits are coalesced): nothing left waiting.
-  await page.locator("li.mx_EventTile", { hasText: "Files in this chat" })
-    .filter({ hasText: "📎 #" }).filter({ hasNotText: "waiting" }).first().waitFor();
+  await page.locator("li.mx_EventTile", { hasText: say.panel })
+    .filter({ hasText: "📎 #" }).filter({ hasNotText: say.panelWaiting }).first().waitFor();
   await shot("3-image-delivered");
   step("image-shown");
 
@@ -140,7 +155,7 @@ async function main() {
     const banner = page.locator(".mx_PinnedMessageBanner");
     await banner.waitFor();
     await banner.click();
-    await page.locator("li.mx_EventTile", { hasText: "Files in this chat" }).first()
+    await page.locator("li.mx_EventTile", { hasText: say.panel }).first()
       .waitFor({ state: "visible" });
     await page.waitForTimeout(1000); // the scroll animation
     await shot("4-pinned-panel");
@@ -149,12 +164,12 @@ async function main() {
     await composer.click();
     await composer.pressSequentially("!attachments");
     await composer.press("Enter");
-    await tileWith("Attachments (2)").waitFor();
+    await tileWith(say.log).waitFor();
     await shot("5-attachments-command");
     await composer.click();
     await composer.pressSequentially("!end");
     await composer.press("Enter");
-    await tileWith("You ended the chat").waitFor();
+    await tileWith(say.ended).waitFor();
     await shot("6-chat-ended");
   }
   step("done");

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -72,8 +73,10 @@ class Customer:
     @classmethod
     async def start(cls, element_url: str, user: str, password: str, bot_id: str, *,
                     shots: Path | None = None, upload: Path | None = None,
-                    fail_shot: Path | None = None) -> Customer:
-        """Launch the browser session for ``user``."""
+                    fail_shot: Path | None = None,
+                    texts: dict[str, str] | None = None) -> Customer:
+        """Launch the browser session for ``user``; ``texts`` are the words it waits for
+        when Parcel speaks another language than English (see ``customer.mjs``)."""
         env = {**os.environ, "ELEMENT_URL": element_url, "USER": user, "PASSWORD": password,
                "BOT_ID": bot_id, "CHROMIUM": str(CHROMIUM)}
         if shots is not None:
@@ -82,6 +85,8 @@ class Customer:
             env["UPLOAD"] = str(upload)
         if fail_shot is not None:
             env["FAIL_SHOT"] = str(fail_shot)
+        if texts:
+            env["TEXTS"] = json.dumps(texts, ensure_ascii=False)
         process = await asyncio.create_subprocess_exec(
             "node", str(SCRIPT), cwd=HERE, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
