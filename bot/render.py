@@ -354,8 +354,14 @@ def help_text(*, t: Translator = ENGLISH, language_command: bool = False) -> Mes
 def unknown_command(word: str, *, t: Translator = ENGLISH) -> Message:
     """Reply to a command Parcel does not know."""
     shown = _plain(word)[:40]
+    # Each command in the reader's own word where their language has one (English works too).
+    names = []
+    for cmd, _ in HELP_LINES:
+        english, _, arg = cmd.partition(" ")
+        word = (_aliases_of(english[1:], t.code) or [english])[0]
+        names.append(f"{word} {arg}".rstrip())
     return Message(t._("Unknown command {command}. Commands: {commands}", command=shown,
-                       commands=", ".join(c for c, _ in HELP_LINES)))
+                       commands=", ".join(names)))
 
 
 def command_error(text: str) -> Message:

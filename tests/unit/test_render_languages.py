@@ -284,3 +284,19 @@ def test_a_reason_without_facts_is_translated_when_the_catalog_has_it() -> None:
     assert stored_reason("the chat ended", None, translator("nl")) == "het gesprek is beëindigd"
     assert stored_reason("some scanner said no", None, translator("nl")) == "some scanner said no"
     assert stored_reason(None, "not json", translator("de")) == "unbekannter Fehler"
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("en", "Unknown command !foo. Commands: !help, !attachments, !accept N, !decline N, "
+               "!end"),
+        ("de", "Unbekannter Befehl !foo. Befehle: !hilfe, !anhänge, !annehmen N, !ablehnen N, "
+               "!ende"),
+        ("fr", "Commande inconnue !foo. Commandes\u00a0: !aide, !fichiers, !accepter N, "
+               "!refuser N, !fin"),
+    ],
+)
+def test_unknown_command_lists_the_readers_words(code: str, shown: str) -> None:
+    """An unknown command is answered with the commands in the reader's own words."""
+    assert render.unknown_command("!foo", t=translator(code)).body == shown
