@@ -435,7 +435,8 @@ VALIDATION_CASES = [
     # agents
     (
         "agents: ['@a:b']",
-        "agents: expected a mapping with the keys users, room_encryption, label, language, got a list",
+        "agents: expected a mapping with the keys users, room_encryption, label, language, "
+        "got a list",
     ),
     ("agents: {users: '@a:b'}", 'agents.users: expected a list of Matrix user ids, got "@a:b"'),
     (
