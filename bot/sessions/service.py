@@ -441,11 +441,12 @@ class SessionService:
             if room is not None
         ])
         count = 0
-        for room_id in list(self._client.rooms):
-            found = await self._store.sessions.session_for_room(room_id)
-            if found is None or found[0].state is not SessionState.CLOSED:
+        # One query for every joined room, not one per room: a bot in thousands of rooms
+        # starts in the same time as a bot in one.
+        found = await self._store.sessions.sessions_for_rooms(list(self._client.rooms))
+        for room_id, (session, side) in found.items():
+            if session.state is not SessionState.CLOSED:
                 continue
-            session, side = found
             if side is Side.AGENT and not self._config.retention.leave_closed_rooms:
                 continue
             await self.leave(session, room_id)

@@ -20,7 +20,16 @@ import bot.store as store_module
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.devdb import PostgresServer
 from bot.errors import PermanentError, Source, TransientError
-from bot.store import SchemaMismatch, SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
+from bot.store import (
+    SchemaMismatch,
+    SchemaTooNew,
+    SessionState,
+    Side,
+    Store,
+    WorkUnit,
+    outbox_owner,
+    session_lane,
+)
 from bot.store import migrations as migrations_module
 from bot.store.db import Database, connect, redact_url
 from bot.store.migrations import MIGRATIONS, migrate, statements
@@ -395,6 +404,24 @@ async def test_session_for_room_prefers_the_newest_session(store: Store) -> None
     assert found is not None and found[0].id == new
     old_agent = await store.sessions.session_for_room(AGENT_ROOM)
     assert old_agent is not None and old_agent[0].id == old and old_agent[1] is Side.AGENT
+
+
+async def test_sessions_for_rooms_answers_like_session_for_room_for_each(store: Store) -> None:
+    """The many-rooms lookup (start-up's tidy-up) gives each room what session_for_room gives:
+    the newest session of a reused customer room, the side, nothing for unknown rooms."""
+    old = await open_session(store)
+    await store.sessions.close_session(old, "ended")
+    new = await open_session(store, agent_room="!agents-2:hs")
+    other = await open_session(store, "!b:hs", "!agents-b:hs")
+    rooms = [CUSTOMER_ROOM, AGENT_ROOM, "!agents-2:hs", "!b:hs", "!agents-b:hs", "!nobody:hs"]
+    found = await store.sessions.sessions_for_rooms(rooms, chunk=2)
+    assert {room: (session.id, side) for room, (session, side) in found.items()} == {
+        CUSTOMER_ROOM: (new, Side.CUSTOMER),
+        AGENT_ROOM: (old, Side.AGENT),
+        "!agents-2:hs": (new, Side.AGENT),
+        "!b:hs": (other, Side.CUSTOMER),
+        "!agents-b:hs": (other, Side.AGENT),
+    }
 
 
 async def test_get_session_unknown_raises_key_error(store: Store) -> None:
