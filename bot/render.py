@@ -136,8 +136,11 @@ def agent_label(name: str, label: str) -> str:
 # -- sessions -------------------------------------------------------------------------------
 
 
-def session_opened_for_agents(customer_name: str, customer_id: str, session_id: int) -> Message:
-    """The first message in a new agent room."""
+def session_opened_for_agents(customer_name: str, customer_id: str, session_id: int,
+                              also_open: Sequence[int] = ()) -> Message:
+    """The first message in a new agent room; ``also_open`` numbers the customer's other
+    chats still open (a second DM is a chat of its own: agents see that they belong together).
+    """
     text = (
         f"New chat #{session_id} with {customer_name} ({customer_id}). What you write here "
         "is relayed to the customer; files are offered to them first. Type !help for commands."
@@ -147,6 +150,12 @@ def session_opened_for_agents(customer_name: str, customer_id: str, session_id: 
         "What you write here is relayed to the customer; files are offered to them first. "
         "Type <code>!help</code> for commands."
     )
+    if also_open:
+        numbers = ", ".join(f"#{number}" for number in also_open)
+        chats = "another chat" if len(also_open) == 1 else "other chats"
+        note = f"This customer also has {chats} open: {numbers}."
+        text += f"\n{note}"
+        rich += f"<br>{_e(note)}"
     return Message(text, rich)
 
 
@@ -166,7 +175,8 @@ def session_closed(
     """The closing notice for one room of a session.
 
     ``reason`` is ``ended`` (someone typed !end; ``closer`` is their name, ``you`` is true in
-    their own room), ``customer_left`` or ``bot_removed``. ``pending`` is how many offers the
+    their own room), ``customer_left``, ``bot_removed`` or ``bot_removed_from_agents`` (the
+    bot was removed from the customer's or the agents' room). ``pending`` is how many offers the
     end left undelivered (the sentence is left out when there were none). With ``bot_id`` (the
     customer's room) it says how to start a new chat.
     """
@@ -175,6 +185,9 @@ def session_closed(
     elif reason == "bot_removed":
         lines = ["The bot was removed from the customer's chat (or that room was shut down), "
                  "so nothing more can reach the customer. This session is closed."]
+    elif reason == "bot_removed_from_agents":
+        lines = ["The support team's room for this chat was closed, so no agent can read "
+                 "what you write here any more. This chat is closed."]
     elif you:
         lines = ["You ended the chat."]
     elif closer:

@@ -231,6 +231,13 @@ class Router:
             logger.info("session %d: the bot was removed from the customer room by %s",
                         session.id, sender)
             await self._sessions.request_close(session, "bot_removed", None, source["event_id"])
+        elif side is Side.AGENT and member == self._own and membership in ("leave", "ban"):
+            # Removed from the agent room: no agent can read what the customer writes any
+            # more, so the session ends and the customer is told (as in the case above).
+            logger.info("session %d: the bot was removed from the agent room by %s",
+                        session.id, sender)
+            await self._sessions.request_close(session, "bot_removed_from_agents", None,
+                                               source["event_id"])
         elif (
             side is Side.AGENT and membership in ("leave", "ban") and isinstance(member, str)
             and not self._sessions.is_agent(member)

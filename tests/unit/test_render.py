@@ -638,6 +638,10 @@ def test_message_content(message: render.Message, extra: dict[str, Any],
          "The bot was removed from the customer's chat (or that room was shut down), so nothing "
          "more can reach the customer. This session is closed. 1 pending file was not "
          "delivered."),
+        ("bot_removed_from_agents", None, False, 1, "@parcel:hs",
+         "The support team's room for this chat was closed, so no agent can read what you write "
+         "here any more. This chat is closed. 1 pending file was not delivered. To talk to us "
+         "again, start a new chat with @parcel:hs."),
         ("ended", "Alice (support)", True, 0, None, "You ended the chat."),
         ("ended", "Carol", True, 1, "@parcel:hs",
          "You ended the chat. 1 pending file was not delivered. To talk to us again, start a "
@@ -649,7 +653,8 @@ def test_message_content(message: render.Message, extra: dict[str, Any],
          "Carol ended the chat. 3 pending files were not delivered."),
         ("ended", None, False, 0, None, "This chat is closed."),
     ],
-    ids=["left", "left-pending", "bot-removed", "you", "you-customer-pending",
+    ids=["left", "left-pending", "bot-removed", "bot-removed-from-agents",
+         "you", "you-customer-pending",
          "agent-ended-to-customer", "customer-ended-to-agents", "nobody"],
 )
 def test_session_closed(reason: str, closer: str | None, you: bool, pending: int,
@@ -680,6 +685,22 @@ def test_reply_to_adds_the_reply_relation() -> None:
     """A reply carries m.relates_to.m.in_reply_to with the replied-to event id."""
     content = render.reply_to({"body": "x"}, "$upload")
     assert content == {"body": "x", "m.relates_to": {"m.in_reply_to": {"event_id": "$upload"}}}
+
+
+@pytest.mark.parametrize(("also_open", "note"), [
+    ((), None),
+    ((3,), "This customer also has another chat open: #3."),
+    ((3, 5), "This customer also has other chats open: #3, #5."),
+])
+def test_session_opened_for_agents_names_the_customers_other_open_chats(
+    also_open: tuple[int, ...], note: str | None
+) -> None:
+    """A customer's second chat tells the agents which of their chats are still open."""
+    message = render.session_opened_for_agents("Carol", "@carol:hs", 6, also_open)
+    lines = message.body.splitlines()
+    assert lines[0].startswith("New chat #6 with Carol (@carol:hs).")
+    assert lines[1:] == ([note] if note else [])
+    assert message.html is not None and (note is None or message.html.endswith(f"<br>{note}"))
 
 
 def test_session_opened_for_agents_escapes_the_customer_name() -> None:
