@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import importlib.metadata
@@ -145,9 +146,11 @@ def check_config(path: Path, config: Config) -> int:
     """Report what start-up would use; raises ConfigError for what it would refuse."""
     from bot import datadir, keys
 
-    # The same creation start-up does (so both refuse the same paths), then undone.
+    # The same creation start-up does (so both refuse the same paths), then undone; a folder
+    # that something else (a bot starting meanwhile) has begun to use is left to it.
     for folder in reversed(datadir.create(config.data_dir)):
-        folder.rmdir()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     at_rest = datadir.describe(config.data_dir)  # raises for a data_dir start-up refuses
     print(f"{path}: OK ({len(config.agents.users)} agents, data in {config.data_dir})")
     print(at_rest)

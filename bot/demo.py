@@ -659,7 +659,7 @@ class Demo:
         print("\nAttachment log (the bot's answer to !attachments in Carol's chat):")
         for line in self.attachments_reply.splitlines():
             print(f"  {line}")
-        print("\nAdmin export (parcel-bot log --format csv):")
+        print(f"\nAdmin export ({command_name()} log --format csv):")
         sys.stdout.flush()
         await print_log(self.config, None, None, "csv")
         sys.stdout.flush()
