@@ -225,3 +225,22 @@ def test_check_config_leaves_no_data_dir_behind(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "does not exist yet; it will be created private (700)" in result.stdout
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("parcel-bot").exists(),
+                    reason="needs the installed parcel-bot script beside the interpreter")
+def test_the_demo_hints_name_a_command_this_shell_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bare name only when PATH finds this install; else the script's path (relative
+    inside the folder the reader is in, as the Quick start's `.venv/bin/parcel-bot`)."""
+    from bot.demo import command_name
+
+    script = Path(sys.executable).with_name("parcel-bot")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(script.parents[2])
+    assert command_name() == str(script.relative_to(script.parents[2]))
+    monkeypatch.chdir(tmp_path)
+    assert command_name() == str(script)
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert command_name() == "parcel-bot"
