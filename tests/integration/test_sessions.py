@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
 from bot.store import SessionState
 from tests import samples
 from tests.chat import OFFER_KEY, Person
 from tests.conftest import Chat
+from tests.faulty_proxy import FaultyProxy
 
 
 async def test_invite_opens_session_and_text_relays_both_ways(start_chat) -> None:
@@ -101,12 +101,6 @@ async def test_customer_imitating_an_agent_is_shown_with_their_user_id(
     assert relayed["content"]["m.mentions"] == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Router.dispatch drops every event whose sender is the bot, and a room shutdown "
-           "makes the bot leave by itself (sender = the bot); dispatch must let the bot's own "
-           "leave/ban of an open session's room through to _on_member (integrator's change)",
-)
 async def test_bot_removed_from_the_agent_room_closes_the_session(start_chat, make_user) -> None:
     """The agent room shut down by a server admin (the only way anyone can remove the bot:
     it created the room, and from room version 12 a creator cannot be kicked) ends the
@@ -170,3 +164,26 @@ async def test_a_second_chat_from_the_same_customer_is_a_session_of_its_own(star
                       "the second chat relayed to its own agent room")
     assert "Carol: a second question" not in agent.bodies(first_agent_room)
     assert (first.state, second.state) == (SessionState.OPEN, SessionState.OPEN)
+
+
+async def test_opening_a_session_reads_no_history(start_chat, homeserver, caplog) -> None:
+    """A new room arrives "limited" (Synapse marks every newly joined room so), but its
+    timeline holds the bot's join: no /messages request is made and nothing is reported
+    skipped, while the customer's first words (written right after "Start chat", before the
+    bot joined) are relayed once."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, encrypted=True)
+        agent, customer = chat.agent, chat.customer
+        chat.customer_room = await customer.open_chat_with(chat.bot_user.user_id, encrypted=True)
+        await customer.until(lambda: chat.customer_room in customer.client.rooms,
+                             "the new room in the customer's client")
+        await customer.say(chat.customer_room, "first words")
+        chat.agent_room = await agent.accept_invite("the agent room invite")
+        await agent.until(lambda: "Carol: first words" in agent.bodies(chat.agent_room),
+                          "the first words relayed")
+        await customer.say(chat.customer_room, "second words")
+        await agent.until(lambda: "Carol: second words" in agent.bodies(chat.agent_room),
+                          "the second words relayed")
+        assert proxy.count("GET", r"/rooms/[^/]+/messages") == 0
+    assert agent.bodies(chat.agent_room).count("Carol: first words") == 1
+    assert not any("the sync skipped events" in r.getMessage() for r in caplog.records)
