@@ -200,6 +200,12 @@ MIGRATIONS: list[str | PerDialect] = [
         shown_version INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 7: content URIs reserved for the recipient's copy and its thumbnail before their bytes
+    # go up (bot/attachments/staging.py): a retry puts the bytes there or finds them there.
+    """
+    ALTER TABLE offers ADD COLUMN copy_reservation TEXT;
+    ALTER TABLE offers ADD COLUMN thumbnail_reservation TEXT;
+    """,
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bot.attachments.model import Direction, Offer, OfferState
-from bot.attachments.offers import delivery_content, shown_inline
+from bot.attachments.delivery import delivery_content, shown_inline
 
 
 def make_offer(**overrides: Any) -> Offer:
