@@ -76,8 +76,8 @@ class OfferService:
         self._checker = Checker(config, store, media, self._staging, self._metrics)
         self._delivery = Delivery(config, store, sender, rooms, self._staging, self._metrics)
         work.register("offer", self._run_unit, self._give_up)
-        # Left by a version that staged in a lane of its own: now a look at the offer.
-        work.register("stage", self._run_unit)
+        # Left by a version that staged in a lane of its own: handed to the offer's lane.
+        work.register("stage", self._run_legacy_stage)
         work.register("reaction", self._run_reaction)
         # Told the session id after every step, so the activity panels follow (set by the
         # composition root).
@@ -241,6 +241,10 @@ class OfferService:
 
     async def _run_unit(self, unit: WorkUnit) -> None:
         await self.advance(unit.payload["offer"])
+
+    async def _run_legacy_stage(self, unit: WorkUnit) -> None:
+        """A stage unit of an earlier version: staging is the offer's own step now."""
+        await self.schedule(unit.payload["offer"])
 
     async def advance(self, offer_id: int) -> None:
         """Carry out what the offer's state owes, step by step, until it is settled.
