@@ -341,7 +341,12 @@ class OfferService:
 
     async def _stage_offered(self, offer: Offer, recipient_room: str) -> None:
         room = await self._rooms.ready(recipient_room)
-        await self._staging.stage(offer, room.encrypted)
+        # Registered before this read: a decision recorded after it stops this task, one
+        # recorded before it is seen here.
+        current = await self._store.offers.get_offer(offer.id)
+        if current is None or current.state not in (OfferState.OFFERED, OfferState.ACCEPTED):
+            return
+        await self._staging.stage(current, room.encrypted)
 
     def _stop_staging(self, offer_id: int) -> None:
         """The offer was decided against (or withdrawn, expired): its staging has no purpose."""

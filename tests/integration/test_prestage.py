@@ -6,6 +6,7 @@ import aiohttp
 from nio import RoomPutStateResponse
 
 from bot.attachments.model import Offer, OfferState
+from bot.attachments.staging import thumbnail_uri
 from tests import samples
 from tests.chat import barrier
 from tests.conftest import Chat
@@ -105,17 +106,20 @@ async def test_decline_deletes_the_staged_copy(start_chat) -> None:
 
 async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_chat) -> None:
     """The customer turns on encryption after the copy was staged in the clear: the ✅
-    delivers a freshly staged, encrypted copy that the customer decrypts."""
+    delivers a freshly staged, encrypted copy (and thumbnail) that the customer decrypts; the
+    plain copy and its thumbnail are deleted, not orphaned."""
     chat: Chat = await start_chat(encrypted=True, bot_admin=True)
     await chat.open_session(encrypted=False)
     agent, customer = chat.agent, chat.customer
-    image = samples.png(40, 30)
+    image = samples.png(1000, 750)  # larger than a thumbnail: one is made and staged
     await agent.send_file(chat.agent_room, image, "map.png", "image/png", "m.image")
     await customer.until(lambda: customer.offer_named(chat.customer_room, "map.png"),
                          "the offer card")
     await wait_for(lambda: is_staged(chat), what="the staged copy")
     plain_copy = (await the_offer(chat)).staged_uri
+    plain_thumbnail = thumbnail_uri((await the_offer(chat)).image_info)
     assert plain_copy is not None and not (await the_offer(chat)).staged_encrypted
+    assert plain_thumbnail is not None and await _media_status(chat, plain_thumbnail) == 200
     # Once staged, no copy of the file is kept on the bot's disk.
     assert (await the_offer(chat)).temp_path is None
     assert list((chat.bot.config.data_dir / "media").iterdir()) == []
@@ -132,7 +136,9 @@ async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_c
     assert "file" in delivered["content"] and "url" not in delivered["content"]
     assert delivered["content"]["file"]["url"] != plain_copy
     assert await customer.download(delivered["content"]) == image
+    assert "thumbnail_file" in delivered["content"]["info"]
     assert await _media_status(chat, plain_copy) == 404
+    assert await _media_status(chat, plain_thumbnail) == 404
 
 
 async def test_a_crash_between_staging_and_recording_delivers_once(start_chat) -> None:
