@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from nio import RoomPutStateResponse
 
@@ -324,3 +326,41 @@ async def test_a_staging_failure_fails_the_offer_and_tells_the_sender(start_chat
                        what="the failed offer settled")
         await wait_for(lambda: _no_work_left(chat), what="no work left")
         assert offer.copy_reservation is None and offer.staged_uri is None
+
+
+async def test_a_stop_during_staging_ends_its_tasks_and_the_restart_delivers_once(
+        start_chat, homeserver) -> None:
+    """Stopped while the copy follows the download up: no staging task outlives the bot;
+    started again, the offer's unit stages the copy and the ✅ delivers it once, intact."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, policy={"max_size": "20MB"})
+        await chat.open_session()
+        agent, customer = chat.agent, chat.customer
+        data = samples.noise(3 * 1024 * 1024, seed=13)
+        proxy.rate = 1024 * 1024
+        proxy.upload_rate = 256 * 1024
+        await agent.send_file(chat.agent_room, data, "slow.bin", "application/octet-stream")
+
+        async def following() -> bool:
+            return proxy.position("start", "PUT", UPLOAD) is not None
+
+        await wait_for(following, timeout=60, what="the staging upload under way")
+        await chat.bot.stop()
+        left = [task.get_name() for task in asyncio.all_tasks()
+                if task.get_name().startswith("offer-") and not task.done()]
+        assert left == [], f"tasks outlived the bot: {left}"
+        proxy.rate = proxy.upload_rate = None
+        await chat.bot.start()
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "slow.bin"),
+                             "the offer card", timeout=60)
+        await wait_for(lambda: is_staged(chat), timeout=60, what="the staged copy")
+        card = customer.offer_named(chat.customer_room, "slow.bin")
+        assert card is not None
+        await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+        await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
+                             "the delivery", timeout=60)
+        await barrier(customer, chat.customer_room, agent, chat.agent_room)
+        [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
+        assert await customer.download(delivered["content"]) == data
+        offer = await the_offer(chat)
+        assert offer.copy_reservation is None and delivered["content"]["url"] == offer.staged_uri
