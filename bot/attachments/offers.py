@@ -326,6 +326,7 @@ class OfferService:
         self._staging_runs[offer.id] = staging
         try:
             await self._post_offer(offer, session)
+            await self.on_change(offer.session_id)  # the panels show the card at once
             await staging
         except asyncio.CancelledError:
             task = asyncio.current_task()
