@@ -18,7 +18,7 @@ from bot.attachments.model import Offer
 from bot.attachments.policy import image_too_large
 from bot.attachments.text import safe_filename
 from bot.config import DEFAULT_MAX_IMAGE_PIXELS, Config
-from bot.errors import TransientError
+from bot.errors import Waiting
 from bot.matrix.client import Sender
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
@@ -111,8 +111,10 @@ def rooms_of(offer: Offer, session: Session) -> tuple[str, str]:
     sender_room = session.room_of(side)
     recipient_room = session.other_room(side)
     if sender_room is None or recipient_room is None:
-        # The session's opening (creating the agent room) is still under way.
-        raise TransientError(f"session {session.id} has no agent room yet", retry_after=1.0)
+        # The session's opening (creating the agent room) is still under way: woken when
+        # its unit ends.
+        raise Waiting(f"session {session.id} has no agent room yet",
+                      key=f"open:{session.id}", at_most=30.0)
     return sender_room, recipient_room
 
 

@@ -243,10 +243,10 @@ class Staging:
             await self._media.discard(reserved)
             logger.info("offer %d: reservation %s dropped (another type or encryption)",
                         offer_id, reserved.uri)
-        reserved = await self._media.reserve(wanted, encrypt)
+        granted = await self._media.reserve(wanted, encrypt)
         await self._store.offers.update_offer(
-            offer_id, **{column: reserved.to_json() if reserved is not None else None})
-        return reserved
+            offer_id, **{column: granted.to_json() if granted is not None else None})
+        return granted
 
     async def _upload_copy(self, offer: Offer, encrypt: bool) -> Uploaded:
         """Upload the checked copy (the inspected bytes, or nothing else) to its reserved URI."""
