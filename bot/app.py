@@ -81,6 +81,8 @@ class Parcel:
             self.lease = Lease(lambda: asyncpg.connect(url, password=password),
                                ttl=config.leader_lease)
         await sealed.secure_leftovers(store, config.data_dir / "media")
+        if self.lease is not None:
+            store.write_as(self.lease.name, None)  # a standby writes nothing until it leads
         metrics_server: web.AppRunner | None = None
         try:
             if config.metrics is not None:
@@ -104,6 +106,10 @@ class Parcel:
             logger.info("standby: waiting for the leader lease (%s)", lease.holder)
             if not await lease.acquire(stop):
                 return
+            assert self.store is not None
+            # Every store write of this leadership carries its term; the database refuses
+            # them once another instance holds the lease (bot/store/db.py).
+            self.store.write_as(lease.name, lease.token)
             term = asyncio.Event()  # this leadership ends at ``stop`` or when the lease is lost
             ending = asyncio.create_task(_first_of(stop, lease.lost, then=term))
             renewing = asyncio.create_task(lease.hold(term))
@@ -114,6 +120,7 @@ class Parcel:
                 if not lease.lost.is_set():
                     raise
             finally:
+                self.store.write_as(lease.name, None)
                 term.set()
                 await renewing
                 ending.cancel()

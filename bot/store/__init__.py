@@ -794,6 +794,16 @@ class Store:
         """``async with store.transaction():`` — the concerns' writes inside commit as one."""
         return self.db.transaction()
 
+    def write_as(self, lease: str, token: int | None) -> None:
+        """From now on write as term ``token`` of the leader lease ``lease``; ``None``: as
+        nobody (this process no longer leads: every write is refused).
+
+        On PostgreSQL a write whose term is not the lease's current one fails with
+        :class:`~bot.leader.NotLeader` (``bot/store/db.py``); until this is first called the
+        store is not fenced (tools, tests). SQLite is not fenced.
+        """
+        self.db.write_as(lease, token)
+
 
 def _panel_from_row(row: Row) -> Panel:
     return Panel(row["room_id"], row["session_id"], row["event_id"], row["pin"],

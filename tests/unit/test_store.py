@@ -23,7 +23,7 @@ from bot.errors import PermanentError, TransientError
 from bot.store import SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
 from bot.store import migrations as migrations_module
 from bot.store.db import Database, connect, redact_url
-from bot.store.migrations import MIGRATIONS, migrate, statements
+from bot.store.migrations import MIGRATIONS, migrate, split_statements, statements
 
 S = OfferState
 CUSTOMER_ROOM = "!customer:hs"
@@ -136,10 +136,10 @@ async def test_migrations_create_the_schema(store: Store) -> None:
 
 
 async def test_migrations_set_the_schema_version(store: Store) -> None:
-    """After opening, the schema version is the number of known migrations (6)."""
-    assert len(MIGRATIONS) == 6
+    """After opening, the schema version is the number of known migrations (7)."""
+    assert len(MIGRATIONS) == 7
     async with store.transaction():
-        assert await store.db.schema_version() == 6
+        assert await store.db.schema_version() == 7
 
 
 def test_sqlite_keeps_its_version_in_user_version(db_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_sqlite_keeps_its_version_in_user_version(db_path: Path) -> None:
     asyncio.run(_open_and_close(db_path))
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
     finally:
         conn.close()
 
@@ -182,10 +182,10 @@ async def test_reopening_is_idempotent_and_keeps_data(store_database: Path | str
     for _ in range(2):
         again = await Store.open(store_database)
         async with again.transaction():
-            assert await again.db.schema_version() == 6
+            assert await again.db.schema_version() == 7
         assert (await again.sessions.get_session(session_id)).agent_room == AGENT_ROOM
         assert await again.values.get_value("sync_token") == "s1"
-        assert await migrate(again.db) == 6
+        assert await migrate(again.db) == 7
         await again.close()
 
 
@@ -200,7 +200,7 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
     db = await connect(store_database)
     try:
         async with db.transaction():
-            assert await db.schema_version() == 6
+            assert await db.schema_version() == 7
         assert "half_done" not in await db.table_names()
     finally:
         await db.close()
@@ -209,7 +209,7 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
 async def test_an_old_sqlite_file_and_a_fresh_postgres_reach_the_same_schema(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """A version-1 SQLite file upgraded and an empty PostgreSQL migrated end at version 6 with
+    """A version-1 SQLite file upgraded and an empty PostgreSQL migrated end at version 7 with
     the same tables and the same columns."""
     old = await at_version(tmp_path / "old.db", 1)
     await old.close()
@@ -218,7 +218,7 @@ async def test_an_old_sqlite_file_and_a_fresh_postgres_reach_the_same_schema(
     try:
         for store in (upgraded, fresh):
             async with store.transaction():
-                assert await store.db.schema_version() == 6
+                assert await store.db.schema_version() == 7
             assert await store.db.table_names() == EXPECTED_TABLES
         for table in sorted(EXPECTED_TABLES):
             sqlite_columns = [row[1] for row in await upgraded.db.fetch(
@@ -236,17 +236,17 @@ async def test_two_instances_opening_one_empty_postgres_migrate_it_once(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two stores opened at the same moment on one empty database: each migration runs once,
-    both end up open on version 6."""
+    both end up open on version 7."""
     caplog.set_level(logging.INFO, logger="bot.store.migrations")
     stores = await asyncio.gather(Store.open(postgres_url), Store.open(postgres_url))
     try:
         upgrades = [r.getMessage() for r in caplog.records
                     if r.getMessage().startswith("store schema upgraded")]
         assert [m.split(" (")[0] for m in upgrades] == [
-            f"store schema upgraded to version {n}" for n in range(1, 7)]
+            f"store schema upgraded to version {n}" for n in range(1, 8)]
         for store in stores:
             async with store.transaction():
-                assert await store.db.schema_version() == 6
+                assert await store.db.schema_version() == 7
     finally:
         for store in stores:
             await store.close()
@@ -987,3 +987,21 @@ async def test_panel_versions_track_what_the_message_shows(store: Store) -> None
     assert await store.panels.panels_behind() == []
     with pytest.raises(ValueError):
         await store.panels.update_panel(CUSTOMER_ROOM, version=9)
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("CREATE TABLE a (x TEXT); CREATE INDEX a_x ON a(x);",
+     ["CREATE TABLE a (x TEXT)", " CREATE INDEX a_x ON a(x)"]),
+    ("CREATE FUNCTION f() RETURNS trigger AS $body$ BEGIN RETURN NULL; END $body$; SELECT f()",
+     ["CREATE FUNCTION f() RETURNS trigger AS $body$ BEGIN RETURN NULL; END $body$",
+      " SELECT f()"]),
+    ("DO $$ BEGIN PERFORM 1; PERFORM 2; END $$;", ["DO $$ BEGIN PERFORM 1; PERFORM 2; END $$"]),
+    ("CREATE FUNCTION g() AS $a$ SELECT '$b$;'; $a$",
+     ["CREATE FUNCTION g() AS $a$ SELECT '$b$;'; $a$"]),
+    ("  ;\n ; ", []),
+])
+def test_migration_scripts_split_at_semicolons_outside_dollar_quotes(
+    script: str, expected: list[str]
+) -> None:
+    """A function body's semicolons stay inside its statement; empty statements are dropped."""
+    assert split_statements(script) == expected
