@@ -145,8 +145,9 @@ class Parcel:
             if config.encryption:
                 await self._establish_identity(client, stop)
             await apply_profile(client, store, config.profile)
+            # Bound to this leadership: a transfer is cut when the lease is lost.
             media = MediaClient(config.homeserver, self._access_token,
-                                config.media.transfer_timeout)
+                                config.media.transfer_timeout, fence=self.lease)
             sender = Sender(client, store)
             rooms = RoomDirectory(client)
             self.work = work = Scheduler(store, self._backoff, self.metrics)
