@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import asyncpg
 from aiohttp import web
@@ -75,11 +76,12 @@ class Parcel:
         if opened is None:
             return  # stopped before the database could be reached
         self.store = store = opened
-        self.documents, self._crypto_store = device_state(config, store)
         if config.database is not None:
             url, password = config.database, config.database_password
             self.lease = Lease(lambda: asyncpg.connect(url, password=password),
                                ttl=config.leader_lease)
+        self.documents, self._crypto_store = device_state(
+            config, store, fence=None if self.lease is None else self.lease.check)
         await sealed.secure_leftovers(store, config.data_dir / "media")
         if self.lease is not None:
             store.write_as(self.lease.name, None)  # a standby writes nothing until it leads
@@ -320,16 +322,18 @@ async def reset_identity(config: Config) -> CrossSigningStatus:
         await store.close()
 
 
-def device_state(config: Config, store: Store) -> tuple[Documents, type[MatrixStore] | None]:
+def device_state(config: Config, store: Store, fence: Callable[[], None] | None = None,
+                 ) -> tuple[Documents, type[MatrixStore] | None]:
     """Where the device's credentials, seeds and crypto store live: files in data_dir, or,
     with PostgreSQL, the database (so that any instance, on any disk, is the same device).
 
-    Returns the documents and the nio store class (None: nio's SQLite store in data_dir).
+    Returns the documents and the nio store class (None: nio's SQLite store in data_dir);
+    ``fence`` (the lease's check) refuses the crypto store's writes once the lease is lost.
     """
     if config.database is None:
         return FileDocuments(config.data_dir), None
     return StoreDocuments(store.values), postgres_crypto_store(
-        config.database, password=config.database_password
+        config.database, password=config.database_password, fence=fence
     )
 
 

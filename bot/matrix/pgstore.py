@@ -23,6 +23,10 @@ that one database swapped for :class:`NioPostgresDatabase`, so every query stays
   network fail within seconds (``STATEMENT_TIMEOUT`` …) instead of freezing the loop; psycopg
   prepares statements nio repeats. A :class:`StoreTimer` records how long store calls block,
   per sync cycle, for the benchmark.
+- **A deposed leader writes nothing.** nio saves an advanced Olm or Megolm session while it
+  encrypts, before the message is sent (and the send checks the lease): every write first
+  calls the store's ``fence`` (the lease's ``check``), which raises
+  :class:`~bot.leader.NotLeader` once this instance no longer holds the lease.
 - **Connection loss heals.** A call that finds its connection gone reconnects and runs once
   more (nio's writes are upserts, so a rerun is harmless); if PostgreSQL is still away it
   raises :class:`~bot.errors.TransientError`, and the next call tries again.
@@ -90,6 +94,8 @@ _WRITES = frozenset({
     "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
     "ignore_device", "unignore_device",
 })
+# Every write of nio's: refused when the store's fence says this instance no longer leads.
+_FENCED = _WRITES | {"save_device_keys", "save_encrypted_rooms", "ignore_devices"}
 # nio's trust writes (their first argument is a device, or a list of devices).
 _TRUST_WRITES = frozenset({
     "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
@@ -319,6 +325,7 @@ _T = TypeVar("_T")
 def _guarded(name: str, method: _F) -> _F:
     """Wrap a public nio store method: connection upkeep, a transaction if it writes, timing."""
     writes = name in _WRITES
+    fenced = name in _FENCED
     trust = name in _TRUST_WRITES
 
     @functools.wraps(method)
@@ -326,6 +333,8 @@ def _guarded(name: str, method: _F) -> _F:
         try:
             if self._depth:  # called by another store method: the outer call does the upkeep
                 return method(self, *args, **kwargs)
+            if fenced and self.fence is not None:
+                self.fence()  # raises NotLeader: a deposed leader's crypto state stays unsaved
             self._depth += 1
             began = time.perf_counter()
             try:
@@ -351,6 +360,8 @@ class PostgresCryptoStore(SqliteStore):
     database_url: str = ""
     database_password: str | None = None
     timer: StoreTimer | None = None
+    fence: Callable[[], None] | None = None
+    """Called before every write; raises (:class:`~bot.leader.NotLeader`) to refuse it."""
 
     def __post_init__(self) -> None:
         if not self.pickle_key or self.pickle_key == NIO_DEFAULT_PICKLE_KEY:
@@ -498,8 +509,10 @@ class PostgresCryptoStore(SqliteStore):
             self._trust.pop((device.user_id, device.id), None)
 
     def run_guarded(self, name: str, action: Callable[[], _T]) -> _T:
-        """Run ``action`` (queries of its own on this store's models) as a store call is run:
-        connection upkeep, a rerun after a lost connection, TransientError, timing."""
+        """Run ``action`` (writes of its own on this store's models) as a store write is run:
+        the fence, connection upkeep, a rerun after a lost connection, TransientError, timing."""
+        if self._depth == 0 and self.fence is not None:
+            self.fence()
         return _guarded(name, lambda _store: action())(self)  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -559,18 +572,21 @@ del _name
 
 
 def postgres_crypto_store(
-    url: str, *, password: str | None = None, timer: StoreTimer | None = None
+    url: str, *, password: str | None = None, timer: StoreTimer | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> type[MatrixStore]:
     """A nio store class bound to the PostgreSQL database at ``url``, for ``AsyncClientConfig``.
 
     ``AsyncClientConfig(store=postgres_crypto_store(url), pickle_key=KEY, ...)``: nio then
     keeps each device's crypto store in its own schema of that database. ``password``
-    overrides the URL's; ``timer`` records how long store calls block the loop.
+    overrides the URL's; ``timer`` records how long store calls block the loop; ``fence``
+    (the leader lease's ``check``) is called before every write and refuses it by raising.
     """
     return type("BoundPostgresCryptoStore", (PostgresCryptoStore,), {
         "database_url": url,
         "database_password": password,
         "timer": timer,
+        "fence": None if fence is None else staticmethod(fence),
         "__module__": __name__,
     })
 

@@ -14,6 +14,7 @@ from bot.devdb import PostgresServer
 from bot.devserver import Homeserver, RegisteredUser
 from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
+from bot.leader import NotLeader
 from bot.matrix.client import client_config
 from bot.matrix.cryptostore import CryptoStoreKeyError
 from bot.matrix.pgstore import (
@@ -275,3 +276,33 @@ def test_a_store_written_under_another_key_is_refused_clearly(postgres_url: str)
     with pytest.raises(CryptoStoreKeyError, match="another key"):
         other.load_account()
     other.close()
+
+
+def test_writes_are_refused_once_the_fence_says_the_lease_is_lost(postgres_url: str) -> None:
+    """With the lease held the store writes; once its fence refuses, every write (nio's own
+    and Parcel's through run_guarded) raises NotLeader and changes nothing; reads go on."""
+    held = True
+
+    def fence() -> None:
+        if not held:
+            raise NotLeader("the lease was lost")
+
+    store = postgres_crypto_store(postgres_url, fence=fence)("@bot:example.org", "DEV", "", KEY,
+                                                             "")
+    try:
+        store.save_account(OlmAccount())
+        store.save_sync_token("s1")
+        store.save_encrypted_rooms(["!one:example.org"])
+        held = False
+        with pytest.raises(NotLeader):
+            store.save_sync_token("s2")
+        with pytest.raises(NotLeader):
+            store.save_encrypted_rooms(["!two:example.org"])
+        with pytest.raises(NotLeader):
+            store.save_account(OlmAccount())
+        with pytest.raises(NotLeader):
+            store.run_guarded("a write of Parcel's", lambda: store.save_sync_token("s3"))
+        assert store.load_sync_token() == "s1"
+        assert store.load_encrypted_rooms() == {"!one:example.org"}
+    finally:
+        store.close()
