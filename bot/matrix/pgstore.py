@@ -19,9 +19,13 @@ that one database swapped for :class:`NioPostgresDatabase`, so every query stays
 - **The configured pickle key, always.** A store opened with nio's public default key (or
   none) is refused before anything is written.
 - **Short, bounded blocking.** nio calls its store synchronously on the event loop. One
-  connection stays open; each writing call is one transaction; statements, connects and a cut
-  network fail within seconds (``STATEMENT_TIMEOUT`` …) instead of freezing the loop; psycopg
-  prepares statements nio repeats. A :class:`StoreTimer` records how long store calls block,
+  connection stays open; each writing call is one transaction; psycopg prepares statements
+  nio repeats. Every exchange with the server has a client-side deadline
+  (:data:`ANSWER_DEADLINE`, :class:`DeadlineConnection`; a frozen server keeps its TCP
+  connection acknowledged, so no socket timeout would ever fire), a connect has
+  :data:`CONNECT_TIMEOUT`, and after a silence the store fails fast for a few seconds instead
+  of blocking on every one of nio's calls: the loop (and the lease renewed on it) is never
+  held longer than one deadline. A :class:`StoreTimer` records how long store calls block,
   per sync cycle, for the benchmark.
 - **A deposed leader writes nothing.** nio saves an advanced Olm or Megolm session while it
   encrypts, before the message is sent (and the send checks the lease): every write first
@@ -61,6 +65,7 @@ from nio.store import (
 from peewee import Field, Model, OnConflict, Tuple
 from playhouse.psycopg3_ext import Psycopg3Database
 from psycopg import sql
+from psycopg.errors import _WaitTimeout
 
 from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
@@ -68,11 +73,21 @@ from bot.matrix.cryptostore import CryptoStoreKeyError
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5
-"""Seconds to wait for a connection to PostgreSQL (the loop is blocked meanwhile)."""
+ANSWER_DEADLINE = 1.5
+"""Seconds one exchange with PostgreSQL (a statement, a commit) may take before the store gives
+up on its connection. nio calls the store on the event loop, so this bounds how long a frozen
+or unreachable server can block it: well below the leader lease's trust window (the lease's
+``ttl - margin``, 6 s by default), which renews on that same loop."""
 
-STATEMENT_TIMEOUT_MS = 5000
-"""Server-side limit on one statement of the crypto store."""
+CONNECT_TIMEOUT = 2
+"""Seconds to wait for a new connection (libpq's and psycopg's least; the loop is blocked)."""
+
+QUIET_AFTER_SILENCE = 5.0
+"""After PostgreSQL did not answer, store calls fail at once for this long instead of each
+blocking the loop again: nio makes dozens of them per sync."""
+
+STATEMENT_TIMEOUT_MS = int(ANSWER_DEADLINE * 1000)
+"""Server-side limit on one statement: the server stops work the client gave up on."""
 
 TCP_USER_TIMEOUT_MS = 5000
 """How long unacknowledged data may wait on the socket before the connection counts as dead
@@ -206,6 +221,42 @@ def replace_as_upsert(query: peewee.Insert) -> OnConflict:
     return OnConflict("UPDATE", preserve=rest, conflict_target=target)
 
 
+class Unanswered(psycopg.OperationalError):
+    """PostgreSQL did not answer within :data:`ANSWER_DEADLINE`; the connection was abandoned."""
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends within
+    :data:`ANSWER_DEADLINE`: then the connection is closed (its state is unknown: a frozen
+    server may still run the statement or not) and :class:`Unanswered` raised.
+
+    psycopg waits for the server in :meth:`wait` for every statement, fetch and commit; a
+    frozen server keeps the TCP connection open and acknowledged, so no socket timeout fires.
+    """
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        """psycopg's wait, with :data:`ANSWER_DEADLINE` unless a timeout is given."""
+        deadline = ANSWER_DEADLINE if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, deadline)
+        except _WaitTimeout:
+            self.pgconn.finish()
+            raise Unanswered(f"PostgreSQL did not answer within {deadline:g} s") from None
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether ``exc`` (peewee's wrapper of psycopg's error) says the server did not answer."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, Unanswered | psycopg.errors.ConnectionTimeout):
+            return True
+        cause = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = cause or seen.__cause__ or seen.__context__
+    return False
+
+
 class NioPostgresDatabase(Psycopg3Database):
     """PostgreSQL through psycopg 3 for nio's models: REPLACE as upsert, one account's schema."""
 
@@ -222,7 +273,7 @@ class NioPostgresDatabase(Psycopg3Database):
 
     def _connect(self) -> psycopg.Connection[Any]:
         # Any libpq URL or conninfo string (peewee's own method takes only postgresql://).
-        conn = psycopg.connect(self.database, **self.connect_params)
+        conn = DeadlineConnection.connect(self.database, **self.connect_params)
         conn.autocommit = True  # peewee opens its transactions itself
         return conn
 
@@ -373,6 +424,7 @@ class PostgresCryptoStore(SqliteStore):
             raise ValueError("PostgresCryptoStore has no database: use postgres_crypto_store(url)")
         self.schema = store_schema(self.user_id, self.device_id)
         self._depth = 0
+        self._quiet_until = 0.0
         self._schema_locked = False
         self._trust: dict[tuple[str, str], TrustState] = {}
         try:
@@ -523,7 +575,15 @@ class PostgresCryptoStore(SqliteStore):
 
     def _run(self, name: str, method: Callable[..., Any], writes: bool,
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run one store call; after a lost connection reconnect and run it once more."""
+        """Run one store call; after a lost connection reconnect and run it once more.
+
+        A server that did not answer (frozen, cut off) is not asked again at once: the call
+        raises, and for :data:`QUIET_AFTER_SILENCE` so does every call, without blocking.
+        """
+        quiet = self._quiet_until - time.monotonic()
+        if quiet > 0:
+            raise TransientError(f"crypto store ({name}): PostgreSQL did not answer a moment "
+                                 f"ago; asking again in {quiet:.1f} s")
         for attempt in (1, 2):
             try:
                 self._ensure_connection()
@@ -532,10 +592,16 @@ class PostgresCryptoStore(SqliteStore):
                         return method(self, *args, **kwargs)
                 return method(self, *args, **kwargs)
             except _CONNECTION_ERRORS as exc:
-                lost = self._connection_lost()
+                silent = _unanswered(exc)
+                lost = silent or self._connection_lost()
                 if lost:
                     self._drop_connection()
-                if attempt == 1 and lost:
+                if silent:
+                    self._quiet_until = time.monotonic() + QUIET_AFTER_SILENCE
+                    logger.warning("crypto store: PostgreSQL did not answer during %s (%s); "
+                                   "not asking again for %.0f s", name, exc,
+                                   QUIET_AFTER_SILENCE)
+                elif attempt == 1 and lost:
                     logger.warning("crypto store: the PostgreSQL connection was lost during %s "
                                    "(%s); reconnecting", name, exc)
                     continue

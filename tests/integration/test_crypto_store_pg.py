@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from contextlib import suppress
 from pathlib import Path
 
 import psycopg
@@ -15,6 +20,7 @@ from bot.devserver import Homeserver, RegisteredUser
 from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
 from bot.leader import NotLeader
+from bot.matrix import pgstore
 from bot.matrix.client import client_config
 from bot.matrix.cryptostore import CryptoStoreKeyError
 from bot.matrix.pgstore import (
@@ -306,3 +312,70 @@ def test_writes_are_refused_once_the_fence_says_the_lease_is_lost(postgres_url: 
         assert store.load_encrypted_rooms() == {"!one:example.org"}
     finally:
         store.close()
+
+
+def _cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and its children. (``PostgresServer.freeze()`` of the database-fault
+    tests does the same; this test keeps its own copy so that it stands alone.)"""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+def test_a_frozen_server_blocks_a_call_only_briefly_and_the_store_heals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PostgreSQL frozen (SIGSTOP: connections open, nothing answers) a store call gives
+    up on its own with TransientError while the server is still frozen, the calls right after
+    fail without waiting, and once the server runs again the store works again."""
+    monkeypatch.setattr(pgstore, "QUIET_AFTER_SILENCE", 0.5)
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    frozen: list[int] = []
+    thawed = threading.Event()
+
+    def thaw() -> None:
+        for pid in reversed(frozen):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        thawed.set()
+
+    safety = threading.Timer(30, thaw)  # never leave the server frozen, whatever happens here
+    try:
+        url = server.url(server.create_database(), with_password=True)
+        store = postgres_crypto_store(url)("@bot:example.org", "DEV", "", KEY, "")
+        store.save_account(OlmAccount())
+        store.save_sync_token("before")
+        frozen.extend(_cluster_pids(server))
+        safety.start()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(TransientError, match="did not answer"):
+            store.save_sync_token("while frozen")
+        with pytest.raises(TransientError, match="did not answer a moment ago"):
+            store.load_sync_token()
+        assert not thawed.is_set(), "the call returned only once the server was thawed"
+        thaw()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert store.load_sync_token() == "before"
+                break
+            except TransientError:
+                assert time.monotonic() < deadline, "the store did not heal"
+                time.sleep(0.2)
+        store.save_sync_token("after")
+        assert store.load_sync_token() == "after"
+        store.close()
+    finally:
+        safety.cancel()
+        thaw()
+        server.stop()
