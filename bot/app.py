@@ -328,12 +328,14 @@ def device_state(config: Config, store: Store, fence: Callable[[], None] | None 
     with PostgreSQL, the database (so that any instance, on any disk, is the same device).
 
     Returns the documents and the nio store class (None: nio's SQLite store in data_dir);
-    ``fence`` (the lease's check) refuses the crypto store's writes once the lease is lost.
+    ``fence`` (the lease's check) refuses the crypto store's writes once the lease is lost,
+    and they carry the store's term, so the database refuses a deposed leader's late ones.
     """
     if config.database is None:
         return FileDocuments(config.data_dir), None
     return StoreDocuments(store.values), postgres_crypto_store(
-        config.database, password=config.database_password, fence=fence
+        config.database, password=config.database_password, fence=fence,
+        term=store.term_setting,
     )
 
 

@@ -822,6 +822,11 @@ class Store:
         """
         self.db.write_as(lease, token)
 
+    def term_setting(self) -> str:
+        """The ``parcel.term`` this process's writes carry ('' when not fenced): what nio's
+        crypto store, on its own connection, carries too (``bot/matrix/pgstore.py``)."""
+        return self.db.term_setting()
+
 
 def _panel_from_row(row: Row) -> Panel:
     return Panel(row["room_id"], row["session_id"], row["event_id"], row["pin"],

@@ -151,6 +151,11 @@ class Database:
         """Write as term ``token`` of the lease named ``lease`` from now on (``None``: as
         nobody, every write refused). Only PostgreSQL fences; elsewhere this does nothing."""
 
+    def term_setting(self) -> str:
+        """What this process's writes carry as ``parcel.term`` ('' when not fenced), for other
+        connections to the same database (nio's crypto store) to carry the same."""
+        return ""
+
 
 # -- SQLite ------------------------------------------------------------------------------------
 
@@ -390,6 +395,9 @@ class PostgresDatabase(Database):
 
     def write_as(self, lease: str, token: int | None) -> None:
         self._term.value = f"{lease}/{NOBODY if token is None else int(token)}"
+
+    def term_setting(self) -> str:
+        return self._term.value
 
     async def execute(self, sql: str, *args: Any) -> int:
         conn = self._conn.get()

@@ -210,7 +210,8 @@ MIGRATIONS: list[str | PerDialect] = [
     # the lease's current token. The lease table is created here (the lease creates it too,
     # under the same lock) so the check never meets a missing table. Checked at commit (a
     # deferred constraint trigger) under a share lock on the lease row, so a takeover and a
-    # checked commit never overlap; parcel_fence_tables() puts the trigger on every table.
+    # checked commit never overlap; parcel_fence_tables() puts the trigger on every table. The
+    # check runs in the store's schema whoever calls it (nio's crypto store has its own).
     PerDialect(
         sqlite="",
         postgresql="""
@@ -221,7 +222,8 @@ MIGRATIONS: list[str | PerDialect] = [
         token BIGINT NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL
     );
-    CREATE FUNCTION parcel_check_term() RETURNS trigger LANGUAGE plpgsql AS $fence$
+    CREATE FUNCTION parcel_check_term() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $fence$
     DECLARE
         term TEXT := current_setting('parcel.term', true);
         lease TEXT := substring(term FROM '^(.*)/[0-9]+$');

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -9,6 +10,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 import vodozemac
@@ -19,7 +21,7 @@ from bot.devdb import PostgresServer
 from bot.devserver import Homeserver, RegisteredUser
 from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
-from bot.leader import NotLeader
+from bot.leader import Lease, NotLeader
 from bot.matrix import pgstore
 from bot.matrix.client import client_config
 from bot.matrix.cryptostore import CryptoStoreKeyError
@@ -30,6 +32,7 @@ from bot.matrix.pgstore import (
     store_schema,
 )
 from bot.matrix.roomkeys import forget_room_keys
+from bot.store import Store
 from tests.chat import Person
 from tests.helpers import MakeClient, MakeUser
 
@@ -379,3 +382,36 @@ def test_a_frozen_server_blocks_a_call_only_briefly_and_the_store_heals(
         safety.cancel()
         thaw()
         server.stop()
+
+
+async def test_the_database_refuses_a_crypto_store_write_of_an_older_term(
+    postgres_url: str,
+) -> None:
+    """With Parcel's store in the database, the crypto store's writes carry the store's term:
+    after another instance took the lease, a write of the old term is refused by the database
+    (even with no fence asked first), and writes go through again under the current term."""
+    store = await Store.open(postgres_url)
+    stop = asyncio.Event()
+    old = Lease(lambda: asyncpg.connect(postgres_url), ttl=3.0, holder="old")
+    new = Lease(lambda: asyncpg.connect(postgres_url), ttl=3.0, holder="new")
+    crypto = None
+    try:
+        assert await old.acquire(stop)
+        store.write_as(old.name, old.token)
+        crypto = postgres_crypto_store(postgres_url, term=store.term_setting)(
+            "@bot:example.org", "DEV", "", KEY, "")
+        crypto.save_account(OlmAccount())
+        crypto.save_sync_token("first term")
+        await old.release()
+        assert await new.acquire(stop)
+        with pytest.raises(NotLeader):
+            crypto.save_sync_token("the deposed leader's")
+        assert crypto.load_sync_token() == "first term"
+        store.write_as(new.name, new.token)  # this process leads again, in the new term
+        crypto.save_sync_token("second term")
+        assert crypto.load_sync_token() == "second term"
+    finally:
+        if crypto is not None:
+            crypto.close()
+        await new.release()
+        await store.close()
