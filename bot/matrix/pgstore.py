@@ -472,7 +472,7 @@ class PostgresCryptoStore(SqliteStore):
                     self.user_id, self.device_id, self.schema)
 
     def _fence_tables(self) -> None:
-        """Put Parcel's term check (migration 7 of its store) on this store's tables, when the
+        """Put Parcel's term check (migration 8 of its store) on this store's tables, when the
         database has Parcel's store: a deposed leader's write that reaches the server late
         (sent before a freeze, run after the thaw) is then refused too."""
         home = self.database.home_schema

@@ -15,7 +15,7 @@ of the leader lease (``bot/leader.py``) alone may write. Its own clock tells a l
 stop, but a leader paused or cut off learns late, and its writes already under way would
 still land. So the database checks: :meth:`Database.write_as` names the lease term this
 process writes as, every pooled connection carries it in the session setting ``parcel.term``
-(``<lease name>/<token>``), and a trigger on each of Parcel's tables (migration 7) compares it
+(``<lease name>/<token>``), and a trigger on each of Parcel's tables (migration 8) compares it
 with the token in ``parcel_leader`` when the transaction commits; a mismatch fails the commit
 with SQLSTATE :data:`FENCED_SQLSTATE`, raised here as :class:`~bot.leader.NotLeader`. The
 check locks the lease row (``FOR SHARE``), so a standby's takeover waits for a commit already
@@ -41,7 +41,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bot.errors import PermanentError, TransientError
+from bot.errors import (
+    PermanentError,
+    TransientError,
+    WorkError,
+    from_database,
+    is_database_error,
+)
 from bot.leader import NotLeader
 
 logger = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ SCHEMA_TABLE = "parcel_schema"
 LEASE_TABLE = "parcel_leader"
 FENCED_SQLSTATE = "PTERM"
 """SQLSTATE of a write refused because the session's lease term is not the current one (raised
-by ``parcel_check_term()``, migration 7); the store raises it as :class:`bot.leader.NotLeader`."""
+by ``parcel_check_term()``, migration 8); the store raises it as :class:`bot.leader.NotLeader`."""
 TERM_SETTING = "parcel.term"
 NOBODY = 0
 """The token of "no term": a process that led and no longer does writes as nobody, and every
@@ -83,6 +89,29 @@ def redact_url(url: str) -> str:
     if port is not None:
         netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@contextmanager
+def _classified() -> Iterator[None]:
+    """Turn a driver's exception (or a socket error reaching the server) into a WorkError.
+
+    Raised at this edge, a PostgreSQL restart's ``ConnectionRefusedError`` or SQLite's
+    "database is locked" is a transient *database* failure, never mistaken for the homeserver's
+    or for a bug; a write refused for its stale lease term (:data:`FENCED_SQLSTATE`) is
+    :class:`~bot.leader.NotLeader`. Errors already classified (from work inside a transaction)
+    pass through.
+    """
+    try:
+        yield
+    except WorkError:
+        raise
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
+            raise NotLeader(f"the database refused a write: {getattr(exc, 'message', exc)}"
+                            ) from exc
+        if not is_database_error(exc) and not isinstance(exc, OSError | TimeoutError):
+            raise  # a bug in the work inside a transaction stays what it is
+        raise from_database(exc, "the store") from exc
 
 
 class Database:
@@ -198,16 +227,20 @@ class SQLiteDatabase(Database):
         return self._conn
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return self._conn.execute(sql, args).rowcount
+        with _classified():
+            return self._conn.execute(sql, args).rowcount
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        self._conn.executemany(sql, args)
+        with _classified():
+            self._conn.executemany(sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return self._conn.execute(sql, args).fetchall()
+        with _classified():
+            return self._conn.execute(sql, args).fetchall()
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        row: Row | None = self._conn.execute(sql, args).fetchone()
+        with _classified():
+            row: Row | None = self._conn.execute(sql, args).fetchone()
         return row
 
     @asynccontextmanager
@@ -216,15 +249,18 @@ class SQLiteDatabase(Database):
             yield
             return
         async with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            with _classified():
+                self._conn.execute("BEGIN IMMEDIATE")
             token = self._in_transaction.set(True)
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             else:
-                self._conn.execute("COMMIT")
+                with _classified():
+                    self._conn.execute("COMMIT")
             finally:
                 self._in_transaction.reset(token)
 
@@ -322,17 +358,6 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-@contextmanager
-def _fenced() -> Iterator[None]:
-    """Raise a write the database refused for its stale term as :class:`NotLeader`."""
-    try:
-        yield
-    except Exception as exc:
-        if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
-            raise
-        raise NotLeader(f"the database refused a write: {getattr(exc, 'message', exc)}") from exc
-
-
 class PostgresDatabase(Database):
     """PostgreSQL through an asyncpg pool; statements are prepared and cached per connection."""
 
@@ -402,26 +427,26 @@ class PostgresDatabase(Database):
     async def execute(self, sql: str, *args: Any) -> int:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        with _fenced():
+        with _classified():
             return _rowcount(await target.execute(self._translate(sql), *_args(args)))
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        with _fenced():
+        with _classified():
             await target.executemany(self._translate(sql), [_args(a) for a in args])
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        with _fenced():
+        with _classified():
             rows: list[Row] = await target.fetch(self._translate(sql), *_args(args))
         return rows
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        with _fenced():
+        with _classified():
             row: Row | None = await target.fetchrow(self._translate(sql), *_args(args))
         return row
 
@@ -430,8 +455,10 @@ class PostgresDatabase(Database):
         if self._conn.get() is not None:
             yield
             return
-        # The term is checked when the transaction commits: a refusal comes from the COMMIT.
-        with _fenced():
+        # Errors of the work inside pass through as they are; those of acquiring, beginning
+        # and committing are the database's, classified like every query's (the term is
+        # checked at the COMMIT: a refusal comes from there, as NotLeader).
+        with _classified():
             async with self._pool.acquire() as conn, conn.transaction():
                 token = self._conn.set(conn)
                 try:
@@ -470,7 +497,7 @@ class PostgresDatabase(Database):
         rows = await self.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
         )
-        # The lease's table (bot/leader.py) is made by migration 7 but holds no store data.
+        # The lease's table (bot/leader.py) is made by migration 8 but holds no store data.
         return {str(row["tablename"]) for row in rows} - {SCHEMA_TABLE, LEASE_TABLE}
 
     async def close(self) -> None:

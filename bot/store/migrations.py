@@ -4,7 +4,7 @@ Each runs in one transaction; a newer schema than known is refused. A migration 
 dialects run, written with SQLite's column types (the PostgreSQL driver maps them, see
 ``Database.ddl``), or a :class:`PerDialect` pair where the statements themselves differ.
 
-On PostgreSQL every table of Parcel's carries the term fence of migration 7 (see
+On PostgreSQL every table of Parcel's carries the term fence of migration 8 (see
 ``bot/store/db.py``): :func:`migrate` puts it on any table a migration made without it, so a
 new table needs nothing of its own.
 """
@@ -205,7 +205,15 @@ MIGRATIONS: list[str | PerDialect] = [
         shown_version INTEGER NOT NULL DEFAULT 0
     );
     """,
-    # 7: the term fence (PostgreSQL only; SQLite has one instance). A write commits only if the
+    # 7: a unit that waits for another one (by its key) is woken when that one finishes,
+    # instead of polling; a customer room's sessions found by an index that also orders them
+    # (the lookup on every event took the newest session by scanning).
+    """
+    ALTER TABLE work ADD COLUMN waits_for TEXT;
+    CREATE INDEX work_waits_for ON work(waits_for);
+    CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
+    """,
+    # 8: the term fence (PostgreSQL only; SQLite has one instance). A write commits only if the
     # session's parcel.term ('<lease name>/<token>', set by the store, empty for tools) names
     # the lease's current token. The lease table is created here (the lease creates it too,
     # under the same lock) so the check never meets a missing table. Checked at commit (a
@@ -277,6 +285,29 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer Parcel; refusing to touch it."""
 
 
+class SchemaMismatch(RuntimeError):
+    """A reading tool found the store at another schema version than this Parcel's."""
+
+
+async def check_version(db: Database) -> int:
+    """The schema version, which must be this Parcel's: for tools that never change the store
+    (they may run beside a bot of another version, whose store they must not upgrade)."""
+    async with db.transaction():
+        current = await db.schema_version()
+    if current > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"the store has schema version {current}, but this Parcel knows only up to "
+            f"{len(MIGRATIONS)}: use the Parcel that runs the bot"
+        )
+    if current < len(MIGRATIONS):
+        raise SchemaMismatch(
+            f"the store has schema version {current}, older than this Parcel's "
+            f"{len(MIGRATIONS)}: start the bot of this version once (it upgrades the store), "
+            "or use the Parcel that runs the bot; reading tools never change the store"
+        )
+    return current
+
+
 _SPLIT = re.compile(r"(\$[A-Za-z_]*\$)|;")
 
 
@@ -307,7 +338,10 @@ async def migrate(db: Database) -> int:
 
     Each step is one transaction that first takes the migration lock and reads the version
     anew, so of two instances starting together on one database only the first migrates.
+    What this instance did is logged once at the end ("created the store at version 7", or
+    "upgraded the store from version 4 to 7"); each step at DEBUG.
     """
+    began: int | None = None  # the version before this instance's first step
     while True:
         async with db.transaction():
             await db.lock_for_migration()
@@ -318,13 +352,20 @@ async def migrate(db: Database) -> int:
                     f"to {len(MIGRATIONS)}: upgrade Parcel instead of downgrading it"
                 )
             if current == len(MIGRATIONS):
-                await _fence_tables(db)
-                return current
+                await _fence_tables(db)  # under the migration lock, as every step
+                break
             version = current + 1
             for statement in statements(MIGRATIONS[version - 1], db):
                 await db.execute(statement)
             await db.set_schema_version(version)
-        logger.info("store schema upgraded to version %d (%s)", version, db.description)
+        logger.debug("store schema upgraded to version %d (%s)", version, db.description)
+        began = current if began is None else began
+    if began == 0:
+        logger.info("created the store at version %d (%s)", current, db.description)
+    elif began is not None:
+        logger.info("upgraded the store from version %d to %d (%s)", began, current,
+                    db.description)
+    return current
 
 
 async def _fence_tables(db: Database) -> None:
@@ -333,4 +374,4 @@ async def _fence_tables(db: Database) -> None:
         return
     fenced = await db.fetchval("SELECT parcel_fence_tables()")
     if fenced:
-        logger.info("term fence put on %d tables", fenced)
+        logger.debug("term fence put on %d tables", fenced)
