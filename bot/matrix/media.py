@@ -32,8 +32,7 @@ from bot import errors
 from bot.attachments.inspect import StreamingDigest
 from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor, new_key_and_iv
 from bot.attachments.sealed import Sealer, Unsealer
-from bot.errors import PermanentError, TransientError
-from bot.leader import NotLeader
+from bot.errors import NotLeader, PermanentError, TransientError
 from bot.matrix.chunks import ChunkWorker
 
 logger = logging.getLogger(__name__)

@@ -71,11 +71,9 @@ from playhouse.psycopg3_ext import Psycopg3Database
 from psycopg import sql
 from psycopg.errors import _WaitTimeout
 
-from bot.errors import TransientError
+from bot.errors import FENCED_SQLSTATE, TransientError, database_transient, from_database
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
-from bot.leader import NotLeader
 from bot.matrix.cryptostore import CryptoStoreKeyError
-from bot.store.db import FENCED_SQLSTATE
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +120,6 @@ _TRUST_WRITES = frozenset({
     "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
     "ignore_device", "unignore_device", "ignore_devices",
 })
-_CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 _UNPICKLE_ERRORS = (vodozemac.PickleException, vodozemac.LibolmPickleException, ValueError)
 _UNIQUE = re.compile(r"\s*UNIQUE\s*\(([^)]*)\)\s*", re.IGNORECASE)
 
@@ -460,12 +457,12 @@ class PostgresCryptoStore(SqliteStore):
         try:
             super().__post_init__()  # connects, checks the store version, creates the tables
             self._fence_tables()
-        except _CONNECTION_ERRORS as exc:
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             self._drop_connection()
-            raise TransientError(f"opening the crypto store in PostgreSQL: {exc}") from exc
+            raise from_database(exc, "opening the crypto store in PostgreSQL") from exc
         finally:
             if self._schema_locked and not self.database.is_closed():
-                with suppress(*_CONNECTION_ERRORS):
+                with suppress(peewee.DatabaseError, peewee.InterfaceError):
                     self.database.execute_sql("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
         self.database_path = f"{self.schema} (PostgreSQL)"
         logger.info("crypto store of %s/%s in PostgreSQL schema %s",
@@ -658,11 +655,10 @@ class PostgresCryptoStore(SqliteStore):
                         return method(self, *args, **kwargs)
                 return method(self, *args, **kwargs)
             except (peewee.DatabaseError, peewee.InterfaceError) as exc:
-                if _sqlstate(exc) == FENCED_SQLSTATE:
-                    raise NotLeader(f"the database refused a crypto store write ({name}): "
-                                    f"{exc}") from exc
-                if not isinstance(exc, _CONNECTION_ERRORS):
-                    raise
+                if _sqlstate(exc) == FENCED_SQLSTATE or not database_transient(exc):
+                    # A deposed leader's write (NotLeader), or a permanent error: classified
+                    # once, by the table every edge uses.
+                    raise from_database(exc, f"crypto store ({name})") from exc
                 silent = _unanswered(exc)
                 lost = silent or self._connection_lost()
                 if lost:
@@ -676,7 +672,7 @@ class PostgresCryptoStore(SqliteStore):
                     logger.warning("crypto store: the PostgreSQL connection was lost during %s "
                                    "(%s); reconnecting", name, exc)
                     continue
-                raise TransientError(f"crypto store ({name}): PostgreSQL failed: {exc}") from exc
+                raise from_database(exc, f"crypto store ({name})") from exc
         raise AssertionError("unreachable")
 
     def _ensure_connection(self) -> None:

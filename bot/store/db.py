@@ -48,7 +48,6 @@ from bot.errors import (
     from_database,
     is_database_error,
 )
-from bot.leader import NotLeader
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +57,6 @@ Row = Mapping[str, Any]
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 SCHEMA_TABLE = "parcel_schema"
 LEASE_TABLE = "parcel_leader"
-FENCED_SQLSTATE = "PTERM"
-"""SQLSTATE of a write refused because the session's lease term is not the current one (raised
-by ``parcel_check_term()``, migration 9); the store raises it as :class:`bot.leader.NotLeader`."""
 TERM_SETTING = "parcel.term"
 NOBODY = 0
 """The token of "no term": a process that led and no longer does writes as nobody, and every
@@ -106,9 +102,6 @@ def _classified() -> Iterator[None]:
     except WorkError:
         raise
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
-            raise NotLeader(f"the database refused a write: {getattr(exc, 'message', exc)}"
-                            ) from exc
         if not is_database_error(exc) and not isinstance(exc, OSError | TimeoutError):
             raise  # a bug in the work inside a transaction stays what it is
         raise from_database(exc, "the store") from exc
