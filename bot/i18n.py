@@ -24,7 +24,7 @@ import io
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from babel import Locale
 from babel.dates import format_datetime
@@ -39,6 +39,10 @@ SOURCE_LANGUAGE = "en"
 # Every language Parcel ships, the source language first.
 SHIPPED: tuple[str, ...] = ("en", "de", "fr", "es", "it", "nl", "pt", "ar")
 RIGHT_TO_LEFT = frozenset({"ar"})
+
+# The list styles CLDR has (babel.lists.format_list): "a, b and c", "a, b or c", ...
+ListStyle = Literal["standard", "standard-short", "or", "or-short", "unit", "unit-short",
+                    "unit-narrow"]
 
 # Unicode bidirectional isolates (UAX #9): FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE.
 FSI = "\u2068"
@@ -221,6 +225,15 @@ class Translator:
         pattern = self._("yyyy-MM-dd HH:mm")
         return format_datetime(moment, pattern, tzinfo=self._zone, locale=self.locale)
 
+    def short_datetime(self, ts: float) -> str:
+        """Day, short month and time without the year, in the configured zone ("24 Nov 21:05"),
+        for a narrow table cell."""
+        moment = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
+        # Translators: a CLDR date pattern for a narrow table cell, without the year.
+        # d day, MMM short month name, HH:mm time; the first space is kept unbroken.
+        pattern = self._("d MMM HH:mm")
+        return format_datetime(moment, pattern, tzinfo=self._zone, locale=self.locale)
+
     def zone(self, ts: float) -> str:
         """The short name of the configured time zone at ``ts`` ("UTC", "MEZ", "UTC+1")."""
         if self.timezone == "UTC":
@@ -247,7 +260,7 @@ class Translator:
             result = pattern.format(result, item)
         return result
 
-    def list(self, items: list[str], style: str = "standard") -> str:
+    def list(self, items: list[str], style: ListStyle = "standard") -> str:
         """Items joined the way this language lists them ("a, b and c", "a, b und c")."""
         return format_list([self.isolate(item) for item in items], style=style,
                            locale=self.locale)

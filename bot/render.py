@@ -20,7 +20,7 @@ import nh3
 from bot.attachments.model import Direction, Offer, OfferState
 from bot.attachments.reasons import describe_kind, stored_reason
 from bot.attachments.text import display_filename, safe_filename, strip_invisible
-from bot.i18n import ENGLISH, N_, Rich, Translator, own_name
+from bot.i18n import ENGLISH, N_, Html, Rich, Translator, own_name
 
 OFFER_KEY = "io.parcel.offer"
 
@@ -140,15 +140,25 @@ def agent_label(name: str, label: str) -> str:
 
 
 def session_opened_for_agents(
-    customer_name: str, customer_id: str, session_id: int, *, t: Translator = ENGLISH
+    customer_name: str, customer_id: str, session_id: int, also_open: Sequence[int] = (), *,
+    t: Translator = ENGLISH,
 ) -> Message:
-    """The first message in a new agent room."""
+    """The first message in a new agent room; ``also_open`` numbers the customer's other
+    chats still open (a second DM is a chat of its own: agents see that they belong together).
+    """
     text, rich = t.pair(
         "New chat {chat} with {customer} ({customer_id}). What you write here is relayed to "
         "the customer; files are offered to them first. Type {help} for commands.",
         chat=Rich.bold(f"#{session_id}"), customer=Rich.bold(customer_name),
         customer_id=customer_id, help=Rich.code("!help"),
     )
+    if also_open:
+        note, note_html = t.npair(
+            "This customer also has another chat open: {numbers}.",
+            "This customer also has other chats open: {numbers}.", len(also_open),
+            numbers=t.joined([f"#{number}" for number in also_open]))
+        text += f"\n{note}"
+        rich = Html(f"{rich}<br>{note_html}")
     return Message(text, rich)
 
 
@@ -175,7 +185,8 @@ def session_closed(
     """The closing notice for one room of a session.
 
     ``reason`` is ``ended`` (someone typed !end; ``closer`` is their name, ``you`` is true in
-    their own room), ``customer_left`` or ``bot_removed``. ``pending`` is how many offers the
+    their own room), ``customer_left``, ``bot_removed`` or ``bot_removed_from_agents`` (the
+    bot was removed from the customer's or the agents' room). ``pending`` is how many offers the
     end left undelivered (the sentence is left out when there were none). With ``bot_id`` (the
     customer's room) it says how to start a new chat.
     """
@@ -184,6 +195,9 @@ def session_closed(
     elif reason == "bot_removed":
         lines = [t._("The bot was removed from the customer's chat (or that room was shut "
                      "down), so nothing more can reach the customer. This session is closed.")]
+    elif reason == "bot_removed_from_agents":
+        lines = [t._("The support team's room for this chat was closed, so no agent can read "
+                     "what you write here any more. This chat is closed.")]
     elif you:
         lines = [t._("You ended the chat.")]
     elif closer:
@@ -622,8 +636,21 @@ def _one_line(text: str) -> str:
 
 NBSP = "\u00a0"
 NB_HYPHEN = "\u2011"
-LOG_HEADER = ("#", N_("Direction"), N_("File"), N_("Kind"), N_("Size"), N_("From"), N_("State"),
-              N_("Time ({zone})"))
+# Two columns, so the table fits Element's timeline from a phone's width up (Element Web leaves
+# a message about 390 px at 1024 px, about 200 px in a phone-wide window): the number, name
+# and facts in one cell, the state and time in the other, every cell free to wrap at its
+# spaces (only the day and month stay together). The plain-text body keeps each file's facts
+# on one line.
+LOG_HEADER = (N_("File"), N_("State ({zone})"))
+# Names in the table are cut shorter than elsewhere: a name without spaces or hyphens cannot
+# wrap, and it sets the width of its column. The text body shows names as cards do.
+LOG_TABLE_NAME_LIMIT = 20
+
+
+def short_time(ts: float, *, t: Translator = ENGLISH) -> str:
+    """Day, month and time (no year) for a narrow table cell, in the reader's language and
+    zone: "24 Nov 21:05" (en, UTC), "24. Nov. 22:05" (de, Europe/Berlin)."""
+    return t.short_datetime(ts)
 
 
 def _way(offer: Offer, viewpoint: Direction, t: Translator) -> str:
@@ -635,40 +662,36 @@ def attachment_log(offers: Sequence[Offer], viewpoint: Direction, *,
     """The session's attachment log as a table; ``viewpoint`` is the direction called "sent"."""
     if not offers:
         return Message(t._("No files have been sent in this chat yet."))
+    heading = t._("Attachments ({count}):", count=t.number(len(offers)))
+    text_lines = [heading]
     rows = []
     for offer in offers:
+        number = str(offer.shown_number)
+        way = _way(offer, viewpoint, t)
+        kind = describe(offer, t=t)
+        size = t.size(offer.size) if offer.size is not None else "—"
+        sender = _plain(offer.sender_name)
+        state = state_word(offer.state, t=t) + (
+            f" ({stored_reason(offer.reason, offer.reason_facts, t)})"
+            if offer.reason and offer.state is OfferState.REJECTED else "")
+        text_lines.append(t._("#{number} {way}: {filename} · {kind} · {size} · from {sender} · "
+                              "{state} · {time}", number=number, way=way,
+                              filename=display_filename(offer.filename), kind=kind, size=size,
+                              sender=sender, state=state,
+                              time=format_time(offer.updated_at, t=t)))
+        name = display_filename(offer.filename, limit=LOG_TABLE_NAME_LIMIT)
+        facts = t._("{way} · {kind} · {size} · from {sender}", way=way, kind=kind, size=size,
+                    sender=sender)
+        when = short_time(offer.updated_at, t=t).replace(" ", NBSP, 1)
         rows.append(
-            (
-                str(offer.shown_number),
-                _way(offer, viewpoint, t),
-                display_filename(offer.filename, limit=48),
-                describe(offer, t=t),
-                t.size(offer.size) if offer.size is not None else "—",
-                _plain(offer.sender_name),
-                state_word(offer.state, t=t) + (
-                    f" ({stored_reason(offer.reason, offer.reason_facts, t)})"
-                    if offer.reason and offer.state is OfferState.REJECTED else ""),
-                format_time(offer.updated_at, t=t),
-            )
-        )
+            f"<tr><td><b>{_e(t.isolate(f'#{number}'))}</b> {_e(t.isolate(name))}<br>"
+            f"{_e(facts)}</td><td>{_e(t.isolate(state))}<br>{_e(t.isolate(when))}</td></tr>")
     zone = t.zone(offers[-1].updated_at)
     header = [t._(h, zone=zone) if "{zone}" in h else t.known(h) for h in LOG_HEADER]
-    heading = t._("Attachments ({count}):", count=t.number(len(rows)))
-    text_lines = [heading]
-    for row in rows:
-        text_lines.append(t._("#{number} {way}: {filename} · {kind} · {size} · from {sender} · "
-                              "{state} · {time}", number=row[0], way=row[1], filename=row[2],
-                              kind=row[3], size=row[4], sender=row[5], state=row[6],
-                              time=row[7]))
     # The heading also in HTML: Element shows only the formatted body.
-    rich = f"<b>{_e(heading.rstrip(_COLON))}</b><table><thead><tr>" + "".join(
-        f"<th>{_e(_one_line(h))}</th>" for h in header
-    ) + "</tr></thead>"
-    # The time column keeps date and time together (Element wraps narrow columns at spaces).
-    rich += "<tbody>" + "".join(
-        "<tr>" + "".join(f"<td>{_e(t.isolate(cell))}</td>" for cell in row[:-1])
-        + f"<td>{_e(_one_line(t.isolate(row[-1])))}</td></tr>" for row in rows
-    ) + "</tbody></table>"
+    rich = (f"<b>{_e(heading.rstrip(_COLON))}</b><table><thead><tr>"
+            + "".join(f"<th>{_e(h)}</th>" for h in header)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     return Message("\n".join(text_lines), rich)
 
 

@@ -31,7 +31,8 @@ from tests.browser import element  # noqa: E402
 from tests.chat import OFFER_KEY, BotRunner, Person, bot_config  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
-NAMES = ("1-waiting-status", "2-offer-card", "3-image-delivered", "4-pinned-panel")
+NAMES = ("1-waiting-status", "2-offer-card", "3-image-delivered", "4-pinned-panel",
+         "5-attachments-command")
 # What the browser waits for when Parcel speaks another language (customer.mjs's TEXTS),
 # written out here (not taken from the catalogs under test).
 TEXTS = {
@@ -44,6 +45,7 @@ TEXTS = {
         "panel": "Dateien in diesem Gespräch",
         "panelWaiting": "wartet",
         "log": "Anhänge (2)",
+        "logHeading": "Anhänge (",
         "ended": "Sie haben das Gespräch beendet",
     },
 }
@@ -186,7 +188,7 @@ def main() -> int:
             print(f"screenshots.py: {exc}", file=sys.stderr)
             return 1
         OUT.mkdir(parents=True, exist_ok=True)
-        for name in NAMES if language == "en" else NAMES[-1:]:
+        for name in NAMES if language == "en" else ("4-pinned-panel",):
             target = OUT / (f"{name}.png" if language == "en" else f"{language}-{name}.png")
             target.write_bytes((work / f"{name}.png").read_bytes())
             shrink(target)

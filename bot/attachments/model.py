@@ -109,6 +109,10 @@ class Offer:
     # The refusal reason as facts (bot/attachments/reasons.py, JSON), rendered per reader;
     # ``reason`` is its English text.
     reason_facts: str | None = None
+    # Content URIs reserved for the recipient's copy and its thumbnail before uploading
+    # (bot.matrix.media.Reservation as JSON, with the AES key in an encrypted room).
+    copy_reservation: str | None = field(default=None, repr=False)
+    thumbnail_reservation: str | None = field(default=None, repr=False)
 
     @property
     def is_pending(self) -> bool:

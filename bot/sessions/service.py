@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from nio import (
+    Api,
     AsyncClient,
+    JoinedRoomsResponse,
     JoinResponse,
     ProfileGetDisplayNameResponse,
     RoomCreateResponse,
@@ -17,7 +21,7 @@ from nio import (
     RoomPutStateResponse,
 )
 
-from bot import render
+from bot import failpoints, render
 from bot.attachments.text import strip_invisible
 from bot.config import Config
 from bot.errors import PermanentError, Waiting
@@ -41,9 +45,15 @@ logger = logging.getLogger(__name__)
 # A removal nobody announces (refused; they left while the bot was away) is looked at again
 # this often; a removal the bot makes, or a leave it sees, wakes the waiting work at once.
 STRANGER_RECHECK = 30.0
-# Close reasons after which nothing is posted in the customer room: nobody reads it any more,
-# or the bot may not write there.
-CUSTOMER_ROOM_GONE = frozenset({"customer_left", "bot_removed"})
+# The close reason when the bot was removed from one side's room (kicked, banned): nothing
+# can be posted there any more, so the other side alone is told.
+BOT_REMOVED = {Side.CUSTOMER: "bot_removed", Side.AGENT: "bot_removed_from_agents"}
+# Close reasons after which nothing is posted in a side's room: nobody reads it any more, or
+# the bot may not write there.
+ROOM_GONE = {
+    Side.CUSTOMER: frozenset({"customer_left", BOT_REMOVED[Side.CUSTOMER]}),
+    Side.AGENT: frozenset({BOT_REMOVED[Side.AGENT]}),
+}
 
 
 def kick_key(room_id: str, user_id: str) -> str:
@@ -52,6 +62,15 @@ def kick_key(room_id: str, user_id: str) -> str:
     return f"kick:{room_id}:{user_id}"
 # The reason pending offers expire with when their chat ends.
 ENDED_REASON = "the chat ended"
+# The agent room's creation content names its session ("<install id>:<session id>"), so a
+# repeated creation finds the room instead of making a second one.
+SESSION_MARKER = "io.parcel.session"
+INSTALL_ID_KEY = "install_id"
+
+
+def bot_removed_from(session: Session, side: Side) -> bool:
+    """Whether the session ended because the bot was removed from ``side``'s room."""
+    return session.close_reason == BOT_REMOVED[side]
 
 
 def server_of(user_id: str) -> str:
@@ -288,10 +307,14 @@ class SessionService:
                            choices=len(self._config.languages)).content(),
             txn_id=f"session-{session.id}-welcome",
         )
+        # A customer's second DM opens a chat of its own (see the README); the agents are told
+        # which of the customer's other chats are still open.
+        also_open = [other.id for other in await self._store.sessions.sessions(SessionState.OPEN)
+                     if other.customer_id == session.customer_id and other.id != session.id]
         await self._sender.send(
             session.agent_room,
             render.session_opened_for_agents(
-                session.customer_name, session.customer_id, session.id,
+                session.customer_name, session.customer_id, session.id, also_open,
                 t=self.translator(session, Side.AGENT),
             ).content(),
             txn_id=f"session-{session.id}-opened",
@@ -310,6 +333,64 @@ class SessionService:
         await self.request_close(session, "open_failed", None, None)
 
     async def _create_agent_room(self, session: Session) -> Session:
+        """Create the session's agent room, once: a repeat finds the room made before.
+
+        ``room_create`` cannot be made idempotent by the server, and its answer can be lost
+        (a crash, a lost lease, a cut connection) after the room was made with the agents
+        invited. So the attempt is recorded before the request, the room carries the session's
+        marker in its creation content, and an attempt that finds an earlier one recorded
+        looks for a room of the bot's with that marker before making another.
+        """
+        marker = await self._session_marker(session)
+        attempt = f"agent-room-attempt:{session.id}"
+        if await self._store.values.get_value(attempt) is not None:
+            found = await self._find_agent_room(marker)
+            if found is not None:
+                logger.info("session %d: agent room %s was created by an earlier attempt",
+                            session.id, found)
+                return await self._attach_agent_room(session, found)
+        await self._store.values.set_value(attempt, marker)
+        room_id = await self._request_agent_room(session, marker)
+        failpoints.hit("agent-room-created")
+        logger.info("session %d: agent room %s created", session.id, room_id)
+        return await self._attach_agent_room(session, room_id)
+
+    async def _attach_agent_room(self, session: Session, room_id: str) -> Session:
+        attached = await self._store.sessions.attach_agent_room(session.id, room_id)
+        await self._store.values.delete_value(f"agent-room-attempt:{session.id}")
+        return attached
+
+    async def _session_marker(self, session: Session) -> str:
+        """``<install id>:<session id>``: unique to this session of this Parcel's store (a new
+        store reusing the bot's account numbers its sessions from 1 again)."""
+        install = await self._store.values.setdefault_value(INSTALL_ID_KEY,
+                                                            secrets.token_hex(8))
+        return f"{install}:{session.id}"
+
+    async def _find_agent_room(self, marker: str) -> str | None:
+        """A room the bot is in whose creation content carries ``marker``, if any.
+
+        Only rooms the store does not know are looked at: a room made by a lost attempt is
+        the bot's and is recorded nowhere.
+        """
+        joined = await call("listing the bot's rooms", self._client.joined_rooms(),
+                            JoinedRoomsResponse)
+        known = await self._store.sessions.known_rooms()
+        for room_id in joined.rooms:
+            if room_id in known:
+                continue
+            try:
+                create = await call(f"reading the creation of {room_id}",
+                                    self._client.room_get_state_event(room_id, "m.room.create"),
+                                    RoomGetStateEventResponse)
+            except PermanentError:
+                continue  # not readable: not a room the bot made
+            if create.content.get(SESSION_MARKER) == marker:
+                return str(room_id)
+        return None
+
+    async def _request_agent_room(self, session: Session, marker: str) -> str:
+        """Ask the homeserver for the agent room, marked as the session's; its id."""
         # Someone let in later (and removed by the bot) must not read the chat so far.
         initial_state: list[dict[str, Any]] = [
             {
@@ -326,21 +407,25 @@ class SessionService:
                     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
                 }
             )
+        method, path, body = Api.room_create(
+            self._client.access_token,
+            name=self._agent_room_name(session),
+            topic=self.translator(session, Side.AGENT)._(
+                "Parcel session #{session} with {customer}", session=session.id,
+                customer=session.customer_id),
+            invite=list(self._config.agents.users),
+            preset=RoomPreset.private_chat,
+            initial_state=initial_state,
+        )
+        # nio's room_create takes no creation content of our own: add the marker to its body.
+        content = json.loads(body)
+        content["creation_content"][SESSION_MARKER] = marker
         response = await call(
             "creating the agent room",
-            self._client.room_create(
-                name=self._agent_room_name(session),
-                topic=self.translator(session, Side.AGENT)._(
-                    "Parcel session #{session} with {customer}", session=session.id,
-                    customer=session.customer_id),
-                invite=list(self._config.agents.users),
-                preset=RoomPreset.private_chat,
-                initial_state=initial_state,
-            ),
+            self._client._send(RoomCreateResponse, method, path, json.dumps(content)),
             RoomCreateResponse,
         )
-        logger.info("session %d: agent room %s created", session.id, response.room_id)
-        return await self._store.sessions.attach_agent_room(session.id, response.room_id)
+        return str(response.room_id)
 
     def _agent_room_name(self, session: Session) -> str:
         t = self.translator(session, Side.AGENT)
@@ -424,7 +509,7 @@ class SessionService:
             room_id = session.room_of(side)
             if room_id is None or room_id not in self._client.rooms:
                 continue
-            if side is Side.CUSTOMER and reason in CUSTOMER_ROOM_GONE:
+            if reason in ROOM_GONE[side]:
                 continue
             notice = render.session_closed(
                 reason, by, you=by_side == side.value, pending=pending,
@@ -460,11 +545,12 @@ class SessionService:
             if room is not None
         ])
         count = 0
-        for room_id in list(self._client.rooms):
-            found = await self._store.sessions.session_for_room(room_id)
-            if found is None or found[0].state is not SessionState.CLOSED:
+        # One query for every joined room, not one per room: a bot in thousands of rooms
+        # starts in the same time as a bot in one.
+        found = await self._store.sessions.sessions_for_rooms(list(self._client.rooms))
+        for room_id, (session, side) in found.items():
+            if session.state is not SessionState.CLOSED:
                 continue
-            session, side = found
             if side is Side.AGENT and not self._config.retention.leave_closed_rooms:
                 continue
             await self.leave(session, room_id)
@@ -488,7 +574,7 @@ class SessionService:
             session = await self._store.sessions.get_session(session_id)
             if found is not None and found[0].id != session_id:
                 return  # the room started a new session meanwhile: stay
-            if room_id == session.agent_room:
+            if room_id == session.agent_room and not bot_removed_from(session, Side.AGENT):
                 await self._mark_closed(session)
         if room_id in self._client.rooms or room_id in self._client.invited_rooms:
             if self.panels is not None and session_id is not None:  # the last changes first

@@ -203,6 +203,18 @@ class Values(_Concern):
             key, value,
         )
 
+    async def setdefault_value(self, key: str, value: str) -> str:
+        """The setting ``key``; set to ``value`` first if it has none (the first writer wins)."""
+        await self._db.execute(
+            "INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", key, value)
+        stored = await self.get_value(key)
+        assert stored is not None
+        return stored
+
+    async def delete_value(self, key: str) -> None:
+        """Forget the setting ``key`` (nothing if it has none)."""
+        await self._db.execute("DELETE FROM kv WHERE key = ?", key)
+
 
 class Sessions(_Concern):
     """Sessions: a customer room paired with an agent room, and their retention."""
@@ -235,6 +247,12 @@ class Sessions(_Concern):
             agent_room, session_id,
         )
         return await self.get_session(session_id)
+
+    async def known_rooms(self) -> set[str]:
+        """Every room of every session in the store: customer and agent rooms."""
+        rows = await self._db.fetch("SELECT customer_room, agent_room FROM sessions")
+        return {room for row in rows for room in (row["customer_room"], row["agent_room"])
+                if room is not None}
 
     async def rename_customer(self, session_id: int, name: str) -> Session:
         """Record the customer's display name (looked up after the session was opened)."""
@@ -279,6 +297,26 @@ class Sessions(_Concern):
         if row is None:
             return None
         return _session_from_row(row), Side.AGENT
+
+    async def sessions_for_rooms(self, room_ids: Sequence[str],
+                                 chunk: int = 500) -> dict[str, tuple[Session, Side]]:
+        """:meth:`session_for_room` for many rooms at once (a few queries, not one a room)."""
+        found: dict[str, tuple[Session, Side]] = {}
+        for start in range(0, len(room_ids), chunk):
+            part = list(room_ids[start:start + chunk])
+            marks = ", ".join("?" for _ in part)
+            # Oldest first: a customer room's newest session is the one that counts.
+            rows = await self._db.fetch(
+                f"SELECT * FROM sessions WHERE customer_room IN ({marks}) "
+                f"OR agent_room IN ({marks}) ORDER BY id", *part, *part,
+            )
+            for row in rows:
+                session = _session_from_row(row)
+                if session.customer_room in part:
+                    found[session.customer_room] = (session, Side.CUSTOMER)
+                if session.agent_room is not None and session.agent_room in part:
+                    found[session.agent_room] = (session, Side.AGENT)
+        return found
 
     async def sessions(self, state: SessionState | None = None) -> list[Session]:
         """All sessions, or those in one state, oldest first."""
@@ -849,6 +887,21 @@ class Store:
     def transaction(self) -> Any:
         """``async with store.transaction():`` — the concerns' writes inside commit as one."""
         return self.db.transaction()
+
+    def write_as(self, lease: str, token: int | None) -> None:
+        """From now on write as term ``token`` of the leader lease ``lease``; ``None``: as
+        nobody (this process no longer leads: every write is refused).
+
+        On PostgreSQL a write whose term is not the lease's current one fails with
+        :class:`~bot.leader.NotLeader` (``bot/store/db.py``); until this is first called the
+        store is not fenced (tools, tests). SQLite is not fenced.
+        """
+        self.db.write_as(lease, token)
+
+    def term_setting(self) -> str:
+        """The ``parcel.term`` this process's writes carry ('' when not fenced): what nio's
+        crypto store, on its own connection, carries too (``bot/matrix/pgstore.py``)."""
+        return self.db.term_setting()
 
 
 def _panel_from_row(row: Row) -> Panel:

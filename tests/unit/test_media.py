@@ -13,10 +13,12 @@ from aiohttp import web
 from nio.crypto.attachments import decrypt_attachment
 
 from bot.errors import TransientError
+from bot.leader import NotLeader
 from bot.matrix.media import (
     GrowingCopy,
     MediaClient,
     MediaError,
+    Reservation,
     TooLarge,
     Uploaded,
     parse_mxc,
@@ -31,6 +33,7 @@ class Script:
         self.responses: list[web.StreamResponse | web.Response] = []
         self.requests = 0
         self.last_body = b""
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request
 
 
 @pytest_asyncio.fixture
@@ -40,6 +43,7 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         script.requests += 1
         script.last_body = await request.read()
+        script.seen.append((request.method, request.path))
         answer = script.responses.pop(0)
         if callable(answer):
             return await answer(request)
@@ -441,3 +445,265 @@ async def test_the_follower_is_started_only_once_the_file_exists(
 def test_an_upload_goes_up_as_its_type_or_as_opaque_bytes_when_encrypted(
         mimetype: str | None, encrypted: bool, expected: str) -> None:
     assert upload_content_type(mimetype, encrypted) == expected
+
+
+def _created(uri: str = "mxc://x/reserved") -> web.Response:
+    return web.json_response({"content_uri": uri, "unused_expires_at": 1})
+
+
+# (id, the homeserver's answer to /create, what reserve() gives: "uri", None or an error class)
+RESERVE_CASES: list[tuple[str, web.Response, object]] = [
+    ("granted", _created(), "uri"),
+    ("unknown endpoint", web.json_response({"errcode": "M_UNRECOGNIZED"}, status=404), None),
+    ("method not allowed", web.Response(status=405), None),
+    ("old server says bad request", web.json_response({"errcode": "M_UNRECOGNIZED"},
+                                                      status=400), None),
+    ("pending limit: wait a day", web.json_response(
+        {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 86_400_000}, status=429), None),
+    ("rate limited briefly", web.json_response(
+        {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 50}, status=429), TransientError),
+    ("server error", web.json_response({"errcode": "M_UNKNOWN"}, status=502), TransientError),
+    ("forbidden", web.json_response({"errcode": "M_FORBIDDEN"}, status=403), MediaError),
+]
+
+
+@pytest.mark.parametrize(("answer", "expected"), [(a, e) for _, a, e in RESERVE_CASES],
+                         ids=[case[0] for case in RESERVE_CASES])
+async def test_reserve_gives_a_uri_none_where_none_is_granted_or_raises(
+    server, answer: web.Response, expected: object
+) -> None:
+    """A reservation is granted, not offered (then uploads go up plainly), or fails classified."""
+    url, script = server
+    script.responses = [answer]
+    client = _client(url)
+    try:
+        if isinstance(expected, type):
+            with pytest.raises(expected):  # type: ignore[arg-type]
+                await client.reserve("image/png", encrypt=False)
+            return
+        reserved = await client.reserve("image/png", encrypt=False)
+    finally:
+        await client.close()
+    assert script.seen == [("POST", "/_matrix/media/v1/create")]
+    if expected is None:
+        assert reserved is None
+    else:
+        assert reserved == Reservation("mxc://x/reserved", "image/png")
+
+
+async def test_an_encrypted_reservation_keeps_its_key_and_goes_up_as_opaque_bytes(
+    server, tmp_path: Path
+) -> None:
+    """The key and IV are chosen at reservation, survive the record (JSON) and are what the
+    upload to the reserved URI encrypts with; the bytes go up as opaque bytes."""
+    url, script = server
+    plaintext = bytes(range(256)) * 3000
+    source = tmp_path / "src"
+    source.write_bytes(plaintext)
+    script.responses = [_created("mxc://x/r1"), web.json_response({})]
+    client = _client(url)
+    try:
+        reserved = await client.reserve("image/png", encrypt=True)
+        assert reserved is not None and reserved.encrypted
+        recorded = Reservation.from_json(reserved.to_json())
+        assert recorded == reserved
+        uploaded = await client.upload(source, "image/png", "a.png", encrypt=True,
+                                       reserved=recorded)
+    finally:
+        await client.close()
+    assert script.seen[1] == ("PUT", "/_matrix/media/v3/upload/x/r1")
+    block = uploaded.file_block("image/png")
+    assert uploaded.uri == "mxc://x/r1" and block is not None and block["url"] == "mxc://x/r1"
+    assert decrypt_attachment(script.last_body, block["key"]["k"], block["hashes"]["sha256"],
+                              block["iv"]) == plaintext
+    assert reserved.key is not None and reserved.key not in repr(reserved)
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
+async def test_a_repeated_upload_to_a_reserved_uri_reads_the_bytes_back(
+    server, tmp_path: Path, encrypt: bool
+) -> None:
+    """An earlier attempt's bytes at the reserved URI (409) are read back and measured, not
+    uploaded again: the same hash and, encrypted, the same file block as the first upload."""
+    url, script = server
+    plaintext = bytes(range(200)) * 4000
+    source = tmp_path / "src"
+    source.write_bytes(plaintext)
+    reserved = Reservation("mxc://x/r2", "application/octet-stream")
+    if encrypt:
+        reserved = Reservation.from_json(
+            (await _reserve(url, script, encrypt=True)).to_json())
+    script.responses = [web.json_response({})]
+    client = _client(url)
+    try:
+        first = await client.upload(source, "application/pdf", "a.pdf", encrypt=encrypt,
+                                    reserved=reserved)
+        sent = script.last_body
+        script.responses = [
+            web.json_response({"errcode": "M_CANNOT_OVERWRITE_MEDIA"}, status=409),
+            web.Response(body=sent),
+        ]
+        again = await client.upload(source, "application/pdf", "a.pdf", encrypt=encrypt,
+                                    reserved=reserved)
+    finally:
+        await client.close()
+    media_id = reserved.uri.rsplit("/", 1)[1]
+    assert script.seen[-1] == ("GET", f"/_matrix/client/v1/media/download/x/{media_id}")
+    assert again.sha256 == first.sha256 == hashlib.sha256(plaintext).hexdigest()
+    assert again.file_block("application/pdf") == first.file_block("application/pdf")
+
+
+async def test_bytes_read_back_that_are_not_the_file_are_refused(server, tmp_path: Path) -> None:
+    """A reserved URI holding something longer than the file is no copy of it."""
+    url, script = server
+    source = tmp_path / "src"
+    source.write_bytes(b"a" * 1000)
+    script.responses = [
+        web.json_response({"errcode": "M_CANNOT_OVERWRITE_MEDIA"}, status=409),
+        web.Response(body=b"a" * 2000),
+    ]
+    client = _client(url)
+    try:
+        with pytest.raises(MediaError):
+            await client.upload(source, "text/plain", "a.txt",
+                                reserved=Reservation("mxc://x/r3", "text/plain"))
+    finally:
+        await client.close()
+
+
+async def _reserve(url: str, script: Script, encrypt: bool) -> Reservation:
+    script.responses = [_created("mxc://x/r2")]
+    client = _client(url)
+    try:
+        reserved = await client.reserve("application/pdf", encrypt=encrypt)
+    finally:
+        await client.close()
+    assert reserved is not None
+    return reserved
+
+
+# -- transfers bound to the leader lease -------------------------------------------------------
+
+
+class Term:
+    """A leadership as a transfer sees it (the lease's check() and lost), ended at will."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.held = True
+
+    def check(self) -> None:
+        if not self.held:
+            raise NotLeader("the lease ran out")
+
+    def end(self, *, noticed: bool = True) -> None:
+        """The lease ends; ``noticed``: the lease has set ``lost`` (as its renewal loop does)."""
+        self.held = False
+        if noticed:
+            self.lost.set()
+
+
+@pytest_asyncio.fixture
+async def slow_server(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[str, asyncio.Event, list[int]]]:
+    """A media server that takes 1 MiB of an upload and says so; then it reads no more
+    (``stalled``: the client's send blocks) or goes on reading slowly (``slow``)."""
+    taken = asyncio.Event()
+    received = [0]
+
+    async def handler(http: web.Request) -> web.StreamResponse:
+        while chunk := await http.content.read(65536):
+            received[0] += len(chunk)
+            if received[0] >= 1 << 20:
+                taken.set()
+                if request.param == "stalled":
+                    await asyncio.sleep(3600)
+                await asyncio.sleep(0.01)
+        return web.json_response({"content_uri": "mxc://x/never"})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", taken, received
+    await runner.cleanup()
+
+
+# A stalled send can only be cut by the loss being noticed, which the lease's renewal loop
+# does within a renewal period (Lease.hold calls valid()).
+@pytest.mark.parametrize(("slow_server", "noticed"),
+                         [("stalled", True), ("slow", True), ("slow", False)],
+                         indirect=["slow_server"])
+async def test_a_deposed_leaders_upload_is_cut(
+    slow_server: tuple[str, asyncio.Event, list[int]], tmp_path: Path, noticed: bool
+) -> None:
+    """A slow or stalled upload stops with NotLeader once the lease ends: at once when the
+    lease is lost (even while the send is blocked), at the next chunk when it merely ran out."""
+    url, taken, received = slow_server
+    source = tmp_path / "big"
+    source.write_bytes(b"p" * (64 << 20))
+    term = Term()
+    client = MediaClient(url, lambda: "token", 600.0, fence=term)
+    try:
+        upload = asyncio.create_task(client.upload(source, "application/pdf", "big.pdf"))
+        await asyncio.wait_for(taken.wait(), 30)
+        term.end(noticed=noticed)
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(upload, 60)  # a hang guard only
+    finally:
+        await client.close()
+    assert received[0] < 64 << 20
+
+
+async def test_a_download_stops_at_the_next_chunk_once_the_lease_is_not_held(
+    server, tmp_path: Path
+) -> None:
+    """Each chunk of a download checks the lease: a term that ended (even unnoticed) stops it,
+    and the partial file is removed."""
+    url, script = server
+    term = Term()
+    sent = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 64 << 20
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"d" * (1 << 20))
+            sent.set()
+            await asyncio.sleep(0.05)
+        return response
+
+    script.responses = [slow]  # type: ignore[list-item]
+    client = MediaClient(url, lambda: "token", 600.0, fence=term)
+    try:
+        download = asyncio.create_task(
+            client.download("mxc://x/y", tmp_path / "f", max_bytes=1 << 30))
+        await asyncio.wait_for(sent.wait(), 30)
+        term.end(noticed=False)
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(download, 30)
+    finally:
+        await client.close()
+    assert not (tmp_path / "f").exists()
+
+
+async def test_no_transfer_starts_without_the_lease(server, tmp_path: Path) -> None:
+    """A transfer asked for after the lease ended is refused before any request."""
+    url, script = server
+    source = tmp_path / "src"
+    source.write_bytes(b"a" * 1000)
+    term = Term()
+    term.end()
+    client = MediaClient(url, lambda: "token", 10.0, fence=term)
+    try:
+        with pytest.raises(NotLeader):
+            await client.upload(source, "image/png", "a.png")
+        with pytest.raises(NotLeader):
+            await client.download("mxc://x/y", tmp_path / "f", max_bytes=1000)
+    finally:
+        await client.close()
+    assert script.requests == 0

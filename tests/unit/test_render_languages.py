@@ -135,6 +135,75 @@ def test_panel_in_german_with_the_time_zone() -> None:
     )
 
 
+def test_attachments_table_in_german_with_the_time_zone() -> None:
+    """!attachments in German: the two-column table (name and facts; state and a short Berlin
+    time, day and month kept together) and the text body's lines."""
+    offers = [make_offer(state=S.ACCEPTED),
+              make_offer(id=8, number=3, direction=A2C, filename="a.png", mimetype="image/png",
+                         size=1_700, state=S.DECLINED, sender_name="Alice")]
+    log = render.attachment_log(offers, C2A, t=translator("de", BERLIN))
+    assert log.body == (
+        "Anhänge (2):\n"
+        "#2 gesendet: report.pdf · PDF-Dokument · 1,2 MB · von Carol · angenommen · "
+        "14.11.2023 23:13\n"
+        "#3 empfangen: a.png · PNG-Bild · 1,7 kB · von Alice · abgelehnt · 14.11.2023 23:13")
+    assert log.html == (
+        "<b>Anhänge (2)</b><table><thead><tr><th>Datei</th><th>Status (MEZ)</th></tr></thead>"
+        "<tbody><tr><td><b>#2</b> report.pdf<br>gesendet · PDF-Dokument · 1,2 MB · von Carol"
+        "</td><td>angenommen<br>14.\u00a0Nov. 23:13</td></tr>"
+        "<tr><td><b>#3</b> a.png<br>empfangen · PNG-Bild · 1,7 kB · von Alice"
+        "</td><td>abgelehnt<br>14.\u00a0Nov. 23:13</td></tr></tbody></table>")
+
+
+@pytest.mark.parametrize(
+    ("code", "ts", "shown"),
+    [("en", MOMENT, "14 Nov 22:13"), ("de", MOMENT, "14. Nov. 22:13"),
+     ("fr", MOMENT, "14 nov. 22:13"), ("it", 1_694_000_000.0, "6 set 11:33"),
+     ("ar", MOMENT, "14 نوفمبر 22:13")],
+)
+def test_short_time_in_the_readers_language(code: str, ts: float, shown: str) -> None:
+    """The table's day, month and time, without the year, as the reader's language writes a
+    short month."""
+    assert render.short_time(ts, t=translator(code)) == shown
+
+
+@pytest.mark.parametrize(
+    ("code", "also_open", "note"),
+    [
+        ("de", [3], "Dieser Kunde hat noch ein weiteres offenes Gespräch: #3."),
+        ("de", [3, 9], "Dieser Kunde hat noch weitere offene Gespräche: #3, #9."),
+        ("fr", [3], "Ce client a aussi une autre discussion ouverte\u00a0: #3."),
+        ("ar", [3, 9], f"لدى هذا العميل أيضًا محادثتان أخريان مفتوحتان: {iso('#3 و#9')}."),
+    ],
+)
+def test_agents_are_told_of_the_customers_other_chats(
+    code: str, also_open: list[int], note: str
+) -> None:
+    """A customer's second chat: the agent room's first message names the other open chats,
+    one or several, in the agents' language."""
+    message = render.session_opened_for_agents("Carol", "@carol:hs", 12, also_open,
+                                               t=translator(code))
+    assert message.body.splitlines()[-1] == note
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("de", "Der Raum des Support-Teams für dieses Gespräch wurde geschlossen; kein "
+               "Mitarbeiter kann mehr lesen, was Sie hier schreiben. Dieses Gespräch ist beendet. "
+               "Um wieder mit uns zu sprechen, beginnen Sie ein neues Gespräch mit @parcel:hs."),
+        ("es", "La sala del equipo de asistencia para este chat se cerró, así que ningún agente "
+               "puede leer ya lo que escriba aquí. Este chat está cerrado. "),
+    ],
+)
+def test_customer_told_when_the_agents_room_is_gone(code: str, shown: str) -> None:
+    """The bot removed from the agents' room: the customer is told, in the chat's language,
+    that nobody reads it any more and how to start again."""
+    notice = render.session_closed("bot_removed_from_agents", None, you=False, pending=0,
+                                   bot_id="@parcel:hs", t=translator(code))
+    assert notice.body.startswith(shown)
+
+
 def test_help_in_german_shows_the_aliases() -> None:
     """!help in German lists each English command with its German alias."""
     text = render.help_text(t=translator("de"), language_command=True).body
