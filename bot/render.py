@@ -236,6 +236,22 @@ def not_relayable(what: str) -> Message:
     return Message(f"That {what} could not be relayed: only text and files are supported.")
 
 
+def card_numbers_hidden_in_text(count: int, recipient: str) -> Message:
+    """Tells the sender their message went out with its card number(s) masked."""
+    numbers = "1 card number" if count == 1 else f"{count} card numbers"
+    verb = "was" if count == 1 else "were"
+    return Message(f"🔒 {numbers} in your message {verb} hidden from {recipient} (only the "
+                   "last four digits were shown). Please never share card numbers in chat; "
+                   "use the payment page instead.")
+
+
+def card_numbers_refused_in_text(recipient: str) -> Message:
+    """Tells the sender their message was not relayed because it holds a card number."""
+    return Message(f"⛔ Your message was not sent to {recipient}: it contains a payment card "
+                   "number. Please never share card numbers in chat; use the payment page "
+                   "instead.")
+
+
 def sticker_name(description: str) -> str:
     """The name an offered sticker goes by: "sticker (thumbs up)", or "sticker"."""
     return f"sticker ({description})" if description else "sticker"

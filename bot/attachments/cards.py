@@ -24,9 +24,11 @@ digits (which card receipts print anyway): nothing built from findings can leak 
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from typing import Any
 
 from stdnum import iban as stdnum_iban
@@ -271,6 +273,95 @@ def _apply(text: str, findings: Sequence[Finding]) -> str:
         position = finding.end
     out.append(text[position:])
     return "".join(out)
+
+
+# -- HTML ----------------------------------------------------------------------------------
+
+# Elements that do not end a line: a number may run through them ("<b>4111</b> 1111 …").
+# Every other element is a boundary, so digits in two paragraphs are never joined.
+_INLINE = frozenset({"a", "abbr", "b", "big", "code", "del", "em", "font", "i", "ins", "kbd",
+                     "mark", "q", "s", "samp", "small", "span", "strike", "strong", "sub",
+                     "sup", "tt", "u", "var"})
+_VOID = frozenset({"br", "hr", "img", "wbr", "input", "meta", "link", "area", "base", "col",
+                   "embed", "source", "track"})
+
+
+class _Pieces(HTMLParser):
+    """An HTML fragment as tags and text (character references decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[tuple[str, str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.pieces.append(("void" if tag in _VOID else "start", tag, attrs))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.pieces.append(("void", tag, attrs))
+        if tag not in _VOID:
+            self.pieces.append(("end", tag, []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID:
+            self.pieces.append(("end", tag, []))
+
+    def handle_data(self, data: str) -> None:
+        self.pieces.append(("text", data, []))
+
+
+def mask_html(fragment: str) -> tuple[str, int]:
+    """An HTML fragment with every card number replaced by ``•••• 4242``, and how many.
+
+    The text is searched as a reader sees it: character references decoded, inline tags
+    transparent (a number split by ``<b>`` or ``<span>`` is found), other elements line
+    breaks. Attribute values (a link's URL, a title) are masked on their own. The result is
+    re-serialized with everything escaped.
+    """
+    parser = _Pieces()
+    parser.feed(fragment)
+    parser.close()
+    pieces = parser.pieces
+    flat: list[str] = []
+    where: list[tuple[int, int] | None] = []  # flat position -> (piece, offset in its text)
+    for index, (kind, value, _) in enumerate(pieces):
+        if kind == "text":
+            flat.append(value)
+            where.extend((index, offset) for offset in range(len(value)))
+        elif value not in _INLINE:
+            flat.append("\n")
+            where.append(None)
+    findings = find_card_numbers("".join(flat))
+    dropped: set[tuple[int, int]] = set()
+    starts: dict[tuple[int, int], str] = {}
+    for finding in findings:
+        for position in range(finding.start, finding.end):
+            spot = where[position]
+            if spot is not None:
+                dropped.add(spot)
+        first = where[finding.start]
+        assert first is not None  # a finding starts with a digit of some text
+        starts[first] = finding.masked
+    count = len(findings)
+    out: list[str] = []
+    for index, (kind, value, attrs) in enumerate(pieces):
+        if kind == "text":
+            kept = []
+            for offset, char in enumerate(value):
+                if (index, offset) in starts:
+                    kept.append(starts[(index, offset)])
+                if (index, offset) not in dropped:
+                    kept.append(char)
+            out.append(html.escape("".join(kept), quote=False))
+        elif kind == "end":
+            out.append(f"</{value}>")
+        else:
+            rendered = []
+            for name, attribute in attrs:
+                masked, found = mask_text(attribute or "")
+                count += found
+                rendered.append(f' {name}="{html.escape(masked, quote=True)}"')
+            out.append(f"<{value}{''.join(rendered)}>")
+    return "".join(out), count
 
 
 # -- OCR words ----------------------------------------------------------------------------

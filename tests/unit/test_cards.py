@@ -9,6 +9,7 @@ from bot.attachments.cards import (
     find_card_numbers,
     find_in_words,
     is_card_number,
+    mask_html,
     mask_text,
     network_of,
 )
@@ -204,3 +205,34 @@ def test_words_are_ordered_by_position_within_a_line() -> None:
              Word("1111", 100, 0, 40, 16, 0), Word("1111", 50, 0, 40, 16, 0)]
     [finding] = find_in_words(words)
     assert sorted(finding.words) == [0, 1, 2, 3]
+
+
+M = "\u2022\u2022\u2022\u2022 "
+
+
+@pytest.mark.parametrize(
+    ("fragment", "masked", "count"),
+    [
+        ("pay <b>4111 1111 1111 1111</b> now", f"pay <b>{M}1111</b> now", 1),
+        # Split by inline tags: the mask stands where the number began, the rest is gone.
+        ("<b>4111</b> 1111 1111 1111 ok", f"<b>{M}1111</b> ok", 1),
+        ("4111<span>1111</span>1111<i>1111</i>!", f"{M}1111<span></span><i></i>!", 1),
+        ("<code>5555-5555</code>-5555-4444", f"<code>{M}4444</code>", 1),
+        # Character references are what the reader sees.
+        ("&#52;111 1111 1111 1111", f"{M}1111", 1),
+        ("4242&nbsp;4242&nbsp;4242&nbsp;4242", f"{M}4242", 1),
+        # Escaping survives; a link's URL is masked on its own.
+        ('<a href="https://x.example/?c=4111111111111111">a &lt;b&gt;</a>',
+         f'<a href="https://x.example/?c={M}1111">a &lt;b&gt;</a>', 1),
+        # Paragraphs and line breaks are boundaries: digits in two blocks are not joined.
+        ("<p>4111 1111</p><p>1111 1111</p>", "<p>4111 1111</p><p>1111 1111</p>", 0),
+        ("4111 1111<br>1111 1111", "4111 1111<br>1111 1111", 0),
+        ("<ul><li>4111111111111111</li><li>378282246310005</li></ul>",
+         f"<ul><li>{M}1111</li><li>{M}0005</li></ul>", 2),
+        ("IBAN <b>DE89 3704 0044 0532 0130 00</b>", "IBAN <b>DE89 3704 0044 0532 0130 00</b>", 0),
+        ("", "", 0),
+    ],
+)
+def test_mask_html(fragment: str, masked: str, count: int) -> None:
+    """Formatted bodies: numbers found as the reader sees them, also when tags split them."""
+    assert mask_html(fragment) == (masked, count)
