@@ -206,13 +206,15 @@ def _chains(text: str) -> Iterable[_Chain]:
         yield chain
 
 
-def _window_ok(text: str, chain: _Chain, first: int, last: int) -> str | None:
+def _window_ok(text: str, chain: _Chain, first: int, last: int, any_groups: bool
+               ) -> str | None:
     """The digits of groups ``first..last`` when they are written like a card number."""
     if last > first:
         kinds = set(chain.gaps[first + 1:last + 1])
         if len(kinds) != 1:
             return None  # one separator kind throughout: "4111 1111 1111 1111"
-        if any(end - start not in _GROUP_SIZES for start, end in chain.groups[first:last + 1]):
+        if not any_groups and any(end - start not in _GROUP_SIZES
+                                  for start, end in chain.groups[first:last + 1]):
             return None
     digits = "".join(text[start:end] for start, end in chain.groups[first:last + 1])
     if not MIN_DIGITS <= len(digits) <= MAX_DIGITS:
@@ -220,11 +222,13 @@ def _window_ok(text: str, chain: _Chain, first: int, last: int) -> str | None:
     return digits
 
 
-def find_card_numbers(text: str) -> list[Finding]:
+def find_card_numbers(text: str, *, any_groups: bool = False) -> list[Finding]:
     """Every card number in ``text``, in order, without overlaps.
 
     Within a chain of digit groups the leftmost start wins, and from it the longest run of
     whole groups that is a card number (so a CVV or a year after the number is left alone).
+    ``any_groups`` accepts groups of any size (OCR joins and splits groups at will: "4111
+    1111 11111111"); Luhn, prefix and length still decide.
     """
     findings: list[Finding] = []
     excluded = _iban_spans(text)
@@ -241,7 +245,7 @@ def find_card_numbers(text: str) -> list[Finding]:
         while first < count:
             found = None
             for last in range(count - 1, first - 1, -1):
-                digits = _window_ok(text, chain, first, last)
+                digits = _window_ok(text, chain, first, last, any_groups)
                 if digits is None or not luhn.is_valid(digits):
                     continue
                 network = network_of(digits)
@@ -403,6 +407,22 @@ def _ocr_normalized(text: str) -> str:
     return text
 
 
+def unexplained_digits(words: Sequence[Word], findings: Sequence[WordFinding],
+                       least: int = 12) -> bool:
+    """Whether some line holds at least ``least`` digits (in words of digits, as OCR may have
+    misread them) outside the findings: a number OCR may have misread, worth a second look."""
+    covered = {index for finding in findings for index in finding.words}
+    per_line: dict[Any, int] = {}
+    for index, word in enumerate(words):
+        if index in covered:
+            continue
+        text = _ocr_normalized(word.text)
+        digits = sum(ch.isdigit() for ch in text)
+        if digits * 2 >= len(text):
+            per_line[word.line] = per_line.get(word.line, 0) + digits
+    return any(count >= least for count in per_line.values())
+
+
 def find_in_words(words: Sequence[Word]) -> list[WordFinding]:
     """Card numbers in OCR output: each line's words joined by spaces, searched as text, and
     every word that overlaps a finding returned (its box is what gets covered)."""
@@ -424,7 +444,7 @@ def find_in_words(words: Sequence[Word]) -> list[WordFinding]:
             spans.append((position, position + len(text), index))
             position += len(text)
         line_text = "".join(parts)
-        for finding in find_card_numbers(line_text):
+        for finding in find_card_numbers(line_text, any_groups=True):
             covered = tuple(index for start, end, index in spans
                             if start < finding.end and finding.start < end)
             found.append(WordFinding(covered, finding.network, finding.last4))

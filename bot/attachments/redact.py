@@ -1,0 +1,388 @@
+"""Card numbers in files: searched, and hidden or refused (``policy.card_numbers``).
+
+One call for the offer pipeline, :func:`check_file`: the checked copy (sealed, at rest), its
+detected type and the direction's policy in; a :class:`CardCheck` out, which says how many card
+numbers were found, carries the redacted copy (a new sealed file beside the checked one) when
+they were hidden, the reason a file could not be searched, and a refusal when the policy says
+so. With ``card_numbers: allow`` nothing is read at all.
+
+How each kind of file is searched and redacted (detection is :mod:`bot.attachments.cards`):
+
+* **text files** (``text/*``, JSON, XML, SVG, e-mail): line by line; every number becomes
+  ``•••• 4242``, every other byte stays as it was (UTF-8 and ASCII-compatible encodings are
+  read with their undecodable bytes kept; UTF-16 files by their byte order mark);
+* **images** (PNG, JPEG, WebP, GIF, TIFF): OCR with Tesseract (:mod:`bot.attachments.ocr`),
+  up to three looks (sparse text; enlarged; one block) while digits remain that no finding
+  explains, within ``policy.ocr_timeout`` in all; the words of each number are painted over
+  with opaque boxes with a margin, the rest of the picture untouched; re-encoded in the same
+  format without metadata (an EXIF orientation survives); an animated image is searched and
+  delivered as its first frame;
+* **anything else** (PDF, Office documents, archives, audio, video) cannot be searched: it
+  follows ``policy.uninspectable``.
+
+OCR runs in a thread pool with one worker per core (Tesseract itself single-threaded), never
+on the event loop. Nothing here logs or returns a number: only counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hashlib
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, ImageDraw, ImageOps
+
+from bot.attachments import ocr
+from bot.attachments.cards import (
+    Word,
+    WordFinding,
+    find_in_words,
+    mask_text,
+    unexplained_digits,
+)
+from bot.attachments.images import Stripped
+from bot.attachments.policy import Verdict
+from bot.attachments.sealed import Sealer, open_sealed
+from bot.config import DEFAULT_OCR_TIMEOUT, DirectionPolicy
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP",
+                 "image/gif": "GIF", "image/tiff": "TIFF"}
+TEXT_TYPES = frozenset({"application/json", "application/xml", "application/csv",
+                        "application/x-ndjson", "image/svg+xml", "message/rfc822"})
+# Decoding costs ~4 bytes a pixel: larger images are not read (they are uninspectable).
+MAX_DECODE_PIXELS = 50_000_000
+# The looks OCR takes at an image while digits remain that no finding explains: (Tesseract
+# page segmentation mode, enlarged).
+OCR_PASSES: tuple[tuple[int, bool], ...] = ((11, False), (11, True), (6, False))
+_ORIENTATION = 0x0112
+# ImageOps.exif_transpose's turn per EXIF orientation, and the turn that undoes it.
+_UNDO_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_270}
+_CHUNK = 1 << 20
+
+REFUSED_REASON = ("it contains a payment card number. Please never send card details here; "
+                  "use the payment page instead")
+
+
+class Uninspectable(Exception):
+    """The file could not be searched; the message says why, in plain words."""
+
+
+@dataclass(frozen=True)
+class CardCheck:
+    """What searching one file for card numbers came to.
+
+    ``searched``: whether the file was searched at all (False with ``card_numbers: allow``);
+    ``found``: how many numbers; ``copy``: the redacted sealed copy (``redact`` and found);
+    ``unchecked``: why the file could not be searched; ``refusal``: the verdict when the
+    policy refuses the file (a number with ``refuse``, or uninspectable with ``refuse``).
+    """
+
+    searched: bool = False
+    found: int = 0
+    copy: Stripped | None = None
+    unchecked: str | None = None
+    refusal: Verdict | None = None
+
+    @property
+    def redacted(self) -> int | None:
+        """For the offer: how many numbers were hidden (0 when none), None when not searched."""
+        if not self.searched or self.unchecked is not None:
+            return None
+        return self.found if self.copy is not None else 0
+
+
+def is_text(mimetype: str) -> bool:
+    """Whether files of this type are searched as text."""
+    return mimetype.startswith("text/") or mimetype in TEXT_TYPES
+
+
+def searchable(mimetype: str | None) -> bool:
+    """Whether files of this type can be searched for card numbers at all."""
+    return mimetype is not None and (is_text(mimetype) or mimetype in IMAGE_FORMATS)
+
+
+# -- text -------------------------------------------------------------------------------------
+
+Write = Callable[[bytes], None]
+
+
+def redact_text(reader: BinaryIO, write: Write | None) -> int:
+    """Search a text file; with ``write``, copy it there with every number masked.
+
+    Returns how many numbers there were. Bytes that are not numbers are copied as they are.
+    """
+    head = reader.read(4)
+    reader.seek(0)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return _redact_utf16(reader, write)
+    found = 0
+    for line in reader:
+        text = line.decode("utf-8", "surrogateescape")
+        masked, count = mask_text(text)
+        found += count
+        if write is not None:
+            write(masked.encode("utf-8", "surrogateescape") if count else line)
+    return found
+
+
+def _redact_utf16(reader: BinaryIO, write: Write | None) -> int:
+    data = reader.read()
+    text = data.decode("utf-16", "surrogatepass")
+    masked, count = mask_text(text)
+    if write is not None:
+        bom = data[:2]
+        encoding = "utf-16-le" if bom == codecs.BOM_UTF16_LE else "utf-16-be"
+        write(bom + masked.encode(encoding, "surrogatepass") if count else data)
+    return count
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def find_in_image(image: Image.Image, deadline: float) -> tuple[list[Word], list[WordFinding]]:
+    """OCR's words and the card numbers among them, over up to :data:`OCR_PASSES` looks.
+
+    A further look is taken only while a line holds digits that no finding explains (a number
+    read badly, or a look-alike: both are worth it). Raises :class:`ocr.OcrError` (a timeout
+    included) when even the first look fails; a later look that fails ends the search with
+    what was found.
+    """
+    words: list[Word] = []
+    findings: list[WordFinding] = []
+    for number, (psm, enlarge) in enumerate(OCR_PASSES):
+        try:
+            seen = ocr.read_words(image, deadline - time.monotonic(), psm=psm, enlarge=enlarge)
+        except ocr.OcrError:
+            if number == 0:
+                raise
+            break
+        found = find_in_words(seen)
+        offset = len(words)
+        words.extend(seen)
+        findings.extend(WordFinding(tuple(i + offset for i in f.words), f.network, f.last4)
+                        for f in found)
+        if not unexplained_digits(seen, found):
+            break
+    return words, findings
+
+
+Box = tuple[int, int, int, int]
+
+
+def finding_boxes(words: list[Word], findings: list[WordFinding]) -> list[Box]:
+    """A box (left, top, right, bottom) over every word of every finding, with a margin of a
+    quarter of the word's height (at least 3 px) all round."""
+    boxes = []
+    for finding in findings:
+        for index in finding.words:
+            word = words[index]
+            margin = max(3, word.height // 4)
+            boxes.append((word.left - margin, word.top - margin,
+                          word.left + word.width + margin, word.top + word.height + margin))
+    return boxes
+
+
+def count_numbers(boxes_per_finding: list[list[Box]]) -> int:
+    """Distinct numbers among findings from several looks: findings whose boxes overlap are
+    one number read twice."""
+    groups: list[list[Box]] = []
+    for boxes in boxes_per_finding:
+        merged = [g for g in groups if any(_overlap(a, b) for a in g for b in boxes)]
+        for group in merged:
+            groups.remove(group)
+            boxes = boxes + group
+        groups.append(boxes)
+    return len(groups)
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def paint(image: Image.Image, boxes: list[Box]) -> Image.Image:
+    """``image`` with opaque black boxes, in a mode every target format can hold."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    else:
+        image = image.copy()
+    draw = ImageDraw.Draw(image)
+    fill: int | tuple[int, ...] = 0 if image.mode == "L" else (
+        (0, 0, 0, 255) if image.mode == "RGBA" else (0, 0, 0))
+    for box in boxes:
+        draw.rectangle(box, fill=fill)
+    return image
+
+
+def _save(image: Image.Image, fmt: str, orientation: int, icc: bytes | None) -> bytes:
+    out = io.BytesIO()
+    options: dict[str, object] = {}
+    if icc:
+        options["icc_profile"] = icc
+    if orientation in _UNDO_TURN and fmt in ("JPEG", "PNG", "WEBP"):
+        exif = Image.Exif()
+        exif[_ORIENTATION] = orientation
+        options["exif"] = exif.tobytes()
+    if fmt == "JPEG":
+        image = image.convert("RGB") if image.mode not in ("RGB", "L") else image
+        options.update(quality=92)
+    elif fmt == "WEBP":
+        options.update(quality=92)
+    elif fmt == "TIFF":
+        options.update(compression="tiff_adobe_deflate")
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def redact_image(reader: BinaryIO, mimetype: str, redact: bool, timeout: float
+                 ) -> tuple[bytes | None, int]:
+    """Search an image by OCR; with ``redact``, the redacted image (same format, no metadata).
+
+    Returns (new image or None when nothing was found or ``redact`` is off, numbers found).
+    Raises :class:`Uninspectable` when the image cannot be decoded or read in time.
+    """
+    deadline = time.monotonic() + timeout
+    fmt = IMAGE_FORMATS[mimetype]
+    try:
+        with Image.open(reader) as opened:
+            if opened.width * opened.height > MAX_DECODE_PIXELS:
+                raise Uninspectable(f"the image is too large to read ({opened.width}×"
+                                    f"{opened.height})")
+            opened.seek(0)  # an animation: its first frame
+            opened.load()
+            orientation = opened.getexif().get(_ORIENTATION, 1)
+            icc = opened.info.get("icc_profile")
+            upright = ImageOps.exif_transpose(opened) or opened.copy()
+    except Uninspectable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for damaged images
+        raise Uninspectable(f"the image could not be decoded ({type(exc).__name__})") from None
+    try:
+        words, findings = find_in_image(upright, deadline)
+    except ocr.OcrTimeout:
+        raise Uninspectable(f"reading it took longer than {timeout:g} s") from None
+    except ocr.OcrError as exc:
+        raise Uninspectable(f"it could not be read ({exc})") from None
+    found = count_numbers([finding_boxes(words, [f]) for f in findings])
+    if not found or not redact:
+        return None, found
+    painted = paint(upright, finding_boxes(words, findings))
+    if orientation in _UNDO_TURN:
+        painted = painted.transpose(_UNDO_TURN[orientation])
+    return _save(painted, fmt, orientation, icc if isinstance(icc, bytes) else None), found
+
+
+# -- the checked copy -------------------------------------------------------------------------
+
+
+def check_sealed(path: Path, key: str, mimetype: str | None, redact: bool,
+                 timeout: float = DEFAULT_OCR_TIMEOUT) -> CardCheck:
+    """Search the sealed checked copy at ``path``; with ``redact`` and numbers found, write the
+    redacted copy beside it, sealed under a new key (the original stays until the caller has
+    recorded the new one, so a crash in between loses nothing)."""
+    if not searchable(mimetype):
+        return CardCheck(searched=True, unchecked=_unsearchable(mimetype))
+    assert mimetype is not None
+    target = path.with_name(path.name + ".redacted")
+    sealer = Sealer()
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open_sealed(path, key) as source:
+            if is_text(mimetype):
+                with target.open("wb") as out:
+
+                    def write(chunk: bytes) -> None:
+                        nonlocal size
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(sealer.update(chunk))
+
+                    found = redact_text(source, write if redact else None)
+            else:
+                image, found = redact_image(source, mimetype, redact, timeout)
+                if image is not None:
+                    digest.update(image)
+                    size = len(image)
+                    target.write_bytes(sealer.update(image))
+    except Uninspectable as exc:
+        target.unlink(missing_ok=True)
+        return CardCheck(searched=True, unchecked=str(exc))
+    if not found or not redact:
+        target.unlink(missing_ok=True)
+        return CardCheck(searched=True, found=found)
+    return CardCheck(searched=True, found=found,
+                     copy=Stripped(target, sealer.key(), digest.hexdigest(), size))
+
+
+def _unsearchable(mimetype: str | None) -> str:
+    if mimetype == "application/pdf":
+        return "PDF documents are not searched for card numbers"
+    if mimetype and (mimetype.startswith(("video/", "audio/"))):
+        return "recordings are not searched for card numbers"
+    return "files of this kind are not searched for card numbers"
+
+
+# -- the call the offer pipeline makes ----------------------------------------------------------
+
+_pool: ThreadPoolExecutor | None = None
+_warned_missing = False
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The OCR workers: one per core (Tesseract runs single-threaded in each)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                   thread_name_prefix="card-numbers")
+    return _pool
+
+
+def apply_policy(check: CardCheck, policy: DirectionPolicy) -> CardCheck:
+    """The refusal, if the direction's policy makes one of this search's outcome."""
+    if check.unchecked is not None and policy.uninspectable == "refuse":
+        reason = (f"it could not be checked for payment card numbers ({check.unchecked}), and "
+                  "files that cannot be checked are not passed on")
+        return CardCheck(check.searched, check.found, check.copy, check.unchecked,
+                         Verdict(False, "uninspectable", reason))
+    if check.found and policy.card_numbers == "refuse":
+        return CardCheck(check.searched, check.found, None, None,
+                         Verdict(False, "card_number", REFUSED_REASON))
+    return check
+
+
+async def check_file(path: Path, key: str, mimetype: str | None, policy: DirectionPolicy,
+                     ocr_timeout: float = DEFAULT_OCR_TIMEOUT) -> CardCheck:
+    """Apply ``policy.card_numbers`` to the sealed checked copy at ``path``.
+
+    Nothing is read with ``allow``. Otherwise the file is searched in a worker thread (OCR for
+    images within ``ocr_timeout``), and the result says what to offer: the redacted copy, the
+    file as it is, or a refusal. Numbers are never logged: only how many.
+    """
+    global _warned_missing
+    if not policy.looks_for_card_numbers:
+        return CardCheck()
+    if mimetype in IMAGE_FORMATS and not ocr.available() and not _warned_missing:
+        _warned_missing = True
+        logger.warning("policy.card_numbers is %s but Tesseract (tesseract-ocr) is not "
+                       "installed: images cannot be searched (policy.uninspectable applies)",
+                       policy.card_numbers)
+    loop = asyncio.get_running_loop()
+    check = await loop.run_in_executor(
+        _executor(), check_sealed, path, key, mimetype, policy.card_numbers == "redact",
+        ocr_timeout)
+    return apply_policy(check, policy)

@@ -1,0 +1,124 @@
+"""A corpus of files with payment card numbers and look-alikes, generated (never downloaded):
+text rendered with Pillow in several fonts and sizes, turned a little, on coloured backgrounds,
+JPEG-compressed; and text files. Used by the tests and by ``bench/``."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+FONT_FILES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
+)
+
+# (text, digits of the card number in it or None): the numbers are the networks' test numbers.
+CARD_LINES = (
+    ("Card 4111 1111 1111 1111", "4111111111111111"),
+    ("Visa 4242 4242 4242 4242", "4242424242424242"),
+    ("MC 5555 5555 5555 4444", "5555555555554444"),
+    ("Amex 3782 822463 10005", "378282246310005"),
+    ("Pay 6011 1111 1111 1117", "6011111111111117"),
+    ("JCB 3530 1113 3330 0000", "3530111333300000"),
+    ("Card 2223 0031 2200 3222", "2223003122003222"),
+    ("Card 5105-1051-0510-5100", "5105105105105100"),
+)
+LOOK_ALIKE_LINES = (
+    "Order 4111 1111 1111 1112",
+    "IBAN DE89 3704 0044 0532 0130 00",
+    "Phone +49 1512 3456 787",
+    "Tracking 9400 1000 0000 0000 0000 02",
+    "Date 2024-01-15 12:30",
+    "Invoice 2024-000123-4567",
+)
+BESIDE = "Router"  # a word printed beside every number, which must stay readable
+
+
+def fonts() -> list[Path]:
+    """The TrueType fonts of the list that this machine has (Debian's fonts-dejavu-core and
+    fonts-liberation)."""
+    return [Path(name) for name in FONT_FILES if Path(name).exists()]
+
+
+def font(path: Path | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A font at a size; Pillow's own when ``path`` is None."""
+    if path is None:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(str(path), size)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated image: its bytes, type, and what is in it."""
+
+    name: str
+    data: bytes
+    mimetype: str
+    number: str | None  # the card number's digits, or None for a look-alike
+    line: str
+
+
+def render(lines: list[str], font_path: Path | None, size: int, angle: float = 0.0,
+           background: tuple[int, int, int] = (255, 255, 255),
+           ink: tuple[int, int, int] = (20, 20, 20), width: int = 0) -> Image.Image:
+    """Lines of text on a background, turned by ``angle`` degrees."""
+    face = font(font_path, size)
+    line_height = int(size * 1.6)
+    text_width = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(line, font=face))
+                     for line in lines)
+    image = Image.new("RGB", (max(width, text_width + 2 * size), line_height * len(lines)
+                              + 2 * size), background)
+    draw = ImageDraw.Draw(image)
+    for index, line in enumerate(lines):
+        draw.text((size, size + index * line_height), line, fill=ink, font=face)
+    if angle:
+        image = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True,
+                             fillcolor=background)
+    return image
+
+
+def encode(image: Image.Image, fmt: str, quality: int = 85) -> bytes:
+    """The image as a file of format ``fmt`` (JPEG at ``quality``)."""
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        image.convert("RGB").save(out, format="JPEG", quality=quality)
+    else:
+        image.save(out, format=fmt)
+    return out.getvalue()
+
+
+MIMETYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif",
+             "TIFF": "image/tiff"}
+BACKGROUNDS = ((255, 255, 255), (255, 244, 214), (214, 236, 255), (230, 230, 230),
+               (255, 222, 230))
+
+
+def image_corpus(count_per_line: int = 1) -> list[Sample]:
+    """Every card line and look-alike line rendered in varying fonts, sizes, angles,
+    backgrounds and formats (deterministic: the same list every time)."""
+    faces: list[Path | None] = [*fonts()] or [None]
+    sizes = (22, 28, 36, 48)
+    angles = (0.0, 1.5, -2.0, 0.0, 3.0)
+    formats = ("PNG", "JPEG", "WEBP", "JPEG", "PNG")
+    samples: list[Sample] = []
+    variants = [(line, number) for line, number in CARD_LINES] + [
+        (line, None) for line in LOOK_ALIKE_LINES]
+    index = 0
+    for line, number in variants:
+        for _ in range(count_per_line):
+            face = faces[index % len(faces)]
+            fmt = formats[index % len(formats)]
+            image = render([f"{BESIDE} model X200", line, "Thanks for your help"], face,
+                           sizes[index % len(sizes)], angles[index % len(angles)],
+                           BACKGROUNDS[index % len(BACKGROUNDS)])
+            samples.append(Sample(f"sample-{index}.{fmt.lower()}", encode(image, fmt),
+                                  MIMETYPES[fmt], number, line))
+            index += 1
+    return samples
