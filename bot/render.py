@@ -317,6 +317,8 @@ def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
         "size": offer.size,
         "sha256": offer.sha256,
         "direction": offer.direction.value,
+        # How many payment card numbers were hidden in the delivered copy (when searched).
+        **({"redacted": offer.redacted} if offer.redacted is not None else {}),
     }
 
 
@@ -348,7 +350,16 @@ def _facts(offer: Offer) -> list[str]:
         parts.append(human_size(offer.size))
     if offer.width and offer.height:
         parts.append(f"{offer.width}×{offer.height}")
+    if offer.redacted:
+        parts.append(cards_hidden(offer.redacted))
+    elif offer.unchecked:
+        parts.append("not checked for card numbers")
     return parts
+
+
+def cards_hidden(count: int) -> str:
+    """"1 card number was hidden", "2 card numbers were hidden"."""
+    return "1 card number was hidden" if count == 1 else f"{count} card numbers were hidden"
 
 
 def _decision(offer: Offer, decider: str | None) -> str:
@@ -425,6 +436,8 @@ def status_line(offer: Offer) -> dict[str, Any]:
                 f"(offer #{offer.shown_number})")
     elif state is OfferState.ACCEPTED:
         text = f"📎 {name} — received by {recipient}"
+        if offer.redacted:
+            text += f" ({cards_hidden(offer.redacted)})"
     elif state is OfferState.DECLINED:
         text = f"🚫 {name} — declined by {recipient}"
     elif state is OfferState.WITHDRAWN:

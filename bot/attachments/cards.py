@@ -14,7 +14,7 @@ are:
 * a number written after "+" (an international phone number);
 * digit groups chained to a token of letters and digits (an IBAN's "DE89", a parcel's "1Z"),
   and anything inside a valid IBAN (checked with python-stdnum);
-* digits glued to letters or to a decimal point or comma (``A4111…``, ``0.4111…``);
+* digits glued to letters or to a decimal point (``A4111…``, ``0.4111…``, ``4111….5``);
 * groups of one or two digits (dates, times, amounts) and runs of more than 19 digits written
   together (a digit inside a longer number is never a card number on its own).
 
@@ -149,8 +149,8 @@ def _glued_before(text: str, start: int) -> bool:
     before = text[start - 1]
     if before == "+" or before.isalnum() or before == "_":
         return True
-    # "0.4111…", "1,4111…": the fraction of a decimal number.
-    return before in ".," and start >= 2 and text[start - 2].isdigit()
+    # "0.4111…": the fraction of a decimal number. (Not a comma: in CSV it separates fields.)
+    return before == "." and start >= 2 and text[start - 2].isdigit()
 
 
 def _glued_after(text: str, end: int) -> bool:
@@ -159,7 +159,7 @@ def _glued_after(text: str, end: int) -> bool:
     after = text[end]
     if after.isalnum() or after == "_":
         return True
-    return after in ".," and end + 1 < len(text) and text[end + 1].isdigit()
+    return after == "." and end + 1 < len(text) and text[end + 1].isdigit()
 
 
 @dataclass

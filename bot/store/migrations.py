@@ -208,6 +208,12 @@ MIGRATIONS: list[str | PerDialect] = [
     CREATE INDEX work_waits_for ON work(waits_for);
     CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
     """,
+    # 8: payment card numbers in files (policy.card_numbers): how many were hidden in the
+    # delivered copy (NULL: the file was not searched), and why a file could not be searched.
+    """
+    ALTER TABLE offers ADD COLUMN redacted INTEGER;
+    ALTER TABLE offers ADD COLUMN unchecked TEXT;
+    """,
 ]
 
 
