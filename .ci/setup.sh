@@ -34,10 +34,12 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
-# Tesseract reads images for payment card numbers (policy.card_numbers, bot/attachments/ocr.py);
-# the tests render text in DejaVu and Liberation fonts for it to read.
+# Tesseract reads images, and poppler's tools PDF documents, for payment card numbers
+# (policy.card_numbers, bot/attachments/ocr.py and pdf.py); the tests render text in DejaVu
+# and Liberation fonts for them to read.
 missing=""
 command -v tesseract >/dev/null 2>&1 || missing="$missing tesseract-ocr"
+command -v pdftoppm >/dev/null 2>&1 || missing="$missing poppler-utils"
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
 [ -e /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf ] \
     || missing="$missing fonts-liberation"

@@ -122,3 +122,49 @@ def image_corpus(count_per_line: int = 1) -> list[Sample]:
                                   MIMETYPES[fmt], number, line))
             index += 1
     return samples
+
+
+def text_pdf(pages: list[list[str]], size: int = 14) -> bytes:
+    """A PDF with a real text layer (Helvetica), one list of lines per page, written by hand:
+    the bytes of every object, its offset in the cross-reference table."""
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    pages_id = len(objects) + 2 * len(pages) + 1
+    kids = []
+    for lines in pages:
+        stream = b"".join(
+            b"BT /F1 %d Tf 72 %d Td (%s) Tj ET\n" % (size, 720 - index * int(size * 1.6),
+                                                   line.encode("latin-1"))
+            for index, line in enumerate(lines))
+        contents = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"endstream")
+        kids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+                        b" /Resources << /Font << /F1 %d 0 R >> >> >>"
+                        % (pages_id, contents, font)))
+    add(b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (b" ".join(b"%d 0 R" % kid for kid in kids), len(kids)))
+    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, catalog, xref)
+    return bytes(out)
+
+
+def scanned_pdf(pages: list[list[str]], size: int = 36) -> bytes:
+    """A PDF whose pages are only pictures of text (a scan), made with Pillow."""
+    face = (fonts() or [None])[0]
+    images = [render(lines, face, size, angle=1.0, width=1200) for lines in pages]
+    out = io.BytesIO()
+    images[0].save(out, format="PDF", save_all=True, append_images=images[1:], resolution=150.0)
+    return out.getvalue()

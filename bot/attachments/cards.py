@@ -423,9 +423,13 @@ def unexplained_digits(words: Sequence[Word], findings: Sequence[WordFinding],
     return any(count >= least for count in per_line.values())
 
 
-def find_in_words(words: Sequence[Word]) -> list[WordFinding]:
+def find_in_words(words: Sequence[Word], misread: bool = True) -> list[WordFinding]:
     """Card numbers in OCR output: each line's words joined by spaces, searched as text, and
-    every word that overlaps a finding returned (its box is what gets covered)."""
+    every word that overlaps a finding returned (its box is what gets covered).
+
+    ``misread``: words of digits may hold letters OCR mistakes for digits (``False`` for a
+    PDF's text layer, which holds the characters themselves).
+    """
     lines: dict[Any, list[int]] = {}
     for index, word in enumerate(words):
         lines.setdefault(word.line, []).append(index)
@@ -436,7 +440,8 @@ def find_in_words(words: Sequence[Word]) -> list[WordFinding]:
         spans: list[tuple[int, int, int]] = []
         position = 0
         for index in indices:
-            text = _ocr_normalized(words[index].text)
+            text = words[index].text
+            text = _ocr_normalized(text) if misread else text
             if parts:
                 parts.append(" ")
                 position += 1

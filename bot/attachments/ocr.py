@@ -17,11 +17,13 @@ import io
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from bot.attachments.cards import Word
+from bot.attachments.cards import Word, WordFinding, find_in_words, unexplained_digits
 
 TESSERACT = "tesseract"
 OCR_MAX_PIXELS = 8_000_000
@@ -30,6 +32,9 @@ OCR_MIN_SIDE = 1000
 _MAX_UPSCALE = 3.0
 
 
+# The looks OCR takes at an image while digits remain that no finding explains: (Tesseract
+# page segmentation mode, enlarged).
+OCR_PASSES: tuple[tuple[int, bool], ...] = ((11, False), (11, True), (6, False))
 class OcrError(Exception):
     """The image could not be read: Tesseract is missing, failed, or ran out of time."""
 
@@ -57,7 +62,8 @@ def prepare(image: Image.Image, enlarge: bool = False) -> Prepared:
     ``enlarge`` scales a small image up (to :data:`OCR_MIN_SIDE`) or a large one by half
     again (within :data:`OCR_MAX_PIXELS`): a second look at type read badly the first time.
     """
-    grey = ImageOps.autocontrast(image.convert("L"), cutoff=1)
+    # No cutoff: on a page that is mostly white, the darkest 1 % is all of the text.
+    grey = ImageOps.autocontrast(image.convert("L"))
     pixels = grey.width * grey.height
     scale = 1.0
     if pixels > OCR_MAX_PIXELS:
@@ -130,3 +136,66 @@ def read_words(image: Image.Image, timeout: float, *, psm: int = 11,
         detail = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise OcrError(f"Tesseract failed ({detail[-1] if detail else done.returncode})")
     return parse_tsv(done.stdout.decode("utf-8", "replace"), prepared.scale)
+
+
+def find_in_image(image: Image.Image, deadline: float) -> tuple[list[Word], list[WordFinding]]:
+    """OCR's words and the card numbers among them, over up to :data:`OCR_PASSES` looks.
+
+    A further look is taken only while a line holds digits that no finding explains (a number
+    read badly, or a look-alike: both are worth it). Raises :class:`OcrError` (a timeout
+    included) when even the first look fails; a later look that fails ends the search with
+    what was found.
+    """
+    words: list[Word] = []
+    findings: list[WordFinding] = []
+    for number, (psm, enlarge) in enumerate(OCR_PASSES):
+        try:
+            seen = read_words(image, deadline - time.monotonic(), psm=psm, enlarge=enlarge)
+        except OcrError:
+            if number == 0:
+                raise
+            break
+        found = find_in_words(seen)
+        offset = len(words)
+        words.extend(seen)
+        findings.extend(WordFinding(tuple(i + offset for i in f.words), f.network, f.last4)
+                        for f in found)
+        if not unexplained_digits(seen, found):
+            break
+    return words, findings
+
+
+Box = tuple[float, float, float, float]
+
+
+def finding_boxes(words: Sequence[Word], findings: Sequence[WordFinding], scale: float = 1.0,
+                  least_margin: float = 3.0) -> list[Box]:
+    """A box (left, top, right, bottom) over every word of every finding, in the words' units
+    times ``scale``, with a margin of a quarter of the word's height (at least
+    ``least_margin``) all round."""
+    boxes = []
+    for finding in findings:
+        for index in finding.words:
+            word = words[index]
+            margin = max(least_margin, word.height * scale / 4)
+            boxes.append((word.left * scale - margin, word.top * scale - margin,
+                          (word.left + word.width) * scale + margin,
+                          (word.top + word.height) * scale + margin))
+    return boxes
+
+
+def count_numbers(boxes_per_finding: list[list[Box]]) -> int:
+    """Distinct numbers among findings from several looks: findings whose boxes overlap are
+    one number read twice."""
+    groups: list[list[Box]] = []
+    for boxes in boxes_per_finding:
+        merged = [g for g in groups if any(_overlap(a, b) for a in g for b in boxes)]
+        for group in merged:
+            groups.remove(group)
+            boxes = boxes + group
+        groups.append(boxes)
+    return len(groups)
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -17,7 +17,11 @@ How each kind of file is searched and redacted (detection is :mod:`bot.attachmen
   with opaque boxes with a margin, the rest of the picture untouched; re-encoded in the same
   format without metadata (an EXIF orientation survives); an animated image is searched and
   delivered as its first frame;
-* **anything else** (PDF, Office documents, archives, audio, video) cannot be searched: it
+* **PDF documents**: the text layer of every page, and OCR of pages without text (scans);
+  redacted as images of their pages with the boxes painted (:mod:`bot.attachments.pdf`); an
+  encrypted or damaged document cannot be searched, and one whose numbers cannot be hidden
+  (too many pages, too slow) is refused whatever the policy;
+* **anything else** (Office documents, archives, audio, video) cannot be searched: it
   follows ``policy.uninspectable``.
 
 OCR runs in a thread pool with one worker per core (Tesseract itself single-threaded), never
@@ -41,30 +45,23 @@ from typing import BinaryIO
 
 from PIL import Image, ImageDraw, ImageOps
 
-from bot.attachments import ocr
-from bot.attachments.cards import (
-    Word,
-    WordFinding,
-    find_in_words,
-    mask_text,
-    unexplained_digits,
-)
+from bot.attachments import ocr, pdf
+from bot.attachments.cards import mask_text
 from bot.attachments.images import Stripped
+from bot.attachments.ocr import Box, count_numbers, find_in_image, finding_boxes
 from bot.attachments.policy import Verdict
 from bot.attachments.sealed import Sealer, open_sealed
 from bot.config import DEFAULT_OCR_TIMEOUT, DirectionPolicy
 
 logger = logging.getLogger(__name__)
 
+PDF = "application/pdf"
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP",
                  "image/gif": "GIF", "image/tiff": "TIFF"}
 TEXT_TYPES = frozenset({"application/json", "application/xml", "application/csv",
                         "application/x-ndjson", "image/svg+xml", "message/rfc822"})
 # Decoding costs ~4 bytes a pixel: larger images are not read (they are uninspectable).
 MAX_DECODE_PIXELS = 50_000_000
-# The looks OCR takes at an image while digits remain that no finding explains: (Tesseract
-# page segmentation mode, enlarged).
-OCR_PASSES: tuple[tuple[int, bool], ...] = ((11, False), (11, True), (6, False))
 _ORIENTATION = 0x0112
 # ImageOps.exif_transpose's turn per EXIF orientation, and the turn that undoes it.
 _UNDO_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -81,6 +78,14 @@ class Uninspectable(Exception):
     """The file could not be searched; the message says why, in plain words."""
 
 
+class Unredactable(Exception):
+    """Numbers were found but could not be hidden; the message says why."""
+
+    def __init__(self, found: int, why: str) -> None:
+        super().__init__(why)
+        self.found = found
+
+
 @dataclass(frozen=True)
 class CardCheck:
     """What searching one file for card numbers came to.
@@ -88,7 +93,8 @@ class CardCheck:
     ``searched``: whether the file was searched at all (False with ``card_numbers: allow``);
     ``found``: how many numbers; ``copy``: the redacted sealed copy (``redact`` and found);
     ``unchecked``: why the file could not be searched; ``refusal``: the verdict when the
-    policy refuses the file (a number with ``refuse``, or uninspectable with ``refuse``).
+    policy refuses the file (a number with ``refuse``, or uninspectable with ``refuse``, or a
+    number that could not be hidden: ``unredactable`` says why).
     """
 
     searched: bool = False
@@ -96,6 +102,7 @@ class CardCheck:
     copy: Stripped | None = None
     unchecked: str | None = None
     refusal: Verdict | None = None
+    unredactable: str | None = None
 
     @property
     def redacted(self) -> int | None:
@@ -112,7 +119,8 @@ def is_text(mimetype: str) -> bool:
 
 def searchable(mimetype: str | None) -> bool:
     """Whether files of this type can be searched for card numbers at all."""
-    return mimetype is not None and (is_text(mimetype) or mimetype in IMAGE_FORMATS)
+    return mimetype is not None and (is_text(mimetype) or mimetype in IMAGE_FORMATS
+                                     or mimetype == PDF)
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -151,66 +159,6 @@ def _redact_utf16(reader: BinaryIO, write: Write | None) -> int:
 
 
 # -- images -----------------------------------------------------------------------------------
-
-
-def find_in_image(image: Image.Image, deadline: float) -> tuple[list[Word], list[WordFinding]]:
-    """OCR's words and the card numbers among them, over up to :data:`OCR_PASSES` looks.
-
-    A further look is taken only while a line holds digits that no finding explains (a number
-    read badly, or a look-alike: both are worth it). Raises :class:`ocr.OcrError` (a timeout
-    included) when even the first look fails; a later look that fails ends the search with
-    what was found.
-    """
-    words: list[Word] = []
-    findings: list[WordFinding] = []
-    for number, (psm, enlarge) in enumerate(OCR_PASSES):
-        try:
-            seen = ocr.read_words(image, deadline - time.monotonic(), psm=psm, enlarge=enlarge)
-        except ocr.OcrError:
-            if number == 0:
-                raise
-            break
-        found = find_in_words(seen)
-        offset = len(words)
-        words.extend(seen)
-        findings.extend(WordFinding(tuple(i + offset for i in f.words), f.network, f.last4)
-                        for f in found)
-        if not unexplained_digits(seen, found):
-            break
-    return words, findings
-
-
-Box = tuple[int, int, int, int]
-
-
-def finding_boxes(words: list[Word], findings: list[WordFinding]) -> list[Box]:
-    """A box (left, top, right, bottom) over every word of every finding, with a margin of a
-    quarter of the word's height (at least 3 px) all round."""
-    boxes = []
-    for finding in findings:
-        for index in finding.words:
-            word = words[index]
-            margin = max(3, word.height // 4)
-            boxes.append((word.left - margin, word.top - margin,
-                          word.left + word.width + margin, word.top + word.height + margin))
-    return boxes
-
-
-def count_numbers(boxes_per_finding: list[list[Box]]) -> int:
-    """Distinct numbers among findings from several looks: findings whose boxes overlap are
-    one number read twice."""
-    groups: list[list[Box]] = []
-    for boxes in boxes_per_finding:
-        merged = [g for g in groups if any(_overlap(a, b) for a in g for b in boxes)]
-        for group in merged:
-            groups.remove(group)
-            boxes = boxes + group
-        groups.append(boxes)
-    return len(groups)
-
-
-def _overlap(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def paint(image: Image.Image, boxes: list[Box]) -> Image.Image:
@@ -286,6 +234,27 @@ def redact_image(reader: BinaryIO, mimetype: str, redact: bool, timeout: float
     return _save(painted, fmt, orientation, icc if isinstance(icc, bytes) else None), found
 
 
+# -- PDF documents ----------------------------------------------------------------------------
+
+
+def redact_pdf(reader: BinaryIO, redact: bool, timeout: float) -> tuple[bytes | None, int]:
+    """Search a PDF (text layer, OCR of scanned pages); with ``redact`` and numbers found, the
+    document rasterized with boxes (:mod:`bot.attachments.pdf`). Raises
+    :class:`Uninspectable` or :class:`Unredactable`."""
+    deadline = time.monotonic() + timeout
+    data = reader.read()
+    try:
+        found, boxes = pdf.find_in_pdf(data, deadline)
+    except pdf.PdfUnreadable as exc:
+        raise Uninspectable(str(exc)) from None
+    if not found or not redact:
+        return None, found
+    try:
+        return pdf.redacted_pdf(data, boxes, deadline), found
+    except pdf.PdfUnreadable as exc:
+        raise Unredactable(found, str(exc)) from None
+
+
 # -- the checked copy -------------------------------------------------------------------------
 
 
@@ -303,7 +272,13 @@ def check_sealed(path: Path, key: str, mimetype: str | None, redact: bool,
     size = 0
     try:
         with open_sealed(path, key) as source:
-            if is_text(mimetype):
+            if mimetype == PDF:
+                document, found = redact_pdf(source, redact, timeout)
+                if document is not None:
+                    digest.update(document)
+                    size = len(document)
+                    target.write_bytes(sealer.update(document))
+            elif is_text(mimetype):
                 with target.open("wb") as out:
 
                     def write(chunk: bytes) -> None:
@@ -322,6 +297,9 @@ def check_sealed(path: Path, key: str, mimetype: str | None, redact: bool,
     except Uninspectable as exc:
         target.unlink(missing_ok=True)
         return CardCheck(searched=True, unchecked=str(exc))
+    except Unredactable as exc:
+        target.unlink(missing_ok=True)
+        return CardCheck(searched=True, found=exc.found, unredactable=str(exc))
     if not found or not redact:
         target.unlink(missing_ok=True)
         return CardCheck(searched=True, found=found)
@@ -330,8 +308,6 @@ def check_sealed(path: Path, key: str, mimetype: str | None, redact: bool,
 
 
 def _unsearchable(mimetype: str | None) -> str:
-    if mimetype == "application/pdf":
-        return "PDF documents are not searched for card numbers"
     if mimetype and (mimetype.startswith(("video/", "audio/"))):
         return "recordings are not searched for card numbers"
     return "files of this kind are not searched for card numbers"
@@ -359,9 +335,13 @@ def apply_policy(check: CardCheck, policy: DirectionPolicy) -> CardCheck:
                   "files that cannot be checked are not passed on")
         return CardCheck(check.searched, check.found, check.copy, check.unchecked,
                          Verdict(False, "uninspectable", reason))
-    if check.found and policy.card_numbers == "refuse":
+    if check.found and (policy.card_numbers == "refuse" or check.copy is None):
+        # Refused, or to be redacted but it could not be: never passed on as it is.
+        reason = REFUSED_REASON if check.unredactable is None else (
+            f"it contains a payment card number that could not be hidden ({check.unredactable})."
+            " Please never send card details here; use the payment page instead")
         return CardCheck(check.searched, check.found, None, None,
-                         Verdict(False, "card_number", REFUSED_REASON))
+                         Verdict(False, "card_number", reason), check.unredactable)
     return check
 
 

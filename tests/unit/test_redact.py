@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bot.attachments import ocr, redact
+from bot.attachments import ocr, pdf, redact
 from bot.attachments.cards import find_in_words
 from bot.attachments.images import Stripped
 from bot.attachments.policy import Verdict
@@ -86,7 +87,6 @@ def test_a_file_without_numbers_is_left_alone(tmp_path: Path, redacting: bool) -
 @pytest.mark.parametrize(
     ("mimetype", "unchecked"),
     [
-        ("application/pdf", "PDF documents are not searched for card numbers"),
         ("application/zip", "files of this kind are not searched for card numbers"),
         ("video/mp4", "recordings are not searched for card numbers"),
         (None, "files of this kind are not searched for card numbers"),
@@ -147,7 +147,7 @@ def ocr_sees(data: bytes) -> tuple[list[str], str]:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         found, text = [], []
-        for psm, enlarge in redact.OCR_PASSES:
+        for psm, enlarge in ocr.OCR_PASSES:
             words = ocr.read_words(image, 60, psm=psm, enlarge=enlarge)
             found += [f.last4 for f in find_in_words(words)]
             text += [w.text for w in words]
@@ -226,3 +226,76 @@ def test_an_ocr_past_its_time_is_uninspectable(tmp_path: Path) -> None:
     path, key = sealed(tmp_path, sample.data)
     check = check_sealed(path, key, sample.mimetype, redact=True, timeout=0.001)
     assert check == CardCheck(searched=True, unchecked="reading it took longer than 0.001 s")
+
+
+# -- PDF documents, through the real poppler and Tesseract ------------------------------------
+
+
+def pdf_sees(data: bytes) -> tuple[list[str], str]:
+    """What a reader finds in a PDF: card numbers (last four) in its text layer and in OCR of
+    its pages, and all the text read."""
+    deadline = time.monotonic() + 120
+    found: list[str] = []
+    text: list[str] = []
+    for index, words in enumerate(pdf.text_layer(data, deadline), start=1):
+        found += [f.last4 for f in find_in_words(words, misread=False)]
+        text += [w.text for w in words]
+        page = pdf.render_page(data, index, pdf.OCR_DPI, deadline)
+        out = io.BytesIO()
+        page.save(out, format="PNG")
+        seen, read = ocr_sees(out.getvalue())
+        found += seen
+        text.append(read)
+    return found, " ".join(text)
+
+
+PDF_PAGES = [[f"{cardcorpus.BESIDE} model X200", "Card 4111 1111 1111 1111 exp 12/25",
+              "Thanks for your help"],
+             ["Page two", "Amex 3782 822463 10005", "IBAN DE89 3704 0044 0532 0130 00"]]
+
+
+@pytest.mark.parametrize("make", [cardcorpus.text_pdf, cardcorpus.scanned_pdf],
+                         ids=["text-layer", "scanned"])
+def test_pdfs_lose_their_card_numbers_from_text_and_pixels(tmp_path: Path, make) -> None:
+    """A PDF with numbers in its text layer, or scanned: the redacted copy has them neither in
+    its text nor in its pixels; the words beside them and the IBAN still read."""
+    data = make(PDF_PAGES)
+    path, key = sealed(tmp_path, data)
+    check = check_sealed(path, key, "application/pdf", redact=True, timeout=120)
+    assert check.found == 2 and check.copy is not None
+    redacted = unsealed(check.copy)
+    assert pdf.page_count(redacted, time.monotonic() + 30) == 2
+    found, text = pdf_sees(redacted)
+    assert found == []
+    assert cardcorpus.BESIDE in text and "help" in text and "DE89" in text
+    assert "4111" not in text and "822463" not in text
+
+
+def test_a_pdf_without_numbers_is_left_alone(tmp_path: Path) -> None:
+    """Look-alikes in a PDF's text: searched, nothing found, no copy."""
+    data = cardcorpus.text_pdf([list(cardcorpus.LOOK_ALIKE_LINES)])
+    path, key = sealed(tmp_path, data)
+    assert check_sealed(path, key, "application/pdf", redact=True, timeout=60) == \
+        CardCheck(searched=True, found=0)
+
+
+def test_a_damaged_pdf_cannot_be_searched(tmp_path: Path) -> None:
+    """A PDF poppler cannot read is uninspectable, with the reason."""
+    path, key = sealed(tmp_path, b"%PDF-1.7 4111111111111111")
+    check = check_sealed(path, key, "application/pdf", redact=True)
+    assert check == CardCheck(searched=True,
+                              unchecked="it could not be read (a damaged or unusual PDF)")
+
+
+def test_a_pdf_too_long_to_redact_is_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found but impossible to hide (more pages than may be rasterized): refused, never
+    passed on as it is, whatever the policy."""
+    monkeypatch.setattr(pdf, "MAX_REDACT_PAGES", 1)
+    path, key = sealed(tmp_path, cardcorpus.text_pdf(PDF_PAGES))
+    check = check_sealed(path, key, "application/pdf", redact=True, timeout=60)
+    assert check == CardCheck(searched=True, found=2,
+                              unredactable="it has 2 pages (at most 1 can be redacted)")
+    refusal = apply_policy(check, REDACT).refusal
+    assert refusal is not None and refusal.reason.startswith(
+        "it contains a payment card number that could not be hidden (it has 2 pages")
