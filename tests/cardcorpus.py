@@ -168,3 +168,86 @@ def scanned_pdf(pages: list[list[str]], size: int = 36) -> bytes:
     out = io.BytesIO()
     images[0].save(out, format="PDF", save_all=True, append_images=images[1:], resolution=150.0)
     return out.getvalue()
+
+
+def _package(parts: dict[str, str], first: tuple[str, str] | None = None) -> bytes:
+    """A ZIP package of XML parts (an ODF one starts with its stored mimetype entry)."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as package:
+        if first is not None:
+            package.writestr(zipfile.ZipInfo(first[0], (2026, 12, 1, 0, 0, 0)), first[1],
+                             compress_type=zipfile.ZIP_STORED)
+        for name, content in parts.items():
+            package.writestr(zipfile.ZipInfo(name, (2026, 12, 1, 0, 0, 0)), content,
+                             compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
+
+
+W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+
+def docx(paragraphs: list[list[str]]) -> bytes:
+    """A Word document; each paragraph a list of runs (a number may be split over runs)."""
+    body = "".join(
+        "<w:p>" + "".join(f'<w:r><w:rPr><w:b/></w:rPr><w:t xml:space="preserve">{run}</w:t>'
+                          "</w:r>" for run in runs) + "</w:p>"
+        for runs in paragraphs)
+    return _package({
+        "[Content_Types].xml": '<?xml version="1.0"?><Types xmlns="http://schemas.'
+        'openxmlformats.org/package/2006/content-types"><Override PartName="/word/document.xml"'
+        ' ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.'
+        'document.main+xml"/></Types>',
+        "word/document.xml": f'<?xml version="1.0" encoding="UTF-8"?><w:document {W}>'
+        f"<w:body>{body}</w:body></w:document>",
+    })
+
+
+def xlsx(strings: list[str], numbers: list[str]) -> bytes:
+    """A spreadsheet: column A the shared strings, column B the numbers as numeric cells."""
+    shared = "".join(f"<si><t>{text}</t></si>" for text in strings)
+    rows = "".join(
+        f'<row r="{i + 1}"><c r="A{i + 1}" t="s"><v>{i}</v></c>'
+        + (f'<c r="B{i + 1}" s="1"><v>{numbers[i]}</v></c>' if i < len(numbers) else "")
+        + "</row>" for i in range(max(len(strings), len(numbers))))
+    main = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    return _package({
+        "[Content_Types].xml": '<?xml version="1.0"?><Types xmlns="http://schemas.'
+        'openxmlformats.org/package/2006/content-types"/>',
+        "xl/sharedStrings.xml": f'<?xml version="1.0"?><sst {main} count="{len(strings)}">'
+        f"{shared}</sst>",
+        "xl/worksheets/sheet1.xml": f'<?xml version="1.0"?><worksheet {main}><sheetData>'
+        f"{rows}</sheetData></worksheet>",
+    })
+
+
+ODF = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+       'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
+       'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"')
+
+
+def odt(paragraphs: list[str]) -> bytes:
+    """An OpenDocument text; ``<span>`` marks in a paragraph become text:span."""
+    body = "".join(
+        "<text:p>" + p.replace("<span>", "<text:span>").replace("</span>", "</text:span>")
+        + "</text:p>" for p in paragraphs)
+    return _package(
+        {"content.xml": f'<?xml version="1.0"?><office:document-content {ODF}><office:body>'
+                        f"<office:text>{body}</office:text></office:body>"
+                        "</office:document-content>"},
+        first=("mimetype", "application/vnd.oasis.opendocument.text"))
+
+
+def ods(cells: list[str]) -> bytes:
+    """An OpenDocument spreadsheet; a cell of digits is a float with the value attribute."""
+    row = "".join(
+        (f'<table:table-cell office:value-type="float" office:value="{c}">' if c.isdigit()
+         else '<table:table-cell office:value-type="string">')
+        + f"<text:p>{c}</text:p></table:table-cell>" for c in cells)
+    return _package(
+        {"content.xml": f'<?xml version="1.0"?><office:document-content {ODF}><office:body>'
+                        f"<office:spreadsheet><table:table><table:table-row>{row}"
+                        "</table:table-row></table:table></office:spreadsheet></office:body>"
+                        "</office:document-content>"},
+        first=("mimetype", "application/vnd.oasis.opendocument.spreadsheet"))

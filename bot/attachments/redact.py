@@ -21,8 +21,10 @@ How each kind of file is searched and redacted (detection is :mod:`bot.attachmen
   redacted as images of their pages with the boxes painted (:mod:`bot.attachments.pdf`); an
   encrypted or damaged document cannot be searched, and one whose numbers cannot be hidden
   (too many pages, too slow) is refused whatever the policy;
-* **anything else** (Office documents, archives, audio, video) cannot be searched: it
-  follows ``policy.uninspectable``.
+* **Office documents** (docx, xlsx, odt, ods): every XML part of the package, the numbers
+  masked in the content itself (:mod:`bot.attachments.office`);
+* **anything else** (archives, audio, video, other formats) cannot be searched: it follows
+  ``policy.uninspectable``.
 
 OCR runs in a thread pool with one worker per core (Tesseract itself single-threaded), never
 on the event loop. Nothing here logs or returns a number: only counts.
@@ -45,7 +47,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageDraw, ImageOps
 
-from bot.attachments import ocr, pdf
+from bot.attachments import ocr, office, pdf
 from bot.attachments.cards import mask_text
 from bot.attachments.images import Stripped
 from bot.attachments.ocr import Box, count_numbers, find_in_image, finding_boxes
@@ -120,7 +122,7 @@ def is_text(mimetype: str) -> bool:
 def searchable(mimetype: str | None) -> bool:
     """Whether files of this type can be searched for card numbers at all."""
     return mimetype is not None and (is_text(mimetype) or mimetype in IMAGE_FORMATS
-                                     or mimetype == PDF)
+                                     or mimetype == PDF or mimetype in office.OFFICE_TYPES)
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -255,6 +257,18 @@ def redact_pdf(reader: BinaryIO, redact: bool, timeout: float) -> tuple[bytes | 
         raise Unredactable(found, str(exc)) from None
 
 
+# -- Office documents -------------------------------------------------------------------------
+
+
+def redact_office(reader: BinaryIO, redact: bool, timeout: float) -> tuple[bytes | None, int]:
+    """Search a docx/xlsx/odt/ods package's XML; with ``redact``, the package with the numbers
+    masked in its content (:mod:`bot.attachments.office`). Raises :class:`Uninspectable`."""
+    try:
+        return office.redact_package(reader.read(), redact)
+    except office.OfficeUnreadable as exc:
+        raise Uninspectable(str(exc)) from None
+
+
 # -- the checked copy -------------------------------------------------------------------------
 
 
@@ -272,8 +286,9 @@ def check_sealed(path: Path, key: str, mimetype: str | None, redact: bool,
     size = 0
     try:
         with open_sealed(path, key) as source:
-            if mimetype == PDF:
-                document, found = redact_pdf(source, redact, timeout)
+            if mimetype == PDF or mimetype in office.OFFICE_TYPES:
+                reader = redact_pdf if mimetype == PDF else redact_office
+                document, found = reader(source, redact, timeout)
                 if document is not None:
                     digest.update(document)
                     size = len(document)

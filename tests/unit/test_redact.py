@@ -299,3 +299,13 @@ def test_a_pdf_too_long_to_redact_is_refused(tmp_path: Path,
     refusal = apply_policy(check, REDACT).refusal
     assert refusal is not None and refusal.reason.startswith(
         "it contains a payment card number that could not be hidden (it has 2 pages")
+
+
+def test_office_documents_are_redacted_through_the_same_call(tmp_path: Path) -> None:
+    """A docx with a number: check_sealed makes a redacted sealed copy of the package."""
+    data = cardcorpus.docx([["Card 4111 1111 1111 1111"]])
+    path, key = sealed(tmp_path, data)
+    docx_type = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    check = check_sealed(path, key, docx_type, redact=True)
+    assert check.found == 1 and check.copy is not None
+    assert b"4111 1111" not in unsealed(check.copy)
