@@ -200,8 +200,9 @@ async def test_card_numbers_in_files_are_redacted_both_ways(start_chat) -> None:
 
 
 async def test_files_with_card_numbers_are_refused(start_chat) -> None:
-    """card_numbers: refuse (customer→agent), uninspectable: refuse: the sender is told in
-    plain words, the agent gets no offer, only the refusal notice; the agent's way is open."""
+    """card_numbers: refuse (customer→agent), uninspectable: refuse: a text file, an archive
+    and a PDF letter are refused, the sender told in plain words, the agent gets no offer,
+    only the refusal notices; the agent's way is open."""
     chat: Chat = await start_chat(policy={"customer_to_agent": {
         "card_numbers": "refuse", "uninspectable": "refuse"}})
     await chat.open_session()
@@ -219,8 +220,14 @@ async def test_files_with_card_numbers_are_refused(start_chat) -> None:
         lambda: any(b.startswith("⛔ bundle.zip was not sent: it could not be checked for "
                                  "payment card numbers") for b in customer.bodies(
                                      chat.customer_room)), "the uninspectable refusal")
+    letter = cardcorpus.text_pdf([["Dear customer,", f"your new card {VISA_GROUPED}"]])
+    await customer.send_file(chat.customer_room, letter, "letter.pdf", "application/pdf")
+    await customer.until(
+        lambda: any(b.startswith("⛔ letter.pdf was not sent: it contains a payment card "
+                                 "number") for b in customer.bodies(chat.customer_room)),
+        "the PDF's refusal")
     await agent.until(lambda: sum("tried to send" in b for b in agent.bodies(chat.agent_room))
-                      == 2, "the agents told of both refusals")
+                      == 3, "the agents told of the three refusals")
     assert agent.offers(chat.agent_room) == []
     assert VISA not in digits_from_bot(agent, chat.agent_room, chat.bot_id)
 
