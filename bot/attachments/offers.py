@@ -791,7 +791,10 @@ class OfferService:
         assert fetched.sealed_key is not None
         path, key = final, fetched.sealed_key
         if offer.delivered_sha256 is not None:
-            stripped = await self._strip_metadata(final, key, offer.mimetype)
+            # Made again the way it was made (card numbers hidden, or metadata removed).
+            cards = await redact.check_file(final, key, offer.mimetype, self._policy(offer),
+                                            self._config.policy.ocr_timeout)
+            stripped = cards.copy or await self._strip_metadata(final, key, offer.mimetype)
             if stripped is None or stripped.sha256 != offer.delivered_sha256:
                 final.unlink(missing_ok=True)
                 if stripped is not None:
