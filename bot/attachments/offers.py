@@ -193,6 +193,8 @@ class OfferService:
         content: dict[str, Any],
     ) -> Offer:
         """Record an upload as a new offer (durably, before anything else) and start on it."""
+        # A card number in the file's name or caption is never kept or shown (policy).
+        content = redact.screen_upload(content, self._direction_policy(direction_from(side)))
         upload = UploadEvent(content)
         offer, created = await self._store.offers.create_offer(
             session_id=session.id,
@@ -421,7 +423,10 @@ class OfferService:
         return final, final.with_suffix(".part")
 
     def _policy(self, offer: Offer) -> DirectionPolicy:
-        if offer.direction is Direction.CUSTOMER_TO_AGENT:
+        return self._direction_policy(offer.direction)
+
+    def _direction_policy(self, direction: Direction) -> DirectionPolicy:
+        if direction is Direction.CUSTOMER_TO_AGENT:
             return self._config.policy.customer_to_agent
         return self._config.policy.agent_to_customer
 

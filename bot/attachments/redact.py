@@ -43,12 +43,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw, ImageOps
 
 from bot.attachments import ocr, office, pdf
-from bot.attachments.cards import mask_text
+from bot.attachments.cards import mask_html, mask_text
 from bot.attachments.images import Stripped
 from bot.attachments.ocr import Box, count_numbers, find_in_image, finding_boxes
 from bot.attachments.policy import Verdict
@@ -326,6 +326,29 @@ def _unsearchable(mimetype: str | None) -> str:
     if mimetype and (mimetype.startswith(("video/", "audio/"))):
         return "recordings are not searched for card numbers"
     return "files of this kind are not searched for card numbers"
+
+
+# -- the upload's own text ---------------------------------------------------------------------
+
+_UPLOAD_TEXT_KEYS = ("body", "filename", "formatted_body")
+
+
+def screen_upload(content: dict[str, Any], policy: DirectionPolicy) -> dict[str, Any]:
+    """A file message's content with card numbers masked in its file name and caption.
+
+    The name is shown on the card and the status line and kept with the offer, so a photo
+    named "visa 4111 1111 1111 1111.jpg" must not carry the number there: masked whenever a
+    card-number policy other than ``allow`` is set for the direction (files or text). The
+    file itself is not touched here.
+    """
+    if not policy.looks_for_card_numbers and policy.card_numbers_in_text == "allow":
+        return content
+    screened = dict(content)
+    for key in _UPLOAD_TEXT_KEYS:
+        value = content.get(key)
+        if isinstance(value, str):
+            screened[key] = (mask_html(value) if key == "formatted_body" else mask_text(value))[0]
+    return screened
 
 
 # -- the call the offer pipeline makes ----------------------------------------------------------

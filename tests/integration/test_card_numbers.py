@@ -167,18 +167,21 @@ async def test_card_numbers_in_files_are_redacted_both_ways(start_chat) -> None:
                for b in latest_bodies(customer, chat.customer_room))
 
     # The other way: the agent's text file, masked to the last four digits.
+    # Its name holds the number too: masked on the card and in the delivered file's name.
     statement = f"date,amount,card\n2026-12-01,12.50,{MASTERCARD_GROUPED}\n".encode()
-    await agent.send_file(chat.agent_room, statement, "statement.csv", "text/csv",
+    await agent.send_file(chat.agent_room, statement, f"card {MASTERCARD}.csv", "text/csv",
                           encrypt=True)
-    await customer.until(lambda: customer.offer_named(chat.customer_room, "statement.csv")
+    masked_name = f"card {MASK}4444.csv"
+    await customer.until(lambda: customer.offer_named(chat.customer_room, masked_name)
                          is not None, "the statement's offer card")
-    offered = customer.offer_named(chat.customer_room, "statement.csv")
+    offered = customer.offer_named(chat.customer_room, masked_name)
     assert offered is not None and offered["content"][OFFER_KEY]["redacted"] == 1
     await customer.react(chat.customer_room, offered["event_id"], ACCEPT)
     await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                          "the delivered statement")
-    got = await customer.download(
-        customer.deliveries(chat.customer_room, chat.bot_id)[0]["content"])
+    delivery = customer.deliveries(chat.customer_room, chat.bot_id)[0]["content"]
+    assert delivery["body"] == masked_name
+    got = await customer.download(delivery)
     assert got == f"date,amount,card\n2026-12-01,12.50,{MASK}4444\n".encode()
 
     # A look-alike: searched, nothing found, delivered as it was.

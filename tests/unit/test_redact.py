@@ -309,3 +309,29 @@ def test_office_documents_are_redacted_through_the_same_call(tmp_path: Path) -> 
     check = check_sealed(path, key, docx_type, redact=True)
     assert check.found == 1 and check.copy is not None
     assert b"4111 1111" not in unsealed(check.copy)
+
+
+UPLOAD = {"msgtype": "m.image", "body": "visa 4111 1111 1111 1111.jpg",
+          "filename": "visa 4111111111111111.jpg", "url": "mxc://hs/4111111111111111",
+          "info": {"mimetype": "image/jpeg", "size": 4111111111111111}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (DirectionPolicy(1, (), ()), UPLOAD),
+        (REDACT, {**UPLOAD, "body": "visa \u2022\u2022\u2022\u2022 1111.jpg",
+                  "filename": "visa \u2022\u2022\u2022\u2022 1111.jpg"}),
+        (DirectionPolicy(1, (), (), card_numbers_in_text="mask"),
+         {**UPLOAD, "body": "visa \u2022\u2022\u2022\u2022 1111.jpg",
+          "filename": "visa \u2022\u2022\u2022\u2022 1111.jpg"}),
+        (REFUSE, {**UPLOAD, "body": "visa \u2022\u2022\u2022\u2022 1111.jpg",
+                  "filename": "visa \u2022\u2022\u2022\u2022 1111.jpg"}),
+    ],
+    ids=["allow", "redact", "text-mask", "refuse"],
+)
+def test_screen_upload_masks_the_name_and_caption(policy: DirectionPolicy,
+                                                  expected: dict[str, object]) -> None:
+    """A card number in an upload's name or caption is masked under any card-number policy;
+    the media URI and the file's facts are never touched."""
+    assert redact.screen_upload(UPLOAD, policy) == expected
