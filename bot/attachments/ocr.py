@@ -62,6 +62,11 @@ def prepare(image: Image.Image, enlarge: bool = False) -> Prepared:
     ``enlarge`` scales a small image up (to :data:`OCR_MIN_SIDE`) or a large one by half
     again (within :data:`OCR_MAX_PIXELS`): a second look at type read badly the first time.
     """
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent pixels are often black underneath: flattened onto white, as shown.
+        rgba = image.convert("RGBA")
+        image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image.alpha_composite(rgba)
     # No cutoff: on a page that is mostly white, the darkest 1 % is all of the text.
     grey = ImageOps.autocontrast(image.convert("L"))
     pixels = grey.width * grey.height

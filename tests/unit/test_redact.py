@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bot.attachments import ocr, pdf, redact
 from bot.attachments.cards import find_in_words
@@ -335,3 +335,20 @@ def test_screen_upload_masks_the_name_and_caption(policy: DirectionPolicy,
     """A card number in an upload's name or caption is masked under any card-number policy;
     the media URI and the file's facts are never touched."""
     assert redact.screen_upload(UPLOAD, policy) == expected
+
+
+def test_text_on_a_transparent_background_is_read(tmp_path: Path) -> None:
+    """Black text on transparent pixels (black underneath too) is read as shown, on white; the
+    redacted PNG keeps its transparency."""
+    face = cardcorpus.font((cardcorpus.fonts() or [None])[0], 32)
+    image = Image.new("RGBA", (720, 160), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.text((20, 20), f"{cardcorpus.BESIDE} model X200", fill=(0, 0, 0, 255), font=face)
+    draw.text((20, 80), "Card 4111 1111 1111 1111", fill=(0, 0, 0, 255), font=face)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    path, key = sealed(tmp_path, out.getvalue())
+    check = check_sealed(path, key, "image/png", redact=True, timeout=60)
+    assert check.found == 1 and check.copy is not None
+    with Image.open(io.BytesIO(unsealed(check.copy))) as redacted:
+        assert redacted.mode == "RGBA" and redacted.getpixel((1, 1))[3] == 0
