@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 SYNC_TOKEN_KEY = "sync_token"
 BatchHandler = Callable[[SyncResponse, bool], Awaitable[None]]
 # Ask for long timelines so a burst between two polls rarely arrives "limited"; the router
-# backfills the gap when it still does.
-SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
+# backfills the gap when it still does. No presence: the bot reads none, and each presence
+# event costs nio a loop over every room.
+SYNC_FILTER = {"room": {"timeline": {"limit": 200}}, "presence": {"not_types": ["*"]}}
 _UNREAD = object()  # the saved position has not been read yet
 
 

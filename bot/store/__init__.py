@@ -271,6 +271,26 @@ class Sessions(_Concern):
             return None
         return _session_from_row(row), Side.AGENT
 
+    async def sessions_for_rooms(self, room_ids: Sequence[str],
+                                 chunk: int = 500) -> dict[str, tuple[Session, Side]]:
+        """:meth:`session_for_room` for many rooms at once (a few queries, not one a room)."""
+        found: dict[str, tuple[Session, Side]] = {}
+        for start in range(0, len(room_ids), chunk):
+            part = list(room_ids[start:start + chunk])
+            marks = ", ".join("?" for _ in part)
+            # Oldest first: a customer room's newest session is the one that counts.
+            rows = await self._db.fetch(
+                f"SELECT * FROM sessions WHERE customer_room IN ({marks}) "
+                f"OR agent_room IN ({marks}) ORDER BY id", *part, *part,
+            )
+            for row in rows:
+                session = _session_from_row(row)
+                if session.customer_room in part:
+                    found[session.customer_room] = (session, Side.CUSTOMER)
+                if session.agent_room is not None and session.agent_room in part:
+                    found[session.agent_room] = (session, Side.AGENT)
+        return found
+
     async def sessions(self, state: SessionState | None = None) -> list[Session]:
         """All sessions, or those in one state, oldest first."""
         if state is None:
