@@ -15,8 +15,8 @@ How each kind of file is searched and redacted (detection is :mod:`bot.attachmen
   up to three looks (sparse text; enlarged; one block) while digits remain that no finding
   explains, within ``policy.ocr_timeout`` in all; the words of each number are painted over
   with opaque boxes with a margin, the rest of the picture untouched; re-encoded in the same
-  format without metadata (an EXIF orientation survives); an animated image is searched and
-  delivered as its first frame;
+  format without metadata (an EXIF orientation survives); every page of a multi-page TIFF
+  is searched and redacted, an animated image is searched and delivered as its first frame;
 * **PDF documents**: the text layer of every page, and OCR of pages without text (scans);
   redacted as images of their pages with the boxes painted (:mod:`bot.attachments.pdf`); an
   encrypted or damaged document cannot be searched, and one whose numbers cannot be hidden
@@ -64,6 +64,8 @@ TEXT_TYPES = frozenset({"application/json", "application/xml", "application/csv"
                         "application/x-ndjson", "image/svg+xml", "message/rfc822"})
 # Decoding costs ~4 bytes a pixel: larger images are not read (they are uninspectable).
 MAX_DECODE_PIXELS = 50_000_000
+# A multi-page TIFF with more pages is not read.
+MAX_TIFF_PAGES = 30
 _ORIENTATION = 0x0112
 # ImageOps.exif_transpose's turn per EXIF orientation, and the turn that undoes it.
 _UNDO_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -178,7 +180,7 @@ def paint(image: Image.Image, boxes: list[Box]) -> Image.Image:
     return image
 
 
-def _save(image: Image.Image, fmt: str, orientation: int, icc: bytes | None) -> bytes:
+def _save(pages: list[Image.Image], fmt: str, orientation: int, icc: bytes | None) -> bytes:
     out = io.BytesIO()
     options: dict[str, object] = {}
     if icc:
@@ -187,6 +189,7 @@ def _save(image: Image.Image, fmt: str, orientation: int, icc: bytes | None) -> 
         exif = Image.Exif()
         exif[_ORIENTATION] = orientation
         options["exif"] = exif.tobytes()
+    image = pages[0]
     if fmt == "JPEG":
         image = image.convert("RGB") if image.mode not in ("RGB", "L") else image
         options.update(quality=92)
@@ -194,8 +197,21 @@ def _save(image: Image.Image, fmt: str, orientation: int, icc: bytes | None) -> 
         options.update(quality=92)
     elif fmt == "TIFF":
         options.update(compression="tiff_adobe_deflate")
+        if len(pages) > 1:
+            options.update(save_all=True, append_images=pages[1:])
     image.save(out, format=fmt, **options)
     return out.getvalue()
+
+
+def _frames(opened: Image.Image, fmt: str) -> list[int]:
+    """The frames searched: every page of a multi-page TIFF (a scanned document or a fax),
+    the first frame of an animation."""
+    count = getattr(opened, "n_frames", 1)
+    if fmt != "TIFF" or count == 1:
+        return [0]
+    if count > MAX_TIFF_PAGES:
+        raise Uninspectable(f"it has {count} pages (at most {MAX_TIFF_PAGES} are read)")
+    return list(range(count))
 
 
 def redact_image(reader: BinaryIO, mimetype: str, redact: bool, timeout: float
@@ -207,32 +223,38 @@ def redact_image(reader: BinaryIO, mimetype: str, redact: bool, timeout: float
     """
     deadline = time.monotonic() + timeout
     fmt = IMAGE_FORMATS[mimetype]
+    pages: list[Image.Image] = []
     try:
         with Image.open(reader) as opened:
             if opened.width * opened.height > MAX_DECODE_PIXELS:
                 raise Uninspectable(f"the image is too large to read ({opened.width}×"
                                     f"{opened.height})")
-            opened.seek(0)  # an animation: its first frame
-            opened.load()
             orientation = opened.getexif().get(_ORIENTATION, 1)
             icc = opened.info.get("icc_profile")
-            upright = ImageOps.exif_transpose(opened) or opened.copy()
+            for frame in _frames(opened, fmt):
+                opened.seek(frame)
+                opened.load()
+                pages.append(ImageOps.exif_transpose(opened) or opened.copy())
     except Uninspectable:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for damaged images
         raise Uninspectable(f"the image could not be decoded ({type(exc).__name__})") from None
-    try:
-        words, findings = find_in_image(upright, deadline)
-    except ocr.OcrTimeout:
-        raise Uninspectable(f"reading it took longer than {timeout:g} s") from None
-    except ocr.OcrError as exc:
-        raise Uninspectable(f"it could not be read ({exc})") from None
-    found = count_numbers([finding_boxes(words, [f]) for f in findings])
+    found = 0
+    boxes: list[list[Box]] = []
+    for page in pages:
+        try:
+            words, findings = find_in_image(page, deadline)
+        except ocr.OcrTimeout:
+            raise Uninspectable(f"reading it took longer than {timeout:g} s") from None
+        except ocr.OcrError as exc:
+            raise Uninspectable(f"it could not be read ({exc})") from None
+        found += count_numbers([finding_boxes(words, [f]) for f in findings])
+        boxes.append(finding_boxes(words, findings))
     if not found or not redact:
         return None, found
-    painted = paint(upright, finding_boxes(words, findings))
+    painted = [paint(page, page_boxes) for page, page_boxes in zip(pages, boxes, strict=True)]
     if orientation in _UNDO_TURN:
-        painted = painted.transpose(_UNDO_TURN[orientation])
+        painted = [page.transpose(_UNDO_TURN[orientation]) for page in painted]
     return _save(painted, fmt, orientation, icc if isinstance(icc, bytes) else None), found
 
 

@@ -352,3 +352,26 @@ def test_text_on_a_transparent_background_is_read(tmp_path: Path) -> None:
     assert check.found == 1 and check.copy is not None
     with Image.open(io.BytesIO(unsealed(check.copy))) as redacted:
         assert redacted.mode == "RGBA" and redacted.getpixel((1, 1))[3] == 0
+
+
+def test_every_page_of_a_multi_page_tiff_is_searched(tmp_path: Path) -> None:
+    """A two-page TIFF (a fax) with the number on its second page: found there, painted over,
+    both pages delivered, the first unchanged in what it says."""
+    face = (cardcorpus.fonts() or [None])[0]
+    first = cardcorpus.render([f"{cardcorpus.BESIDE} model X200", "Page one"], face, 36)
+    second = cardcorpus.render(["Page two", "Card 4111 1111 1111 1111"], face, 36)
+    out = io.BytesIO()
+    first.save(out, format="TIFF", save_all=True, append_images=[second])
+    path, key = sealed(tmp_path, out.getvalue())
+    check = check_sealed(path, key, "image/tiff", redact=True, timeout=60)
+    assert check.found == 1 and check.copy is not None
+    with Image.open(io.BytesIO(unsealed(check.copy))) as image:
+        assert image.n_frames == 2
+        seen = []
+        for frame in range(2):
+            image.seek(frame)
+            page = io.BytesIO()
+            image.convert("RGB").save(page, format="PNG")
+            seen.append(ocr_sees(page.getvalue()))
+    assert seen[0][0] == [] and cardcorpus.BESIDE in seen[0][1]
+    assert seen[1][0] == [] and "two" in seen[1][1] and "4111" not in seen[1][1]
