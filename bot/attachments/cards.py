@@ -117,6 +117,9 @@ _TOKEN = re.compile(r"[^\W_]+")
 _SPACE_GAP = re.compile(r"[ \u00a0\u2007\u2009\u202f]{1,2}")
 _DASH_GAP = re.compile(r"[ ]?[-\u2010\u2011\u2012\u2013][ ]?")
 _GROUP_SIZES = range(3, 7)
+# Any text holding a card number holds such a run (13+ digits, at most three separator
+# characters between them): text without one is skipped at C speed.
+_CANDIDATE = re.compile(r"\d(?:[ \u00a0\u2007\u2009\u202f\-\u2010-\u2013]{0,3}\d){12}")
 # A valid IBAN written with or without spaces (country, check digits, 11–30 letters/digits).
 _IBAN_SHAPE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
 
@@ -231,6 +234,8 @@ def find_card_numbers(text: str, *, any_groups: bool = False) -> list[Finding]:
     1111 11111111"); Luhn, prefix and length still decide.
     """
     findings: list[Finding] = []
+    if _CANDIDATE.search(text) is None:
+        return findings
     excluded = _iban_spans(text)
     for chain in _chains(text):
         if chain.poisoned:
