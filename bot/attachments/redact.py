@@ -132,17 +132,22 @@ def searchable(mimetype: str | None) -> bool:
 Write = Callable[[bytes], None]
 
 
-def redact_text(reader: BinaryIO, write: Write | None) -> int:
+def redact_text(reader: BinaryIO, write: Write | None, timeout: float | None = None) -> int:
     """Search a text file; with ``write``, copy it there with every number masked.
 
     Returns how many numbers there were. Bytes that are not numbers are copied as they are.
+    Raises :class:`Uninspectable` past ``timeout`` seconds (a large file dense with long
+    digit runs takes about a second per megabyte).
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
     head = reader.read(4)
     reader.seek(0)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return _redact_utf16(reader, write)
     found = 0
-    for line in reader:
+    for number, line in enumerate(reader):
+        if deadline is not None and number % 1000 == 999 and time.monotonic() > deadline:
+            raise Uninspectable(f"reading it took longer than {timeout:g} s")
         text = line.decode("utf-8", "surrogateescape")
         masked, count = mask_text(text)
         found += count
@@ -324,7 +329,7 @@ def check_sealed(path: Path, key: str, mimetype: str | None, redact: bool,
                         size += len(chunk)
                         out.write(sealer.update(chunk))
 
-                    found = redact_text(source, write if redact else None)
+                    found = redact_text(source, write if redact else None, timeout)
             else:
                 image, found = redact_image(source, mimetype, redact, timeout)
                 if image is not None:

@@ -375,3 +375,12 @@ def test_every_page_of_a_multi_page_tiff_is_searched(tmp_path: Path) -> None:
             seen.append(ocr_sees(page.getvalue()))
     assert seen[0][0] == [] and cardcorpus.BESIDE in seen[0][1]
     assert seen[1][0] == [] and "two" in seen[1][1] and "4111" not in seen[1][1]
+
+
+def test_a_text_file_past_the_time_limit_is_uninspectable(tmp_path: Path) -> None:
+    """Searching text has the same time limit as OCR: past it the file is not searched."""
+    row = b"IBAN DE89 3704 0044 0532 0130 00, 9400 1000 0000 0000 0000 02\n"
+    path, key = sealed(tmp_path, row * 50_000)
+    check = check_sealed(path, key, "text/csv", redact=True, timeout=0.01)
+    assert check == CardCheck(searched=True, unchecked="reading it took longer than 0.01 s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["offer-1"]
