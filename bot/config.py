@@ -141,8 +141,8 @@ class PolicyConfig:
     large_images: str = "file"
     # Remove EXIF/XMP (GPS, camera) from JPEG, PNG and WebP images before they are offered.
     strip_metadata: bool = True
-    # How long reading an image for card numbers (OCR) may take before the file counts as
-    # one that cannot be looked into (policy.uninspectable).
+    # How long searching one file for card numbers (OCR, a PDF, a large text) may take before
+    # the file counts as one that cannot be looked into (policy.uninspectable).
     ocr_timeout: float = DEFAULT_OCR_TIMEOUT
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import io
 import re
+import time
 import zipfile
 from dataclasses import dataclass
 
@@ -63,11 +64,16 @@ def _local(tag: bytes) -> str:
     return match.group(1).split(b":")[-1].decode("ascii", "replace")
 
 
-def mask_xml(data: bytes) -> tuple[bytes, int]:
-    """An XML part with every card number in its text masked, and how many there were."""
+def mask_xml(data: bytes, deadline: float | None = None) -> tuple[bytes, int]:
+    """An XML part with every card number in its text masked, and how many there were.
+
+    Raises :class:`OfficeUnreadable` once ``deadline`` (``time.monotonic()``) has passed.
+    """
     tokens = [m.group(0) for m in _TOKEN.finditer(data)]
     in_attributes = 0
     for index, token in enumerate(tokens):
+        if deadline is not None and index % 20_000 == 19_999 and time.monotonic() > deadline:
+            raise OfficeUnreadable("reading it took too long")
         if token.startswith(b"<") and not token.startswith((b"<?", b"<!")) and b"=" in token:
             masked_tag, count = _mask_attributes(token)
             if count:
@@ -150,10 +156,11 @@ def _numeric_cells_to_text(xml: bytes) -> bytes:
                                    + m.group(4) + b"</c>", xml)
 
 
-def redact_package(data: bytes, redact: bool) -> tuple[bytes | None, int]:
+def redact_package(data: bytes, redact: bool, deadline: float | None = None
+                   ) -> tuple[bytes | None, int]:
     """Search an Office package; with ``redact`` and numbers found, the package rewritten with
     them masked. Returns (new package or None, numbers found). Raises
-    :class:`OfficeUnreadable`."""
+    :class:`OfficeUnreadable` (past ``deadline`` too)."""
     found = 0
     parts: list[tuple[zipfile.ZipInfo, bytes]] = []
     budget = MAX_XML_BYTES
@@ -172,7 +179,7 @@ def redact_package(data: bytes, redact: bool) -> tuple[bytes | None, int]:
                 budget -= len(content)
                 if budget < 0:
                     raise OfficeUnreadable("its text is too large to read")
-                masked, count = mask_xml(content)
+                masked, count = mask_xml(content, deadline)
                 found += count
                 parts.append((info, masked if count else b""))
             if not found or not redact:

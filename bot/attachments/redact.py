@@ -291,7 +291,7 @@ def redact_office(reader: BinaryIO, redact: bool, timeout: float) -> tuple[bytes
     """Search a docx/xlsx/odt/ods package's XML; with ``redact``, the package with the numbers
     masked in its content (:mod:`bot.attachments.office`). Raises :class:`Uninspectable`."""
     try:
-        return office.redact_package(reader.read(), redact)
+        return office.redact_package(reader.read(), redact, time.monotonic() + timeout)
     except office.OfficeUnreadable as exc:
         raise Uninspectable(str(exc)) from None
 

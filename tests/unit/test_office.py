@@ -111,3 +111,10 @@ def test_a_damaged_package_cannot_be_searched(data: bytes, problem: str) -> None
     """A package that is not a readable ZIP is uninspectable, with the reason."""
     with pytest.raises(OfficeUnreadable, match=problem.replace("(", r"\(").replace(")", r"\)")):
         redact_package(data, redact=True)
+
+
+def test_a_package_past_the_time_limit_cannot_be_searched() -> None:
+    """A package whose XML takes too long to read is uninspectable, like a slow OCR."""
+    rows = [f"row {i}" for i in range(30_000)]
+    with pytest.raises(OfficeUnreadable, match="reading it took too long"):
+        redact_package(cardcorpus.xlsx(rows, []), redact=True, deadline=0.0)
