@@ -287,6 +287,39 @@ def not_relayable(what: str, *, t: Translator = ENGLISH) -> Message:
     return Message(t._(_NOT_RELAYABLE.get(what, _NOT_RELAYABLE["message"])))
 
 
+def card_numbers_hidden_in_text(count: int, recipient: str, *,
+                                t: Translator = ENGLISH) -> Message:
+    """Tells the sender their message went out with its card number(s) masked;
+    ``recipient`` is "the agent" or "the customer"."""
+    if recipient == "the customer":
+        return Message(t.ngettext(
+            "🔒 {n} card number in your message was hidden from the customer (only the last "
+            "four digits were shown). Please never share card numbers in chat; use the payment "
+            "page instead.",
+            "🔒 {n} card numbers in your message were hidden from the customer (only the last "
+            "four digits were shown). Please never share card numbers in chat; use the payment "
+            "page instead.", count))
+    return Message(t.ngettext(
+        "🔒 {n} card number in your message was hidden from the agent (only the last four "
+        "digits were shown). Please never share card numbers in chat; use the payment page "
+        "instead.",
+        "🔒 {n} card numbers in your message were hidden from the agent (only the last four "
+        "digits were shown). Please never share card numbers in chat; use the payment page "
+        "instead.", count))
+
+
+def card_numbers_refused_in_text(recipient: str, *, t: Translator = ENGLISH) -> Message:
+    """Tells the sender their message was not relayed because it holds a card number;
+    ``recipient`` is "the agent" or "the customer"."""
+    if recipient == "the customer":
+        return Message(t._("⛔ Your message was not sent to the customer: it contains a payment "
+                           "card number. Please never share card numbers in chat; use the "
+                           "payment page instead."))
+    return Message(t._("⛔ Your message was not sent to the agent: it contains a payment card "
+                       "number. Please never share card numbers in chat; use the payment page "
+                       "instead."))
+
+
 def sticker_name(description: str) -> str:
     """The name an offered sticker goes by: "sticker (thumbs up)", or "sticker".
 
@@ -444,6 +477,8 @@ def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
         "size": offer.size,
         "sha256": offer.sha256,
         "direction": offer.direction.value,
+        # How many payment card numbers were hidden in the delivered copy (when searched).
+        **({"redacted": offer.redacted} if offer.redacted is not None else {}),
     }
 
 
@@ -475,7 +510,16 @@ def _facts(offer: Offer, t: Translator) -> list[str]:
         parts.append(t.size(offer.size))
     if offer.width and offer.height:
         parts.append(t.isolate(f"{offer.width}×{offer.height}"))
+    if offer.redacted:
+        parts.append(cards_hidden(offer.redacted, t=t))
+    elif offer.unchecked:
+        parts.append(t._("not checked for card numbers"))
     return parts
+
+
+def cards_hidden(count: int, *, t: Translator = ENGLISH) -> str:
+    """"1 card number was hidden", "2 card numbers were hidden"."""
+    return t.ngettext("{n} card number was hidden", "{n} card numbers were hidden", count)
 
 
 def _decision(offer: Offer, decider: str | None, t: Translator) -> str:
@@ -569,6 +613,8 @@ def status_line(offer: Offer, *, t: Translator = ENGLISH) -> dict[str, Any]:
     if state in table:
         text = t._(table[state], filename=name, facts=" · ".join(_facts(offer, t)),
                    number=offer.shown_number)
+        if state is OfferState.ACCEPTED and offer.redacted:
+            text += f" ({cards_hidden(offer.redacted, t=t)})"
     elif state is OfferState.FAILED:
         text = t._("⚠️ {filename} — could not be delivered: {reason}", filename=name,
                    reason=t.known(offer.reason or UNKNOWN_ERROR))

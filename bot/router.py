@@ -309,6 +309,20 @@ class Router:
     ) -> None:
         """Relay text to the other side: no fake quotes, real replies, in parts if long."""
         body, formatted = relay.strip_fallbacks(body, formatted, is_reply=reply_to is not None)
+        # Card numbers never reach the other side (policy.card_numbers_in_text); the number is
+        # not logged: only how many there were.
+        policy = (self._config.policy.customer_to_agent if side is Side.CUSTOMER
+                  else self._config.policy.agent_to_customer)
+        screen = relay.screen_card_numbers(body, formatted, policy.card_numbers_in_text)
+        recipient = "the agent" if side is Side.CUSTOMER else "the customer"
+        if screen.refused:
+            logger.info("session %d: %s holds %d card number(s): not relayed "
+                        "(card_numbers_in_text: refuse)", session.id, event_id, screen.found)
+            await self._reply(session, side, event_id,
+                              render.card_numbers_refused_in_text(
+                                  recipient, t=self._t(session, side)))
+            return
+        body, formatted = screen.body, screen.formatted
         other = Side.AGENT if side is Side.CUSTOMER else Side.CUSTOMER
         if is_edit:
             edited = self._t(session, other)._("(edited)")  # in the readers' language
@@ -331,6 +345,12 @@ class Router:
             await self._sessions.enqueue_send(session, other, relayed,
                                               relay.relay_txn(event_id, part), event_id,
                                               origin=side)
+        if screen.found:
+            logger.info("session %d: %s relayed with %d card number(s) masked", session.id,
+                        event_id, screen.found)
+            await self._reply(session, side, event_id,
+                              render.card_numbers_hidden_in_text(
+                                  screen.found, recipient, t=self._t(session, side)))
 
     async def _reply(self, session: Session, side: Side, event_id: str,
                      message: render.Message) -> None:

@@ -66,6 +66,12 @@ def size(n: int) -> dict[str, Any]:
     return {"size": n}
 
 
+def known(text: str) -> dict[str, Any]:
+    """A detail in English as a value: translated when the catalog has it (a fixed sentence
+    such as "recordings are not searched for card numbers"), else shown as it is."""
+    return {"known": text}
+
+
 def megapixels(pixels: int) -> dict[str, Any]:
     """A pixel count as a value ("40 megapixels", "1,5 Megapixel")."""
     return {"megapixels": pixels}
@@ -111,6 +117,8 @@ def _shown(value: Any, t: Translator) -> str:
         shown = format_decimal(round(int(value["megapixels"]) / 1_000_000, 1), "0.#",
                                locale=t.locale)
         return t._("{value} megapixels", value=shown)
+    if "known" in value:
+        return t.known(str(value["known"]))
     if "kind" in value:
         mimetype = str(value["kind"])
         if t.code == SOURCE_LANGUAGE:

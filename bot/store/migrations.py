@@ -284,7 +284,13 @@ MIGRATIONS: list[str | PerDialect] = [
     SELECT parcel_fence_tables();
     """,
     ),
-    # 10: the language a customer switched their chat to with !language (NULL: the configured
+    # 10: payment card numbers in files (policy.card_numbers): how many were hidden in the
+    # delivered copy (NULL: the file was not searched), and why a file could not be searched.
+    """
+    ALTER TABLE offers ADD COLUMN redacted INTEGER;
+    ALTER TABLE offers ADD COLUMN unchecked TEXT;
+    """,
+    # 11: the language a customer switched their chat to with !language (NULL: the configured
     # default), and an offer's refusal reason as facts (a catalog message and its values, JSON)
     # beside its English text: only codes and facts are stored, every message is rendered for
     # its reader.

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from bot import render
+from bot.attachments import redact
 from bot.attachments.model import Direction, Offer, OfferState
+from bot.config import DirectionPolicy
 from bot.i18n import FSI, PDI, Translator, translator
 
 S = OfferState
@@ -202,6 +204,45 @@ def test_customer_told_when_the_agents_room_is_gone(code: str, shown: str) -> No
     notice = render.session_closed("bot_removed_from_agents", None, you=False, pending=0,
                                    bot_id="@parcel:hs", t=translator(code))
     assert notice.body.startswith(shown)
+
+
+@pytest.mark.parametrize(
+    ("code", "found", "recipient", "shown"),
+    [
+        ("de", 2, "the agent", "🔒 2 Kartennummern in Ihrer Nachricht wurden vor dem Mitarbeiter "
+                               "verborgen (nur die letzten vier Ziffern waren zu sehen)."),
+        ("fr", 1, "the customer", "🔒 1 numéro de carte dans votre message a été masqué pour le "
+                                  "client (seuls les quatre derniers chiffres étaient visibles)."),
+    ],
+)
+def test_card_numbers_hidden_in_text_in_the_senders_language(
+    code: str, found: int, recipient: str, shown: str
+) -> None:
+    """The sender of a message with card numbers is told, in their language and with the
+    plural form for the count, that the numbers were hidden from the other side."""
+    body = render.card_numbers_hidden_in_text(found, recipient, t=translator(code)).body
+    assert body.startswith(shown)
+
+
+def test_card_numbers_on_the_status_line_and_in_a_refusal_reason() -> None:
+    """A redacted file's status line says how many numbers were hidden (German), and a file
+    that could not be searched is refused with the reason in the reader's words (Spanish),
+    its English detail translated when it is one of Parcel's sentences."""
+    offer = make_offer(state=S.ACCEPTED, redacted=1)
+    assert render.status_line(offer, t=translator("de"))["body"] == (
+        "📎 report.pdf — vom Mitarbeiter empfangen (1 Kartennummer wurde verborgen)")
+    check = redact.apply_policy(
+        redact.CardCheck(searched=True, unchecked="recordings are not searched for card numbers"),
+        DirectionPolicy(max_size=1_000_000, allowed_types=(), blocked_types=(),
+                        uninspectable="refuse"))
+    assert check.refusal is not None and check.refusal.facts is not None
+    assert check.refusal.reason == (
+        "it could not be checked for payment card numbers (recordings are not searched for "
+        "card numbers), and files that cannot be checked are not passed on")
+    assert check.refusal.facts.render(translator("es")) == (
+        "el archivo no se pudo revisar en busca de números de tarjeta de pago (las grabaciones "
+        "no se revisan en busca de números de tarjeta), y los archivos que no se pueden revisar "
+        "no se transmiten")
 
 
 def test_help_in_german_shows_the_aliases() -> None:
