@@ -39,7 +39,15 @@ from bot.matrix.client import call
 from bot.matrix.rooms import RoomDirectory
 from bot.sessions import relay
 from bot.sessions.service import SessionService, kick_key
-from bot.store import DELIVERY_RECORDS_KEPT, Session, SessionState, Side, Store, WorkUnit
+from bot.store import (
+    DELIVERY_RECORDS_KEPT,
+    Session,
+    SessionState,
+    Side,
+    Store,
+    WorkUnit,
+    session_lane,
+)
 from bot.work import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -48,6 +56,8 @@ TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
 # A command word is letters of any script: each language may add its own (!annehmen, !قبول).
 _COMMAND = re.compile(r"^!([^\W\d_]+)(?:\s+(.*))?$", re.DOTALL)
 BACKFILL_CAP = 1000
+# How long an undecryptable message holds back the messages written after it in its chat.
+DECRYPT_HOLDS_LANE = 30.0
 
 
 class Router:
@@ -434,11 +444,16 @@ class Router:
         return render.decision_done(word == "accept", offer.shown_number, t=t)
 
     async def _on_undecryptable(self, session: Session, side: Side, event: MegolmEvent) -> None:
-        """Keep the message as work that is tried again when keys arrive, and on a schedule."""
+        """Keep the message as work that is tried again when keys arrive, and on a schedule.
+
+        It waits in the session's lane, so the messages written after it are not relayed
+        before it (keys usually come seconds late: a sync that failed while saving them, a
+        sender's slow key share) — for :data:`DECRYPT_HOLDS_LANE` at most.
+        """
         room_id = session.room_of(side)
         await self._work.submit("decrypt", f"decrypt:{event.event_id}",
                                 {"room": room_id, "event": event.source},
-                                handled_event=event.event_id)
+                                lane=session_lane(session.id), handled_event=event.event_id)
 
     async def _run_decrypt(self, unit: WorkUnit) -> None:
         """Decrypt a stored event and handle it; ask the sender to resend once time is up."""
@@ -458,18 +473,29 @@ class Router:
             decrypted = None
         if decrypted is not None:
             logger.info("event %s decrypted after its keys arrived", event.event_id)
-            await self._handle(session, side, event.event_id, event.sender, decrypted,
-                               decrypted.source)
+            # Its messages go out now, from this unit: queued, they would come after the
+            # later messages already waiting in the lane.
+            async with self._sessions.sending_inline():
+                await self._handle(session, side, event.event_id, event.sender, decrypted,
+                                   decrypted.source)
             return
-        if unit.attempts == 0:
+        if unit.last_error is None:  # the first look: ask the sender's devices once
             try:
                 await self._client.request_room_key(event)
             except Exception as exc:  # noqa: BLE001 - a key request is best effort
                 logger.info("key request for %s failed: %r", event.event_id, exc)
-        if time.time() - unit.created_at < self._config.retry.undecryptable_for:
+        waited = time.time() - unit.created_at
+        if unit.lane is not None and waited >= DECRYPT_HOLDS_LANE:
+            # Order matters less than a chat that goes on: the later messages go ahead.
+            await self._store.work.leave_lane(unit)
+            logger.warning("session %d: event %s from %s is still undecryptable after %.0f s; "
+                           "relaying what came after it meanwhile", session.id, event.event_id,
+                           event.sender, waited)
+        if waited < self._config.retry.undecryptable_for:
             # Keys arriving wake it (handle_batch hurries "decrypt"); meanwhile look now and then.
+            bound = DECRYPT_HOLDS_LANE - waited if unit.lane is not None else 30.0
             raise Waiting(f"the keys for {event.event_id} have not arrived yet",
-                          at_most=min(30.0, self._config.retry.undecryptable_for))
+                          at_most=max(0.5, min(bound, 30.0)))
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
         await self._sessions.enqueue_send(session, side,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from nio import (
@@ -108,6 +111,7 @@ class SessionService:
         sender.guard = self.guard_room
         self.panels: PanelService | None = None  # set by the composition root
         self._kicks_refused: set[tuple[str, str]] = set()  # (room, user) the bot may not kick
+        self._inline: ContextVar[bool] = ContextVar(f"inline-sends-{id(self)}", default=False)
 
     @property
     def own_user_id(self) -> str:
@@ -452,11 +456,27 @@ class SessionService:
                                    "content": content, "txn_id": txn_id}
         if origin is not None:
             payload["origin"] = origin.value
+        if self._inline.get():
+            await self._send(payload)
+            return
         await self._work.submit("send", txn_id, payload, lane=session_lane(session.id),
                                 handled_event=handled_event)
 
+    @asynccontextmanager
+    async def sending_inline(self) -> AsyncIterator[None]:
+        """Inside: :meth:`enqueue_send` sends at once (idempotently, by its transaction id)
+        instead of queuing — for work that runs at the head of the session's lane and must
+        keep its place (a message decrypted late); a failure fails that work, to be retried."""
+        token = self._inline.set(True)
+        try:
+            yield
+        finally:
+            self._inline.reset(token)
+
     async def _run_send(self, unit: WorkUnit) -> None:
-        payload = unit.payload
+        await self._send(unit.payload)
+
+    async def _send(self, payload: dict[str, Any]) -> None:
         session = await self._store.sessions.get_session(payload["session"])
         room_id = session.room_of(Side(payload["side"]))
         if room_id is None:

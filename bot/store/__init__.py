@@ -659,6 +659,10 @@ class Work(_Concern):
             await db.execute("DELETE FROM work WHERE id = ?", unit.id)
             await self.wake_work(unit.key)
 
+    async def leave_lane(self, unit: WorkUnit) -> None:
+        """Take a unit out of its lane: the units behind it no longer wait for it."""
+        await self._db.execute("UPDATE work SET lane = NULL WHERE id = ?", unit.id)
+
     async def wake_work(self, key: str, now: float | None = None) -> int:
         """Make the units waiting for ``key`` due now; returns how many."""
         return await self._db.execute(
