@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +28,7 @@ PACED = Backoff(initial=0.5, cap=0.5)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> AsyncIterator[PostgresServer]:
+def server(tmp_path: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL of its own: these tests break it."""
     pg = PostgresServer(tmp_path / "pg")
     pg.start()
@@ -151,8 +151,12 @@ async def _hold_the_loop_in_a_read(h: Harness, holder: asyncpg.Connection) -> No
     behind the lock: its query is in flight inside PostgreSQL when the fault comes."""
     for _ in range(10):
         attempts = await holder.fetchval("SELECT attempts FROM work WHERE key = 'flaky'")
-        while await holder.fetchval("SELECT attempts FROM work WHERE key = 'flaky'") == attempts:
-            await asyncio.sleep(0.01)
+
+        async def retried(before: int = attempts) -> bool:
+            now = await holder.fetchval("SELECT attempts FROM work WHERE key = 'flaky'")
+            return bool(now != before)
+
+        await wait_for(retried, timeout=10, what="the flaky unit's next retry", interval=0.01)
         lock = holder.transaction()
         await lock.start()
         await holder.execute("LOCK TABLE work IN ACCESS EXCLUSIVE MODE")
