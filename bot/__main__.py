@@ -226,7 +226,9 @@ async def print_log(config: Config, session: int | None, since: float | None, fm
     if config.database is None and not path.exists():
         print(f"parcel-bot: no store at {path} yet", file=sys.stderr)
         return 1
-    store = await Store.open(config.database, config.data_dir, password=config.database_password)
+    # Only reads: a store of another version (a bot not upgraded yet) is never migrated here.
+    store = await Store.open(config.database, config.data_dir, password=config.database_password,
+                             upgrade=False)
     try:
         entries = await store.offers.attachment_log(session, since)
     finally:

@@ -17,6 +17,7 @@ from bot.attachments.panel import PanelService
 from bot.config import Config
 from bot.datadir import make_private
 from bot.documents import Documents, FileDocuments, StoreDocuments
+from bot.errors import from_exception
 from bot.keys import EncryptionKey, encryption_key
 from bot.leader import Lease, NotLeader
 from bot.matrix.client import Sender, call, connect
@@ -32,6 +33,7 @@ from bot.retry import Backoff, sleep_or_stop, until_done
 from bot.router import Router
 from bot.sessions.service import SessionService
 from bot.store import DELIVERY_RECORDS_KEPT, SessionState, Store
+from bot.supervision import LoopHealth, supervise
 from bot.tasks import TaskGroup
 from bot.work import Scheduler
 
@@ -49,6 +51,9 @@ class Parcel:
         self.ready = asyncio.Event()
         self.cross_signing: CrossSigningStatus | None = None
         self.metrics = Metrics()
+        self.loops = LoopHealth(on_progress=self.metrics.loop_progressed,
+                                on_failure=self.metrics.loop_failed)
+        """The supervised loops' progress and outages (``/health`` reads them)."""
         self.work: Scheduler | None = None
         self._backoff = Backoff(cap=config.retry.max_backoff)
         self.key: EncryptionKey | None = None
@@ -137,12 +142,17 @@ class Parcel:
             self.client = client = connected
             if config.encryption:
                 await self._establish_identity(client, stop)
-            await apply_profile(client, store, config.profile)
+            try:
+                await until_done(lambda: apply_profile(client, store, config.profile),
+                                 "setting the bot's profile", stop, self._backoff)
+            except Exception as exc:  # noqa: BLE001 - how it looks must not stop it working
+                logger.warning("could not apply the profile: %s", from_exception(exc,
+                               "setting the bot's profile").reason)
             media = MediaClient(config.homeserver, self._access_token,
                                 config.media.transfer_timeout)
             sender = Sender(client, store)
             rooms = RoomDirectory(client)
-            self.work = work = Scheduler(store, self._backoff, self.metrics)
+            self.work = work = Scheduler(store, self._backoff, self.metrics, health=self.loops)
             sessions = SessionService(config, store, client, sender, rooms, work, self.metrics)
             offers = OfferService(config, store, sender, media, rooms, work, self.metrics)
             sessions.offers = offers
@@ -154,10 +164,16 @@ class Parcel:
             self.sync = SyncLoop(client, store, router.handle_batch, metrics=self.metrics,
                                  backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
                                  on_recovered=work.hurry,
-                                 fence=None if self.lease is None else self.lease.check)
-            self.metrics.set_sessions_open(len(await store.sessions.sessions(SessionState.OPEN)))
-            await offers.resume()
-            await panels.resume()
+                                 fence=None if self.lease is None else self.lease.check,
+                                 health=self.loops)
+
+            async def resume() -> None:
+                open_sessions = await store.sessions.sessions(SessionState.OPEN)
+                self.metrics.set_sessions_open(len(open_sessions))
+                await offers.resume()
+                await panels.resume()
+
+            await until_done(resume, "resuming the work in the store", stop, self._backoff)
             self._tasks.spawn(self._maintenance_loop(offers, stop), name="maintenance")
             self._tasks.spawn(self._start_work(sessions, work, stop), name="work")
             logger.info("Parcel running as %s (device %s)", config.user_id, client.device_id)
@@ -235,18 +251,25 @@ class Parcel:
                          "insecure devices will not see its messages", self.cross_signing.detail)
 
     def health(self) -> tuple[bool, str]:
-        """Healthy once the first sync is done and while the homeserver answers.
+        """What ``/health`` answers: (healthy, status).
 
-        With a lease: "standby" while another instance leads (healthy: ready to take over),
-        "leader" once this one leads and has synced.
+        ``ok`` (``leader`` with a lease) once the first sync is done while every loop makes
+        progress; ``standby`` while another instance leads and the lease can still be taken
+        over; otherwise ``degraded: <reasons>`` (the database or the homeserver unreachable, a
+        loop stalled) or ``starting: …``, which a load balancer or probe sees as 503.
         """
+        problems = self.loops.problems()
         if self.lease is not None and not self.lease.valid():
-            return True, "standby"
+            if self.lease.reachable:
+                return True, "standby"
+            return False, "degraded: the database is unreachable (standby cannot take over)"
+        if problems:
+            return False, "degraded: " + "; ".join(problems)
         if not self.ready.is_set():
             return False, "starting: the first sync has not completed"
         assert self.sync is not None
         if not self.sync.healthy:
-            return False, "the homeserver is unreachable; retrying"
+            return False, "degraded: the homeserver is unreachable"
         return True, "ok" if self.lease is None else "leader"
 
     async def _start_work(self, sessions: SessionService, work: Scheduler,
@@ -254,7 +277,8 @@ class Parcel:
         """After the first sync (nio knows the rooms only then), run the durable work."""
         assert self.sync is not None
         await self.sync.first_sync_done.wait()
-        tidied = await sessions.tidy_closed_rooms()
+        tidied = await until_done(sessions.tidy_closed_rooms, "leaving closed sessions' rooms",
+                                  stop, self._backoff)
         if tidied:
             logger.info("leaving %d rooms of closed sessions", tidied)
         self.ready.set()
@@ -263,22 +287,27 @@ class Parcel:
 
     async def _maintenance_loop(self, offers: OfferService, stop: asyncio.Event) -> None:
         """Expire overdue offers, purge old closed sessions, prune delivery records."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
         purge_after = self.config.retention.purge_after
         interval = max(1.0, min(30.0, self.config.policy.offer_ttl / 4, (purge_after or 60) / 2))
-        while not stop.is_set():
+
+        async def round_() -> None:
             await offers.expire_due()
             if purge_after is not None:
-                purged = await self.store.sessions.purge_closed_sessions(time.time() - purge_after)
+                purged = await store.sessions.purge_closed_sessions(time.time() - purge_after)
                 if purged:
                     logger.info("retention: purged %d closed sessions", purged)
-            handled, sent = await self.store.outbox.prune_delivery_records(
+            handled, sent = await store.outbox.prune_delivery_records(
                 time.time() - DELIVERY_RECORDS_KEPT
             )
             if handled or sent:
                 logger.info("pruned %d handled events and %d sent-message records", handled,
                             sent)
+            self.loops.progressed("maintenance")
             await sleep_or_stop(stop, interval)
+
+        await supervise("maintenance", round_, stop, self.loops, self._backoff)
 
 
 async def reset_identity(config: Config) -> CrossSigningStatus:

@@ -204,8 +204,8 @@ class Config:
 
     homeserver: str
     user_id: str
-    password: str | None
-    access_token: str | None
+    password: str | None = dataclasses.field(repr=False)
+    access_token: str | None = dataclasses.field(repr=False)
     device_name: str
     data_dir: Path
     encryption: bool

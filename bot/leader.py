@@ -114,6 +114,9 @@ class Lease:
         self._valid_until = 0.0
         self.lost = asyncio.Event()
         """Set once a held lease is gone; the leader must stop and start over as a standby."""
+        self.reachable = True
+        """Whether the last look at the lease reached the database (a standby that cannot
+        reach it could not take over: ``/health`` says so)."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -143,8 +146,11 @@ class Lease:
         while not stop.is_set():
             try:
                 token = await self._take()
+                self.reachable = True
             except _UNREACHABLE as exc:
-                logger.warning("standby: the database is unreachable (%s); retrying", exc)
+                if self.reachable:
+                    logger.warning("standby: the database is unreachable (%s); retrying", exc)
+                self.reachable = False
                 await self._drop_connection()
                 token = None
             if token is not None:

@@ -8,8 +8,9 @@ exposes it over HTTP only when ``metrics.listen`` is configured:
 * ``GET /metrics``: the text exposition format; with a token configured (``metrics.token``)
   only for requests carrying ``Authorization: Bearer <token>``, others get 401;
 * ``GET /health``: 200 "ok" while the bot is healthy ("leader" or "standby" when instances
-  share a PostgreSQL database), 503 with the reason otherwise; always
-  open (container health checks), and it says nothing more than that.
+  share a PostgreSQL database); 503 "degraded: <reasons>" while a dependency fails (the
+  database or the homeserver unreachable, a loop stalled) or "starting: …" before the first
+  sync. Always open (load balancers and Kubernetes probes), and it says nothing more than that.
 """
 
 from __future__ import annotations
@@ -131,6 +132,20 @@ class Metrics:
             registry=registry,
         )
         self._leader.set(1)
+        self._loop_progress = Gauge(
+            "parcel_loop_last_progress_timestamp_seconds",
+            "Unix time of the last completed round of each loop that runs forever (work, sync, "
+            "maintenance).",
+            ["loop"],
+            registry=registry,
+        )
+        self._loop_failures = Counter(
+            "parcel_loop_failures",
+            "Failed rounds of each loop that runs forever, by what failed (database, "
+            "homeserver, disk, internal).",
+            ["loop", "source"],
+            registry=registry,
+        )
 
     # --- what the bot calls ------------------------------------------------------------------
 
@@ -182,6 +197,14 @@ class Metrics:
         """A unit of ``kind`` failed for good (``code``: M_FORBIDDEN, M_TOO_LARGE, internal...)."""
         self._homeserver_errors.labels(kind=kind).inc()
         self._work_failed.labels(kind=kind, code=code).inc()
+
+    def loop_progressed(self, loop: str, at: float) -> None:
+        """A round of ``loop`` completed at unix time ``at``."""
+        self._loop_progress.labels(loop=loop).set(at)
+
+    def loop_failed(self, loop: str, source: str | Enum) -> None:
+        """A round of ``loop`` failed because ``source`` did."""
+        self._loop_failures.labels(loop=loop, source=_label(source)).inc()
 
     def watch_backlog(self, backlog: Callable[[], tuple[int, float]]) -> None:
         """Report ``backlog()`` = (units waiting, oldest age in s) at every scrape."""

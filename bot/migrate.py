@@ -89,15 +89,24 @@ async def migrate_store(config: Config, target_url: str,
             crypto = crypto_class(credentials.user_id, credentials.device_id,
                                   str(config.data_dir / "crypto"), key.pickle_key)
             try:
-                if crypto_file.exists():
-                    report.crypto_rows = _copy_crypto_store(crypto_file, crypto)
-                async with target.transaction():
-                    report.rows = await _copy_tables(source.db, target.db)
-                    for name in (CREDENTIALS_FILE, SEEDS_FILE):
-                        text = await documents.read(name)
-                        if text is not None:
-                            await StoreDocuments(target.values).write(name, text)
-                            report.documents.append(name)
+                # Parcel's tables and nio's crypto store are two connections, so two commits:
+                # the crypto store commits inside the tables' transaction, last; if that
+                # transaction then fails, the crypto rows are removed again, so a failed copy
+                # leaves an empty target that a second try accepts.
+                try:
+                    async with target.transaction():
+                        report.rows = await _copy_tables(source.db, target.db)
+                        for name in (CREDENTIALS_FILE, SEEDS_FILE):
+                            text = await documents.read(name)
+                            if text is not None:
+                                await StoreDocuments(target.values).write(name, text)
+                                report.documents.append(name)
+                        if crypto_file.exists():
+                            report.crypto_rows = _copy_crypto_store(crypto_file, crypto)
+                except BaseException:
+                    if report.crypto_rows:
+                        _clear_crypto_store(crypto)
+                    raise
             finally:
                 crypto.close()
         finally:
@@ -195,3 +204,11 @@ def _copy_crypto_store(path: Path, target: Any) -> dict[str, int]:
     finally:
         source_db.close()
     return counts
+
+
+def _clear_crypto_store(target: Any) -> None:
+    """Remove what :func:`_copy_crypto_store` wrote (the tables' copy failed after it)."""
+    models = [m for m in peewee.sort_models(SqliteStore.models) if m is not StoreVersion]
+    with target.database.bind_ctx(models), target.database.atomic():
+        for model in reversed(models):
+            model.delete().execute()

@@ -67,6 +67,8 @@ async def until_done(
                 raise
         attempt += 1
         delay = backoff.delay(attempt, error.retry_after)
-        logger.warning("%s; retrying in %.0f s", error.reason, delay)
+        # The first few and then every tenth: an hour's outage is not a thousand lines.
+        log = logger.warning if attempt <= 3 or attempt % 10 == 0 else logger.debug
+        log("%s; retrying in %.0f s (attempt %d)", error.reason, delay, attempt)
         await sleep_or_stop(stop, delay)
     return None

@@ -1,9 +1,11 @@
 """From a sync batch to small typed handler calls. Ignores the bot's own events.
 
 Each event is handled at most once (the store remembers handled event ids, so a batch replayed
-after a crash is skipped) and its failure is logged, never fatal. Handlers here are quick and
-never wait on the homeserver: they record intent in the store as durable work units (relays,
-offers, kicks, decryption retries) that the scheduler carries out.
+after a crash is skipped), and never lost: an event is marked handled only once its handler
+has recorded what it must (a transient failure — the store restarting — raises, and the sync
+loop hands the batch over again; a permanent one is logged and the event is done with).
+Handlers here are quick and never wait on the homeserver: they record intent in the store as
+durable work units (relays, offers, kicks, decryption retries) that the scheduler carries out.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from nio import (
@@ -28,10 +32,11 @@ from bot import render
 from bot.attachments.model import Direction
 from bot.attachments.offers import FILE_MSGTYPES, OfferService
 from bot.config import Config
-from bot.errors import TransientError
+from bot.errors import Source, TransientError, Waiting, from_exception
+from bot.matrix.client import call
 from bot.matrix.rooms import RoomDirectory
 from bot.sessions import relay
-from bot.sessions.service import SessionService
+from bot.sessions.service import SessionService, kick_key
 from bot.store import DELIVERY_RECORDS_KEPT, Session, SessionState, Side, Store, WorkUnit
 from bot.work import Scheduler
 
@@ -76,19 +81,16 @@ class Router:
             inviter = _inviter(info.invite_state, self._own)
             if inviter is None:
                 continue
-            try:
+            async with _kept(f"the invite to {room_id} from {inviter}"):
                 await self._sessions.on_invite(room_id, inviter)
-            except Exception:  # noqa: BLE001 - one bad invite must not stop the others
-                logger.exception("invite to %s from %s failed", room_id, inviter)
         if catching_up:
             return
         for room_id, info in response.rooms.join.items():
             events = list(info.timeline.events)
             if info.timeline.limited and info.timeline.prev_batch:
-                try:
+                # A transient failure raises: the batch comes again, gap and all.
+                async with _kept(f"backfilling the skipped events of {room_id}"):
                     events = await self._backfill(room_id, info.timeline.prev_batch) + events
-                except Exception:  # noqa: BLE001 - the events we have are still handled
-                    logger.exception("room %s: backfilling the skipped events failed", room_id)
             for event in events:
                 await self.dispatch(room_id, event)
         # Rooms the bot was removed from (kicked, banned, the room shut down): their last
@@ -111,10 +113,10 @@ class Router:
         missed: list[Any] = []
         token: str | None = prev_batch
         while token and len(missed) < BACKFILL_CAP:
-            page = await self._client.room_messages(
+            page = await call(f"reading the history of {room_id}", self._client.room_messages(
                 room_id, start=token, direction=MessageDirection.back, limit=100
-            )
-            if not isinstance(page, RoomMessagesResponse) or not page.chunk:
+            ), RoomMessagesResponse)
+            if not page.chunk:
                 break
             for event in page.chunk:
                 event_id = getattr(event, "event_id", None)
@@ -148,15 +150,11 @@ class Router:
         if found is None:
             return
         session, side = found
-        if session.state is SessionState.CLOSED:
-            await self._on_closed(session, side, event_id, sender, source)
-            await self._store.outbox.mark_handled(event_id)
-            return
-        try:
-            await self._handle(session, side, event_id, sender, event, source)
-        except Exception:  # noqa: BLE001 - logged; the next event goes on
-            logger.exception("session %d: handling %s in %s failed", session.id, event_id,
-                             room_id)
+        async with _kept(f"session {session.id}: handling {event_id} in {room_id}"):
+            if session.state is SessionState.CLOSED:
+                await self._on_closed(session, side, event_id, sender, source)
+            else:
+                await self._handle(session, side, event_id, sender, event, source)
         await self._store.outbox.mark_handled(event_id)
 
     async def _handle(
@@ -233,6 +231,12 @@ class Router:
             logger.info("session %d: the bot was removed from the customer room by %s",
                         session.id, sender)
             await self._sessions.request_close(session, "bot_removed", None, source["event_id"])
+        elif (
+            side is Side.AGENT and membership in ("leave", "ban") and isinstance(member, str)
+            and not self._sessions.is_agent(member)
+        ):
+            # A stranger gone (removed by someone, or left): what waited for that goes now.
+            await self._work.wake(kick_key(session.agent_room or "", member))
         elif (
             side is Side.AGENT
             and membership in ("invite", "join")
@@ -385,11 +389,27 @@ class Router:
             except Exception as exc:  # noqa: BLE001 - a key request is best effort
                 logger.info("key request for %s failed: %r", event.event_id, exc)
         if time.time() - unit.created_at < self._config.retry.undecryptable_for:
-            raise TransientError(f"the keys for {event.event_id} have not arrived yet")
+            # Keys arriving wake it (handle_batch hurries "decrypt"); meanwhile look now and then.
+            raise Waiting(f"the keys for {event.event_id} have not arrived yet",
+                          at_most=min(30.0, self._config.retry.undecryptable_for))
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
         await self._sessions.enqueue_send(session, side, render.undecryptable().content(),
                                           f"undecryptable-{event.event_id}")
+
+
+@asynccontextmanager
+async def _kept(what: str) -> AsyncIterator[None]:
+    """Around handling one thing of a batch: a transient failure is raised (classified), so
+    the batch is handled again later; a permanent one is logged and the batch goes on."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - classified here, once
+        error = from_exception(exc, what)
+        if isinstance(error, TransientError):
+            raise error from exc
+        logger.error("%s failed for good: %s", what, error.reason,
+                     exc_info=exc if error.source is Source.INTERNAL else None)
 
 
 def _text_field(content: dict[str, Any], key: str) -> str | None:

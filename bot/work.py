@@ -8,6 +8,13 @@ handler finds its purpose gone; a :class:`~bot.errors.PermanentError` ends it, a
 session's messages keep their order; an offer's steps never overlap). New work, keys that
 arrive and a homeserver that comes back wake the loop at once. A restart resumes from the
 table as it is.
+
+A unit that must wait for another (its session's agent room being created, a stranger's
+removal, its offers settling) raises :class:`~bot.errors.Waiting` naming that unit's key: it
+is parked, not counted as a failure, and woken the moment that unit finishes (or after the
+wait's bound, for what nobody announces). The loop itself runs under
+:func:`~bot.supervision.supervise`: a store that fails (a PostgreSQL restart) delays the work
+and never ends the loop.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import PermanentError, TransientError, from_exception
+from bot.errors import PermanentError, TransientError, Waiting, from_exception
 from bot.metrics import Metrics
 from bot.retry import Backoff
 from bot.store import Store, WorkUnit
+from bot.supervision import LoopHealth, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +57,10 @@ class Scheduler:
         *,
         concurrency: int = 16,
         clock: Callable[[], float] = time.time,
+        health: LoopHealth | None = None,
     ) -> None:
         self._store = store
+        self._health = health or LoopHealth()
         self._backoff = backoff
         self._metrics = metrics or Metrics()
         self._concurrency = concurrency
@@ -100,14 +110,27 @@ class Scheduler:
         """Read the backlog from the store now."""
         self._backlog = await self._store.work.work_backlog()
 
+    async def wake(self, key: str) -> None:
+        """Wake the units waiting for ``key`` (what they waited for happened elsewhere)."""
+        if await self._store.work.wake_work(key, self._clock()):
+            self._wakeup.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run due units until ``stop``; then cancel what still runs (it is all resumable)."""
+        """Run due units until ``stop``; then cancel what still runs (it is all resumable).
+
+        A failing store fails one round, which is retried with the backoff: units started
+        before go on, and nothing is lost (every unit is still in the table).
+        """
+
+        async def round_() -> None:
+            self._wakeup.clear()
+            await self._start_due()
+            await self.refresh_backlog()
+            self._health.progressed("work")
+            await self._sleep(stop)
+
         try:
-            while not stop.is_set():
-                self._wakeup.clear()
-                await self._start_due()
-                await self.refresh_backlog()
-                await self._sleep(stop)
+            await supervise("work", round_, stop, self._health, self._backoff)
         finally:
             for task in list(self._tasks):
                 task.cancel()
@@ -152,7 +175,11 @@ class Scheduler:
                 waiter.cancel()
 
     async def _drive(self, unit: WorkUnit) -> None:
-        """Run ``unit``, then the following units of its lane while they are due."""
+        """Run ``unit``, then the following units of its lane while they are due.
+
+        The store failing around a unit (recording its end or its retry) leaves the unit in
+        the table as it was: it runs again once the store is back (every unit is idempotent).
+        """
         current: WorkUnit | None = unit
         try:
             while current is not None:
@@ -167,8 +194,14 @@ class Scheduler:
                     following if following is not None and following.next_at <= self._clock()
                     else None
                 )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the loop's health says it, once per outage
+            self._health.failed("work", from_exception(exc, f"recording {unit.kind} work"), exc)
         finally:
             self._busy_units.discard(unit.id)
+            if current is not None:
+                self._busy_units.discard(current.id)
             if unit.lane is not None:
                 self._busy_lanes.discard(unit.lane)
             self._wakeup.set()
@@ -178,12 +211,15 @@ class Scheduler:
         kind = self._kinds.get(unit.kind)
         if kind is None:
             logger.error("work unit %d has unknown kind %r; dropped", unit.id, unit.kind)
-            await self._store.work.drop_work(unit.id)
+            await self._store.work.drop_work(unit)
             return True
         try:
             await kind.run(unit)
         except asyncio.CancelledError:
             raise
+        except Waiting as waiting:
+            await self._wait(unit, waiting)
+            return False
         except Exception as exc:  # noqa: BLE001 - classified right here, once
             error = from_exception(exc, unit.kind)
             if isinstance(error, TransientError):
@@ -196,6 +232,12 @@ class Scheduler:
             logger.debug("work unit %d (%s) was asked for again while it ran", unit.id,
                          unit.key)
         return True
+
+    async def _wait(self, unit: WorkUnit, waiting: Waiting) -> None:
+        await self._store.work.wait_work(unit, self._clock() + waiting.at_most, waiting.reason,
+                                         waiting.key)
+        logger.debug("%s (%s) waits for %s: %s", unit.kind, unit.key, waiting.key or "a while",
+                     waiting.reason)
 
     async def _postpone(self, unit: WorkUnit, error: TransientError) -> None:
         attempts = unit.attempts + 1

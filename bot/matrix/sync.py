@@ -2,7 +2,11 @@
 
 nio's ``sync_forever`` saves the token before callbacks run and dies when one raises. Here the
 batch is handed to ``handle`` first (which handles or durably queues every event), and only
-then is ``next_batch`` persisted. Errors back off exponentially, capped, and are logged.
+then is ``next_batch`` persisted. A batch whose handling failed for now (the store restarting)
+is kept and handed over again — not polled again, since nio has already taken in its keys and
+state — until it is handled; the position never moves past an event that was not. The loop
+runs under :func:`~bot.supervision.supervise`: failures of the homeserver or the store back
+off, are logged once per outage, and never end it.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from collections.abc import Awaitable, Callable
 
 from nio import AsyncClient, SyncResponse
 
+from bot.errors import from_exception, from_response
 from bot.metrics import Metrics
-from bot.retry import Backoff, sleep_or_stop
+from bot.retry import Backoff
 from bot.store import Store
+from bot.supervision import LoopHealth, supervise
 from bot.tasks import Stopped, unless_stopped
 
 logger = logging.getLogger(__name__)
@@ -23,8 +29,10 @@ logger = logging.getLogger(__name__)
 SYNC_TOKEN_KEY = "sync_token"
 BatchHandler = Callable[[SyncResponse, bool], Awaitable[None]]
 # Ask for long timelines so a burst between two polls rarely arrives "limited"; the router
-# backfills the gap when it still does.
-SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
+# backfills the gap when it still does. No presence: the bot reads none, and each presence
+# event costs nio a loop over every room.
+SYNC_FILTER = {"room": {"timeline": {"limit": 200}}, "presence": {"not_types": ["*"]}}
+_UNREAD = object()  # the saved position has not been read yet
 
 
 class SyncLoop:
@@ -48,6 +56,7 @@ class SyncLoop:
         metrics: Metrics | None = None,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
         fence: Callable[[], None] | None = None,
+        health: LoopHealth | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._client = client
@@ -57,64 +66,76 @@ class SyncLoop:
         self._backoff = backoff or Backoff(cap=60.0)
         self._on_recovered = on_recovered
         self._fence = fence or (lambda: None)
+        self._health = health or LoopHealth()
         self.first_sync_done = asyncio.Event()
         self.healthy = False
         self.last_sync_at: float | None = None
+        self._since: str | None | object = _UNREAD  # read from the store on the first round
+        self._catching_up = False
+        self._full_state = True  # nio does not persist rooms: the first sync must rebuild them
+        self._pending: SyncResponse | None = None  # polled, not handled yet
+        self._failures = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until ``stop`` is set."""
-        since = await self._store.values.get_value(SYNC_TOKEN_KEY)
-        catching_up = since is None
-        full_state = True  # nio does not persist rooms: the first sync must rebuild them
-        failures = 0
-        while not stop.is_set():
-            response = await self._poll(stop, since, full_state)
+        await supervise("sync", lambda: self._round(stop), stop, self._health, self._backoff)
+
+    async def _round(self, stop: asyncio.Event) -> None:
+        """One poll (unless a batch is still to be handled), its handling, the saved position."""
+        if self._since is _UNREAD:
+            since = await self._store.values.get_value(SYNC_TOKEN_KEY)
+            self._since, self._catching_up = since, since is None
+        if self._pending is None:
+            response = await self._poll(stop)
             if response is None:
-                break  # stopping: the position of the unfinished poll is simply not saved
-            if not isinstance(response, SyncResponse):
-                failures += 1
-                self.healthy = False
-                self._metrics.homeserver_error("sync")
-                delay = self._backoff.delay(failures, _retry_after(response))
-                logger.warning(
-                    "sync failed (%s); retrying in %.1f s (failure %d)",
-                    _describe(response),
-                    delay,
-                    failures,
-                )
-                await sleep_or_stop(stop, delay)
-                continue
-            if failures:
-                logger.info("sync recovered after %d failures", failures)
+                return  # stopping: the position of the unfinished poll is simply not saved
+            self._pending = response
+            self.healthy = True
+            if self._failures:
+                logger.info("sync recovered after %d failures", self._failures)
+                self._failures = 0
                 if self._on_recovered is not None:
                     await self._on_recovered()  # the homeserver is back: waiting work goes now
-            failures = 0
-            self.healthy = True
             await self._crypto_housekeeping()
-            await self._handle(response, catching_up)
-            self._fence()  # a leader deposed meanwhile must not move the shared position
-            await self._store.values.set_value(SYNC_TOKEN_KEY, response.next_batch)
-            since = response.next_batch
-            full_state = False
-            catching_up = False
-            self.last_sync_at = asyncio.get_running_loop().time()
-            self._metrics.synced()
-            self.first_sync_done.set()
+        response = self._pending
+        await self._handle(response, self._catching_up)
+        self._fence()  # a leader deposed meanwhile must not move the shared position
+        await self._store.values.set_value(SYNC_TOKEN_KEY, response.next_batch)
+        self._pending = None
+        self._since = response.next_batch
+        self._full_state = False
+        self._catching_up = False
+        self.last_sync_at = asyncio.get_running_loop().time()
+        self._metrics.synced()
+        self._health.progressed("sync")
+        self.first_sync_done.set()
 
-    async def _poll(self, stop: asyncio.Event, since: str | None, full_state: bool) -> object:
-        """One sync request; None when ``stop`` came first, a failure returned, not raised."""
+    async def _poll(self, stop: asyncio.Event) -> SyncResponse | None:
+        """One sync request; None when ``stop`` came first. A failure is raised classified
+        (the supervisor backs off and logs it once per outage)."""
+        since = self._since if isinstance(self._since, str) else None
         request = self._client.sync(
-            timeout=0 if full_state else self._poll_timeout_ms,
+            timeout=0 if self._full_state else self._poll_timeout_ms,
             since=since,
-            full_state=full_state,
+            full_state=self._full_state,
             sync_filter=SYNC_FILTER,
         )
         try:
-            return await unless_stopped(request, stop)
+            response = await unless_stopped(request, stop)
         except Stopped:
             return None
-        except Exception as exc:  # noqa: BLE001 - network trouble: log and retry
-            return exc
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            self._failed()
+            raise from_exception(exc, "syncing") from exc
+        if not isinstance(response, SyncResponse):
+            self._failed()
+            raise from_response(response, "syncing")
+        return response
+
+    def _failed(self) -> None:
+        self._failures += 1
+        self.healthy = False
+        self._metrics.homeserver_error("sync")
 
     async def _crypto_housekeeping(self) -> None:
         try:
@@ -134,19 +155,3 @@ async def maintain_keys(client: AsyncClient) -> None:
     if client.should_claim_keys:
         await client.keys_claim(client.get_users_for_key_claiming())
     await client.send_to_device_messages()
-
-
-def _retry_after(response: object) -> float | None:
-    """The wait a 429 answer asked for, in seconds."""
-    retry_after_ms = getattr(response, "retry_after_ms", None)
-    if isinstance(retry_after_ms, int | float) and not isinstance(retry_after_ms, bool):
-        return max(0.0, retry_after_ms / 1000.0)
-    return None
-
-
-def _describe(response: object) -> str:
-    if isinstance(response, BaseException):
-        return f"{type(response).__name__}: {response}" if str(response) else repr(response)
-    message = getattr(response, "message", None)
-    status = getattr(response, "status_code", None)
-    return f"{status}: {message}" if message else repr(response)

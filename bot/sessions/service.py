@@ -20,7 +20,7 @@ from nio import (
 from bot import render
 from bot.attachments.text import strip_invisible
 from bot.config import Config
-from bot.errors import PermanentError, TransientError
+from bot.errors import PermanentError, Waiting
 from bot.matrix.client import Sender, call
 from bot.matrix.roomkeys import forget_keys_of_left_rooms, forget_room_keys
 from bot.matrix.rooms import RoomDirectory
@@ -36,10 +36,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # How often a send into a room that holds a stranger looks again (the kick is under way).
-STRANGER_RECHECK = 2.0
+# A removal nobody announces (refused; they left while the bot was away) is looked at again
+# this often; a removal the bot makes, or a leave it sees, wakes the waiting work at once.
+STRANGER_RECHECK = 30.0
 # Close reasons after which nothing is posted in the customer room: nobody reads it any more,
 # or the bot may not write there.
 CUSTOMER_ROOM_GONE = frozenset({"customer_left", "bot_removed"})
+
+
+def kick_key(room_id: str, user_id: str) -> str:
+    """The key of the unit removing ``user_id`` from ``room_id`` (what the room's sends wait
+    for; also woken when they leave by themselves)."""
+    return f"kick:{room_id}:{user_id}"
 # The reason pending offers expire with when their chat ends.
 ENDED_REASON = "the chat ended"
 
@@ -74,10 +82,11 @@ class SessionService:
         work.register("send", self._run_send, self._send_failed)
         work.register("close", self._run_close)
         work.register("leave", self._run_leave)
-        work.register("kick", self._run_kick)
+        work.register("kick", self._run_kick, self._kick_failed)
         work.register("refuse", self._run_refuse)
         sender.guard = self.guard_room
         self.panels: PanelService | None = None  # set by the composition root
+        self._kicks_refused: set[tuple[str, str]] = set()  # (room, user) the bot may not kick
 
     @property
     def own_user_id(self) -> str:
@@ -126,7 +135,7 @@ class SessionService:
         """Queue the removal of someone who is not an agent from the agent room."""
         assert session.agent_room is not None
         await self._work.submit(
-            "kick", f"kick:{session.agent_room}:{user_id}",
+            "kick", kick_key(session.agent_room, user_id),
             {"session": session.id, "room": session.agent_room, "user": user_id},
             handled_event=handled_event,
         )
@@ -141,16 +150,21 @@ class SessionService:
         if not strangers:
             return
         for user_id in strangers:
-            await self.remove_stranger(session, user_id)
-        raise TransientError(
+            if (room_id, user_id) not in self._kicks_refused:
+                await self.remove_stranger(session, user_id)
+        # Woken when the removal is done, or when they leave by themselves (the router wakes
+        # the same key): the message goes at once, not at the next poll.
+        first = sorted(strangers)[0]
+        raise Waiting(
             f"the agent room holds {', '.join(sorted(strangers))}, who is not an agent; "
             "waiting until they are removed",
-            retry_after=STRANGER_RECHECK,
+            key=kick_key(room_id, first), at_most=STRANGER_RECHECK,
         )
 
     async def _run_kick(self, unit: WorkUnit) -> None:
         room_id, user_id = unit.payload["room"], unit.payload["user"]
         if await self._membership(room_id, user_id) not in ("join", "invite", "knock"):
+            self._forget_member(room_id, user_id)
             return  # gone already: the purpose of the kick is met
         logger.warning("session %s: removing %s (not an agent) from the agent room %s",
                        unit.payload["session"], user_id, room_id)
@@ -158,6 +172,24 @@ class SessionService:
                    self._client.room_kick(room_id, user_id,
                                           reason="Only support agents may be in this room"),
                    RoomKickResponse)
+        self._kicks_refused.discard((room_id, user_id))
+        self._forget_member(room_id, user_id)
+
+    def _forget_member(self, room_id: str, user_id: str) -> None:
+        """Take a removed member out of nio's view of the room now: the messages waiting for
+        the removal check that view, and the sync bringing the kick may come later."""
+        room = self._client.rooms.get(room_id)
+        if room is not None and user_id in room.users:
+            room.remove_member(user_id)
+
+    async def _kick_failed(self, unit: WorkUnit, error: PermanentError) -> None:
+        """The bot may not remove them: what waits for the room keeps waiting (nothing may be
+        sent while a stranger could read it) until they leave; said once, not every retry."""
+        room_id, user_id = unit.payload["room"], unit.payload["user"]
+        self._kicks_refused.add((room_id, user_id))
+        logger.error("session %s: the bot may not remove %s from the agent room %s (%s); "
+                     "nothing is sent there until they leave or an admin removes them",
+                     unit.payload["session"], user_id, room_id, error.reason)
 
     async def _membership(self, room_id: str, user_id: str) -> str | None:
         """A user's membership of a room as the homeserver has it now."""
@@ -409,11 +441,12 @@ class SessionService:
             if room is not None
         ])
         count = 0
-        for room_id in list(self._client.rooms):
-            found = await self._store.sessions.session_for_room(room_id)
-            if found is None or found[0].state is not SessionState.CLOSED:
+        # One query for every joined room, not one per room: a bot in thousands of rooms
+        # starts in the same time as a bot in one.
+        found = await self._store.sessions.sessions_for_rooms(list(self._client.rooms))
+        for room_id, (session, side) in found.items():
+            if session.state is not SessionState.CLOSED:
                 continue
-            session, side = found
             if side is Side.AGENT and not self._config.retention.leave_closed_rooms:
                 continue
             await self.leave(session, room_id)
@@ -424,10 +457,15 @@ class SessionService:
         room_id = unit.payload["room"]
         session_id = unit.payload.get("session")
         if session_id is not None:
-            if not await self._store.sessions.session_settled(session_id):
-                # The offers' final edits still need the rooms.
-                raise TransientError(f"session {session_id} still has offers to settle",
-                                     retry_after=1.0)
+            unsettled = await self._store.offers.unsettled_offers(session_id)
+            if unsettled:
+                # The offers' final edits still need the rooms: look after them (each has a
+                # unit for sure) and wait for the first, woken when its unit ends.
+                assert self.offers is not None
+                for offer in unsettled:
+                    await self.offers.schedule(offer.id)
+                raise Waiting(f"session {session_id} still has offers to settle",
+                              key=f"offer:{unsettled[0].id}", at_most=30.0)
             found = await self._store.sessions.session_for_room(room_id)
             session = await self._store.sessions.get_session(session_id)
             if found is not None and found[0].id != session_id:

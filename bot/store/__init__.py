@@ -21,11 +21,12 @@ from typing import Any
 
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.store.db import Database, Row, connect, redact_url
-from bot.store.migrations import SchemaTooNew, migrate
+from bot.store.migrations import SchemaMismatch, SchemaTooNew, check_version, migrate
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DELIVERY_RECORDS_KEPT", "Store", "Session", "SessionState", "Side", "SchemaTooNew",
+           "SchemaMismatch",
            "LogEntry", "WorkUnit", "Panel", "Database", "redact_url"]
 
 
@@ -86,6 +87,7 @@ class WorkUnit:
     next_at: float
     last_error: str | None
     created_at: float
+    waits_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ def _work_from_row(row: Row) -> WorkUnit:
         next_at=row["next_at"],
         last_error=row["last_error"],
         created_at=row["created_at"],
+        waits_for=row["waits_for"],
     )
 
 
@@ -236,14 +239,6 @@ class Sessions(_Concern):
                                name, session_id)
         return await self.get_session(session_id)
 
-    async def session_settled(self, session_id: int) -> bool:
-        """Whether every offer of a session has carried out what its state owes."""
-        n = await self._db.fetchval(
-            "SELECT COUNT(*) AS n FROM offers WHERE session_id = ? AND "
-            "(settled_state IS NULL OR settled_state != state)", session_id
-        )
-        return int(n) == 0
-
     async def close_session(self, session_id: int, reason: str) -> bool:
         """Close an open session; False when it was already closed."""
         changed = await self._db.execute(
@@ -261,17 +256,40 @@ class Sessions(_Concern):
         return _session_from_row(row)
 
     async def session_for_room(self, room_id: str) -> tuple[Session, Side] | None:
-        """The session a room belongs to, and which side it is, if any."""
+        """The session a room belongs to, and which side it is, if any.
+
+        Runs for every event: one lookup per side, each on its own index (an ``OR`` with
+        ``ORDER BY id`` made PostgreSQL walk the primary key instead).
+        """
         row = await self._db.fetchrow(
-            "SELECT * FROM sessions WHERE customer_room = ? OR agent_room = ? "
-            "ORDER BY id DESC LIMIT 1",
-            room_id, room_id,
+            "SELECT * FROM sessions WHERE customer_room = ? ORDER BY id DESC LIMIT 1", room_id
         )
+        if row is not None:
+            return _session_from_row(row), Side.CUSTOMER
+        row = await self._db.fetchrow("SELECT * FROM sessions WHERE agent_room = ?", room_id)
         if row is None:
             return None
-        session = _session_from_row(row)
-        side = Side.CUSTOMER if session.customer_room == room_id else Side.AGENT
-        return session, side
+        return _session_from_row(row), Side.AGENT
+
+    async def sessions_for_rooms(self, room_ids: Sequence[str],
+                                 chunk: int = 500) -> dict[str, tuple[Session, Side]]:
+        """:meth:`session_for_room` for many rooms at once (a few queries, not one a room)."""
+        found: dict[str, tuple[Session, Side]] = {}
+        for start in range(0, len(room_ids), chunk):
+            part = list(room_ids[start:start + chunk])
+            marks = ", ".join("?" for _ in part)
+            # Oldest first: a customer room's newest session is the one that counts.
+            rows = await self._db.fetch(
+                f"SELECT * FROM sessions WHERE customer_room IN ({marks}) "
+                f"OR agent_room IN ({marks}) ORDER BY id", *part, *part,
+            )
+            for row in rows:
+                session = _session_from_row(row)
+                if session.customer_room in part:
+                    found[session.customer_room] = (session, Side.CUSTOMER)
+                if session.agent_room is not None and session.agent_room in part:
+                    found[session.agent_room] = (session, Side.AGENT)
+        return found
 
     async def sessions(self, state: SessionState | None = None) -> list[Session]:
         """All sessions, or those in one state, oldest first."""
@@ -507,12 +525,16 @@ class Offers(_Concern):
         return [LogEntry(offer=_offer_from_row(row), transitions=tuple(steps.get(row["id"], ())))
                 for row in rows]
 
-    async def unsettled_offers(self) -> list[Offer]:
-        """Offers whose current state still has side effects to carry out (resumed at start)."""
-        rows = await self._db.fetch(
-            "SELECT * FROM offers WHERE settled_state IS NULL OR settled_state != state "
-            "ORDER BY id"
-        )
+    async def unsettled_offers(self, session_id: int | None = None) -> list[Offer]:
+        """Offers (of one session) whose current state still has side effects to carry out."""
+        unsettled = "(settled_state IS NULL OR settled_state != state)"
+        if session_id is None:
+            rows = await self._db.fetch(f"SELECT * FROM offers WHERE {unsettled} ORDER BY id")
+        else:
+            rows = await self._db.fetch(
+                f"SELECT * FROM offers WHERE session_id = ? AND {unsettled} ORDER BY id",
+                session_id,
+            )
         return [_offer_from_row(row) for row in rows]
 
     async def mark_settled(self, offer_id: int, state: OfferState) -> None:
@@ -555,7 +577,7 @@ class Work(_Concern):
             await db.execute(
                 "INSERT INTO work(kind, key, lane, payload, next_at, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-                "generation = work.generation + 1, next_at = CASE "
+                "generation = work.generation + 1, waits_for = NULL, next_at = CASE "
                 "WHEN excluded.next_at < work.next_at THEN excluded.next_at "
                 "ELSE work.next_at END",
                 kind, key, lane, json.dumps(payload), at, at,
@@ -591,14 +613,46 @@ class Work(_Concern):
         return None if at is None else float(at)
 
     async def finish_work(self, unit: WorkUnit) -> bool:
-        """Remove a unit that is done, unless more was asked of it while it ran (then False)."""
-        return await self._db.execute(
-            "DELETE FROM work WHERE id = ? AND generation = ?", unit.id, unit.generation
-        ) == 1
+        """Remove a unit that is done, unless more was asked of it while it ran (then False).
 
-    async def drop_work(self, unit_id: int) -> None:
+        Either way its run is over: the units waiting for it are woken.
+        """
+        db = self._db
+        async with db.transaction():
+            done = await db.execute(
+                "DELETE FROM work WHERE id = ? AND generation = ?", unit.id, unit.generation
+            ) == 1
+            await self.wake_work(unit.key)
+        return done
+
+    async def drop_work(self, unit: WorkUnit) -> None:
         """Remove a unit whatever was asked of it since (it can never succeed)."""
-        await self._db.execute("DELETE FROM work WHERE id = ?", unit_id)
+        db = self._db
+        async with db.transaction():
+            await db.execute("DELETE FROM work WHERE id = ?", unit.id)
+            await self.wake_work(unit.key)
+
+    async def wake_work(self, key: str, now: float | None = None) -> int:
+        """Make the units waiting for ``key`` due now; returns how many."""
+        return await self._db.execute(
+            "UPDATE work SET next_at = ?, waits_for = NULL WHERE waits_for = ?",
+            time.time() if now is None else now, key,
+        )
+
+    async def wait_work(self, unit: WorkUnit, until: float, why: str,
+                        waits_for: str | None) -> None:
+        """Park a unit until ``waits_for`` finishes (or ``until`` at the latest).
+
+        Not a failure: its attempts stay as they are. A unit asked for again while it ran is
+        due at once instead.
+        """
+        await self._db.execute(
+            "UPDATE work SET last_error = ?, "
+            "waits_for = CASE WHEN generation = ? THEN ? ELSE NULL END, "
+            "next_at = CASE WHEN generation = ? THEN ? WHEN next_at < ? THEN next_at "
+            "ELSE ? END WHERE id = ?",
+            why, unit.generation, waits_for, unit.generation, until, until, until, unit.id,
+        )
 
     async def postpone_work(self, unit: WorkUnit, next_at: float, error: str) -> None:
         """Record a failed attempt and when to try again (at once if re-asked meanwhile)."""
@@ -728,20 +782,28 @@ class Outbox(_Concern):
         db = self._db
         handled = await db.execute("DELETE FROM handled_events WHERE handled_at < ?",
                                    older_than)
-        rows = await db.fetch(
-            "SELECT txn_id FROM outbox WHERE created_at < ? LIMIT ?", older_than, batch
-        )
-        done: list[str] = []
-        for row in rows:
-            owner = outbox_owner(row["txn_id"])
-            if owner is None or not await self._owner_busy(*owner):
-                done.append(row["txn_id"])
-        for start in range(0, len(done), 500):
-            chunk = done[start:start + 500]
-            await db.execute(
-                f"DELETE FROM outbox WHERE txn_id IN ({', '.join('?' for _ in chunk)})", *chunk
+        removed = 0
+        after = ""  # pages by txn id, so rows that must be kept never hide the others
+        while True:
+            rows = await db.fetch(
+                "SELECT txn_id FROM outbox WHERE created_at < ? AND txn_id > ? "
+                "ORDER BY txn_id LIMIT ?", older_than, after, batch
             )
-        return handled, len(done)
+            if not rows:
+                return handled, removed
+            after = rows[-1]["txn_id"]
+            done: list[str] = []
+            for row in rows:
+                owner = outbox_owner(row["txn_id"])
+                if owner is None or not await self._owner_busy(*owner):
+                    done.append(row["txn_id"])
+            for start in range(0, len(done), 500):
+                chunk = done[start:start + 500]
+                await db.execute(
+                    f"DELETE FROM outbox WHERE txn_id IN ({', '.join('?' for _ in chunk)})",
+                    *chunk,
+                )
+            removed += len(done)
 
     async def _owner_busy(self, kind: str, owner_id: int) -> bool:
         if kind == "offer":
@@ -770,17 +832,22 @@ class Store:
 
     @classmethod
     async def open(cls, database: str | Path | None = None, data_dir: Path | None = None, *,
-                   password: str | None = None) -> Store:
+                   password: str | None = None, upgrade: bool = True) -> Store:
         """Open (creating and migrating as needed) the store a ``database`` setting names.
 
         None: the SQLite file ``data_dir/parcel.db``; a path: that SQLite file; a
         ``postgresql://`` URL: that database (``password`` wins over the URL's). An unreachable
         PostgreSQL raises :class:`~bot.errors.TransientError`; a refused login or a missing
         database :class:`~bot.errors.PermanentError`; a newer schema :class:`SchemaTooNew`.
+        With ``upgrade=False`` (tools that only read, beside a running bot) the schema is
+        left as it is, and one that is not the current version raises :class:`SchemaMismatch`.
         """
         db = await connect(database, data_dir, password)
         try:
-            await migrate(db)
+            if upgrade:
+                await migrate(db)
+            else:
+                await check_version(db)
         except BaseException:
             await db.close()
             raise

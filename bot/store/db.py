@@ -17,14 +17,20 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bot.errors import PermanentError, TransientError
+from bot.errors import (
+    PermanentError,
+    TransientError,
+    WorkError,
+    from_database,
+    is_database_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,24 @@ def redact_url(url: str) -> str:
     if port is not None:
         netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@contextmanager
+def _classified() -> Iterator[None]:
+    """Turn a driver's exception (or a socket error reaching the server) into a WorkError.
+
+    Raised at this edge, a PostgreSQL restart's ``ConnectionRefusedError`` or SQLite's
+    "database is locked" is a transient *database* failure, never mistaken for the homeserver's
+    or for a bug. Errors already classified (from work inside a transaction) pass through.
+    """
+    try:
+        yield
+    except WorkError:
+        raise
+    except Exception as exc:
+        if not is_database_error(exc) and not isinstance(exc, OSError | TimeoutError):
+            raise  # a bug in the work inside a transaction stays what it is
+        raise from_database(exc, "the store") from exc
 
 
 class Database:
@@ -163,16 +187,20 @@ class SQLiteDatabase(Database):
         return self._conn
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return self._conn.execute(sql, args).rowcount
+        with _classified():
+            return self._conn.execute(sql, args).rowcount
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        self._conn.executemany(sql, args)
+        with _classified():
+            self._conn.executemany(sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return self._conn.execute(sql, args).fetchall()
+        with _classified():
+            return self._conn.execute(sql, args).fetchall()
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        row: Row | None = self._conn.execute(sql, args).fetchone()
+        with _classified():
+            row: Row | None = self._conn.execute(sql, args).fetchone()
         return row
 
     @asynccontextmanager
@@ -181,15 +209,18 @@ class SQLiteDatabase(Database):
             yield
             return
         async with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            with _classified():
+                self._conn.execute("BEGIN IMMEDIATE")
             token = self._in_transaction.set(True)
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             else:
-                self._conn.execute("COMMIT")
+                with _classified():
+                    self._conn.execute("COMMIT")
             finally:
                 self._in_transaction.reset(token)
 
@@ -305,23 +336,27 @@ class PostgresDatabase(Database):
     async def execute(self, sql: str, *args: Any) -> int:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        return _rowcount(await target.execute(self._translate(sql), *_args(args)))
+        with _classified():
+            return _rowcount(await target.execute(self._translate(sql), *_args(args)))
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        await target.executemany(self._translate(sql), [_args(a) for a in args])
+        with _classified():
+            await target.executemany(self._translate(sql), [_args(a) for a in args])
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        rows: list[Row] = await target.fetch(self._translate(sql), *_args(args))
+        with _classified():
+            rows: list[Row] = await target.fetch(self._translate(sql), *_args(args))
         return rows
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         conn = self._conn.get()
         target = conn if conn is not None else self._pool
-        row: Row | None = await target.fetchrow(self._translate(sql), *_args(args))
+        with _classified():
+            row: Row | None = await target.fetchrow(self._translate(sql), *_args(args))
         return row
 
     @asynccontextmanager
@@ -329,12 +364,15 @@ class PostgresDatabase(Database):
         if self._conn.get() is not None:
             yield
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            token = self._conn.set(conn)
-            try:
-                yield
-            finally:
-                self._conn.reset(token)
+        # Errors of the work inside pass through as they are; those of acquiring, beginning
+        # and committing are the database's, classified like every query's.
+        with _classified():
+            async with self._pool.acquire() as conn, conn.transaction():
+                token = self._conn.set(conn)
+                try:
+                    yield
+                finally:
+                    self._conn.reset(token)
 
     async def serialize(self, key: str) -> None:
         await self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", key)

@@ -200,11 +200,42 @@ MIGRATIONS: list[str | PerDialect] = [
         shown_version INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 7: a unit that waits for another one (by its key) is woken when that one finishes,
+    # instead of polling; a customer room's sessions found by an index that also orders them
+    # (the lookup on every event took the newest session by scanning).
+    """
+    ALTER TABLE work ADD COLUMN waits_for TEXT;
+    CREATE INDEX work_waits_for ON work(waits_for);
+    CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
+    """,
 ]
 
 
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer Parcel; refusing to touch it."""
+
+
+class SchemaMismatch(RuntimeError):
+    """A reading tool found the store at another schema version than this Parcel's."""
+
+
+async def check_version(db: Database) -> int:
+    """The schema version, which must be this Parcel's: for tools that never change the store
+    (they may run beside a bot of another version, whose store they must not upgrade)."""
+    async with db.transaction():
+        current = await db.schema_version()
+    if current > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"the store has schema version {current}, but this Parcel knows only up to "
+            f"{len(MIGRATIONS)}: use the Parcel that runs the bot"
+        )
+    if current < len(MIGRATIONS):
+        raise SchemaMismatch(
+            f"the store has schema version {current}, older than this Parcel's "
+            f"{len(MIGRATIONS)}: start the bot of this version once (it upgrades the store), "
+            "or use the Parcel that runs the bot; reading tools never change the store"
+        )
+    return current
 
 
 def statements(migration: str | PerDialect, db: Database) -> list[str]:

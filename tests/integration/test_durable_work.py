@@ -296,3 +296,58 @@ async def test_a_closed_encrypted_session_forgets_its_room_keys(start_chat) -> N
     await chat.bot.stop()
     await chat.bot.start()
     assert held_room_keys(chat, chat.customer_room) == (0, 0)
+
+
+class BrieflyDown:
+    """One store method failing as PostgreSQL's connections do while it restarts, for the
+    first ``times`` calls, then working again."""
+
+    def __init__(self, owner: object, name: str, times: int) -> None:
+        import asyncpg
+
+        from bot.errors import from_database
+
+        self.left = times
+        original = getattr(owner, name)
+
+        async def failing(*args, **kwargs):
+            if self.left > 0:
+                self.left -= 1
+                raise from_database(asyncpg.AdminShutdownError(
+                    "terminating connection due to administrator command"), "the store")
+            return await original(*args, **kwargs)
+
+        setattr(owner, name, failing)
+
+
+async def test_an_event_whose_handling_failed_is_handled_later_exactly_once(
+    start_chat, caplog
+) -> None:
+    """The store failing while a text is relayed and while a file's offer is recorded delays
+    those events, never loses them: the sync position does not pass them, the batch is handed
+    over again, and each reaches the agents exactly once."""
+    chat: Chat = await start_chat()
+    await chat.open_session()
+    agent, customer = chat.agent, chat.customer
+    store = store_of(chat)
+    relay_fails = BrieflyDown(store.work, "submit_work", times=3)
+    await customer.say(chat.customer_room, "said while the store restarts")
+    await agent.until(lambda: "Carol: said while the store restarts"
+                      in agent.bodies(chat.agent_room), "the relayed text", timeout=60)
+    assert relay_fails.left == 0
+    offer_fails = BrieflyDown(store.offers, "create_offer", times=2)
+    await customer.send_file(chat.customer_room, samples.png(), "photo.png", "image/png")
+    await agent.until(lambda: agent.offer_named(chat.agent_room, "photo.png"),
+                      "the offer recorded after the store came back", timeout=60)
+    assert offer_fails.left == 0
+    await customer.say(chat.customer_room, "and after")
+    await agent.until(lambda: "Carol: and after" in agent.bodies(chat.agent_room),
+                      "the text after", timeout=60)
+    bodies = agent.bodies(chat.agent_room)
+    assert bodies.count("Carol: said while the store restarts") == 1
+    cards = [e for e in agent.offers(chat.agent_room)
+             if e["content"]["io.parcel.offer"]["filename"] == "photo.png"]
+    assert len(cards) == 1, f"{len(cards)} offer cards for one upload"
+    assert len(await store.offers.session_offers(
+        (await store.sessions.sessions())[-1].id)) == 1
+    assert any("sync loop recovered" in r.getMessage() for r in caplog.records)

@@ -1134,3 +1134,16 @@ def test_secrets_at_rest_are_masked_in_the_summary() -> None:
     assert summary["encryption_key"] == "***" and summary["metrics"]["token"] == "***"
     text = json.dumps(summary) + repr(config)
     assert LONG_KEY not in text and "tok-tok" not in text
+
+
+def test_secrets_never_show_in_the_configs_repr() -> None:
+    """A Config printed or logged (a traceback's locals, a debug line) shows no secret."""
+    config = config_from(
+        "access_token: syt_secret_token\ndatabase: postgresql://parcel@db/parcel",
+        {"PARCEL_PASSWORD": "hunter2-secret", "PARCEL_DATABASE_PASSWORD": "pg-secret",
+         "PARCEL_ENCRYPTION_KEY": "k" * 44},
+    )
+    shown = repr(config)
+    for secret in ("hunter2-secret", "syt_secret_token", "pg-secret"):
+        assert secret not in shown
+    assert "homeserver=" in shown

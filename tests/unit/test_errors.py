@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
+import asyncpg
+import peewee
+import psycopg
 import pytest
 
-from bot.errors import PermanentError, TransientError, from_exception, from_http, from_response
+from bot.errors import (
+    PermanentError,
+    Source,
+    TransientError,
+    from_database,
+    from_exception,
+    from_http,
+    from_response,
+)
 
 # (HTTP status, errcode, retry_after_ms) -> (transient?, permanent code, retry_after seconds)
 HTTP_CASES = [
@@ -98,3 +113,120 @@ def test_classified_errors_pass_through_unchanged() -> None:
     """An error classified where it was raised is not classified again."""
     original = PermanentError("too big", code="M_TOO_LARGE")
     assert from_exception(original, "anything") is original
+
+
+def _sqlite_locked() -> sqlite3.OperationalError:
+    """A real "database is locked" from SQLite: a second writer while the first holds the lock."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.db"
+        first = sqlite3.connect(path, isolation_level=None)
+        second = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            first.execute("CREATE TABLE t (x INTEGER)")
+            first.execute("BEGIN IMMEDIATE")
+            try:
+                second.execute("INSERT INTO t VALUES (1)")
+            except sqlite3.OperationalError as exc:
+                return exc
+            raise AssertionError("the second writer was not refused")
+        finally:
+            first.close()
+            second.close()
+
+
+def _sqlite_syntax() -> sqlite3.OperationalError:
+    try:
+        sqlite3.connect(":memory:").execute("SELEC 1")
+    except sqlite3.OperationalError as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def _peewee_wrapped(inner: Exception) -> Exception:
+    """What nio's crypto store raises: peewee's wrapper around the driver's exception."""
+    try:
+        with peewee.ExceptionWrapper(peewee.EXCEPTIONS):
+            raise inner
+    except peewee.PeeweeException as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+# (exception, what it is) -> transient?, source. Written out here, one row per failure mode.
+DATABASE_CASES = [
+    # PostgreSQL through asyncpg: a restart or failover under in-flight queries.
+    (asyncpg.AdminShutdownError("terminating connection"), True, Source.DATABASE),
+    (asyncpg.CrashShutdownError("crash"), True, Source.DATABASE),
+    (asyncpg.CannotConnectNowError("starting up"), True, Source.DATABASE),
+    (asyncpg.ConnectionDoesNotExistError("closed"), True, Source.DATABASE),
+    (asyncpg.InternalClientError("another operation is in progress"), True, Source.DATABASE),
+    (asyncpg.InterfaceError("connection is closed"), True, Source.DATABASE),
+    (asyncpg.SerializationError("could not serialize"), True, Source.DATABASE),
+    (asyncpg.DeadlockDetectedError("deadlock"), True, Source.DATABASE),
+    (asyncpg.TooManyConnectionsError("too many"), True, Source.DATABASE),
+    (asyncpg.QueryCanceledError("statement timeout"), True, Source.DATABASE),
+    (asyncpg.ReadOnlySQLTransactionError("read-only"), True, Source.DATABASE),
+    (asyncpg.LockNotAvailableError("lock"), True, Source.DATABASE),
+    (asyncpg.UniqueViolationError("duplicate"), False, Source.DATABASE),
+    (asyncpg.PostgresSyntaxError("syntax"), False, Source.DATABASE),
+    (asyncpg.UndefinedTableError("no table"), False, Source.DATABASE),
+    # PostgreSQL through psycopg (nio's crypto store), bare or wrapped by peewee.
+    (psycopg.OperationalError("server closed the connection"), True, Source.DATABASE),
+    (psycopg.errors.AdminShutdown("terminating"), True, Source.DATABASE),
+    (psycopg.errors.SerializationFailure("serialize"), True, Source.DATABASE),
+    (psycopg.errors.UniqueViolation("duplicate"), False, Source.DATABASE),
+    (_peewee_wrapped(psycopg.OperationalError("gone")), True, Source.DATABASE),
+    (_peewee_wrapped(psycopg.errors.UndefinedColumn("no column")), False, Source.DATABASE),
+    # SQLite.
+    (_sqlite_locked(), True, Source.DATABASE),
+    (_sqlite_syntax(), False, Source.DATABASE),
+    (sqlite3.IntegrityError("UNIQUE constraint failed"), False, Source.DATABASE),
+]
+
+
+@pytest.mark.parametrize(("exc", "transient", "source"), DATABASE_CASES,
+                         ids=[type(case[0]).__name__ for case in DATABASE_CASES])
+def test_database_failures_are_classified(exc: Exception, transient: bool,
+                                          source: Source) -> None:
+    """A restart, failover, lock or conflict is transient; a bad statement is permanent;
+    both are the database's, never the homeserver's."""
+    error = from_exception(exc, "saving x")
+    assert isinstance(error, TransientError) is transient
+    assert isinstance(error, PermanentError) is not transient
+    assert error.source is source
+    assert "homeserver" not in error.reason
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/data/media/offer-3.part"), True,
+         "data_dir is full (/data/media/offer-3.part); free some space"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True, "data_dir is full"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/media"), False,
+         "may not write there (/data/media)"),
+        (OSError(errno.EROFS, "Read-only file system", "/data"), False,
+         "check data_dir's owner and permissions"),
+        (FileNotFoundError(errno.ENOENT, "No such file", "/data/media/offer-3"), False,
+         "local file error (/data/media/offer-3)"),
+        (OSError(errno.EIO, "Input/output error", "/data/parcel.db"), False, "local file error"),
+    ],
+)
+def test_local_disk_failures_say_what_an_admin_can_do(exc: OSError, transient: bool,
+                                                      expected: str) -> None:
+    """A full disk waits for space; a permission or I/O problem ends the work; both are the
+    disk's, with words an admin can act on, never "the homeserver could not be reached"."""
+    error = from_exception(exc, "downloading report.pdf")
+    assert isinstance(error, TransientError) is transient
+    assert error.source is Source.DISK
+    assert expected in error.reason
+    assert "homeserver" not in error.reason
+
+
+def test_a_refused_database_connection_at_the_store_edge_is_the_database() -> None:
+    """The store classifies its own socket errors: PostgreSQL down is not the homeserver."""
+    error = from_database(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+                          "the store")
+    assert isinstance(error, TransientError)
+    assert error.source is Source.DATABASE
+    assert error.reason == "the store: the database is unavailable ([Errno 111] Connection refused)"

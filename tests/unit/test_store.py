@@ -19,8 +19,17 @@ import pytest_asyncio
 import bot.store as store_module
 from bot.attachments.model import TRANSITIONS, Direction, Offer, OfferState
 from bot.devdb import PostgresServer
-from bot.errors import PermanentError, TransientError
-from bot.store import SchemaTooNew, SessionState, Side, Store, WorkUnit, outbox_owner, session_lane
+from bot.errors import PermanentError, Source, TransientError
+from bot.store import (
+    SchemaMismatch,
+    SchemaTooNew,
+    SessionState,
+    Side,
+    Store,
+    WorkUnit,
+    outbox_owner,
+    session_lane,
+)
 from bot.store import migrations as migrations_module
 from bot.store.db import Database, connect, redact_url
 from bot.store.migrations import MIGRATIONS, migrate, statements
@@ -136,10 +145,10 @@ async def test_migrations_create_the_schema(store: Store) -> None:
 
 
 async def test_migrations_set_the_schema_version(store: Store) -> None:
-    """After opening, the schema version is the number of known migrations (6)."""
-    assert len(MIGRATIONS) == 6
+    """After opening, the schema version is the number of known migrations (7)."""
+    assert len(MIGRATIONS) == 7
     async with store.transaction():
-        assert await store.db.schema_version() == 6
+        assert await store.db.schema_version() == 7
 
 
 def test_sqlite_keeps_its_version_in_user_version(db_path: Path) -> None:
@@ -147,7 +156,7 @@ def test_sqlite_keeps_its_version_in_user_version(db_path: Path) -> None:
     asyncio.run(_open_and_close(db_path))
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
     finally:
         conn.close()
 
@@ -182,10 +191,10 @@ async def test_reopening_is_idempotent_and_keeps_data(store_database: Path | str
     for _ in range(2):
         again = await Store.open(store_database)
         async with again.transaction():
-            assert await again.db.schema_version() == 6
+            assert await again.db.schema_version() == 7
         assert (await again.sessions.get_session(session_id)).agent_room == AGENT_ROOM
         assert await again.values.get_value("sync_token") == "s1"
-        assert await migrate(again.db) == 6
+        assert await migrate(again.db) == 7
         await again.close()
 
 
@@ -195,12 +204,14 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
     await _open_and_close(store_database)
     broken = "CREATE TABLE half_done (x INTEGER); CREATE TABLE broken ("
     monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, broken])
-    with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
+    with pytest.raises(PermanentError) as raised:
         await Store.open(store_database)
+    assert raised.value.source is Source.DATABASE
+    assert isinstance(raised.value.__cause__, sqlite3.Error | asyncpg.PostgresError)
     db = await connect(store_database)
     try:
         async with db.transaction():
-            assert await db.schema_version() == 6
+            assert await db.schema_version() == 7
         assert "half_done" not in await db.table_names()
     finally:
         await db.close()
@@ -209,7 +220,7 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
 async def test_an_old_sqlite_file_and_a_fresh_postgres_reach_the_same_schema(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """A version-1 SQLite file upgraded and an empty PostgreSQL migrated end at version 6 with
+    """A version-1 SQLite file upgraded and an empty PostgreSQL migrated end at version 7 with
     the same tables and the same columns."""
     old = await at_version(tmp_path / "old.db", 1)
     await old.close()
@@ -218,7 +229,7 @@ async def test_an_old_sqlite_file_and_a_fresh_postgres_reach_the_same_schema(
     try:
         for store in (upgraded, fresh):
             async with store.transaction():
-                assert await store.db.schema_version() == 6
+                assert await store.db.schema_version() == 7
             assert await store.db.table_names() == EXPECTED_TABLES
         for table in sorted(EXPECTED_TABLES):
             sqlite_columns = [row[1] for row in await upgraded.db.fetch(
@@ -236,17 +247,17 @@ async def test_two_instances_opening_one_empty_postgres_migrate_it_once(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two stores opened at the same moment on one empty database: each migration runs once,
-    both end up open on version 6."""
+    both end up open on version 7."""
     caplog.set_level(logging.INFO, logger="bot.store.migrations")
     stores = await asyncio.gather(Store.open(postgres_url), Store.open(postgres_url))
     try:
         upgrades = [r.getMessage() for r in caplog.records
                     if r.getMessage().startswith("store schema upgraded")]
         assert [m.split(" (")[0] for m in upgrades] == [
-            f"store schema upgraded to version {n}" for n in range(1, 7)]
+            f"store schema upgraded to version {n}" for n in range(1, 8)]
         for store in stores:
             async with store.transaction():
-                assert await store.db.schema_version() == 6
+                assert await store.db.schema_version() == 7
     finally:
         for store in stores:
             await store.close()
@@ -393,6 +404,24 @@ async def test_session_for_room_prefers_the_newest_session(store: Store) -> None
     assert found is not None and found[0].id == new
     old_agent = await store.sessions.session_for_room(AGENT_ROOM)
     assert old_agent is not None and old_agent[0].id == old and old_agent[1] is Side.AGENT
+
+
+async def test_sessions_for_rooms_answers_like_session_for_room_for_each(store: Store) -> None:
+    """The many-rooms lookup (start-up's tidy-up) gives each room what session_for_room gives:
+    the newest session of a reused customer room, the side, nothing for unknown rooms."""
+    old = await open_session(store)
+    await store.sessions.close_session(old, "ended")
+    new = await open_session(store, agent_room="!agents-2:hs")
+    other = await open_session(store, "!b:hs", "!agents-b:hs")
+    rooms = [CUSTOMER_ROOM, AGENT_ROOM, "!agents-2:hs", "!b:hs", "!agents-b:hs", "!nobody:hs"]
+    found = await store.sessions.sessions_for_rooms(rooms, chunk=2)
+    assert {room: (session.id, side) for room, (session, side) in found.items()} == {
+        CUSTOMER_ROOM: (new, Side.CUSTOMER),
+        AGENT_ROOM: (old, Side.AGENT),
+        "!agents-2:hs": (new, Side.AGENT),
+        "!b:hs": (other, Side.CUSTOMER),
+        "!agents-b:hs": (other, Side.AGENT),
+    }
 
 
 async def test_get_session_unknown_raises_key_error(store: Store) -> None:
@@ -643,7 +672,7 @@ async def test_a_unit_asked_for_again_while_running_is_not_finished(store: Store
     assert left.next_at <= clock.now
     await store.work.postpone_work(running, clock.now + 50, "failed")  # re-asked: stays due now
     assert (await store.work.work_units())[0].next_at <= clock.now
-    await store.work.drop_work(left.id)
+    await store.work.drop_work(left)
     assert await store.work.work_units() == []
 
 
@@ -987,3 +1016,21 @@ async def test_panel_versions_track_what_the_message_shows(store: Store) -> None
     assert await store.panels.panels_behind() == []
     with pytest.raises(ValueError):
         await store.panels.update_panel(CUSTOMER_ROOM, version=9)
+
+
+async def test_a_reading_tool_never_upgrades_the_store(store_database: Path | str) -> None:
+    """``Store.open(upgrade=False)`` (``parcel-bot log``) refuses a store of another version
+    and leaves it exactly as it found it; the current version opens."""
+    old = await at_version(store_database, 1)
+    await old.close()
+    with pytest.raises(SchemaMismatch, match="schema version 1, older than this Parcel's 7"):
+        await Store.open(store_database, upgrade=False)
+    db = await connect(store_database)
+    try:
+        async with db.transaction():
+            assert await db.schema_version() == 1
+    finally:
+        await db.close()
+    await (await Store.open(store_database)).close()  # the bot upgrades it
+    reader = await Store.open(store_database, upgrade=False)
+    await reader.close()

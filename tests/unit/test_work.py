@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest_asyncio
 
-from bot.errors import PermanentError, TransientError
+from bot.errors import PermanentError, TransientError, Waiting, from_database
 from bot.metrics import Metrics
 from bot.retry import Backoff
 from bot.store import Store, WorkUnit
@@ -267,3 +269,80 @@ async def test_backlog_reports_waiting_units_and_retries_are_counted(store: Stor
         assert "parcel_work_units_waiting 2.0" in text
     finally:
         await runner.close()
+
+
+async def test_a_waiting_unit_is_woken_when_what_it_waits_for_finishes(store: Store,
+                                                                       running: Running) -> None:
+    """A unit that waits for another is parked without counting a failure, and runs as soon
+    as that unit finishes, long before its wait's bound."""
+    done: list[str] = []
+    opened = asyncio.Event()
+
+    async def relay(unit: WorkUnit) -> None:
+        if not opened.is_set():
+            raise Waiting("the agent room is not there yet", key="open:1", at_most=3600.0)
+        done.append(unit.key)
+
+    async def open_room(unit: WorkUnit) -> None:
+        await opened.wait()
+        done.append(unit.key)
+
+    running.scheduler.register("relay", relay)
+    running.scheduler.register("open", open_room)
+    await running.scheduler.submit("relay", "relay:1", {})
+    running.start()
+    await until(async_eq(lambda: _waits(store), [("relay:1", "open:1", 0)]), "the parked relay")
+    await running.scheduler.submit("open", "open:1", {})
+    opened.set()
+    await until(lambda: done == ["open:1", "relay:1"], "the relay woken by the room")
+    assert "parcel_homeserver_retries_total{" not in running.metrics.exposition().decode()
+
+
+async def _waits(store: Store) -> list[tuple[str, str | None, int]]:
+    return [(u.key, u.waits_for, u.attempts) for u in await store.work.work_units()]
+
+
+class FlakyWork:
+    """The store's work table failing for the next ``failures`` calls of the loop's queries,
+    as asyncpg fails while PostgreSQL restarts."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self.left = failures
+        self._due = store.work.due_work
+        store.work.due_work = self._due_work  # type: ignore[method-assign]
+
+    async def _due_work(self, now: float, limit: int) -> list[WorkUnit]:
+        if self.left > 0:
+            self.left -= 1
+            raise from_database(asyncpg.CannotConnectNowError("the database system is "
+                                                             "starting up"), "the store")
+        return await self._due(now, limit)
+
+
+async def test_the_loop_outlives_store_failures_and_reports_them(store: Store,
+                                                                caplog) -> None:
+    """Store errors fail rounds of the loop, never the loop: the outage is logged once, shown
+    by the loop's health, and work submitted meanwhile runs once the store answers."""
+    runner = Running(store)
+    done: list[str] = []
+
+    async def send(unit: WorkUnit) -> None:
+        done.append(unit.key)
+
+    runner.scheduler.register("send", send)
+    flaky = FlakyWork(store, failures=20)
+    health = runner.scheduler._health
+    caplog.set_level(logging.INFO, logger="bot.supervision")
+    runner.start()
+    try:
+        await until(lambda: flaky.left < 15, "failing rounds")
+        assert any("the database is unreachable" in p for p in health.problems())
+        await runner.scheduler.submit("send", "m1", {})
+        await until(lambda: done == ["m1"], "the unit submitted during the outage")
+        await until(lambda: health.problems() == [], "the outage to end")
+        assert runner.task is not None and not runner.task.done()
+    finally:
+        await runner.close()
+    failures = [r for r in caplog.records if "transient failure (database)" in r.getMessage()]
+    recoveries = [r for r in caplog.records if "work loop recovered" in r.getMessage()]
+    assert len(failures) == 1 and len(recoveries) == 1
