@@ -78,15 +78,18 @@ async def get_health(base: str) -> tuple[int, str] | None:
 
 def health_state(answer: tuple[int, str] | None) -> str:
     """What a ``/health`` answer says, by the contract of issue 19: "ok" (200, this instance
-    leads and works), "standby" (200, another instance leads), "degraded" (503 and a reason
-    after the word, e.g. "degraded: database unreachable"); anything else is returned as
-    "other: STATUS BODY" (or "no answer") so that a failure shows what came back."""
+    works; an instance with a lease says "leader"), "standby" (200, another instance leads),
+    "degraded" (503 and a reason after the word, e.g. "degraded: the database is
+    unreachable"); anything else is returned as "other: STATUS BODY" (or "no answer") so that
+    a failure shows what came back."""
     if answer is None:
         return "no answer"
     status, body = answer
     text = body.strip()
     word = re.split(r"[\s:;,(]", text, maxsplit=1)[0].lower()
-    if status == 200 and word in ("ok", "standby"):
+    if status == 200 and word in ("ok", "leader"):
+        return "ok"
+    if status == 200 and word == "standby":
         return word
     if status == 503 and word == "degraded" and len(text) > len("degraded") + 2:
         return "degraded"
