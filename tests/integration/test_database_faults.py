@@ -318,8 +318,9 @@ async def everything_arrives_once(s: Scenario, manual: bytes, photo: bytes,
                 if b.startswith("Carol: ")]
 
     def relayed_to_customer() -> list[str]:
-        return [b.removeprefix("Alice: ") for b in customer.bodies(chat.customer_room)
-                if b.startswith("Alice: ")]
+        # The agent is named toward the customer with the agents' label: "Alice (support): ".
+        return [b.split(": ", 1)[1] for b in customer.bodies(chat.customer_room, chat.bot_id)
+                if b.startswith("Alice") and ": " in b]
 
     async def arrives(person: Person, predicate: Callable[[], bool], what: str) -> None:
         try:
