@@ -298,10 +298,11 @@ def check_once(seen: list[str], sent: list[str], where: str) -> None:
     missing = [t for t in sent if counts[t] == 0]
     duplicated = {t: n for t, n in counts.items() if n > 1}
     unexpected = [t for t in seen if t not in sent]
-    assert not missing and not duplicated and not unexpected and seen == sent, (
+    assert not missing and not duplicated and not unexpected, (
         f"{where}: missing {missing}, duplicated {duplicated}, unexpected {unexpected}; "
         f"arrived in this order: {seen}"
     )
+    assert seen == sent, f"{where}: each once, but out of order: sent {sent}, arrived {seen}"
 
 
 async def everything_arrives_once(s: Scenario, manual: bytes, photo: bytes,
