@@ -235,7 +235,11 @@ async def scenario(homeserver: Homeserver, make_user: MakeUser, make_client: Mak
                 own_postgres.start()  # a clean stop needs the database (the lease's release)
             for instance in s.instances:
                 if instance.exited() is None:
+                    began = time.monotonic()
                     await instance.process.stop()
+                    took = time.monotonic() - began
+                    if took > 10:  # not asserted (no timed assertions); worth seeing
+                        logger.warning("%s took %.0f s to stop on SIGTERM", instance.name, took)
 
 
 # --------------------------------------------------------------------------------------------
