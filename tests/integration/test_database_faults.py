@@ -414,7 +414,9 @@ async def during(s: Scenario, fault: str, hold: Callable[[], Awaitable[None]]) -
 # --------------------------------------------------------------------------------------------
 
 
-async def test_a_postgresql_restart_under_live_traffic_costs_only_a_delay(scenario) -> None:
+async def test_a_postgresql_restart_under_live_traffic_costs_only_a_delay(
+    scenario: Scenario,
+) -> None:
     """``pg_ctl restart -m fast`` with an accepted delivery crawling, an offer waiting and texts
     in flight: every text relayed once, the file delivered once, the waiting offer's ✅ and a
     new file go through, no unit given up, both instances still running."""
@@ -426,7 +428,7 @@ async def test_a_postgresql_restart_under_live_traffic_costs_only_a_delay(scenar
     await everything_arrives_once(s, manual, photo, "restart")
 
 
-async def test_postgresql_down_for_a_while_costs_only_a_delay(scenario) -> None:
+async def test_postgresql_down_for_a_while_costs_only_a_delay(scenario: Scenario) -> None:
     """PostgreSQL stopped for :data:`OUTAGE_SECONDS` (every lease lapses, every loop fails
     again and again): the leader's /health says degraded with a reason meanwhile; afterwards
     everything arrives once, as after a restart."""
@@ -450,7 +452,7 @@ async def test_postgresql_down_for_a_while_costs_only_a_delay(scenario) -> None:
     await everything_arrives_once(s, manual, photo, "outage")
 
 
-async def test_postgresql_frozen_past_the_lease_costs_only_a_delay(scenario) -> None:
+async def test_postgresql_frozen_past_the_lease_costs_only_a_delay(scenario: Scenario) -> None:
     """PostgreSQL frozen (SIGSTOP: connections open, nothing answers) for longer than the
     lease's TTL: the leader's /health says degraded meanwhile (and answers at all); afterwards
     one instance leads, the other stands by, and everything arrives once."""
