@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -36,6 +39,17 @@ def _since(text: str) -> float:
     return when.timestamp()
 
 
+CONFIG_HELP = "the YAML configuration (see config.example.yaml)"
+
+
+def _version() -> str:
+    """The installed package's version ("0.1.0"), or "unknown" when run from a bare tree."""
+    try:
+        return importlib.metadata.version("parcel-bot")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     # --log-level is accepted before and after the subcommand ("run --config c --log-level
     # DEBUG", as the README shows); SUPPRESS keeps a later default from hiding an earlier value.
@@ -46,14 +60,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="parcel-bot", description="Consent-gated attachments for Matrix support chats.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"parcel-bot {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the bot", parents=[common])
-    run.add_argument("--config", required=True, type=Path)
+    run.add_argument("--config", required=True, type=Path, metavar="FILE", help=CONFIG_HELP)
     check = commands.add_parser("check-config", help="validate a configuration file",
                                 parents=[common])
-    check.add_argument("--config", required=True, type=Path)
+    check.add_argument("--config", required=True, type=Path, metavar="FILE", help=CONFIG_HELP)
     log = commands.add_parser("log", help="print the attachment log", parents=[common])
-    log.add_argument("--config", required=True, type=Path)
+    log.add_argument("--config", required=True, type=Path, metavar="FILE", help=CONFIG_HELP)
     log.add_argument("--session", type=int, default=None, help="only this session number")
     log.add_argument("--since", default=None, type=_since,
                      help="only offers since this date (YYYY-MM-DD or ISO 8601 time, UTC "
@@ -65,13 +80,13 @@ def _parser() -> argparse.ArgumentParser:
              "bot first",
         parents=[common],
     )
-    reset.add_argument("--config", required=True, type=Path)
+    reset.add_argument("--config", required=True, type=Path, metavar="FILE", help=CONFIG_HELP)
     migrate = commands.add_parser(
         "migrate-store",
         help="copy an embedded (SQLite) install into PostgreSQL; stop the bot first",
         parents=[common],
     )
-    migrate.add_argument("--config", required=True, type=Path,
+    migrate.add_argument("--config", required=True, type=Path, metavar="FILE",
                          help="the configuration of the SQLite install (no database setting)")
     migrate.add_argument("--to", required=True, metavar="URL",
                          help="postgresql://user@host[:port]/db (an empty database); the "
@@ -131,9 +146,11 @@ def check_config(path: Path, config: Config) -> int:
     """Report what start-up would use; raises ConfigError for what it would refuse."""
     from bot import datadir, keys
 
-    problem = data_dir_problem(config.data_dir)
-    if problem is not None:
-        raise ConfigError("data_dir", problem)
+    # The same creation start-up does (so both refuse the same paths), then undone; a folder
+    # that something else (a bot starting meanwhile) has begun to use is left to it.
+    for folder in reversed(datadir.create(config.data_dir)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     at_rest = datadir.describe(config.data_dir)  # raises for a data_dir start-up refuses
     print(f"{path}: OK ({len(config.agents.users)} agents, data in {config.data_dir})")
     print(at_rest)
@@ -159,22 +176,6 @@ def describe_database(config: Config) -> str:
     return f"PostgreSQL at {redact_url(config.database)} ({source})"
 
 
-def data_dir_problem(path: Path) -> str | None:
-    """Why ``data_dir`` could not be created or written, or None; creates nothing itself."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"cannot create {path}: {probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        if probe == path:
-            return f"{path} is not writable"
-        return f"cannot create {path}: {probe} is not writable"
-    return None
-
-
 async def _run(config: Config) -> int:
     from bot.app import Parcel
 
@@ -187,9 +188,16 @@ async def _run(config: Config) -> int:
 
 
 async def _reset_identity(config: Config) -> int:
+    import aiohttp
+
+    from bot import errors
     from bot.app import reset_identity
 
-    status = await reset_identity(config)
+    try:
+        status = await reset_identity(config)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # One attempt (an admin is waiting), in the words `run` uses while it retries.
+        raise errors.from_exception(exc, f"connecting to {config.homeserver}") from exc
     print(f"parcel-bot: {status.detail}")
     return 0 if status.cross_signed else 1
 
@@ -272,9 +280,24 @@ async def print_log(config: Config, session: int | None, since: float | None, fm
     return 0
 
 
+# A Matrix user id as the spec's grammar has it: a localpart of [a-z0-9._=/+-] and a server
+# name (host name, IPv4 or [IPv6], optional port). Such a cell cannot call anything: no
+# parentheses, no "|" for DDE, no quotes, so a spreadsheet shows it as it is.
+_MATRIX_USER_ID = re.compile(
+    r"@[a-z0-9._=/+\-]+:(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+# What makes a spreadsheet read a cell as a formula (OWASP's list for CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _spreadsheet_safe(value: object) -> object:
-    """Keep spreadsheets from running a cell as a formula (a file named "=HYPERLINK(...)")."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """Keep spreadsheets from running a cell as a formula (a file named "=HYPERLINK(...)").
+
+    A cell that starts like a formula gets a leading ``'``, except a whole Matrix user id
+    (every sender starts with ``@``), which is exported as it is.
+    """
+    if (isinstance(value, str) and value.startswith(_FORMULA_STARTS)
+            and not _MATRIX_USER_ID.fullmatch(value)):
         return "'" + value
     return value
 

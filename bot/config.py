@@ -442,6 +442,27 @@ def _positive_size(value: object) -> int:
     return size
 
 
+BARE_BYTES_MINIMUM = 1024
+"""A size limit written without a unit must be at least this many bytes."""
+
+
+def _size_limit(value: object) -> int:
+    """A file size limit: a bare number is bytes, but one below 1 KiB needs its unit written.
+
+    ``max_size: 25`` is far more likely to mean 25 MB than 25 bytes (no real file is that
+    small), so it is refused with the fix rather than silently refusing every file.
+    """
+    size = _positive_size(value)
+    match = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    has_unit = match is not None and bool(match.group(2))
+    if not has_unit and size < BARE_BYTES_MINIMUM:
+        raise ValueError(
+            f'{_describe(value)} would be {size} bytes; write the unit: "{size}MB" for '
+            f'megabytes, or "{size}B" if bytes are meant'
+        )
+    return size
+
+
 def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -794,7 +815,7 @@ def _types(section: _Section, name: str, default: tuple[str, ...]) -> tuple[str,
 
 def _policy(section: _Section) -> PolicyConfig:
     base = DirectionPolicy(
-        max_size=section.get("max_size", _positive_size, DEFAULT_MAX_SIZE),
+        max_size=section.get("max_size", _size_limit, DEFAULT_MAX_SIZE),
         allowed_types=_types(section, "allowed_types", ()),
         blocked_types=_types(section, "blocked_types", ()),
         block_executables=section.get("block_executables", _boolean, True),
@@ -803,7 +824,7 @@ def _policy(section: _Section) -> PolicyConfig:
     def direction(name: str) -> DirectionPolicy:
         sub = section.section(name, _DIRECTION_SCHEMA) or _empty(section.key(name))
         return DirectionPolicy(
-            max_size=sub.get("max_size", _positive_size, base.max_size),
+            max_size=sub.get("max_size", _size_limit, base.max_size),
             allowed_types=_types(sub, "allowed_types", base.allowed_types),
             blocked_types=_types(sub, "blocked_types", base.blocked_types),
             block_executables=sub.get("block_executables", _boolean, base.block_executables),
@@ -951,7 +972,7 @@ def _parse(
             raise ConfigError(
                 metrics_section.key("token"),
                 "expected at least 16 characters without spaces, e.g. the output of "
-                "`openssl rand -hex 24`",
+                "`openssl rand -hex 16`",
             )
         metrics = MetricsConfig(listen_host=host, listen_port=port, token=token)
 

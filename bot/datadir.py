@@ -58,7 +58,8 @@ def _user(uid: int) -> str:
 
 def _foreign(path: Path, owner: int, root: Path) -> ConfigError:
     me = os.geteuid()
-    what = f"data_dir {root}" if path == root else f"{path} (in data_dir)"
+    # The error is shown after the key ("data_dir: ..."): the path alone says which.
+    what = f"{root}" if path == root else f"{path} (in data_dir)"
     try:
         name = pwd.getpwuid(me).pw_name
     except KeyError:
@@ -119,10 +120,7 @@ def make_private(data_dir: Path) -> list[Loose]:
     ignores permissions, a file of another user).
     """
     os.umask(PRIVATE_UMASK)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ConfigError("data_dir", f"cannot create {data_dir} ({exc.strerror})") from None
+    create(data_dir)
     loose = survey(data_dir)
     for item in loose:
         try:
@@ -144,8 +142,8 @@ def make_private(data_dir: Path) -> list[Loose]:
         shown = ", ".join(item.describe(data_dir) for item in loose[:_LISTED])
         more = f" and {len(loose) - _LISTED} more" if len(loose) > _LISTED else ""
         logger.warning(
-            "data_dir %s was readable by others: removed group/other access from %d paths "
-            "(%s%s)", data_dir, len(loose), shown, more,
+            "data_dir %s was readable by others: removed group/other access from %s (%s%s)",
+            data_dir, paths(len(loose)), shown, more,
         )
     return loose
 
@@ -163,5 +161,42 @@ def describe(data_dir: Path) -> str:
         return f"data_dir {data_dir}: private (owned by {owner}, no access for others)"
     shown = ", ".join(item.describe(data_dir) for item in loose[:_LISTED])
     more = f" and {len(loose) - _LISTED} more" if len(loose) > _LISTED else ""
-    return (f"data_dir {data_dir}: {len(loose)} paths are readable by others and will be made "
-            f"private at start ({shown}{more})")
+    verb = "is" if len(loose) == 1 else "are"
+    return (f"data_dir {data_dir}: {paths(len(loose))} {verb} readable by others and will be "
+            f"made private at start ({shown}{more})")
+
+
+def paths(count: int) -> str:
+    """ "1 path", "3 paths"."""
+    return "1 path" if count == 1 else f"{count} paths"
+
+
+def create(data_dir: Path) -> list[Path]:
+    """Create ``data_dir`` (0700) and its missing parents; return the folders it created,
+    outermost first. ``run`` and ``check-config`` both go through here, so they agree on what
+    can be created: the operating system answers, not a guess from permission bits.
+
+    Raises :class:`ConfigError` naming the path when it cannot be created or written.
+    """
+    missing = []
+    probe = data_dir
+    while not os.path.lexists(probe) and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == data_dir else f"cannot create {data_dir}: "
+        raise ConfigError("data_dir", f"{where}{probe} is not a directory")
+    created = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile (another instance starting): fine
+        except OSError as exc:
+            raise ConfigError(
+                "data_dir", f"cannot create {data_dir} ({exc.strerror} at {folder})"
+            ) from None
+        created.append(folder)
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigError("data_dir", f"{data_dir} is not writable")
+    return created

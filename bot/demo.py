@@ -48,7 +48,7 @@ from nio.crypto.attachments import decrypt_attachment
 from bot import config as config_module
 from bot.attachments.text import human_size
 from bot.config import Config
-from bot.devserver import Homeserver, RegisteredUser
+from bot.devserver import Homeserver, HomeserverError, RegisteredUser
 from bot.matrix.sync import SYNC_FILTER, maintain_keys
 from bot.render import OFFER_KEY, latest_offer_state
 
@@ -75,6 +75,25 @@ class DemoError(Exception):
 # --------------------------------------------------------------------------------------------
 # Sample files
 # --------------------------------------------------------------------------------------------
+
+
+def command_name() -> str:
+    """How the reader's shell can run this ``parcel-bot``, for the hints the demo prints.
+
+    The bare name when PATH finds this same install (an activated virtualenv, or a system
+    install); otherwise the script's path, relative when it is under the current folder
+    (``.venv/bin/parcel-bot`` in a clone, as the README's Quick start runs it).
+    """
+    script = Path(sys.executable).with_name("parcel-bot")
+    found = shutil.which("parcel-bot")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "parcel-bot"
+    if not script.exists():
+        return f"{sys.executable} -m bot"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def router_png(width: int = IMAGE_SIZE[0], height: int = IMAGE_SIZE[1]) -> bytes:
@@ -640,7 +659,7 @@ class Demo:
         print("\nAttachment log (the bot's answer to !attachments in Carol's chat):")
         for line in self.attachments_reply.splitlines():
             print(f"  {line}")
-        print("\nAdmin export (parcel-bot log --format csv):")
+        print(f"\nAdmin export ({command_name()} log --format csv):")
         sys.stdout.flush()
         await print_log(self.config, None, None, "csv")
         sys.stdout.flush()
@@ -661,7 +680,8 @@ class Demo:
         print("  A local Element Web for a look, if ../shared/element-web is present:")
         print(f"    python3 ../shared/element-web/serve.py --homeserver {url}")
         print("    then open the URL it prints and sign in with a login above.")
-        print(f"  Attachment log any time: parcel-bot log --config {self.config_path}", flush=True)
+        print(f"  Attachment log any time: {command_name()} log --config {self.config_path}",
+              flush=True)
         waiter = asyncio.create_task(stop.wait())
         assert self._bot_task is not None
         await asyncio.wait({waiter, self._bot_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -759,6 +779,14 @@ async def run_demo(keep: bool = False, port: int | None = None) -> int:
                 raise
             print("parcel-bot demo: interrupted", file=sys.stderr)
             code = 130
+        except HomeserverError as exc:
+            # The cause in one line, then the end of Synapse's output: its folder is removed
+            # on the way out, so this is the only copy.
+            first, _, tail = str(exc).strip().partition("\n")
+            print(f"parcel-bot demo: {first}", file=sys.stderr)
+            for line in tail.splitlines():
+                print(f"  {line}", file=sys.stderr)
+            code = 1
         except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
             first = (str(exc).strip().splitlines() or [""])[0]
             print(f"parcel-bot demo: {type(exc).__name__}: {first}", file=sys.stderr)

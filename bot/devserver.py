@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -40,6 +41,12 @@ START_DEADLINE = 60.0
 
 STOP_GRACE = 10.0
 """Seconds ``stop()`` waits after SIGTERM before it sends SIGKILL."""
+
+STARTUP_TAIL = 12
+"""Lines of Synapse's output a failed start quotes."""
+
+# The last line of a Python traceback: "package.module.SomeError: what went wrong".
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): \S")
 
 # Far beyond anything a test or a benchmark does, so no request is ever answered with 429.
 _UNLIMITED = {"per_second": 100_000, "burst_count": 1_000_000}
@@ -92,7 +99,11 @@ _localpart_counter = itertools.count(1)
 
 
 class HomeserverError(RuntimeError):
-    """The throwaway homeserver failed to start or refused a request."""
+    """The throwaway homeserver failed to start or refused a request.
+
+    The first line of the message is the cause in a few words ("Synapse could not start:
+    port 18449 is in use"); for a failed start, the last lines of Synapse's output follow.
+    """
 
 
 @dataclass(frozen=True)
@@ -388,8 +399,9 @@ class Homeserver:
             while True:
                 if self._process.returncode is not None:
                     raise HomeserverError(
-                        f"Synapse exited with code {self._process.returncode} during startup; "
-                        f"end of its logs:\n{self.log_tail()}"
+                        f"Synapse could not start: {self.startup_failure()} (exit code "
+                        f"{self._process.returncode}); the end of its output:\n"
+                        f"{self.log_tail(STARTUP_TAIL)}"
                     )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(self.url + "/_matrix/client/versions") as response:
@@ -398,7 +410,7 @@ class Homeserver:
                 if time.monotonic() > deadline:
                     raise HomeserverError(
                         f"Synapse did not answer at {self.url} within {START_DEADLINE:.0f} s; "
-                        f"end of its logs:\n{self.log_tail()}"
+                        f"the end of its output:\n{self.log_tail(STARTUP_TAIL)}"
                     )
                 await asyncio.sleep(0.05)
 
@@ -418,13 +430,30 @@ class Homeserver:
             return reply
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the process output and of Synapse's own log."""
+        """The last ``lines`` lines of the process output and of Synapse's own log (once when
+        both end the same, as a start-up traceback does)."""
         parts = []
+        seen: list[list[str]] = []
         for path in (self.output_path, self.log_path):
             if path.exists():
                 tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path.name} ---\n" + "\n".join(tail))
+                if tail and tail not in seen:
+                    seen.append(tail)
+                    parts.append(f"--- {path} ---\n" + "\n".join(tail))
         return "\n".join(parts) or "(no logs written)"
+
+    def startup_failure(self) -> str:
+        """Why Synapse stopped during start-up, in a few words, from its output."""
+        text = "\n".join(
+            path.read_text(encoding="utf-8", errors="replace")
+            for path in (self.output_path, self.log_path) if path.exists()
+        )
+        if "Address already in use" in text:
+            return f"port {self.port} is in use"
+        # Otherwise the last line of the traceback names the exception and its message.
+        errors = [line.strip() for line in text.splitlines()
+                  if _EXCEPTION_LINE.match(line.strip())]
+        return errors[-1] if errors else "see the end of its output below"
 
     @staticmethod
     def _signal_group(pid: int, sig: signal.Signals) -> None:

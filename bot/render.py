@@ -136,8 +136,11 @@ def agent_label(name: str, label: str) -> str:
 # -- sessions -------------------------------------------------------------------------------
 
 
-def session_opened_for_agents(customer_name: str, customer_id: str, session_id: int) -> Message:
-    """The first message in a new agent room."""
+def session_opened_for_agents(customer_name: str, customer_id: str, session_id: int,
+                              also_open: Sequence[int] = ()) -> Message:
+    """The first message in a new agent room; ``also_open`` numbers the customer's other
+    chats still open (a second DM is a chat of its own: agents see that they belong together).
+    """
     text = (
         f"New chat #{session_id} with {customer_name} ({customer_id}). What you write here "
         "is relayed to the customer; files are offered to them first. Type !help for commands."
@@ -147,6 +150,12 @@ def session_opened_for_agents(customer_name: str, customer_id: str, session_id: 
         "What you write here is relayed to the customer; files are offered to them first. "
         "Type <code>!help</code> for commands."
     )
+    if also_open:
+        numbers = ", ".join(f"#{number}" for number in also_open)
+        chats = "another chat" if len(also_open) == 1 else "other chats"
+        note = f"This customer also has {chats} open: {numbers}."
+        text += f"\n{note}"
+        rich += f"<br>{_e(note)}"
     return Message(text, rich)
 
 
@@ -166,7 +175,8 @@ def session_closed(
     """The closing notice for one room of a session.
 
     ``reason`` is ``ended`` (someone typed !end; ``closer`` is their name, ``you`` is true in
-    their own room), ``customer_left`` or ``bot_removed``. ``pending`` is how many offers the
+    their own room), ``customer_left``, ``bot_removed`` or ``bot_removed_from_agents`` (the
+    bot was removed from the customer's or the agents' room). ``pending`` is how many offers the
     end left undelivered (the sentence is left out when there were none). With ``bot_id`` (the
     customer's room) it says how to start a new chat.
     """
@@ -175,6 +185,9 @@ def session_closed(
     elif reason == "bot_removed":
         lines = ["The bot was removed from the customer's chat (or that room was shut down), "
                  "so nothing more can reach the customer. This session is closed."]
+    elif reason == "bot_removed_from_agents":
+        lines = ["The support team's room for this chat was closed, so no agent can read "
+                 "what you write here any more. This chat is closed."]
     elif you:
         lines = ["You ended the chat."]
     elif closer:
@@ -467,41 +480,49 @@ def _one_line(text: str) -> str:
 
 NBSP = "\u00a0"
 NB_HYPHEN = "\u2011"
-LOG_HEADER = ("#", "Direction", "File", "Kind", "Size", "From", "State", "Time (UTC)")
+# Two columns, so the table fits Element's timeline from a phone's width up (Element Web leaves
+# a message about 390 px at 1024 px, about 200 px in a phone-wide window): the number, name
+# and facts in one cell, the state and time in the other, every cell free to wrap at its
+# spaces (only the day and month stay together). The plain-text body keeps each file's facts
+# on one line.
+LOG_HEADER = ("File", "State (UTC)")
+# Names in the table are cut shorter than elsewhere: a name without spaces or hyphens cannot
+# wrap, and it sets the width of its column. The text body shows names as cards do.
+LOG_TABLE_NAME_LIMIT = 20
+
+
+def short_time(ts: float) -> str:
+    """UTC day and time for a narrow table cell: "24 Nov 21:05"."""
+    when = time.gmtime(ts)
+    return f"{when.tm_mday} {time.strftime('%b %H:%M', when)}"
 
 
 def attachment_log(offers: Sequence[Offer], viewpoint: Direction) -> Message:
     """The session's attachment log as a table; ``viewpoint`` is the direction called "sent"."""
     if not offers:
         return Message("No files have been sent in this chat yet.")
+    text_lines = [f"Attachments ({len(offers)}):"]
     rows = []
     for offer in offers:
+        way = "sent" if offer.direction is viewpoint else "received"
+        size = human_size(offer.size) if offer.size is not None else "—"
+        state = STATE_WORDS[offer.state] + (
+            f" ({offer.reason})" if offer.reason and offer.state is OfferState.REJECTED else "")
+        sender = _plain(offer.sender_name)
+        text_lines.append(
+            f"#{offer.shown_number} {way}: {display_filename(offer.filename)} · "
+            f"{describe(offer)} · {size} · from {sender} · {state} · "
+            f"{format_time(offer.updated_at)}")
+        name = display_filename(offer.filename, limit=LOG_TABLE_NAME_LIMIT)
+        facts = f"{way} · {describe(offer)} · {size} · from {sender}"
         rows.append(
-            (
-                str(offer.shown_number),
-                "sent" if offer.direction is viewpoint else "received",
-                display_filename(offer.filename, limit=48),
-                describe(offer),
-                human_size(offer.size) if offer.size is not None else "—",
-                _plain(offer.sender_name),
-                STATE_WORDS[offer.state] + (f" ({offer.reason})" if offer.reason and
-                                            offer.state is OfferState.REJECTED else ""),
-                format_time(offer.updated_at),
-            )
-        )
-    text_lines = [f"Attachments ({len(rows)}):"]
-    for row in rows:
-        text_lines.append(f"#{row[0]} {row[1]}: {row[2]} · {row[3]} · {row[4]} · from {row[5]} · "
-                          f"{row[6]} · {row[7]}")
+            f"<tr><td><b>#{offer.shown_number}</b> {_e(name)}<br>{_e(facts)}</td>"
+            f"<td>{_e(state)}<br>{_e(short_time(offer.updated_at).replace(' ', NBSP, 1))}"
+            "</td></tr>")
     # The heading also in HTML: Element shows only the formatted body.
-    rich = f"<b>Attachments ({len(rows)})</b><table><thead><tr>" + "".join(
-        f"<th>{_e(_one_line(h))}</th>" for h in LOG_HEADER
-    ) + "</tr></thead>"
-    # The time column keeps date and time together (Element wraps narrow columns at spaces).
-    rich += "<tbody>" + "".join(
-        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row[:-1])
-        + f"<td>{_e(_one_line(row[-1]))}</td></tr>" for row in rows
-    ) + "</tbody></table>"
+    rich = (f"<b>Attachments ({len(offers)})</b><table><thead><tr>"
+            + "".join(f"<th>{_e(h)}</th>" for h in LOG_HEADER)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     return Message("\n".join(text_lines), rich)
 
 

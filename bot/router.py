@@ -87,10 +87,15 @@ class Router:
             return
         for room_id, info in response.rooms.join.items():
             events = list(info.timeline.events)
-            if info.timeline.limited and info.timeline.prev_batch:
+            # Synapse marks a newly joined room's timeline "limited" although it reaches back
+            # to the join: with the bot's join in it there is no gap to fill.
+            if (info.timeline.limited and info.timeline.prev_batch
+                    and not any(_joins(e, self._own) for e in events)):
                 # A transient failure raises: the batch comes again, gap and all.
                 async with _kept(f"backfilling the skipped events of {room_id}"):
-                    events = await self._backfill(room_id, info.timeline.prev_batch) + events
+                    seen = {getattr(e, "event_id", None) for e in events}
+                    events = await self._backfill(room_id, info.timeline.prev_batch,
+                                                  seen) + events
             for event in events:
                 await self.dispatch(room_id, event)
         # Rooms the bot was removed from (kicked, banned, the room shut down): their last
@@ -99,11 +104,11 @@ class Router:
             for event in info.timeline.events:
                 await self.dispatch(room_id, event)
 
-    async def _backfill(self, room_id: str, prev_batch: str) -> list[Any]:
+    async def _backfill(self, room_id: str, prev_batch: str, seen: set[str | None]) -> list[Any]:
         """Events the server left out of a "limited" timeline, oldest first.
 
-        Pages backwards until an event already handled (the gap is closed) or a cap is hit.
-        Only rooms of live sessions are worth it.
+        Pages backwards until an event already handled or already in this batch (``seen``:
+        the gap is closed) or a cap is hit. Only rooms of live sessions are worth it.
         """
         found = await self._store.sessions.session_for_room(room_id)
         if found is None or found[0].state is SessionState.CLOSED:
@@ -122,6 +127,7 @@ class Router:
                 event_id = getattr(event, "event_id", None)
                 if (
                     event_id is None
+                    or event_id in seen
                     or await self._store.outbox.is_handled(event_id)
                     or getattr(event, "server_timestamp", 0) < horizon_ms
                 ):
@@ -142,8 +148,10 @@ class Router:
         if not isinstance(source, dict):
             return
         event_id, sender = source.get("event_id"), source.get("sender")
-        if not isinstance(event_id, str) or not isinstance(sender, str) or sender == self._own:
+        if not isinstance(event_id, str) or not isinstance(sender, str):
             return
+        if sender == self._own and not _removes(source, self._own):
+            return  # the bot's own events, except its removal (a room shutdown makes it leave)
         if await self._store.outbox.is_handled(event_id):
             return
         found = await self._store.sessions.session_for_room(room_id)
@@ -231,6 +239,13 @@ class Router:
             logger.info("session %d: the bot was removed from the customer room by %s",
                         session.id, sender)
             await self._sessions.request_close(session, "bot_removed", None, source["event_id"])
+        elif side is Side.AGENT and member == self._own and membership in ("leave", "ban"):
+            # Removed from the agent room: no agent can read what the customer writes any
+            # more, so the session ends and the customer is told (as in the case above).
+            logger.info("session %d: the bot was removed from the agent room by %s",
+                        session.id, sender)
+            await self._sessions.request_close(session, "bot_removed_from_agents", None,
+                                               source["event_id"])
         elif (
             side is Side.AGENT and membership in ("leave", "ban") and isinstance(member, str)
             and not self._sessions.is_agent(member)
@@ -396,6 +411,23 @@ class Router:
                        event.event_id, event.sender)
         await self._sessions.enqueue_send(session, side, render.undecryptable().content(),
                                           f"undecryptable-{event.event_id}")
+
+
+def _removes(source: dict[str, Any], user_id: str) -> bool:
+    """Whether an event takes ``user_id`` out of its room (a leave or ban of that user)."""
+    content = source.get("content")
+    return (source.get("type") == "m.room.member" and source.get("state_key") == user_id
+            and isinstance(content, dict) and content.get("membership") in ("leave", "ban"))
+
+
+def _joins(event: Any, user_id: str) -> bool:
+    """Whether a timeline event is ``user_id`` joining the room."""
+    source = getattr(event, "source", None)
+    if not isinstance(source, dict):
+        return False
+    content = source.get("content")
+    return (source.get("type") == "m.room.member" and source.get("state_key") == user_id
+            and isinstance(content, dict) and content.get("membership") == "join")
 
 
 @asynccontextmanager

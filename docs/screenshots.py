@@ -29,7 +29,8 @@ from tests.browser import element  # noqa: E402
 from tests.chat import OFFER_KEY, BotRunner, Person, bot_config  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
-NAMES = ("1-waiting-status", "2-offer-card", "3-image-delivered", "4-pinned-panel")
+NAMES = ("1-waiting-status", "2-offer-card", "3-image-delivered", "4-pinned-panel",
+         "5-attachments-command")
 
 
 def router_photo() -> bytes:

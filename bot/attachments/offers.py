@@ -39,6 +39,7 @@ from bot.matrix.media import (
 )
 from bot.matrix.rooms import RoomDirectory
 from bot.metrics import Metrics
+from bot.sessions.service import bot_removed_from
 from bot.store import Session, Side, Store, WorkUnit, offer_lane
 from bot.work import Scheduler
 
@@ -932,6 +933,8 @@ class OfferService:
 
     async def _remove_seeded_reactions(self, offer: Offer, room_id: str) -> None:
         """Redact the bot's own ✅/❌ on a settled card, so it shows only the decision made."""
+        if await self._removed_from(room_id):
+            return  # the card is out of the bot's reach
         for word in ("accept", "decline"):
             reaction = await self._store.outbox.sent_event(f"offer-{offer.id}-react-{word}")
             if reaction is not None:
@@ -960,7 +963,7 @@ class OfferService:
         if found is None:
             return False
         session, side = found
-        return side is Side.CUSTOMER and session.close_reason == "bot_removed"
+        return bot_removed_from(session, side)
 
     async def _purge_source(self, offer: Offer) -> None:
         upload = UploadEvent(json.loads(await self._store.offers.source_content(offer.id)))

@@ -24,6 +24,7 @@ from bot.attachments.offers import direction_from
 from bot.errors import PermanentError
 from bot.matrix.client import Sender, call
 from bot.matrix.rooms import RoomDirectory
+from bot.sessions.service import bot_removed_from
 from bot.store import Panel, Session, Side, Store, WorkUnit
 from bot.work import Scheduler
 
@@ -31,6 +32,13 @@ logger = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 1.0
 PIN_REFUSED = frozenset({"M_FORBIDDEN"})
+
+
+def _reachable_rooms(session: Session) -> list[str]:
+    """The session's rooms the bot is still in (it may have been removed from one)."""
+    return [room_id for side in (Side.CUSTOMER, Side.AGENT)
+            if (room_id := session.room_of(side)) is not None
+            and not bot_removed_from(session, side)]
 
 
 def viewpoint_of(session: Session, room_id: str) -> Direction:
@@ -55,11 +63,9 @@ class PanelService:
     async def changed(self, session_id: int) -> None:
         """The session's attachments changed: both rooms' panels are owed an update."""
         session = await self._store.sessions.get_session(session_id)
-        for side in (Side.CUSTOMER, Side.AGENT):
-            room_id = session.room_of(side)
-            if room_id is not None:
-                await self._store.panels.bump_panel(session_id, room_id)
-                await self._submit(room_id)
+        for room_id in _reachable_rooms(session):
+            await self._store.panels.bump_panel(session_id, room_id)
+            await self._submit(room_id)
 
     async def resume(self) -> None:
         """Queue the panel updates a stop left behind (kept in the store, not in the work)."""
@@ -68,10 +74,8 @@ class PanelService:
 
     async def flush(self, session: Session) -> None:
         """Bring both rooms' panels up to date now (before the bot leaves a closed chat)."""
-        for side in (Side.CUSTOMER, Side.AGENT):
-            room_id = session.room_of(side)
-            if room_id is not None:
-                await self._update(room_id)
+        for room_id in _reachable_rooms(session):
+            await self._update(room_id)
 
     async def _submit(self, room_id: str) -> None:
         await self._work.submit("panel", f"panel:{room_id}", {"room": room_id},

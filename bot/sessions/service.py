@@ -39,9 +39,15 @@ logger = logging.getLogger(__name__)
 # A removal nobody announces (refused; they left while the bot was away) is looked at again
 # this often; a removal the bot makes, or a leave it sees, wakes the waiting work at once.
 STRANGER_RECHECK = 30.0
-# Close reasons after which nothing is posted in the customer room: nobody reads it any more,
-# or the bot may not write there.
-CUSTOMER_ROOM_GONE = frozenset({"customer_left", "bot_removed"})
+# The close reason when the bot was removed from one side's room (kicked, banned): nothing
+# can be posted there any more, so the other side alone is told.
+BOT_REMOVED = {Side.CUSTOMER: "bot_removed", Side.AGENT: "bot_removed_from_agents"}
+# Close reasons after which nothing is posted in a side's room: nobody reads it any more, or
+# the bot may not write there.
+ROOM_GONE = {
+    Side.CUSTOMER: frozenset({"customer_left", BOT_REMOVED[Side.CUSTOMER]}),
+    Side.AGENT: frozenset({BOT_REMOVED[Side.AGENT]}),
+}
 
 
 def kick_key(room_id: str, user_id: str) -> str:
@@ -50,6 +56,11 @@ def kick_key(room_id: str, user_id: str) -> str:
     return f"kick:{room_id}:{user_id}"
 # The reason pending offers expire with when their chat ends.
 ENDED_REASON = "the chat ended"
+
+
+def bot_removed_from(session: Session, side: Side) -> bool:
+    """Whether the session ended because the bot was removed from ``side``'s room."""
+    return session.close_reason == BOT_REMOVED[side]
 
 
 def server_of(user_id: str) -> str:
@@ -276,10 +287,14 @@ class SessionService:
             render.welcome(self._config.messages.welcome).content(),
             txn_id=f"session-{session.id}-welcome",
         )
+        # A customer's second DM opens a chat of its own (see the README); the agents are told
+        # which of the customer's other chats are still open.
+        also_open = [other.id for other in await self._store.sessions.sessions(SessionState.OPEN)
+                     if other.customer_id == session.customer_id and other.id != session.id]
         await self._sender.send(
             session.agent_room,
             render.session_opened_for_agents(
-                session.customer_name, session.customer_id, session.id
+                session.customer_name, session.customer_id, session.id, also_open
             ).content(),
             txn_id=f"session-{session.id}-opened",
         )
@@ -406,7 +421,7 @@ class SessionService:
             room_id = session.room_of(side)
             if room_id is None or room_id not in self._client.rooms:
                 continue
-            if side is Side.CUSTOMER and reason in CUSTOMER_ROOM_GONE:
+            if reason in ROOM_GONE[side]:
                 continue
             notice = render.session_closed(
                 reason, by, you=by_side == side.value, pending=pending,
@@ -470,7 +485,7 @@ class SessionService:
             session = await self._store.sessions.get_session(session_id)
             if found is not None and found[0].id != session_id:
                 return  # the room started a new session meanwhile: stay
-            if room_id == session.agent_room:
+            if room_id == session.agent_room and not bot_removed_from(session, Side.AGENT):
                 await self._mark_closed(session)
         if room_id in self._client.rooms or room_id in self._client.invited_rooms:
             if self.panels is not None and session_id is not None:  # the last changes first

@@ -250,7 +250,10 @@ async def migrate(db: Database) -> int:
 
     Each step is one transaction that first takes the migration lock and reads the version
     anew, so of two instances starting together on one database only the first migrates.
+    What this instance did is logged once at the end ("created the store at version 7", or
+    "upgraded the store from version 4 to 7"); each step at DEBUG.
     """
+    began: int | None = None  # the version before this instance's first step
     while True:
         async with db.transaction():
             await db.lock_for_migration()
@@ -261,9 +264,16 @@ async def migrate(db: Database) -> int:
                     f"to {len(MIGRATIONS)}: upgrade Parcel instead of downgrading it"
                 )
             if current == len(MIGRATIONS):
-                return current
+                break
             version = current + 1
             for statement in statements(MIGRATIONS[version - 1], db):
                 await db.execute(statement)
             await db.set_schema_version(version)
-        logger.info("store schema upgraded to version %d (%s)", version, db.description)
+        logger.debug("store schema upgraded to version %d (%s)", version, db.description)
+        began = current if began is None else began
+    if began == 0:
+        logger.info("created the store at version %d (%s)", current, db.description)
+    elif began is not None:
+        logger.info("upgraded the store from version %d to %d (%s)", began, current,
+                    db.description)
+    return current

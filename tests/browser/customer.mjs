@@ -16,6 +16,10 @@ const env = process.env;
 const STEP_TIMEOUT = 45_000;
 const shots = env.SHOTS || "";
 const failShot = env.FAIL_SHOT || "";
+// Element Web on a laptop and desktop screens, and a phone-width window.
+const FIT_WIDTHS = [1024, 1200, 1440, 390];
+// Hides Element Web's space bar and room list (the phone-wide measurement shows the room alone).
+const PHONE_CSS = ".mx_LeftPanel_outerWrapper, .mx_ResizeHandle { display: none !important; }";
 
 function step(name) {
   console.log(`STEP ${name}`);
@@ -134,6 +138,38 @@ async function main() {
   await shot("3-image-delivered");
   step("image-shown");
 
+  // !attachments answers with a table: it must fit the timeline at the widths people use
+  // (Element Web on a laptop or desktop, and a phone-width window), not run off the edge.
+  await composer.click();
+  await composer.pressSequentially("!attachments");
+  await composer.press("Enter");
+  const log = tileWith("Attachments (").locator("table");
+  await log.waitFor();
+  let phoneStyle = null;
+  for (const width of FIT_WIDTHS) {
+    await page.setViewportSize({ width, height: 860 });
+    if (width < 600) {
+      // Element Web keeps its space bar and room list at any width, which leaves a phone-wide
+      // window a timeline of a few dozen pixels; a phone shows the room alone, so do that.
+      phoneStyle = await page.addStyleTag({ content: PHONE_CSS });
+    }
+    await page.waitForTimeout(500); // Element lays the timeline out again
+    await log.scrollIntoViewIfNeeded();
+    const fit = await log.evaluate((table) => {
+      const body = table.closest(".mx_EventTile_body") || table.parentElement;
+      return { table: table.scrollWidth, container: body.clientWidth };
+    });
+    console.log(`FIT ${width} ${fit.table} ${fit.container}`);
+    // FIT_SHOTS: a picture of each width, to look at what was measured.
+    if (env.FIT_SHOTS) await page.screenshot({ path: `${env.FIT_SHOTS}/attachments-${width}.png` });
+    if (phoneStyle) {
+      await phoneStyle.evaluate((style) => style.remove());
+      phoneStyle = null;
+    }
+  }
+  await page.setViewportSize({ width: 1200, height: 860 });
+  step("table-measured");
+
   if (shots) {
     // The pinned activity panel: Element shows it in a banner at the top of the room.
     // Clicking it scrolls the timeline to the panel and highlights it.
@@ -145,11 +181,9 @@ async function main() {
     await page.waitForTimeout(1000); // the scroll animation
     await shot("4-pinned-panel");
 
-    // The rest of what the chat shows, for a look (not in the README): !attachments, !end.
-    await composer.click();
-    await composer.pressSequentially("!attachments");
-    await composer.press("Enter");
-    await tileWith("Attachments (2)").waitFor();
+    // The answer to !attachments (typed above, for the fit check), then !end (not in the
+    // README).
+    await tileWith("Attachments (2)").scrollIntoViewIfNeeded();
     await shot("5-attachments-command");
     await composer.click();
     await composer.pressSequentially("!end");

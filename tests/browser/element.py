@@ -22,6 +22,8 @@ ROOT = HERE.parents[1]
 ELEMENT_DIR = ROOT.parent / "shared" / "element-web"
 SCRIPT = HERE / "customer.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
+# The window widths customer.mjs measures the !attachments table at (its FIT_WIDTHS).
+FIT_WIDTHS = (1024, 1200, 1440, 390)
 
 
 def missing() -> list[str]:

@@ -62,7 +62,7 @@ async def accepted_and_declined(chat: Chat) -> Exchange:
 
 
 class _Cells(HTMLParser):
-    """Collects the text of every table row as a list of cells."""
+    """Collects the text of every table row as a list of cells (a <br> as a newline)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,6 +74,8 @@ class _Cells(HTMLParser):
             self.rows.append([])
         elif tag in ("td", "th"):
             self._cell = []
+        elif tag == "br" and self._cell is not None:
+            self._cell.append("\n")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None:
@@ -131,14 +133,17 @@ async def test_attachments_command_lists_states_from_each_rooms_viewpoint(start_
         assert parsed[image]["size"] == f"{len(exchange.image)} bytes"
 
         rows = table_rows(str(content["formatted_body"]))
-        assert rows[0] == ["#", "Direction", "File", "Kind", "Size", "From", "State",
-                           "Time\u00a0(UTC)"]
-        by_id = {row[0]: row for row in rows[1:]}
+        assert rows[0] == ["File", "State (UTC)"]
+        by_id = {row[0].split()[0].removeprefix("#"): row for row in rows[1:]}
         assert set(by_id) == {image, pdf}
-        assert by_id[image][1:4] == [ways[image], "router.png", "PNG image"]
-        assert by_id[pdf][1:3] == [ways[pdf], "terms.pdf"]
-        assert by_id[image][6] == "accepted" and by_id[pdf][6] == "declined"
-        assert " " not in by_id[image][7] and "-" not in by_id[image][7], "no wrap in the time"
+        name, facts = by_id[image][0].split("\n")
+        assert name == f"#{image} router.png"
+        assert facts.split(" · ")[:2] == [ways[image], "PNG image"]
+        assert by_id[pdf][0].split("\n")[0] == f"#{pdf} terms.pdf"
+        assert by_id[pdf][0].split("\n")[1].startswith(f"{ways[pdf]} · ")
+        state, when = by_id[image][1].split("\n")
+        assert state == "accepted" and by_id[pdf][1].startswith("declined\n")
+        assert re.fullmatch(r"\d{1,2}\u00a0[A-Z][a-z]{2} \d\d:\d\d", when), "day and month together"
 
 
 async def run_log(config_file: Path, *args: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -103,8 +104,39 @@ def test_demo_keep_on_a_fixed_port_prints_how_to_sign_in(tmp_path: Path) -> None
             in output, output
         assert f"serve.py --homeserver http://127.0.0.1:{port}" in output, output
         assert "Carol (customer): @carol" in output and "password: " in output, output
+        # The hint names a command this shell can run (not a bare parcel-bot off PATH).
+        hint = next(line for line in lines if "Attachment log any time:" in line)
+        command = hint.split("Attachment log any time: ", 1)[1].split(" log --config ")[0]
+        ran = subprocess.run(f"{command} --version", shell=True, cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+        assert ran.returncode == 0 and ran.stdout.startswith("parcel-bot "), (hint, ran.stderr)
     finally:
         process.terminate()
         process.wait(timeout=60)
     assert process.returncode == 0, "".join(lines)
+    assert not list(tmp_path.glob("parcel-demo-*"))
+
+
+@pytest.mark.integration
+def test_demo_on_a_port_in_use_says_so_and_quotes_the_homeservers_log(tmp_path: Path) -> None:
+    """`demo --keep --port N` with N taken: exit 1, the cause in the first line, then the end of
+    Synapse's output (its folder is removed, so the message is the only copy)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "bot", "demo", "--keep", "--port", str(port)],
+            cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)},
+            capture_output=True, text=True, encoding="utf-8", timeout=120,
+        )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1, result.stderr
+    assert lines[0] == (f"parcel-bot demo: Synapse could not start: port {port} is in use "
+                        "(exit code 1); the end of its output:"), result.stderr
+    assert lines[1].startswith("  --- ") and lines[1].endswith("synapse-output.log ---")
+    assert any("Address already in use" in line or f"port ({port})" in line
+               for line in lines[2:]), result.stderr
+    assert 3 <= len(lines) <= 2 + 2 * 13, result.stderr  # the end, not the whole log
+    assert "Traceback (most recent call last)" not in lines[0]
     assert not list(tmp_path.glob("parcel-demo-*"))

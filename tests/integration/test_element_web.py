@@ -19,6 +19,19 @@ from tests.chat import OFFER_KEY, BotRunner, Person, bot_config
 
 pytestmark = pytest.mark.timeout(240)
 
+# A long name, as cameras and scanners make them: the table must still fit.
+LONG_NAME = "network-diagram-for-the-second-floor-router-and-the-modem-2026-11-24.png"
+
+
+def _fits(lines: list[str]) -> dict[int, tuple[int, int]]:
+    """The browser's "FIT <window width> <table width> <container width>" lines."""
+    fits = {}
+    for line in lines:
+        if line.startswith("FIT "):
+            width, table, container = (int(part) for part in line.split()[1:4])
+            fits[width] = (table, container)
+    return fits
+
 
 def _skip_or_fail() -> None:
     """Skip only outside CI when ../shared is absent; otherwise name what is missing."""
@@ -34,7 +47,8 @@ async def test_customer_in_element_accepts_an_image_and_sees_it_inline(
     homeserver, make_user, make_client, tmp_path: Path
 ) -> None:
     """A customer logs in to Element Web, starts a chat with the bot, clicks ✅ on the agent's
-    image offer, and sees the image in-line and the activity panel saying 📎."""
+    image offer, sees the image in-line and the activity panel saying 📎, and the table
+    ``!attachments`` answers with fits the timeline from a phone's width to 1440 px."""
     _skip_or_fail()
     bot_user = await make_user("parcel", displayname="Parcel")
     agent_user = await make_user("alice", displayname="Alice")
@@ -57,10 +71,11 @@ async def test_customer_in_element_accepts_an_image_and_sees_it_inline(
                 agent_room = await agent.accept_invite("the agent room invite", timeout=90)
                 await customer.until_step("chat-open", timeout=90)
                 image = samples.png(320, 200, "teal")
-                await agent.send_file(agent_room, image, "diagram.png", "image/png", "m.image",
+                await agent.send_file(agent_room, image, LONG_NAME, "image/png", "m.image",
                                       encrypt=True)
                 await customer.until_step("offer-shown", timeout=60)
                 assert await customer.finish(timeout=90) == 0, "".join(customer.lines)
+                fits = _fits(customer.lines)
             finally:
                 await customer.close()
         store = bot.parcel.store
@@ -71,5 +86,11 @@ async def test_customer_in_element_accepts_an_image_and_sees_it_inline(
         await agent.until(lambda: agent.offer_state(agent_room, offer.id) == "accepted",
                           "the agent's status line edited to accepted")
         assert [e["content"][OFFER_KEY]["number"] for e in agent.offers(agent_room)] == [1]
+        # !attachments' table fits the timeline at every width measured (no column cut off).
+        assert sorted(fits) == sorted(element.FIT_WIDTHS), customer.lines
+        for width, (table, container) in fits.items():
+            assert table <= container, (
+                f"at {width} px the table is {table} px wide in a {container} px timeline\n"
+                + "".join(customer.lines))
     finally:
         await bot.stop()

@@ -230,6 +230,10 @@ async def test_bot_kicked_from_the_dm_closes_the_session(start_chat) -> None:
                       "the closing notice in the agent room")
     await agent.until(lambda: agent.offer_state(chat.agent_room, offer_id) == "expired",
                       "the offer card edited to expired")
+    # The last panel update skips the room the bot is no longer in, so the bot leaves the
+    # agent room too (it used to fail posting there and stay).
+    await agent.until(lambda: agent.membership(chat.agent_room, chat.bot_id) == "leave",
+                      "the bot leaving the agent room")
     store = store_of(chat)
     session = (await store.sessions.sessions())[0]
     assert session.state is SessionState.CLOSED and session.close_reason == "bot_removed"

@@ -96,8 +96,11 @@ def test_check_config_line_reports_without_changing(tmp_path: Path) -> None:
     (data_dir / "parcel.db").write_bytes(b"")
     (data_dir / "parcel.db").chmod(0o644)
     line = describe(data_dir)
-    assert "1 paths are readable by others" in line and "parcel.db 644→600" in line
+    assert "1 path is readable by others" in line and "parcel.db 644→600" in line
     assert _mode(data_dir / "parcel.db") == 0o644
+    (data_dir / "parcel.db-wal").write_bytes(b"")
+    (data_dir / "parcel.db-wal").chmod(0o644)
+    assert "2 paths are readable by others" in describe(data_dir)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
@@ -117,6 +120,8 @@ def test_data_dir_of_another_user_stops_start_up(tmp_path: Path, which: str,
         assert info.value.key == "data_dir"
         assert "is owned by" in info.value.problem and "uid 65534" in info.value.problem
         assert "chown" in info.value.problem
+        # Shown after the key ("data_dir: …"), the problem does not name the key again.
+        assert not info.value.problem.startswith("data_dir")
     assert _mode(data_dir) == 0o755
 
 

@@ -64,11 +64,17 @@ def test_log_without_a_store_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"), ("+1", "'+1"), ("@a", "'@a"),
+    ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"), ("+1", "'+1"), ("-2+3", "'-2+3"),
+    ("@a", "'@a"), ("@SUM(A1:A9)", "'@SUM(A1:A9)"), ("\tx", "'\tx"), ("\r=1", "'\r=1"),
+    # A whole Matrix user id is left as it is; anything more is guarded.
+    ("@carol:example.org", "@carol:example.org"), ("@bot.1_x=/+-:hs:8448", "@bot.1_x=/+-:hs:8448"),
+    ("@carol:[::1]:8448", "@carol:[::1]:8448"), ("@carol:10.0.0.1", "@carol:10.0.0.1"),
+    ("@a:b|cmd", "'@a:b|cmd"), ("@a:b c", "'@a:b c"), ("@Carol:hs", "'@Carol:hs"),
+    ("@a:b)(x", "'@a:b)(x"), ("@:hs", "'@:hs"), ("@a:", "'@a:"),
     ("report.pdf", "report.pdf"), (42, 42), (None, None),
 ])
 def test_csv_cells_cannot_become_formulas(value: object, expected: object) -> None:
-    """File names that a spreadsheet would run as formulas are exported quoted."""
+    """Cells a spreadsheet would run as formulas are exported quoted; sender ids are not."""
     from bot.__main__ import _spreadsheet_safe
 
     assert _spreadsheet_safe(value) == expected
@@ -192,3 +198,49 @@ def test_check_config_reports_a_data_dir_that_cannot_be_created(tmp_path: Path) 
         f"parcel-bot: configuration error: data_dir: cannot create {tmp_path}/plain-file/data: "
         f"{tmp_path}/plain-file is not a directory")
     assert not (tmp_path / "plain-file" / "data").exists()
+
+
+@pytest.mark.parametrize("data_dir", ["/proc/nope", "/proc/nope/deeper"])
+def test_check_config_and_run_refuse_the_same_data_dir(tmp_path: Path, data_dir: str) -> None:
+    """A data_dir the system will not create (here under /proc, where even root cannot) fails
+    check-config exactly as it stops run: one line naming the key, exit 2, nothing left."""
+    config = tmp_path / "c.yaml"
+    config.write_text("homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\npassword: pw\n"
+                      f"data_dir: {data_dir}\n")
+    results = [_run(command, "--config", str(config)) for command in ("check-config", "run")]
+    for result in results:
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(
+            f"parcel-bot: configuration error: data_dir: cannot create {data_dir} ("), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert results[0].stderr == results[1].stderr
+
+
+def test_check_config_leaves_no_data_dir_behind(tmp_path: Path) -> None:
+    """check-config creates data_dir as start-up would (to know it can), then removes it."""
+    config = tmp_path / "c.yaml"
+    config.write_text("homeserver: http://127.0.0.1:1\nuser_id: '@b:x'\npassword: pw\n"
+                      f"data_dir: {tmp_path}/a/b/data\n")
+    result = _run("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "does not exist yet; it will be created private (700)" in result.stdout
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("parcel-bot").exists(),
+                    reason="needs the installed parcel-bot script beside the interpreter")
+def test_the_demo_hints_name_a_command_this_shell_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bare name only when PATH finds this install; else the script's path (relative
+    inside the folder the reader is in, as the Quick start's `.venv/bin/parcel-bot`)."""
+    from bot.demo import command_name
+
+    script = Path(sys.executable).with_name("parcel-bot")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(script.parents[2])
+    assert command_name() == str(script.relative_to(script.parents[2]))
+    monkeypatch.chdir(tmp_path)
+    assert command_name() == str(script)
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert command_name() == "parcel-bot"

@@ -260,6 +260,12 @@ def test_config_is_frozen() -> None:
             id="boolean-override",
         ),
         pytest.param(
+            "policy: {max_size: 1024, customer_to_agent: {max_size: 25B}}",
+            DirectionPolicy(25, (), (), True),
+            DirectionPolicy(1024, (), (), True),
+            id="bare-bytes-from-1KiB-and-tiny-sizes-with-their-unit",
+        ),
+        pytest.param(
             "policy: {max_size: 5MB, customer_to_agent: {max_size: null}}",
             DirectionPolicy(5_000_000, (), (), True),
             DirectionPolicy(5_000_000, (), (), True),
@@ -474,6 +480,15 @@ VALIDATION_CASES = [
     ),
     ("policy: {max_size: lots}", 'policy.max_size: expected a size like "25MB", got "lots"'),
     ("policy: {max_size: 0}", "policy.max_size: must be greater than 0, got 0"),
+    ("policy: {max_size: 25}",
+     'policy.max_size: 25 would be 25 bytes; write the unit: "25MB" for megabytes, or "25B" '
+     "if bytes are meant"),
+    ("policy: {max_size: '1023'}",
+     'policy.max_size: "1023" would be 1023 bytes; write the unit: "1023MB" for megabytes, or '
+     '"1023B" if bytes are meant'),
+    ("policy: {agent_to_customer: {max_size: 10}}",
+     'policy.agent_to_customer.max_size: 10 would be 10 bytes; write the unit: "10MB" for '
+     'megabytes, or "10B" if bytes are meant'),
     ("policy: {max_size: -1MB}", 'policy.max_size: a size cannot be negative, got "-1MB"'),
     ("policy: {max_size: yes}", 'policy.max_size: expected a size like "25MB", got true'),
     (

@@ -485,8 +485,8 @@ def test_attachment_log_sent_vs_received_by_viewpoint(
     assert lines[2].startswith(f"#2 {second}: fix.zip · ")
     assert lines[2].endswith("· — · from Alice (support) · waiting · 2023-11-14 22:23")
     assert message.html is not None
-    cells = [c for c in parse(message.html).text]
-    assert first in cells and second in cells
+    facts = [c.split(" · ", 1)[0] for c in parse(message.html).text if " · " in c]
+    assert facts == [first, second]
 
 
 @pytest.mark.parametrize(
@@ -506,35 +506,56 @@ def test_attachment_log_state_words(state: OfferState, reason: str | None, word:
 
 def test_attachment_log_html_table_is_escaped() -> None:
     """The HTML table escapes names and file names and has the documented header."""
-    offer = make_offer(filename="<img src=x onerror=alert(1)>.png", sender_name="<b>Eve</b>",
+    offer = make_offer(filename="<img src=x>.png", sender_name="<b>Eve</b>",
                        state=S.REJECTED, reason="<script>x</script>")
     message = render.attachment_log([offer], A2C)
     assert message.html is not None
     assert_only_own_markup(message.html)
-    assert "&lt;img src=x onerror=alert(1)&gt;.png" in message.html
+    assert "&lt;img src=x&gt;.png" in message.html
     assert "&lt;b&gt;Eve&lt;/b&gt;" in message.html
     assert "rejected (&lt;script&gt;x&lt;/script&gt;)" in message.html
     parsed = parse(message.html)
-    assert [t for t, _ in parsed.tags].count("th") == 8
+    assert [t for t, _ in parsed.tags].count("th") == 2
     assert parsed.text[0] == "Attachments (1)"  # a heading Element shows above the table
-    assert parsed.text[1:9] == ["#", "Direction", "File", "Kind", "Size", "From", "State",
-                               "Time\u00a0(UTC)"]
+    assert parsed.text[1:3] == ["File", "State (UTC)"]
 
 
-def test_attachment_log_numbers_offers_per_chat_and_keeps_the_time_on_one_line() -> None:
-    """Rows show the chat's own offer number; the time cell has no breaking space."""
+def test_attachment_log_table_has_two_narrow_columns() -> None:
+    """Each row is two cells: number, name and facts; state and a short time (the table must
+    fit Element's timeline on a phone; the browser test measures it)."""
+    message = render.attachment_log([make_offer(id=40, number=1, state=S.ACCEPTED)], C2A)
+    assert message.html is not None
+    row = message.html.split("<tbody>", 1)[1]
+    assert row == ("<tr><td><b>#1</b> report.pdf<br>sent · PDF document · 1.2 MB · from Carol"
+                   "</td><td>accepted<br>14\u00a0Nov 22:13</td></tr></tbody></table>")
+
+
+def test_attachment_log_numbers_offers_per_chat() -> None:
+    """Rows show the chat's own offer number, never the store's id."""
     message = render.attachment_log([make_offer(id=40, number=1)], C2A)
     assert message.body.splitlines()[1].startswith("#1 sent: report.pdf")
     assert message.html is not None
-    assert "<td>1</td>" in message.html and "<td>40</td>" not in message.html
-    assert "<td>2023\u201111\u201114\u00a022:13</td>" in message.html
+    assert "<b>#1</b>" in message.html and "40" not in message.html
 
 
-def test_attachment_log_cuts_long_names_to_48() -> None:
-    """File names in the log are cut to 48 characters."""
-    body = render.attachment_log([make_offer(filename="z" * 300 + ".pdf")], C2A).body
-    shown = body.splitlines()[1].split(": ", 1)[1].split(" · ", 1)[0]
-    assert len(shown) == 48 and shown.endswith(".pdf")
+@pytest.mark.parametrize(("ts", "shown"), [
+    (1_700_000_000.0, "14 Nov 22:13"), (1_704_067_199.0, "31 Dec 23:59"),
+    (1_704_067_200.0, "1 Jan 00:00"),
+])
+def test_short_time_is_day_month_and_utc_time(ts: float, shown: str) -> None:
+    """The table's time: day, month and UTC time, without the year."""
+    assert render.short_time(ts) == shown
+
+
+def test_attachment_log_cuts_long_names_in_the_table_not_in_the_text() -> None:
+    """A long name is cut to 20 characters in the table (it cannot wrap) and to 80 in the
+    text, both keeping the extension."""
+    message = render.attachment_log([make_offer(filename="z" * 300 + ".pdf")], C2A)
+    shown = message.body.splitlines()[1].split(": ", 1)[1].split(" · ", 1)[0]
+    assert len(shown) == 80 and shown.endswith(".pdf")
+    assert message.html is not None
+    cell = parse(message.html).text[4]
+    assert cell.startswith(" ") and len(cell.strip()) == 20 and cell.endswith(".pdf")
 
 
 @pytest.mark.parametrize(
@@ -617,6 +638,10 @@ def test_message_content(message: render.Message, extra: dict[str, Any],
          "The bot was removed from the customer's chat (or that room was shut down), so nothing "
          "more can reach the customer. This session is closed. 1 pending file was not "
          "delivered."),
+        ("bot_removed_from_agents", None, False, 1, "@parcel:hs",
+         "The support team's room for this chat was closed, so no agent can read what you write "
+         "here any more. This chat is closed. 1 pending file was not delivered. To talk to us "
+         "again, start a new chat with @parcel:hs."),
         ("ended", "Alice (support)", True, 0, None, "You ended the chat."),
         ("ended", "Carol", True, 1, "@parcel:hs",
          "You ended the chat. 1 pending file was not delivered. To talk to us again, start a "
@@ -628,7 +653,8 @@ def test_message_content(message: render.Message, extra: dict[str, Any],
          "Carol ended the chat. 3 pending files were not delivered."),
         ("ended", None, False, 0, None, "This chat is closed."),
     ],
-    ids=["left", "left-pending", "bot-removed", "you", "you-customer-pending",
+    ids=["left", "left-pending", "bot-removed", "bot-removed-from-agents",
+         "you", "you-customer-pending",
          "agent-ended-to-customer", "customer-ended-to-agents", "nobody"],
 )
 def test_session_closed(reason: str, closer: str | None, you: bool, pending: int,
@@ -659,6 +685,22 @@ def test_reply_to_adds_the_reply_relation() -> None:
     """A reply carries m.relates_to.m.in_reply_to with the replied-to event id."""
     content = render.reply_to({"body": "x"}, "$upload")
     assert content == {"body": "x", "m.relates_to": {"m.in_reply_to": {"event_id": "$upload"}}}
+
+
+@pytest.mark.parametrize(("also_open", "note"), [
+    ((), None),
+    ((3,), "This customer also has another chat open: #3."),
+    ((3, 5), "This customer also has other chats open: #3, #5."),
+])
+def test_session_opened_for_agents_names_the_customers_other_open_chats(
+    also_open: tuple[int, ...], note: str | None
+) -> None:
+    """A customer's second chat tells the agents which of their chats are still open."""
+    message = render.session_opened_for_agents("Carol", "@carol:hs", 6, also_open)
+    lines = message.body.splitlines()
+    assert lines[0].startswith("New chat #6 with Carol (@carol:hs).")
+    assert lines[1:] == ([note] if note else [])
+    assert message.html is not None and (note is None or message.html.endswith(f"<br>{note}"))
 
 
 def test_session_opened_for_agents_escapes_the_customer_name() -> None:

@@ -198,6 +198,20 @@ async def test_reopening_is_idempotent_and_keeps_data(store_database: Path | str
         await again.close()
 
 
+async def test_migrating_logs_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A new store is one "created" line, an upgrade one "upgraded from … to" line, an
+    up-to-date store none (the steps are at DEBUG)."""
+    caplog.set_level(logging.INFO, logger="bot.store.migrations")
+    for path, expected in ((tmp_path / "new.db", ["created the store at version 7"]),
+                           (tmp_path / "old.db", ["upgraded the store from version 1 to 7"]),
+                           (tmp_path / "new.db", [])):
+        if path.name == "old.db":
+            await (await at_version(path, 1)).close()
+        caplog.clear()
+        await _open_and_close(path)
+        assert [r.getMessage().split(" (SQLite at")[0] for r in caplog.records] == expected
+
+
 async def test_failed_migration_rolls_back(store_database: Path | str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A migration that fails half way leaves neither its tables nor a raised version."""
@@ -248,13 +262,18 @@ async def test_two_instances_opening_one_empty_postgres_migrate_it_once(
 ) -> None:
     """Two stores opened at the same moment on one empty database: each migration runs once,
     both end up open on version 7."""
-    caplog.set_level(logging.INFO, logger="bot.store.migrations")
+    caplog.set_level(logging.DEBUG, logger="bot.store.migrations")
     stores = await asyncio.gather(Store.open(postgres_url), Store.open(postgres_url))
     try:
         upgrades = [r.getMessage() for r in caplog.records
                     if r.getMessage().startswith("store schema upgraded")]
         assert [m.split(" (")[0] for m in upgrades] == [
             f"store schema upgraded to version {n}" for n in range(1, 8)]
+        # At INFO, one line says what happened (by whichever instance created it).
+        info = [r.getMessage().split(" (")[0] for r in caplog.records
+                if r.levelno == logging.INFO]
+        assert "created the store at version 7" in info
+        assert not any("schema upgraded" in line for line in info)
         for store in stores:
             async with store.transaction():
                 assert await store.db.schema_version() == 7
