@@ -233,13 +233,19 @@ async def scenario(homeserver: Homeserver, make_user: MakeUser, make_client: Mak
             own_postgres.thaw()
             if not own_postgres.running:
                 own_postgres.start()  # a clean stop needs the database (the lease's release)
-            for instance in s.instances:
-                if instance.exited() is None:
-                    began = time.monotonic()
-                    await instance.process.stop()
-                    took = time.monotonic() - began
-                    if took > 10:  # not asserted (no timed assertions); worth seeing
-                        logger.warning("%s took %.0f s to stop on SIGTERM", instance.name, took)
+            # All at once: a leader stopped alone hands its lease to the standby, which then
+            # starts leading while it is being stopped.
+            await asyncio.gather(*(stop_timed(i) for i in s.instances if i.exited() is None))
+
+
+async def stop_timed(instance: Instance) -> None:
+    """SIGTERM ``instance`` and wait for it; a slow exit is logged (not asserted: no timed
+    assertions), since it is worth seeing."""
+    began = time.monotonic()
+    await instance.process.stop()
+    took = time.monotonic() - began
+    if took > 10:
+        logger.warning("%s took %.0f s to stop on SIGTERM", instance.name, took)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +397,7 @@ async def everything_arrives_once(s: Scenario, manual: bytes, photo: bytes,
     assert not s.problems, f"the work survived the {fault}, but:\n{s.diagnostics()}"
 
 
-async def leader_of(s: Scenario) -> Instance:
+def leader_of(s: Scenario) -> Instance:
     """The instance that leads now (its log's last lease line says it took the lease)."""
     for instance in s.instances:
         log = instance.process.log_since_start()
@@ -434,7 +440,7 @@ async def test_postgresql_down_for_a_while_costs_only_a_delay(scenario: Scenario
     everything arrives once, as after a restart."""
     s = scenario
     manual, photo = await traffic_in_flight(s)
-    leader = await leader_of(s)
+    leader = leader_of(s)
     await asyncio.to_thread(s.pg.stop)
     stopped = time.monotonic()
 
@@ -458,7 +464,7 @@ async def test_postgresql_frozen_past_the_lease_costs_only_a_delay(scenario: Sce
     one instance leads, the other stands by, and everything arrives once."""
     s = scenario
     manual, photo = await traffic_in_flight(s)
-    leader = await leader_of(s)
+    leader = leader_of(s)
     s.pg.freeze()
     frozen = time.monotonic()
 
