@@ -29,7 +29,7 @@ class Rule:
     method: str
     path: re.Pattern[str]
     times: int
-    how: str  # "502" or "drop"
+    how: str  # "502", "403" (refused for good: M_FORBIDDEN) or "drop"
     hits: int = 0
 
 
@@ -105,6 +105,9 @@ class FaultyProxy:
                 assert request.transport is not None
                 request.transport.close()
                 raise web.HTTPBadGateway()
+            if rule.how == "403":
+                return web.json_response({"errcode": "M_FORBIDDEN", "error": "injected 403"},
+                                         status=403)
             return web.json_response({"errcode": "M_UNKNOWN", "error": "injected 502"},
                                      status=502)
         assert self._session is not None

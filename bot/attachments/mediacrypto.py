@@ -163,13 +163,21 @@ class AttachmentDecryptor:
         return self._size
 
 
-class AttachmentEncryptor:
-    """Encrypts one attachment chunk by chunk with a fresh random key and IV."""
+def new_key_and_iv() -> tuple[bytes, bytes]:
+    """A fresh AES key and IV for one attachment (the IV's counter half starts at zero)."""
+    # 8 random bytes of nonce, then the 64-bit counter starting at zero.
+    return os.urandom(_KEY_BYTES), os.urandom(8) + b"\x00" * 8
 
-    def __init__(self) -> None:
-        self._key = os.urandom(_KEY_BYTES)
-        # 8 random bytes of nonce, then the 64-bit counter starting at zero.
-        self._iv = os.urandom(8) + b"\x00" * 8
+
+class AttachmentEncryptor:
+    """Encrypts one attachment chunk by chunk, with a fresh random key and IV unless given
+    (the same key and IV over the same plaintext give the same ciphertext: a repeated upload
+    to a reserved address can be checked against the first)."""
+
+    def __init__(self, key: bytes | None = None, iv: bytes | None = None) -> None:
+        if key is None or iv is None:
+            key, iv = new_key_and_iv()
+        self._key, self._iv = key, iv
         self._cipher: CipherContext = Cipher(
             algorithms.AES(self._key), modes.CTR(self._iv)
         ).encryptor()

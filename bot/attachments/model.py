@@ -106,6 +106,10 @@ class Offer:
     # An in-line image's blurhash and thumbnail (JSON for the delivery's info; the thumbnail's
     # key in an encrypted room), made while the local copy is there.
     image_info: str | None = field(default=None, repr=False)
+    # Content URIs reserved for the recipient's copy and its thumbnail before uploading
+    # (bot.matrix.media.Reservation as JSON, with the AES key in an encrypted room).
+    copy_reservation: str | None = field(default=None, repr=False)
+    thumbnail_reservation: str | None = field(default=None, repr=False)
 
     @property
     def is_pending(self) -> bool:

@@ -8,6 +8,8 @@ is one attempt; failures are raised classified (``bot.errors``) and retried by t
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +23,7 @@ import aiohttp
 
 from bot import errors
 from bot.attachments.inspect import StreamingDigest
-from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor
+from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor, new_key_and_iv
 from bot.attachments.sealed import Sealer, Unsealer
 from bot.errors import PermanentError, TransientError
 from bot.matrix.chunks import ChunkWorker
@@ -61,6 +63,42 @@ class Uploaded:
         if self.encryptor is None:
             return None
         return self.encryptor.file_info(self.uri, mimetype)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A content URI the homeserver handed out before its bytes (``POST /media/v1/create``),
+    with what the upload to it goes up as: its Content-Type and, for an encrypted room, the
+    AES key and IV (base64). Recorded before the upload, so a retry puts the same bytes to
+    the same address, or finds them there."""
+
+    uri: str
+    content_type: str
+    key: str | None = field(default=None, repr=False)
+    iv: str | None = field(default=None, repr=False)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the bytes go up encrypted (for an encrypted room)."""
+        return self.key is not None
+
+    def encryptor(self) -> AttachmentEncryptor | None:
+        """The encryptor of this upload: the same key and IV on every attempt."""
+        if self.key is None or self.iv is None:
+            return None
+        return AttachmentEncryptor(base64.b64decode(self.key), base64.b64decode(self.iv))
+
+    def to_json(self) -> str:
+        """The record kept in the store (a secret when encrypted)."""
+        return json.dumps({"uri": self.uri, "content_type": self.content_type, "key": self.key,
+                           "iv": self.iv})
+
+    @classmethod
+    def from_json(cls, text: str) -> Reservation:
+        """Read a record written by :meth:`to_json`."""
+        data = json.loads(text)
+        return cls(str(data["uri"]), str(data["content_type"]), data.get("key"),
+                   data.get("iv"))
 
 
 @dataclass(frozen=True)
@@ -286,24 +324,65 @@ class MediaClient:
         return Downloaded(size=digest.size, sha256=digest.hexdigest(),
                           sealed_key=sealer.key() if sealer is not None else None)
 
+    async def reserve(self, content_type: str, encrypt: bool) -> Reservation | None:
+        """Ask the homeserver for a content URI before uploading (``POST /media/v1/create``,
+        Matrix 1.7), so the caller can record where the bytes will be before sending them.
+
+        None when the homeserver grants none: it does not know the endpoint, or the bot has
+        as many pending reservations as it allows (Synapse's ``max_pending_media_uploads``;
+        its answer would make us wait until the oldest expires, up to a day). Transient
+        failures are raised.
+        """
+        url = f"{self._homeserver}/_matrix/media/v1/create"
+        what = "reserving a content URI"
+        try:
+            async with self._http().post(url, json={}, headers=self._headers()) as response:
+                if response.status != 200:
+                    refusal = await _refusal(response, what)
+                    if response.status in (400, 404, 405) or (
+                        isinstance(refusal, TransientError)
+                        and response.status == 429
+                        and (refusal.retry_after is None or refusal.retry_after > 60)
+                    ):
+                        logger.info("%s: the homeserver grants none (HTTP %d); uploading "
+                                    "without one", what, response.status)
+                        return None
+                    raise refusal
+                body = await response.json(content_type=None)
+        except errors.WorkError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            raise errors.from_exception(exc, what) from exc
+        uri = body.get("content_uri") if isinstance(body, dict) else None
+        parse_mxc(uri)
+        content_type = upload_content_type(content_type, encrypt)
+        if not encrypt:
+            return Reservation(str(uri), content_type)
+        key, iv = new_key_and_iv()
+        return Reservation(str(uri), content_type, base64.b64encode(key).decode(),
+                           base64.b64encode(iv).decode())
+
     async def upload(
         self, path: Path, content_type: str, filename: str, *, encrypt: bool = False,
-        sealed_key: str | None = None,
+        sealed_key: str | None = None, reserved: Reservation | None = None,
     ) -> Uploaded:
         """Stream the file at ``path`` to the content repository as a new upload.
 
         With ``encrypt``, the bytes are encrypted on the way (a fresh key per attempt), so no
         ciphertext copy is written to disk. The plaintext is hashed as it is read, so the
         caller can check it is still the file it inspected. A file sealed at rest is decrypted
-        on the way with ``sealed_key``.
+        on the way with ``sealed_key``. With ``reserved`` the bytes go to that URI, as it
+        says (type, key): when an earlier attempt already put them there, they are read back
+        and measured instead of uploaded again (:meth:`_read_back`).
         """
         size = (await aiofiles.os.stat(path)).st_size
         unsealer = Unsealer(sealed_key) if sealed_key else None
-        return await self._post(path, size, content_type, filename, encrypt, unsealer, None)
+        return await self._post(path, size, content_type, filename, encrypt, unsealer, None,
+                                reserved)
 
     async def upload_following(
         self, path: Path, copy: GrowingCopy, content_type: str, filename: str, *,
-        encrypt: bool = False,
+        encrypt: bool = False, reserved: Reservation | None = None,
     ) -> Uploaded:
         """Upload the sealed copy a download is writing at ``path`` while it is written.
 
@@ -311,34 +390,55 @@ class MediaClient:
         before its last byte, so the homeserver never completes a bad file.
         """
         size, unsealer = await copy.started()
-        return await self._post(path, size, content_type, filename, encrypt, unsealer, copy)
+        return await self._post(path, size, content_type, filename, encrypt, unsealer, copy,
+                                reserved)
 
     async def _post(
         self, path: Path, size: int, content_type: str, filename: str, encrypt: bool,
         unsealer: Unsealer | None, growing: GrowingCopy | None,
+        reserved: Reservation | None = None,
     ) -> Uploaded:
-        url = f"{self._homeserver}/_matrix/media/v3/upload?filename={quote(filename, safe='')}"
-        content_type = upload_content_type(content_type, encrypt)
+        name = quote(filename, safe="")
+        if reserved is not None:
+            server, media_id = parse_mxc(reserved.uri)
+            url = (f"{self._homeserver}/_matrix/media/v3/upload/{quote(server, safe='')}/"
+                   f"{quote(media_id, safe='')}?filename={name}")
+            content_type, encryptor = reserved.content_type, reserved.encryptor()
+        else:
+            url = f"{self._homeserver}/_matrix/media/v3/upload?filename={name}"
+            content_type = upload_content_type(content_type, encrypt)
+            encryptor = AttachmentEncryptor() if encrypt else None
         headers = self._headers({"Content-Type": content_type, "Content-Length": str(size)})
-        encryptor = AttachmentEncryptor() if encrypt else None
         digest = StreamingDigest()
         what = f"uploading {filename}"
         try:
-            async with self._http().post(
+            async with self._http().request(
+                "PUT" if reserved is not None else "POST",
                 url, data=_read_chunks(path, size, digest, encryptor, unsealer, growing),
                 headers=headers,
             ) as response:
-                if response.status != 200:
+                if response.status == 409 and reserved is not None:
+                    # M_CANNOT_OVERWRITE_MEDIA: an earlier attempt's bytes are there.
+                    body = None
+                elif response.status != 200:
                     if response.status == 413:
                         raise MediaError("the file is larger than the homeserver allows",
                                          code="M_TOO_LARGE")
                     raise await _refusal(response, what)
-                body = await response.json(content_type=None)
+                else:
+                    body = await response.json(content_type=None)
         except errors.WorkError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified here, once
             raise errors.from_exception(exc, what) from exc
-        uri = body.get("content_uri") if isinstance(body, dict) else None
+        if reserved is not None:
+            if body is None:
+                logger.info("%s: %s has its bytes already; reading them back", what,
+                            reserved.uri)
+                return await self._read_back(reserved, size)
+            uri: object = reserved.uri
+        else:
+            uri = body.get("content_uri") if isinstance(body, dict) else None
         parse_mxc(uri)
         if digest.size != size:
             raise MediaError("the file changed while it was being uploaded")
@@ -347,6 +447,57 @@ class MediaClient:
             # at Content-Length, so it is done here, not at EOF.
             encryptor.finalize()
         return Uploaded(str(uri), digest.hexdigest(), encryptor)
+
+    async def _read_back(self, reserved: Reservation, size: int) -> Uploaded:
+        """What an earlier upload to ``reserved`` put there, measured as :meth:`upload`
+        measures what it sends (the plaintext's SHA-256; for an encrypted upload the same
+        key and IV give the ciphertext's hash for the event's ``file`` block)."""
+        server, media_id = parse_mxc(reserved.uri)
+        url = (f"{self._homeserver}/_matrix/client/v1/media/download/"
+               f"{quote(server, safe='')}/{quote(media_id, safe='')}")
+        encryptor = reserved.encryptor()
+        decryptor = encryptor.decryptor() if encryptor is not None else None
+        digest = StreamingDigest()
+        what = f"reading back {reserved.uri}"
+        try:
+            async with self._http().get(url, headers=self._headers()) as response:
+                if response.status != 200:
+                    raise await _refusal(response, what)
+                async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                    if digest.size + len(chunk) > size:
+                        raise MediaError("the reserved upload is not the file")
+                    plain = decryptor.update(chunk) if decryptor is not None else chunk
+                    digest.update(plain)
+                    if encryptor is not None:
+                        encryptor.update(plain)  # the same ciphertext again, to hash it
+        except errors.WorkError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified here, once
+            raise errors.from_exception(exc, what) from exc
+        if digest.size != size:
+            raise MediaError("the reserved upload is not the file")
+        if encryptor is not None:
+            encryptor.finalize()
+        return Uploaded(reserved.uri, digest.hexdigest(), encryptor)
+
+    async def discard(self, reserved: Reservation) -> bool:
+        """Give up a reservation: delete it where the bot may (:meth:`purge`), else close it
+        with an empty upload if it has no bytes yet, so it stops counting against the
+        homeserver's limit of pending uploads. True when it is deleted."""
+        if await self.purge(reserved.uri):
+            return True
+        server, media_id = parse_mxc(reserved.uri)
+        url = (f"{self._homeserver}/_matrix/media/v3/upload/{quote(server, safe='')}/"
+               f"{quote(media_id, safe='')}")
+        headers = self._headers({"Content-Type": OCTET_STREAM, "Content-Length": "0"})
+        try:
+            async with self._http().put(url, data=b"", headers=headers) as response:
+                if response.status not in (200, 409):  # 409: it has its bytes, left as is
+                    logger.info("closing the reservation %s: HTTP %d", reserved.uri,
+                                response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.info("closing the reservation %s failed: %r", reserved.uri, exc)
+        return False
 
     async def purge(self, mxc: str) -> bool:
         """Delete media from the homeserver with the Synapse admin API (needs admin rights)."""

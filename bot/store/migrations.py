@@ -208,6 +208,12 @@ MIGRATIONS: list[str | PerDialect] = [
     CREATE INDEX work_waits_for ON work(waits_for);
     CREATE INDEX sessions_customer_room_id ON sessions(customer_room, id);
     """,
+    # 8: content URIs reserved for the recipient's copy and its thumbnail before their bytes
+    # go up (bot/attachments/staging.py): a retry puts the bytes there or finds them there.
+    """
+    ALTER TABLE offers ADD COLUMN copy_reservation TEXT;
+    ALTER TABLE offers ADD COLUMN thumbnail_reservation TEXT;
+    """,
 ]
 
 

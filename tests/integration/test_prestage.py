@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from nio import RoomPutStateResponse
 
 from bot.attachments.model import Offer, OfferState
+from bot.attachments.staging import thumbnail_uri
 from tests import samples
 from tests.chat import barrier
 from tests.conftest import Chat
@@ -13,7 +16,8 @@ from tests.faulty_proxy import FaultyProxy
 from tests.helpers import wait_for
 
 ACCEPT, DECLINE = "\u2705", "\u274c"
-UPLOAD = r"/_matrix/media/v3/upload$"
+# Uploads go to a reserved URI (PUT .../upload/{server}/{id}); a plain POST where none is granted.
+UPLOAD = r"/_matrix/media/v3/upload(/|$)"
 DOWNLOAD = r"/_matrix/client/v1/media/download/"
 
 
@@ -36,8 +40,9 @@ async def is_unstaged(chat: Chat) -> bool:
     return (await the_offer(chat)).staged_uri is None
 
 
-
-
+def uploads(proxy: FaultyProxy) -> int:
+    """How many uploads the bot started through the proxy (to reserved URIs or not)."""
+    return proxy.count("PUT", UPLOAD) + proxy.count("POST", UPLOAD)
 
 
 async def _media_status(chat: Chat, uri: str) -> int:
@@ -74,7 +79,7 @@ async def test_accept_before_staging_is_done_delivers_once(start_chat, homeserve
         delivered = customer.deliveries(chat.customer_room, chat.bot_id)
         assert len(delivered) == 1
         assert await customer.download(delivered[0]["content"]) == data
-        assert proxy.count("POST", UPLOAD) == 1
+        assert uploads(proxy) == 1
         assert delivered[0]["content"]["url"] == (await the_offer(chat)).staged_uri
 
 
@@ -103,17 +108,20 @@ async def test_decline_deletes_the_staged_copy(start_chat) -> None:
 
 async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_chat) -> None:
     """The customer turns on encryption after the copy was staged in the clear: the ✅
-    delivers a freshly staged, encrypted copy that the customer decrypts."""
+    delivers a freshly staged, encrypted copy (and thumbnail) that the customer decrypts; the
+    plain copy and its thumbnail are deleted, not orphaned."""
     chat: Chat = await start_chat(encrypted=True, bot_admin=True)
     await chat.open_session(encrypted=False)
     agent, customer = chat.agent, chat.customer
-    image = samples.png(40, 30)
+    image = samples.png(1000, 750)  # larger than a thumbnail: one is made and staged
     await agent.send_file(chat.agent_room, image, "map.png", "image/png", "m.image")
     await customer.until(lambda: customer.offer_named(chat.customer_room, "map.png"),
                          "the offer card")
     await wait_for(lambda: is_staged(chat), what="the staged copy")
     plain_copy = (await the_offer(chat)).staged_uri
+    plain_thumbnail = thumbnail_uri((await the_offer(chat)).image_info)
     assert plain_copy is not None and not (await the_offer(chat)).staged_encrypted
+    assert plain_thumbnail is not None and await _media_status(chat, plain_thumbnail) == 200
     # Once staged, no copy of the file is kept on the bot's disk.
     assert (await the_offer(chat)).temp_path is None
     assert list((chat.bot.config.data_dir / "media").iterdir()) == []
@@ -130,13 +138,16 @@ async def test_a_room_encrypted_after_staging_gets_an_encrypted_delivery(start_c
     assert "file" in delivered["content"] and "url" not in delivered["content"]
     assert delivered["content"]["file"]["url"] != plain_copy
     assert await customer.download(delivered["content"]) == image
+    assert "thumbnail_file" in delivered["content"]["info"]
     assert await _media_status(chat, plain_copy) == 404
+    assert await _media_status(chat, plain_thumbnail) == 404
 
 
 async def test_a_crash_between_staging_and_recording_delivers_once(start_chat) -> None:
     """Killed right after the staged upload, before it was recorded: after the restart the
-    copy is staged again, and the ✅ delivers exactly one file."""
-    chat: Chat = await start_chat(as_process=True)
+    bytes are found at the URI reserved (and recorded) before the upload, not uploaded again,
+    and the ✅ delivers exactly one file."""
+    chat: Chat = await start_chat(as_process=True, bot_admin=True)
     await chat.open_session()
     await chat.bot.stop()
     await chat.bot.start(failpoint="delivery-staged")
@@ -156,6 +167,8 @@ async def test_a_crash_between_staging_and_recording_delivers_once(start_chat) -
     delivered = customer.deliveries(chat.customer_room, chat.bot_id)
     assert len(delivered) == 1
     assert await customer.download(delivered[0]["content"]) == data
+    assert await _bot_media(chat) == 1, "the copy was uploaded again after the restart"
+    assert "has its bytes already; reading them back" in chat.bot.log_path.read_text()
 
 
 async def test_without_prestage_the_copy_is_uploaded_on_accept(start_chat, homeserver) -> None:
@@ -169,13 +182,13 @@ async def test_without_prestage_the_copy_is_uploaded_on_accept(start_chat, homes
         await customer.until(lambda: customer.offer_named(chat.customer_room, "plain.pdf"),
                              "the offer card")
         await barrier(agent, chat.agent_room, customer, chat.customer_room)
-        assert proxy.count("POST", UPLOAD) == 0 and (await the_offer(chat)).staged_uri is None
+        assert uploads(proxy) == 0 and (await the_offer(chat)).staged_uri is None
         card = customer.offer_named(chat.customer_room, "plain.pdf")
         assert card is not None
         await customer.react(chat.customer_room, card["event_id"], ACCEPT)
         await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
                              "the delivery")
-        assert proxy.count("POST", UPLOAD) == 1
+        assert uploads(proxy) == 1
         [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
         assert await customer.download(delivered["content"]) == data
 
@@ -195,7 +208,7 @@ async def test_the_copy_is_staged_from_the_download_stream(start_chat, homeserve
         await wait_for(lambda: is_staged(chat), timeout=60,
                        what="the staged copy")
         proxy.rate = None
-        upload_start = proxy.position("start", "POST", UPLOAD)
+        upload_start = proxy.position("start", "PUT", UPLOAD)
         download_end = proxy.position("end", "GET", DOWNLOAD)
         assert upload_start is not None and download_end is not None
         assert upload_start < download_end, "the staging upload waited for the download"
@@ -207,7 +220,7 @@ async def test_the_copy_is_staged_from_the_download_stream(start_chat, homeserve
         [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
         assert delivered["content"]["url"] == (await the_offer(chat)).staged_uri
         assert await customer.download(delivered["content"]) == data
-        assert proxy.count("POST", UPLOAD) == 1
+        assert uploads(proxy) == 1
 
 
 async def _bot_media(chat: Chat) -> int:
@@ -240,8 +253,114 @@ async def test_a_refused_file_leaves_no_staged_copy(start_chat, homeserver) -> N
 
         await wait_for(settled_rejection, timeout=60, what="the rejection")
         proxy.rate = None
-        assert proxy.position("start", "POST", UPLOAD) is not None, "no staging was tried"
-        assert proxy.position("end", "POST", UPLOAD) is None
+        assert proxy.position("start", "PUT", UPLOAD) is not None, "no staging was tried"
+        assert proxy.position("end", "PUT", UPLOAD) is None
         assert (await the_offer(chat)).staged_uri is None
         await barrier(agent, chat.agent_room, chat.customer, chat.customer_room)
         assert await _bot_media(chat) == 0
+
+
+async def _no_work_left(chat: Chat) -> bool:
+    """Whether the bot's work table is empty (every unit done, none retrying)."""
+    return not await chat.bot.parcel.store.work.work_units()
+
+
+async def test_a_decline_during_staging_leaves_nothing_behind(start_chat, homeserver) -> None:
+    """A ❌ while the recipient's copy is still going up stops the staging: the declined
+    offer settles with no staged copy, no key and no reservation in its row, and the
+    homeserver keeps nothing of the bot's."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, bot_admin=True,
+                                      policy={"max_size": "20MB"})
+        await chat.open_session()
+        agent, customer = chat.agent, chat.customer
+        data = samples.noise(6 * 1024 * 1024, seed=7)
+        proxy.rate = 2 * 1024 * 1024
+        proxy.upload_rate = 256 * 1024  # staging takes far longer than the decision
+        await agent.send_file(chat.agent_room, data, "draft.bin", "application/octet-stream")
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "draft.bin"),
+                             "the offer card", timeout=60)
+        assert (await the_offer(chat)).staged_uri is None, "staging finished before the ❌"
+        card = customer.offer_named(chat.customer_room, "draft.bin")
+        assert card is not None
+        await customer.react(chat.customer_room, card["event_id"], DECLINE)
+        offer_id = (await the_offer(chat)).id
+        store = chat.bot.parcel.store
+
+        async def settled() -> bool:
+            return await store.offers.is_settled(offer_id)
+
+        await wait_for(settled, timeout=60, what="the declined offer settled")
+        proxy.rate = proxy.upload_rate = None
+        await agent.until(lambda: agent.offer_state(chat.agent_room, offer_id) == "declined",
+                          "the declined status line")
+        offer = await the_offer(chat)
+        assert offer.state is OfferState.DECLINED
+        assert offer.staged_uri is None and offer.staged_file is None
+        assert offer.copy_reservation is None and offer.thumbnail_reservation is None
+        assert offer.temp_path is None
+        assert proxy.position("end", "PUT", UPLOAD) is None, "the staging upload finished"
+        await wait_for(lambda: _no_work_left(chat), what="no work left")
+        assert await _bot_media(chat) == 0
+        assert list((chat.bot.config.data_dir / "media").iterdir()) == []
+
+
+async def test_a_staging_failure_fails_the_offer_and_tells_the_sender(start_chat,
+                                                                      homeserver) -> None:
+    """The homeserver refuses the bot's uploads for good while the offer waits: the offer
+    ends FAILED, the sender is told, it settles, and no work is left retrying."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url)
+        await chat.open_session()
+        agent = chat.agent
+        proxy.fail("POST", r"/_matrix/media/v1/create$", times=100, how="403")
+        proxy.fail("POST", r"/_matrix/media/v3/upload$", times=100, how="403")
+        await agent.send_file(chat.agent_room, samples.pdf(), "offer.pdf", "application/pdf")
+        await agent.until(
+            lambda: any("offer.pdf could not be offered" in body
+                        for body in agent.bodies(chat.agent_room, chat.bot_id)),
+            "the failure told to the sender", timeout=60)
+        offer = await the_offer(chat)
+        assert offer.state is OfferState.FAILED
+        await wait_for(lambda: chat.bot.parcel.store.offers.is_settled(offer.id),
+                       what="the failed offer settled")
+        await wait_for(lambda: _no_work_left(chat), what="no work left")
+        assert offer.copy_reservation is None and offer.staged_uri is None
+
+
+async def test_a_stop_during_staging_ends_its_tasks_and_the_restart_delivers_once(
+        start_chat, homeserver) -> None:
+    """Stopped while the copy follows the download up: no staging task outlives the bot;
+    started again, the offer's unit stages the copy and the ✅ delivers it once, intact."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, policy={"max_size": "20MB"})
+        await chat.open_session()
+        agent, customer = chat.agent, chat.customer
+        data = samples.noise(3 * 1024 * 1024, seed=13)
+        proxy.rate = 1024 * 1024
+        proxy.upload_rate = 256 * 1024
+        await agent.send_file(chat.agent_room, data, "slow.bin", "application/octet-stream")
+
+        async def following() -> bool:
+            return proxy.position("start", "PUT", UPLOAD) is not None
+
+        await wait_for(following, timeout=60, what="the staging upload under way")
+        await chat.bot.stop()
+        left = [task.get_name() for task in asyncio.all_tasks()
+                if task.get_name().startswith("offer-") and not task.done()]
+        assert left == [], f"tasks outlived the bot: {left}"
+        proxy.rate = proxy.upload_rate = None
+        await chat.bot.start()
+        await customer.until(lambda: customer.offer_named(chat.customer_room, "slow.bin"),
+                             "the offer card", timeout=60)
+        await wait_for(lambda: is_staged(chat), timeout=60, what="the staged copy")
+        card = customer.offer_named(chat.customer_room, "slow.bin")
+        assert card is not None
+        await customer.react(chat.customer_room, card["event_id"], ACCEPT)
+        await customer.until(lambda: customer.deliveries(chat.customer_room, chat.bot_id),
+                             "the delivery", timeout=60)
+        await barrier(customer, chat.customer_room, agent, chat.agent_room)
+        [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
+        assert await customer.download(delivered["content"]) == data
+        offer = await the_offer(chat)
+        assert offer.copy_reservation is None and delivered["content"]["url"] == offer.staged_uri

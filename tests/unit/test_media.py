@@ -17,6 +17,7 @@ from bot.matrix.media import (
     GrowingCopy,
     MediaClient,
     MediaError,
+    Reservation,
     TooLarge,
     Uploaded,
     parse_mxc,
@@ -31,6 +32,7 @@ class Script:
         self.responses: list[web.StreamResponse | web.Response] = []
         self.requests = 0
         self.last_body = b""
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request
 
 
 @pytest_asyncio.fixture
@@ -40,6 +42,7 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         script.requests += 1
         script.last_body = await request.read()
+        script.seen.append((request.method, request.path))
         answer = script.responses.pop(0)
         if callable(answer):
             return await answer(request)
@@ -441,3 +444,138 @@ async def test_the_follower_is_started_only_once_the_file_exists(
 def test_an_upload_goes_up_as_its_type_or_as_opaque_bytes_when_encrypted(
         mimetype: str | None, encrypted: bool, expected: str) -> None:
     assert upload_content_type(mimetype, encrypted) == expected
+
+
+def _created(uri: str = "mxc://x/reserved") -> web.Response:
+    return web.json_response({"content_uri": uri, "unused_expires_at": 1})
+
+
+# (id, the homeserver's answer to /create, what reserve() gives: "uri", None or an error class)
+RESERVE_CASES: list[tuple[str, web.Response, object]] = [
+    ("granted", _created(), "uri"),
+    ("unknown endpoint", web.json_response({"errcode": "M_UNRECOGNIZED"}, status=404), None),
+    ("method not allowed", web.Response(status=405), None),
+    ("old server says bad request", web.json_response({"errcode": "M_UNRECOGNIZED"},
+                                                      status=400), None),
+    ("pending limit: wait a day", web.json_response(
+        {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 86_400_000}, status=429), None),
+    ("rate limited briefly", web.json_response(
+        {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 50}, status=429), TransientError),
+    ("server error", web.json_response({"errcode": "M_UNKNOWN"}, status=502), TransientError),
+    ("forbidden", web.json_response({"errcode": "M_FORBIDDEN"}, status=403), MediaError),
+]
+
+
+@pytest.mark.parametrize(("answer", "expected"), [(a, e) for _, a, e in RESERVE_CASES],
+                         ids=[case[0] for case in RESERVE_CASES])
+async def test_reserve_gives_a_uri_none_where_none_is_granted_or_raises(
+    server, answer: web.Response, expected: object
+) -> None:
+    """A reservation is granted, not offered (then uploads go up plainly), or fails classified."""
+    url, script = server
+    script.responses = [answer]
+    client = _client(url)
+    try:
+        if isinstance(expected, type):
+            with pytest.raises(expected):  # type: ignore[arg-type]
+                await client.reserve("image/png", encrypt=False)
+            return
+        reserved = await client.reserve("image/png", encrypt=False)
+    finally:
+        await client.close()
+    assert script.seen == [("POST", "/_matrix/media/v1/create")]
+    if expected is None:
+        assert reserved is None
+    else:
+        assert reserved == Reservation("mxc://x/reserved", "image/png")
+
+
+async def test_an_encrypted_reservation_keeps_its_key_and_goes_up_as_opaque_bytes(
+    server, tmp_path: Path
+) -> None:
+    """The key and IV are chosen at reservation, survive the record (JSON) and are what the
+    upload to the reserved URI encrypts with; the bytes go up as opaque bytes."""
+    url, script = server
+    plaintext = bytes(range(256)) * 3000
+    source = tmp_path / "src"
+    source.write_bytes(plaintext)
+    script.responses = [_created("mxc://x/r1"), web.json_response({})]
+    client = _client(url)
+    try:
+        reserved = await client.reserve("image/png", encrypt=True)
+        assert reserved is not None and reserved.encrypted
+        recorded = Reservation.from_json(reserved.to_json())
+        assert recorded == reserved
+        uploaded = await client.upload(source, "image/png", "a.png", encrypt=True,
+                                       reserved=recorded)
+    finally:
+        await client.close()
+    assert script.seen[1] == ("PUT", "/_matrix/media/v3/upload/x/r1")
+    block = uploaded.file_block("image/png")
+    assert uploaded.uri == "mxc://x/r1" and block is not None and block["url"] == "mxc://x/r1"
+    assert decrypt_attachment(script.last_body, block["key"]["k"], block["hashes"]["sha256"],
+                              block["iv"]) == plaintext
+    assert reserved.key is not None and reserved.key not in repr(reserved)
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
+async def test_a_repeated_upload_to_a_reserved_uri_reads_the_bytes_back(
+    server, tmp_path: Path, encrypt: bool
+) -> None:
+    """An earlier attempt's bytes at the reserved URI (409) are read back and measured, not
+    uploaded again: the same hash and, encrypted, the same file block as the first upload."""
+    url, script = server
+    plaintext = bytes(range(200)) * 4000
+    source = tmp_path / "src"
+    source.write_bytes(plaintext)
+    reserved = Reservation("mxc://x/r2", "application/octet-stream")
+    if encrypt:
+        reserved = Reservation.from_json(
+            (await _reserve(url, script, encrypt=True)).to_json())
+    script.responses = [web.json_response({})]
+    client = _client(url)
+    try:
+        first = await client.upload(source, "application/pdf", "a.pdf", encrypt=encrypt,
+                                    reserved=reserved)
+        sent = script.last_body
+        script.responses = [
+            web.json_response({"errcode": "M_CANNOT_OVERWRITE_MEDIA"}, status=409),
+            web.Response(body=sent),
+        ]
+        again = await client.upload(source, "application/pdf", "a.pdf", encrypt=encrypt,
+                                    reserved=reserved)
+    finally:
+        await client.close()
+    media_id = reserved.uri.rsplit("/", 1)[1]
+    assert script.seen[-1] == ("GET", f"/_matrix/client/v1/media/download/x/{media_id}")
+    assert again.sha256 == first.sha256 == hashlib.sha256(plaintext).hexdigest()
+    assert again.file_block("application/pdf") == first.file_block("application/pdf")
+
+
+async def test_bytes_read_back_that_are_not_the_file_are_refused(server, tmp_path: Path) -> None:
+    """A reserved URI holding something longer than the file is no copy of it."""
+    url, script = server
+    source = tmp_path / "src"
+    source.write_bytes(b"a" * 1000)
+    script.responses = [
+        web.json_response({"errcode": "M_CANNOT_OVERWRITE_MEDIA"}, status=409),
+        web.Response(body=b"a" * 2000),
+    ]
+    client = _client(url)
+    try:
+        with pytest.raises(MediaError):
+            await client.upload(source, "text/plain", "a.txt",
+                                reserved=Reservation("mxc://x/r3", "text/plain"))
+    finally:
+        await client.close()
+
+
+async def _reserve(url: str, script: Script, encrypt: bool) -> Reservation:
+    script.responses = [_created("mxc://x/r2")]
+    client = _client(url)
+    try:
+        reserved = await client.reserve("application/pdf", encrypt=encrypt)
+    finally:
+        await client.close()
+    assert reserved is not None
+    return reserved
