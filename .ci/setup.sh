@@ -34,6 +34,23 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# Tesseract reads images, and poppler's tools PDF documents, for payment card numbers
+# (policy.card_numbers, bot/attachments/ocr.py and pdf.py); the tests render text in DejaVu
+# and Liberation fonts for them to read.
+missing=""
+command -v tesseract >/dev/null 2>&1 || missing="$missing tesseract-ocr"
+command -v pdftoppm >/dev/null 2>&1 || missing="$missing poppler-utils"
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
+[ -e /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf ] \
+    || missing="$missing fonts-liberation"
+if [ -n "$missing" ]; then
+    echo "installing$missing (OCR for card numbers, and fonts for its tests)" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -1,4 +1,5 @@
-"""``python -m bench.crypto_store [--rooms 10,50,100] [--customers 5] [--devices 2] [--rounds 3]``.
+"""``python -m bench.crypto_store [--rooms 10,50,100] [--customers 5] [--devices 2] [--rounds 3]
+[--freeze 8]``.
 
 How long nio's crypto store blocks the event loop, PostgreSQL vs SQLite. nio calls its store
 synchronously, so every millisecond in a store call is a millisecond the bot's loop does
@@ -9,20 +10,31 @@ in a temp dir), ``--rooms`` encrypted rooms shared with ``--customers`` customer
 the bot syncs until it has decrypted them all, then answers in every room (sharing its
 Megolm session on the first round). Customers alternate devices, so rounds 1 and 2 bring new
 Megolm sessions (to-device keys, Olm decryption); later rounds are the steady state. The
-store time per sync and per answer comes from a :class:`~bot.matrix.pgstore.StoreTimer`.
-Printed, not asserted. The PostgreSQL server runs with ``fsync=off`` (as in the tests): a
-commit on a real disk adds its flush time.
+store time per sync and per answer comes from a :class:`~bot.matrix.pgstore.StoreTimer`; the
+longest event-loop block per sync from a :class:`LoopLag` probe (a task that asks to wake every
+5 ms and records how late it woke), which sees every blocking call, the store's and nio's own.
+
+With ``--freeze N`` (PostgreSQL only) the server is then frozen for N seconds (SIGSTOP of all
+its processes: connections stay open, nothing answers) while customers write and the bot keeps
+syncing: the longest block of a sync while frozen, the store failures, and the seconds from
+the thaw until every message was decrypted. Printed, not asserted. The PostgreSQL server runs
+with ``fsync=off`` (as in the tests): a commit on a real disk adds its flush time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import os
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +43,82 @@ from nio.store import SqliteStore
 
 from bot.devdb import PostgresServer
 from bot.devserver import Homeserver, RegisteredUser, unique_localpart
+from bot.errors import TransientError
 from bot.matrix.client import client_config
-from bot.matrix.pgstore import StoreTimer, postgres_crypto_store
+from bot.matrix.pgstore import StoreTimer, percentile, postgres_crypto_store
 
 PICKLE_KEY = "bench-crypto-store-pickle-key"
 FILTER = {"room": {"timeline": {"limit": 200}}}
+
+
+class LoopLag:
+    """How long the event loop was blocked: a task asks to wake every ``tick`` seconds and
+    records how late it woke; :meth:`take` returns the longest delay since the last take."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick = tick
+        self._longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(self.tick)
+            self._longest = max(self._longest, loop.time() - asked - self.tick)
+
+    def start(self) -> None:
+        """Start probing."""
+        self._task = asyncio.create_task(self._probe())
+
+    def take(self) -> float:
+        """The longest block (seconds) since the previous take."""
+        longest, self._longest = self._longest, 0.0
+        return longest
+
+    def stop(self) -> None:
+        """Stop probing."""
+        if self._task is not None:
+            self._task.cancel()
+
+
+def cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster of ``server`` and its children (what a freeze must stop)."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer, longest: float) -> Iterator[None]:
+    """``server`` frozen (SIGSTOP) inside the block; thawed at its end, or after ``longest``
+    seconds whatever happens (a bench must never leave a frozen server behind)."""
+    pids = cluster_pids(server)
+    done = threading.Lock()
+
+    def thaw() -> None:
+        if done.acquire(blocking=False):
+            for pid in reversed(pids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    safety = threading.Timer(longest, thaw)
+    safety.start()
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        safety.cancel()
+        thaw()
 
 
 def timed_sqlite_store(timer: StoreTimer) -> type[SqliteStore]:
@@ -94,8 +177,13 @@ async def _bot(hs: Homeserver, user: RegisteredUser, backend: str, url: str, tmp
 
 
 async def run_backend(hs: Homeserver, backend: str, url: str, tmp: Path, rooms: int,
-                      customers: int, devices: int, rounds: int) -> dict[str, Any]:
-    """One bot on ``backend`` with ``rooms`` rooms; returns the store-time figures."""
+                      customers: int, devices: int, rounds: int,
+                      freeze: tuple[PostgresServer, float] | None = None) -> dict[str, Any]:
+    """One bot on ``backend`` with ``rooms`` rooms; returns the store-time figures.
+
+    ``freeze`` (server, seconds): afterwards, freeze that PostgreSQL server under traffic (see
+    the module's docstring) and add its figures.
+    """
     timer = StoreTimer()
     bot_user = await hs.register(unique_localpart(f"csbot-{backend[:2]}"))
     bot = await _bot(hs, bot_user, backend, url, tmp, timer)
@@ -121,6 +209,10 @@ async def run_backend(hs: Homeserver, backend: str, url: str, tmp: Path, rooms: 
     timer.cycle()  # set-up is not measured
     seen: set[str] = set()
     bot.add_event_callback(lambda room, event: seen.add(event.body), RoomMessageText)
+    lag = LoopLag()
+    lag.start()
+    lag.take()
+    blocks: list[float] = []
     sync_cycles: list[float] = []
     send_cycles: list[float] = []
     per_round: list[dict[str, float]] = []
@@ -137,6 +229,7 @@ async def run_backend(hs: Homeserver, backend: str, url: str, tmp: Path, rooms: 
         while not expected <= seen and time.monotonic() < deadline:
             await bot.sync(timeout=500, sync_filter=FILTER)
             sync_cycles.append(timer.cycle())
+            blocks.append(lag.take())
         missing = expected - seen
         for room_id, _ in room_ids:
             await bot.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "ok"},
@@ -161,9 +254,14 @@ async def run_backend(hs: Homeserver, backend: str, url: str, tmp: Path, rooms: 
         "send_max_ms": round(max(send_cycles, default=0) * 1000, 2),
         "call_p50_ms": round(summary["call_p50_ms"], 3),
         "call_p99_ms": round(summary["call_p99_ms"], 3),
+        "block_p50_ms": _ms(blocks, 0.5), "block_p99_ms": _ms(blocks, 0.99),
+        "block_max_ms": round(max(blocks, default=0) * 1000, 2),
         "per_round": per_round,
         "by_method": per_method,
     }
+    if freeze is not None and backend == "postgresql":
+        result["freeze"] = await _frozen_phase(bot, clients, room_ids, seen, lag, *freeze)
+    lag.stop()
     for group in clients:
         for client in group:
             await client.close()
@@ -174,9 +272,49 @@ async def run_backend(hs: Homeserver, backend: str, url: str, tmp: Path, rooms: 
 
 
 def _ms(values: list[float], fraction: float) -> float:
-    from bot.matrix.pgstore import percentile
-
     return round(percentile(values, fraction) * 1000, 2)
+
+
+async def _frozen_phase(bot: AsyncClient, clients: list[list[AsyncClient]],
+                        room_ids: list[tuple[str, int]], seen: set[str], lag: LoopLag,
+                        server: PostgresServer, seconds: float) -> dict[str, Any]:
+    """Freeze ``server`` for ``seconds`` while customers write (new devices' messages need
+    the store) and the bot syncs; then thaw and sync until all were decrypted."""
+    expected = set()
+    for index, (room_id, owner) in enumerate(room_ids):
+        body = f"frozen room {index}"
+        await clients[owner][index % len(clients[owner])].room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": body},
+            ignore_unverified_devices=True)
+        expected.add(body)
+    blocks: list[float] = []
+    failures = 0
+    lag.take()
+    with frozen(server, longest=seconds + 30):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                await bot.sync(timeout=500, sync_filter=FILTER)
+            except TransientError:
+                failures += 1
+                await asyncio.sleep(0.2)  # the sync loop's backoff, short
+            blocks.append(lag.take())
+    thawed = time.monotonic()
+    deadline = thawed + 120
+    while not expected <= seen and time.monotonic() < deadline:
+        try:
+            await bot.sync(timeout=500, sync_filter=FILTER)
+        except TransientError:
+            failures += 1
+            await asyncio.sleep(0.2)
+    recovered = time.monotonic() - thawed if expected <= seen else None
+    return {
+        "frozen_s": seconds, "syncs": len(blocks), "store_failures": failures,
+        "block_max_ms": round(max(blocks, default=0) * 1000, 1),
+        "block_p50_ms": _ms(blocks, 0.5),
+        "decrypted": len(expected & seen), "messages": len(expected),
+        "thaw_to_all_decrypted_s": None if recovered is None else round(recovered, 2),
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -188,9 +326,10 @@ async def main(args: argparse.Namespace) -> None:
                 for rooms in args.rooms:
                     for backend in ("postgresql", "sqlite"):
                         url = pg.url(pg.create_database(), with_password=True)
+                        freeze = (pg, args.freeze) if args.freeze else None
                         result = await run_backend(hs, backend, url, tmp / f"{backend}{rooms}",
                                                    rooms, args.customers, args.devices,
-                                                   args.rounds)
+                                                   args.rounds, freeze)
                         print(json.dumps(result), flush=True)
 
 
@@ -202,5 +341,7 @@ if __name__ == "__main__":
     parser.add_argument("--customers", type=int, default=5)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--freeze", type=float, default=0.0,
+                        help="then freeze PostgreSQL this many seconds under traffic")
     logging.basicConfig(level=logging.ERROR)
     asyncio.run(main(parser.parse_args()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import asyncpg
 from aiohttp import web
@@ -80,12 +81,15 @@ class Parcel:
         if opened is None:
             return  # stopped before the database could be reached
         self.store = store = opened
-        self.documents, self._crypto_store = device_state(config, store)
         if config.database is not None:
             url, password = config.database, config.database_password
             self.lease = Lease(lambda: asyncpg.connect(url, password=password),
                                ttl=config.leader_lease)
+        self.documents, self._crypto_store = device_state(
+            config, store, fence=None if self.lease is None else self.lease.check)
         await sealed.secure_leftovers(store, config.data_dir / "media")
+        if self.lease is not None:
+            store.write_as(self.lease.name, None)  # a standby writes nothing until it leads
         metrics_server: web.AppRunner | None = None
         try:
             if config.metrics is not None:
@@ -109,6 +113,10 @@ class Parcel:
             logger.info("standby: waiting for the leader lease (%s)", lease.holder)
             if not await lease.acquire(stop):
                 return
+            assert self.store is not None
+            # Every store write of this leadership carries its term; the database refuses
+            # them once another instance holds the lease (bot/store/db.py).
+            self.store.write_as(lease.name, lease.token)
             term = asyncio.Event()  # this leadership ends at ``stop`` or when the lease is lost
             ending = asyncio.create_task(_first_of(stop, lease.lost, then=term))
             renewing = asyncio.create_task(lease.hold(term))
@@ -119,6 +127,7 @@ class Parcel:
                 if not lease.lost.is_set():
                     raise
             finally:
+                self.store.write_as(lease.name, None)
                 term.set()
                 await renewing
                 ending.cancel()
@@ -148,8 +157,9 @@ class Parcel:
             except Exception as exc:  # noqa: BLE001 - how it looks must not stop it working
                 logger.warning("could not apply the profile: %s", from_exception(exc,
                                "setting the bot's profile").reason)
+            # Bound to this leadership: a transfer is cut when the lease is lost.
             media = MediaClient(config.homeserver, self._access_token,
-                                config.media.transfer_timeout)
+                                config.media.transfer_timeout, fence=self.lease)
             sender = Sender(client, store)
             rooms = RoomDirectory(client)
             self.work = work = Scheduler(store, self._backoff, self.metrics, health=self.loops)
@@ -341,16 +351,20 @@ async def reset_identity(config: Config) -> CrossSigningStatus:
         await store.close()
 
 
-def device_state(config: Config, store: Store) -> tuple[Documents, type[MatrixStore] | None]:
+def device_state(config: Config, store: Store, fence: Callable[[], None] | None = None,
+                 ) -> tuple[Documents, type[MatrixStore] | None]:
     """Where the device's credentials, seeds and crypto store live: files in data_dir, or,
     with PostgreSQL, the database (so that any instance, on any disk, is the same device).
 
-    Returns the documents and the nio store class (None: nio's SQLite store in data_dir).
+    Returns the documents and the nio store class (None: nio's SQLite store in data_dir);
+    ``fence`` (the lease's check) refuses the crypto store's writes once the lease is lost,
+    and they carry the store's term, so the database refuses a deposed leader's late ones.
     """
     if config.database is None:
         return FileDocuments(config.data_dir), None
     return StoreDocuments(store.values), postgres_crypto_store(
-        config.database, password=config.database_password
+        config.database, password=config.database_password, fence=fence,
+        term=store.term_setting,
     )
 
 

@@ -59,6 +59,10 @@ PATH_PLACEHOLDER = "{path}"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 SCANNER_FAILURE_MODES = ("reject", "allow")
+CARD_NUMBER_MODES = ("allow", "redact", "refuse")  # policy.card_numbers (files)
+CARD_TEXT_MODES = ("allow", "mask", "refuse")  # policy.card_numbers_in_text (chat text)
+UNINSPECTABLE_MODES = ("allow", "refuse")
+DEFAULT_OCR_TIMEOUT = 20.0  # "20s"
 _VARIATION_SELECTOR_16 = "\ufe0f"
 _TOP_LEVEL = "<top level>"
 
@@ -102,6 +106,17 @@ class DirectionPolicy:
     allowed_types: tuple[str, ...]
     blocked_types: tuple[str, ...]
     block_executables: bool = True
+    # Payment card numbers (bot/attachments/cards.py): in files "allow", "redact" or "refuse";
+    # in chat text "allow", "mask" or "refuse"; a file that cannot be looked into for them (an
+    # archive, an encrypted PDF, an OCR past its time) "allow"ed or "refuse"d.
+    card_numbers: str = "allow"
+    card_numbers_in_text: str = "allow"
+    uninspectable: str = "allow"
+
+    @property
+    def looks_for_card_numbers(self) -> bool:
+        """Whether files in this direction are searched for card numbers at all."""
+        return self.card_numbers != "allow"
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,9 @@ class PolicyConfig:
     large_images: str = "file"
     # Remove EXIF/XMP (GPS, camera) from JPEG, PNG and WebP images before they are offered.
     strip_metadata: bool = True
+    # How long searching one file for card numbers (OCR, a PDF, a large text) may take before
+    # the file counts as one that cannot be looked into (policy.uninspectable).
+    ocr_timeout: float = DEFAULT_OCR_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -246,6 +264,9 @@ _DIRECTION_SCHEMA: _Schema = {
     "allowed_types": None,
     "blocked_types": None,
     "block_executables": None,
+    "card_numbers": None,
+    "card_numbers_in_text": None,
+    "uninspectable": None,
 }
 
 _SCHEMA: _Schema = {
@@ -275,6 +296,10 @@ _SCHEMA: _Schema = {
         "max_image_pixels": None,
         "large_images": None,
         "strip_metadata": None,
+        "card_numbers": None,
+        "card_numbers_in_text": None,
+        "uninspectable": None,
+        "ocr_timeout": None,
         "customer_to_agent": _DIRECTION_SCHEMA,
         "agent_to_customer": _DIRECTION_SCHEMA,
     },
@@ -819,6 +844,10 @@ def _policy(section: _Section) -> PolicyConfig:
         allowed_types=_types(section, "allowed_types", ()),
         blocked_types=_types(section, "blocked_types", ()),
         block_executables=section.get("block_executables", _boolean, True),
+        card_numbers=section.get("card_numbers", _choice(CARD_NUMBER_MODES), "allow"),
+        card_numbers_in_text=section.get("card_numbers_in_text", _choice(CARD_TEXT_MODES),
+                                         "allow"),
+        uninspectable=section.get("uninspectable", _choice(UNINSPECTABLE_MODES), "allow"),
     )
 
     def direction(name: str) -> DirectionPolicy:
@@ -828,6 +857,11 @@ def _policy(section: _Section) -> PolicyConfig:
             allowed_types=_types(sub, "allowed_types", base.allowed_types),
             blocked_types=_types(sub, "blocked_types", base.blocked_types),
             block_executables=sub.get("block_executables", _boolean, base.block_executables),
+            card_numbers=sub.get("card_numbers", _choice(CARD_NUMBER_MODES), base.card_numbers),
+            card_numbers_in_text=sub.get("card_numbers_in_text", _choice(CARD_TEXT_MODES),
+                                         base.card_numbers_in_text),
+            uninspectable=sub.get("uninspectable", _choice(UNINSPECTABLE_MODES),
+                                  base.uninspectable),
         )
 
     example = '["clamdscan", "--no-summary", "{path}"]'
@@ -856,6 +890,7 @@ def _policy(section: _Section) -> PolicyConfig:
                                      DEFAULT_MAX_IMAGE_PIXELS),
         large_images=section.get("large_images", _choice(LARGE_IMAGE_MODES), "file"),
         strip_metadata=section.get("strip_metadata", _boolean, True),
+        ocr_timeout=section.get("ocr_timeout", _positive_duration, DEFAULT_OCR_TIMEOUT),
     )
 
 

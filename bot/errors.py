@@ -133,6 +133,18 @@ class Waiting(WorkError):
         self.at_most = at_most
 
 
+class NotLeader(TransientError):
+    """This instance does not hold the leader lease (any more): it must not talk to the
+    homeserver, and the database refuses its writes (``bot/leader.py``, ``bot/store/db.py``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"not the leader: {detail}", source=Source.DATABASE)
+
+
+# SQLSTATE of a write PostgreSQL refused because the writer's lease term is not the current
+# one (raised by ``parcel_check_term()``, store migration 9).
+FENCED_SQLSTATE = "PTERM"
+
 # Exceptions from the transport (aiohttp, sockets, deadlines) that mean "not now".
 NETWORK_ERRORS = (aiohttp.ClientError, ConnectionError, TimeoutError, asyncio.TimeoutError,
                   socket.gaierror)
@@ -186,6 +198,9 @@ def from_database(exc: BaseException, what: str) -> WorkError:
     if isinstance(exc, WorkError):
         return exc
     inner = _unwrap(exc)
+    if _sqlstate(inner) == FENCED_SQLSTATE:
+        return NotLeader(f"{what}: the database refused a write of a deposed leader "
+                         f"({getattr(inner, 'message', None) or _detail(inner)})")
     if isinstance(inner, sqlite3.OperationalError) and (
         getattr(inner, "sqlite_errorcode", 0) or 0
     ) & 0xFF == SQLITE_FULL:

@@ -27,7 +27,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from bot.errors import TransientError
+from bot.errors import NotLeader, database_transient
+
+__all__ = ["Lease", "NotLeader", "instance_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +63,11 @@ UPDATE parcel_leader SET expires_at = now() - interval '1 second'
 WHERE name = $1 AND holder = $2 AND token = $3
 """
 
-# Errors that mean "the database cannot be reached now", not "the lease is someone else's".
-# asyncpg reports a connection the server closed under it in several ways, InternalClientError
-# ("another operation is in progress") among them.
-_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncpg.InternalClientError)
+# Errors that mean "the database cannot be reached now", not "the lease is someone else's":
+# the one classification (bot/errors.py) decides; a permanent one (a bug, a refused grant)
+# is raised.
 
 _HOLDER = "SELECT holder, token, expires_at > now() FROM parcel_leader WHERE name = $1"
-
-
-class NotLeader(TransientError):
-    """This instance does not hold the lease (any more): it must not talk to the homeserver."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"not the leader: {detail}")
 
 
 def instance_name() -> str:
@@ -147,7 +140,8 @@ class Lease:
             try:
                 token = await self._take()
                 self.reachable = True
-            except _UNREACHABLE as exc:
+            except Exception as exc:  # noqa: BLE001 - classified below
+                _unless_unreachable(exc)
                 if self.reachable:
                     logger.warning("standby: the database is unreachable (%s); retrying", exc)
                 self.reachable = False
@@ -182,7 +176,7 @@ class Lease:
             conn = await self._connection()
             await conn.execute(_RELEASE, self.name, self.holder, token)
             logger.info("released the leader lease (token %d)", token)
-        except _UNREACHABLE as exc:
+        except Exception as exc:  # noqa: BLE001 - at worst the lease lapses by itself
             logger.warning("could not release the lease (%s); it lapses in %.0f s", exc, self.ttl)
         finally:
             await self._drop_connection()
@@ -211,7 +205,8 @@ class Lease:
                 conn.fetchval(_RENEW, self.name, self.holder, self.token, self.ttl),
                 self.renew_every,
             )
-        except _UNREACHABLE as exc:
+        except Exception as exc:  # noqa: BLE001 - classified below
+            _unless_unreachable(exc)
             # Still trusted until _valid_until; the next renewal may get through.
             logger.warning("could not renew the lease (%s); trusted for %.1f s more", exc,
                            max(0.0, self._valid_until - self._clock()))
@@ -231,7 +226,8 @@ class Lease:
         try:
             conn = await self._connection()
             row = await conn.fetchrow(_HOLDER, self.name)
-        except _UNREACHABLE:
+        except Exception as exc:  # noqa: BLE001 - classified below
+            _unless_unreachable(exc)
             return None
         return None if row is None or not row[2] else f"{row[0]} (token {row[1]})"
 
@@ -256,3 +252,9 @@ class Lease:
                 await asyncio.wait_for(conn.close(), 2)
             if not conn.is_closed():
                 conn.terminate()
+
+
+def _unless_unreachable(exc: Exception) -> None:
+    """Re-raise ``exc`` unless the one classification calls it a transient database failure."""
+    if not database_transient(exc):
+        raise exc

@@ -249,6 +249,22 @@ def not_relayable(what: str) -> Message:
     return Message(f"That {what} could not be relayed: only text and files are supported.")
 
 
+def card_numbers_hidden_in_text(count: int, recipient: str) -> Message:
+    """Tells the sender their message went out with its card number(s) masked."""
+    numbers = "1 card number" if count == 1 else f"{count} card numbers"
+    verb = "was" if count == 1 else "were"
+    return Message(f"🔒 {numbers} in your message {verb} hidden from {recipient} (only the "
+                   "last four digits were shown). Please never share card numbers in chat; "
+                   "use the payment page instead.")
+
+
+def card_numbers_refused_in_text(recipient: str) -> Message:
+    """Tells the sender their message was not relayed because it holds a card number."""
+    return Message(f"⛔ Your message was not sent to {recipient}: it contains a payment card "
+                   "number. Please never share card numbers in chat; use the payment page "
+                   "instead.")
+
+
 def sticker_name(description: str) -> str:
     """The name an offered sticker goes by: "sticker (thumbs up)", or "sticker"."""
     return f"sticker ({description})" if description else "sticker"
@@ -314,6 +330,8 @@ def offer_block(offer: Offer, session_id: int) -> dict[str, Any]:
         "size": offer.size,
         "sha256": offer.sha256,
         "direction": offer.direction.value,
+        # How many payment card numbers were hidden in the delivered copy (when searched).
+        **({"redacted": offer.redacted} if offer.redacted is not None else {}),
     }
 
 
@@ -345,7 +363,16 @@ def _facts(offer: Offer) -> list[str]:
         parts.append(human_size(offer.size))
     if offer.width and offer.height:
         parts.append(f"{offer.width}×{offer.height}")
+    if offer.redacted:
+        parts.append(cards_hidden(offer.redacted))
+    elif offer.unchecked:
+        parts.append("not checked for card numbers")
     return parts
+
+
+def cards_hidden(count: int) -> str:
+    """"1 card number was hidden", "2 card numbers were hidden"."""
+    return "1 card number was hidden" if count == 1 else f"{count} card numbers were hidden"
 
 
 def _decision(offer: Offer, decider: str | None) -> str:
@@ -422,6 +449,8 @@ def status_line(offer: Offer) -> dict[str, Any]:
                 f"(offer #{offer.shown_number})")
     elif state is OfferState.ACCEPTED:
         text = f"📎 {name} — received by {recipient}"
+        if offer.redacted:
+            text += f" ({cards_hidden(offer.redacted)})"
     elif state is OfferState.DECLINED:
         text = f"🚫 {name} — declined by {recipient}"
     elif state is OfferState.WITHDRAWN:

@@ -303,6 +303,19 @@ class Router:
     ) -> None:
         """Relay text to the other side: no fake quotes, real replies, in parts if long."""
         body, formatted = relay.strip_fallbacks(body, formatted, is_reply=reply_to is not None)
+        # Card numbers never reach the other side (policy.card_numbers_in_text); the number is
+        # not logged: only how many there were.
+        policy = (self._config.policy.customer_to_agent if side is Side.CUSTOMER
+                  else self._config.policy.agent_to_customer)
+        screen = relay.screen_card_numbers(body, formatted, policy.card_numbers_in_text)
+        recipient = "the agent" if side is Side.CUSTOMER else "the customer"
+        if screen.refused:
+            logger.info("session %d: %s holds %d card number(s): not relayed "
+                        "(card_numbers_in_text: refuse)", session.id, event_id, screen.found)
+            await self._reply(session, side, event_id,
+                              render.card_numbers_refused_in_text(recipient))
+            return
+        body, formatted = screen.body, screen.formatted
         if is_edit:
             body = f"(edited) {body}"
             formatted = f"<i>(edited)</i> {formatted}" if formatted is not None else None
@@ -322,6 +335,11 @@ class Router:
             await self._sessions.enqueue_send(session, other, relayed,
                                               relay.relay_txn(event_id, part), event_id,
                                               origin=side)
+        if screen.found:
+            logger.info("session %d: %s relayed with %d card number(s) masked", session.id,
+                        event_id, screen.found)
+            await self._reply(session, side, event_id,
+                              render.card_numbers_hidden_in_text(screen.found, recipient))
 
     async def _reply(self, session: Session, side: Side, event_id: str,
                      message: render.Message) -> None:

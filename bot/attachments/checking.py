@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from bot.attachments import sealed
+from bot.attachments import redact, sealed
 from bot.attachments.events import UploadEvent
 from bot.attachments.mediacrypto import BadEncryptedFile
 from bot.attachments.model import Direction, Offer, OfferState
@@ -97,12 +97,16 @@ class Checker:
             logger.info("offer %d (session %d): scanner says %s", offer.id, session.id,
                         result.detail)
             verdict, scanned = result.verdict, result.scanned
+        # Card numbers (policy.card_numbers): hidden in a new copy, or the file refused.
+        cards = await redact.check_file(final, downloaded.sealed_key, facts.mimetype, policy,
+                                        self._config.policy.ocr_timeout)
+        verdict = cards.refusal or verdict
         if not verdict.allowed:
             await self.reject(offer, verdict, mimetype=facts.mimetype, size=facts.size,
                               sha256=facts.sha256)
             return False
-        stripped = await self._staging.strip_metadata(final, downloaded.sealed_key,
-                                                      facts.mimetype)
+        stripped = cards.copy or await self._staging.strip_metadata(
+            final, downloaded.sealed_key, facts.mimetype)
         moved = await self._store.offers.transition(
             offer.id,
             OfferState.OFFERED,
@@ -116,6 +120,8 @@ class Checker:
             width=facts.width,
             height=facts.height,
             scanned=int(scanned),
+            redacted=cards.redacted,
+            unchecked=cards.unchecked,
         )
         if stripped is not None:
             final.unlink(missing_ok=True)  # the copy without metadata replaces it
@@ -130,7 +136,11 @@ class Checker:
             await self._staging.drop_stream(offer.id, "its metadata was removed: another file")
         logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                     session.id, facts.mimetype, facts.size, facts.sha256)
-        if stripped is not None:
+        if cards.searched:
+            logger.info("offer %d (session %d): %d card number(s) %s%s", offer.id, session.id,
+                        cards.found, "hidden" if cards.copy else "found",
+                        f"; not searched: {cards.unchecked}" if cards.unchecked else "")
+        if stripped is not None and cards.copy is None:
             logger.info("offer %d (session %d): metadata removed; checked sha256 %s, "
                         "delivered sha256 %s (%d bytes)", offer.id, session.id,
                         facts.sha256, stripped.sha256, stripped.size)

@@ -110,6 +110,10 @@ class Offer:
     # (bot.matrix.media.Reservation as JSON, with the AES key in an encrypted room).
     copy_reservation: str | None = field(default=None, repr=False)
     thumbnail_reservation: str | None = field(default=None, repr=False)
+    # Payment card numbers (policy.card_numbers): how many were hidden in the delivered copy
+    # (None: the file was not searched), and why it could not be searched, if so.
+    redacted: int | None = None
+    unchecked: str | None = None
 
     @property
     def is_pending(self) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot import failpoints, render
+from bot.attachments import redact
 from bot.attachments.checking import Checker
 from bot.attachments.delivery import Delivery, rooms_of, sent_as_file
 from bot.attachments.events import (
@@ -96,6 +97,10 @@ class OfferService:
         content: dict[str, Any],
     ) -> Offer:
         """Record an upload as a new offer (durably, before anything else) and start on it."""
+        # A card number in the file's name or caption is never kept or shown (policy).
+        policies = self._config.policy
+        content = redact.screen_upload(content, policies.customer_to_agent if side is
+                                       Side.CUSTOMER else policies.agent_to_customer)
         upload = UploadEvent(content)
         offer, created = await self._store.offers.create_offer(
             session_id=session.id,

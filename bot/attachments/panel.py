@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Any
 
-from nio import AsyncClient, RoomGetStateEventResponse, RoomPutStateResponse
+from nio import AsyncClient, RoomGetEventResponse, RoomGetStateResponse, RoomPutStateResponse
 
 from bot import render
 from bot.attachments.model import Direction
@@ -32,6 +33,16 @@ logger = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 1.0
 PIN_REFUSED = frozenset({"M_FORBIDDEN"})
+# Our pins events name the panel they pin, so a repeat can tell its own earlier write.
+PIN_MARKER = "io.parcel.panel"
+PIN_WRITES = 3  # a write and, when the pins changed under it, merges written again
+PIN_HISTORY = 5  # pins events looked back through for an earlier write of ours
+
+
+def _pinned_list(content: object) -> list[str]:
+    """The event ids a pins event's content lists (whatever else it holds)."""
+    found = content.get("pinned") if isinstance(content, dict) else None
+    return [e for e in found if isinstance(e, str)] if isinstance(found, list) else []
 
 
 def _reachable_rooms(session: Session) -> list[str]:
@@ -123,22 +134,35 @@ class PanelService:
             await self._pin(panel)
 
     async def _pin(self, panel: Panel) -> None:
-        """Add the panel to the room's pinned events, keeping whatever else is pinned."""
+        """Add the panel to the room's pinned events, keeping whatever else is pinned.
+
+        Matrix has no compare-and-set for state, so the read-modify-write is checked after:
+        the pins event we write names the panel (:data:`PIN_MARKER`), and the homeserver says
+        which pins event ours replaced; if that is not the one we read, someone pinned or
+        unpinned in between and our write dropped it, so their pins are merged in and written
+        again. The attempt is recorded before the write: a repeat (a crash, a lost lease, a
+        lost answer) that finds the panel unpinned looks whether our write was applied and
+        someone unpinned it since, and then leaves their decision alone.
+        """
         assert panel.event_id is not None
-        pinned: list[str] = []
-        try:
-            current = await call("reading the pinned events", self._client.room_get_state_event(
-                panel.room_id, "m.room.pinned_events"), RoomGetStateEventResponse)
-            found = current.content.get("pinned")
-            pinned = [e for e in found if isinstance(e, str)] if isinstance(found, list) else []
-        except PermanentError as exc:
-            if exc.code != "M_NOT_FOUND":  # nothing pinned yet is no error
-                raise
-        if panel.event_id not in pinned:
+        attempt = f"panel-pin-attempt:{panel.room_id}"
+        if await self._store.values.get_value(attempt) == panel.event_id:
+            if await self._unpinned_since(panel):
+                logger.info("room %s: activity panel %s was pinned and unpinned since; leaving "
+                            "it unpinned", panel.room_id, panel.event_id)
+                await self._pinned(panel, attempt)
+                return
+        state_id, pinned = await self._pins(panel.room_id)
+        if panel.event_id in pinned:
+            await self._pinned(panel, attempt)
+            return
+        await self._store.values.set_value(attempt, panel.event_id)
+        for _ in range(PIN_WRITES):
             try:
-                await call("pinning the activity panel", self._client.room_put_state(
+                written = await call("pinning the activity panel", self._client.room_put_state(
                     panel.room_id, "m.room.pinned_events",
-                    {"pinned": [*pinned, panel.event_id]}), RoomPutStateResponse)
+                    {"pinned": [*pinned, panel.event_id], PIN_MARKER: panel.event_id}),
+                    RoomPutStateResponse)
             except PermanentError as exc:
                 if exc.code not in PIN_REFUSED:
                     raise
@@ -146,6 +170,62 @@ class PanelService:
                                "panel stays live but unpinned, and !attachments works",
                                panel.room_id, exc.reason)
                 await self._store.panels.update_panel(panel.room_id, pin="refused")
+                await self._store.values.delete_value(attempt)
                 return
-        await self._store.panels.update_panel(panel.room_id, pin="pinned")
+            replaced = (await self._event(panel.room_id, written.event_id)).get("unsigned", {})
+            replaced_id = replaced.get("replaces_state")
+            if replaced_id == state_id:
+                break
+            # Someone changed the pins between our read and our write: keep theirs too.
+            theirs = await self._event(panel.room_id, replaced_id) if replaced_id else {}
+            pinned = [e for e in _pinned_list(theirs.get("content")) if e != panel.event_id]
+            state_id = written.event_id
+            logger.info("room %s: the pins changed while the panel was pinned; merging",
+                        panel.room_id)
+        await self._pinned(panel, attempt)
         logger.info("room %s: activity panel %s pinned", panel.room_id, panel.event_id)
+
+    async def _pinned(self, panel: Panel, attempt: str) -> None:
+        await self._store.panels.update_panel(panel.room_id, pin="pinned")
+        await self._store.values.delete_value(attempt)
+
+    async def _pins(self, room_id: str) -> tuple[str | None, list[str]]:
+        """The room's pins event id (None: nothing ever pinned) and the events it pins."""
+        try:
+            current = await call("reading the pinned events",
+                                 self._client.room_get_state(room_id), RoomGetStateResponse)
+        except PermanentError as exc:
+            if exc.code != "M_NOT_FOUND":
+                raise
+            return None, []
+        for event in current.events:
+            if event.get("type") == "m.room.pinned_events" and event.get("state_key") == "":
+                return event.get("event_id"), _pinned_list(event.get("content"))
+        return None, []
+
+    async def _event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event of the room as the homeserver serves it (with ``unsigned``)."""
+        response = await call(f"reading {event_id}",
+                              self._client.room_get_event(room_id, event_id),
+                              RoomGetEventResponse)
+        source = response.event.source
+        return source if isinstance(source, dict) else {}
+
+    async def _unpinned_since(self, panel: Panel) -> bool:
+        """Whether a write of ours that pinned ``panel`` was applied and later undone: a pins
+        event of ours naming it among the last few pins events of the room."""
+        state_id, pinned = await self._pins(panel.room_id)
+        if panel.event_id in pinned:
+            return False  # pinned: nothing was undone (the caller records it)
+        event_id = state_id
+        for _ in range(PIN_HISTORY):
+            if not event_id:
+                return False
+            event = await self._event(panel.room_id, event_id)
+            content = event.get("content")
+            if (event.get("sender") == self._client.user_id and isinstance(content, dict)
+                    and content.get(PIN_MARKER) == panel.event_id
+                    and panel.event_id in _pinned_list(content)):
+                return event_id != state_id
+            event_id = event.get("unsigned", {}).get("replaces_state")
+        return False

@@ -39,10 +39,10 @@ from typing import Any
 import aiofiles.os
 
 from bot import failpoints
-from bot.attachments import images, sealed
+from bot.attachments import images, redact, sealed
 from bot.attachments.delivery import shown_inline
 from bot.attachments.events import UploadEvent, sender_side
-from bot.attachments.model import Offer, OfferState
+from bot.attachments.model import Direction, Offer, OfferState
 from bot.attachments.text import safe_filename
 from bot.config import Config
 from bot.errors import PermanentError
@@ -299,7 +299,13 @@ class Staging:
         assert fetched.sealed_key is not None
         path, key = final, fetched.sealed_key
         if offer.delivered_sha256 is not None:
-            stripped = await self.strip_metadata(final, key, offer.mimetype)
+            # Made again the way it was made (card numbers hidden, or metadata removed).
+            policy = (self._config.policy.customer_to_agent
+                      if offer.direction is Direction.CUSTOMER_TO_AGENT
+                      else self._config.policy.agent_to_customer)
+            cards = await redact.check_file(final, key, offer.mimetype, policy,
+                                            self._config.policy.ocr_timeout)
+            stripped = cards.copy or await self.strip_metadata(final, key, offer.mimetype)
             if stripped is None or stripped.sha256 != offer.delivered_sha256:
                 final.unlink(missing_ok=True)
                 if stripped is not None:

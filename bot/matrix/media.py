@@ -3,6 +3,12 @@
 nio's ``download``/``upload`` have no timeout and cannot stop at a size limit, so Parcel talks
 to the media endpoints itself with aiohttp: constant memory, a deadline per transfer. Each call
 is one attempt; failures are raised classified (``bot.errors``) and retried by the scheduler.
+
+With a leader lease (instances sharing PostgreSQL) every transfer is bound to the leadership
+that started it (the client's :class:`Fence`, the lease): it is refused when the lease is not
+held, checked again at every chunk (a clock comparison), and cancelled the moment the lease is
+lost even while it waits on the network; either way it ends with
+:class:`~bot.leader.NotLeader`, so a deposed leader stops streaming at once.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 import aiofiles.os
@@ -25,7 +32,7 @@ from bot import errors
 from bot.attachments.inspect import StreamingDigest
 from bot.attachments.mediacrypto import AttachmentDecryptor, AttachmentEncryptor, new_key_and_iv
 from bot.attachments.sealed import Sealer, Unsealer
-from bot.errors import PermanentError, TransientError
+from bot.errors import NotLeader, PermanentError, TransientError
 from bot.matrix.chunks import ChunkWorker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +40,16 @@ logger = logging.getLogger(__name__)
 CHUNK_SIZE = 1 << 20
 OCTET_STREAM = "application/octet-stream"
 _MXC = re.compile(r"^mxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_\-]+)$")
+
+
+class Fence(Protocol):
+    """What a transfer is bound to: the leader lease (:class:`bot.leader.Lease`) of this term."""
+
+    lost: asyncio.Event
+    """Set once the lease is gone."""
+
+    def check(self) -> None:
+        """Raise :class:`~bot.leader.NotLeader` unless the lease is held now (no I/O)."""
 
 
 class MediaError(PermanentError):
@@ -213,9 +230,11 @@ class MediaClient:
         homeserver: str,
         token: Callable[[], str],
         transfer_timeout: float,
+        fence: Fence | None = None,
     ) -> None:
         self._homeserver = homeserver.rstrip("/")
         self._token = token
+        self._fence = fence
         self._timeout = aiohttp.ClientTimeout(total=transfer_timeout, sock_connect=15)
         self._session: aiohttp.ClientSession | None = None
 
@@ -229,6 +248,43 @@ class MediaClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
+
+    def _check_fence(self) -> None:
+        if self._fence is not None:
+            self._fence.check()
+
+    @asynccontextmanager
+    async def _fenced(self, what: str) -> AsyncIterator[None]:
+        """Run a transfer bound to the fence: refused without the lease, cancelled and raised
+        as :class:`NotLeader` as soon as the lease is lost."""
+        fence = self._fence
+        if fence is None:
+            yield
+            return
+        fence.check()
+        task = asyncio.current_task()
+        assert task is not None
+        cut = False
+        active = True
+
+        def lost(_: object) -> None:
+            nonlocal cut
+            if active and not cut:
+                cut = True
+                task.cancel("the leader lease was lost")
+
+        watch = asyncio.ensure_future(fence.lost.wait())
+        watch.add_done_callback(lost)
+        try:
+            yield
+        except asyncio.CancelledError:
+            # Our own cancellation becomes NotLeader; one from outside stays a cancellation.
+            if cut and task.uncancel() == 0:
+                raise NotLeader(f"{what}: stopped, the leader lease was lost") from None
+            raise
+        finally:
+            active = False  # a callback already scheduled must not cancel what comes next
+            watch.cancel()
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self._token()}"}
@@ -263,7 +319,8 @@ class MediaClient:
         decryptor = AttachmentDecryptor(encrypted_file) if encrypted_file is not None else None
         what = f"downloading {mxc}"
         try:
-            async with self._http().get(url, headers=self._headers()) as response:
+            async with (self._fenced(what),
+                        self._http().get(url, headers=self._headers()) as response):
                 if response.status == 200:
                     return await self._save(response, dest, max_bytes, decryptor,
                                             Sealer() if seal else None, follow)
@@ -306,6 +363,7 @@ class MediaClient:
             # chunk N+1 comes in from the network.
             async with ChunkWorker() as worker:
                 async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                    self._check_fence()
                     # AES-CTR keeps lengths: the plaintext is as long as what came in.
                     received += len(chunk)
                     if received > max_bytes:
@@ -412,9 +470,10 @@ class MediaClient:
         digest = StreamingDigest()
         what = f"uploading {filename}"
         try:
-            async with self._http().request(
+            async with self._fenced(what), self._http().request(
                 "PUT" if reserved is not None else "POST",
-                url, data=_read_chunks(path, size, digest, encryptor, unsealer, growing),
+                url, data=_read_chunks(path, size, digest, encryptor, unsealer, growing,
+                                       self._check_fence),
                 headers=headers,
             ) as response:
                 if response.status == 409 and reserved is not None:
@@ -430,6 +489,8 @@ class MediaClient:
         except errors.WorkError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified here, once
+            # The body's own fence check comes back wrapped by aiohttp ("failed to send").
+            self._check_fence()
             raise errors.from_exception(exc, what) from exc
         if reserved is not None:
             if body is None:
@@ -567,9 +628,11 @@ def _load_chunk(
 async def _read_chunks(
     path: Path, size: int, digest: StreamingDigest, encryptor: AttachmentEncryptor | None,
     unsealer: Unsealer | None = None, growing: GrowingCopy | None = None,
+    check: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """The upload's body: the next chunk is read and prepared in a worker thread while
-    aiohttp sends this one. With ``growing``, only what the download released is read."""
+    aiohttp sends this one. With ``growing``, only what the download released is read;
+    ``check`` runs before each chunk goes out (the fence)."""
     handle = await asyncio.to_thread(path.open, "rb")
     asked = 0
 
@@ -588,6 +651,8 @@ async def _read_chunks(
                 released = growing.released if growing is not None else size
                 if asked < released:
                     ask(released)  # read ahead while this chunk is sent
+                if check is not None:
+                    check()
                 yield chunk
     finally:
         handle.close()

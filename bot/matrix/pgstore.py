@@ -19,10 +19,22 @@ that one database swapped for :class:`NioPostgresDatabase`, so every query stays
 - **The configured pickle key, always.** A store opened with nio's public default key (or
   none) is refused before anything is written.
 - **Short, bounded blocking.** nio calls its store synchronously on the event loop. One
-  connection stays open; each writing call is one transaction; statements, connects and a cut
-  network fail within seconds (``STATEMENT_TIMEOUT`` …) instead of freezing the loop; psycopg
-  prepares statements nio repeats. A :class:`StoreTimer` records how long store calls block,
+  connection stays open; each writing call is one transaction; psycopg prepares statements
+  nio repeats. Every exchange with the server has a client-side deadline
+  (:data:`ANSWER_DEADLINE`, :class:`DeadlineConnection`; a frozen server keeps its TCP
+  connection acknowledged, so no socket timeout would ever fire), a connect has
+  :data:`CONNECT_TIMEOUT`, and after a silence the store fails fast for a few seconds instead
+  of blocking on every one of nio's calls: the loop (and the lease renewed on it) is never
+  held longer than one deadline. A :class:`StoreTimer` records how long store calls block,
   per sync cycle, for the benchmark.
+- **A deposed leader writes nothing.** nio saves an advanced Olm or Megolm session while it
+  encrypts, before the message is sent (and the send checks the lease): every write first
+  calls the store's ``fence`` (the lease's ``check``), which raises
+  :class:`~bot.leader.NotLeader` once this instance no longer holds the lease. And the
+  database checks as it does for Parcel's own tables: with Parcel's store in the same
+  database, the store's tables carry its term trigger and every write carries this process's
+  term (``term``), so a write the server runs late (sent before a freeze, run after the thaw,
+  when another instance leads) is refused too.
 - **Connection loss heals.** A call that finds its connection gone reconnects and runs once
   more (nio's writes are upserts, so a rerun is harmless); if PostgreSQL is still away it
   raises :class:`~bot.errors.TransientError`, and the next call tries again.
@@ -57,18 +69,29 @@ from nio.store import (
 from peewee import Field, Model, OnConflict, Tuple
 from playhouse.psycopg3_ext import Psycopg3Database
 from psycopg import sql
+from psycopg.errors import _WaitTimeout
 
-from bot.errors import TransientError
+from bot.errors import FENCED_SQLSTATE, TransientError, database_transient, from_database
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
 from bot.matrix.cryptostore import CryptoStoreKeyError
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5
-"""Seconds to wait for a connection to PostgreSQL (the loop is blocked meanwhile)."""
+ANSWER_DEADLINE = 1.5
+"""Seconds one exchange with PostgreSQL (a statement, a commit) may take before the store gives
+up on its connection. nio calls the store on the event loop, so this bounds how long a frozen
+or unreachable server can block it: well below the leader lease's trust window (the lease's
+``ttl - margin``, 6 s by default), which renews on that same loop."""
 
-STATEMENT_TIMEOUT_MS = 5000
-"""Server-side limit on one statement of the crypto store."""
+CONNECT_TIMEOUT = 2
+"""Seconds to wait for a new connection (libpq's and psycopg's least; the loop is blocked)."""
+
+QUIET_AFTER_SILENCE = 5.0
+"""After PostgreSQL did not answer, store calls fail at once for this long instead of each
+blocking the loop again: nio makes dozens of them per sync."""
+
+STATEMENT_TIMEOUT_MS = int(ANSWER_DEADLINE * 1000)
+"""Server-side limit on one statement: the server stops work the client gave up on."""
 
 TCP_USER_TIMEOUT_MS = 5000
 """How long unacknowledged data may wait on the socket before the connection counts as dead
@@ -90,12 +113,13 @@ _WRITES = frozenset({
     "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
     "ignore_device", "unignore_device",
 })
+# Every write of nio's: refused when the store's fence says this instance no longer leads.
+_FENCED = _WRITES | {"save_device_keys", "save_encrypted_rooms", "ignore_devices"}
 # nio's trust writes (their first argument is a device, or a list of devices).
 _TRUST_WRITES = frozenset({
     "verify_device", "unverify_device", "blacklist_device", "unblacklist_device",
     "ignore_device", "unignore_device", "ignore_devices",
 })
-_CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 _UNPICKLE_ERRORS = (vodozemac.PickleException, vodozemac.LibolmPickleException, ValueError)
 _UNIQUE = re.compile(r"\s*UNIQUE\s*\(([^)]*)\)\s*", re.IGNORECASE)
 
@@ -200,6 +224,56 @@ def replace_as_upsert(query: peewee.Insert) -> OnConflict:
     return OnConflict("UPDATE", preserve=rest, conflict_target=target)
 
 
+class Unanswered(psycopg.OperationalError):
+    """PostgreSQL did not answer within :data:`ANSWER_DEADLINE`; the connection was abandoned."""
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends within
+    :data:`ANSWER_DEADLINE`: then the connection is closed (its state is unknown: a frozen
+    server may still run the statement or not) and :class:`Unanswered` raised.
+
+    psycopg waits for the server in :meth:`wait` for every statement, fetch and commit; a
+    frozen server keeps the TCP connection open and acknowledged, so no socket timeout fires.
+    """
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        """psycopg's wait, with :data:`ANSWER_DEADLINE` unless a timeout is given."""
+        deadline = ANSWER_DEADLINE if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, deadline)
+        except _WaitTimeout:
+            self.pgconn.finish()
+            raise Unanswered(f"PostgreSQL did not answer within {deadline:g} s") from None
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether ``exc`` (peewee's wrapper of psycopg's error) says the server did not answer."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, Unanswered | psycopg.errors.ConnectionTimeout):
+            return True
+        cause = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = cause or seen.__cause__ or seen.__context__
+    return False
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of psycopg's error under peewee's wrapper, if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        cause = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = cause or seen.__cause__ or seen.__context__
+    return None
+
+
 class NioPostgresDatabase(Psycopg3Database):
     """PostgreSQL through psycopg 3 for nio's models: REPLACE as upsert, one account's schema."""
 
@@ -213,14 +287,19 @@ class NioPostgresDatabase(Psycopg3Database):
             params["password"] = password
         super().__init__(url, **params)
         self.schema = schema
+        self.home_schema: str | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
         # Any libpq URL or conninfo string (peewee's own method takes only postgresql://).
-        conn = psycopg.connect(self.database, **self.connect_params)
+        conn = DeadlineConnection.connect(self.database, **self.connect_params)
         conn.autocommit = True  # peewee opens its transactions itself
         return conn
 
     def _initialize_connection(self, conn: psycopg.Connection[Any]) -> None:
+        # The schema the URL lands in (Parcel's store, with its term check), before leaving it.
+        if self.home_schema is None:
+            row = conn.execute("SELECT current_schema()").fetchone()
+            self.home_schema = None if row is None else row[0]
         # Every (re)connection works in this account's schema only; it need not exist yet.
         conn.execute(sql.SQL("SET search_path TO {}; SET statement_timeout = {}").format(
             sql.Identifier(self.schema), sql.Literal(STATEMENT_TIMEOUT_MS)))
@@ -316,9 +395,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 
 
-def _guarded(name: str, method: _F) -> _F:
-    """Wrap a public nio store method: connection upkeep, a transaction if it writes, timing."""
+def _guarded(name: str, method: _F, fenced: bool | None = None) -> _F:
+    """Wrap a public nio store method: the fence and the term if it writes, connection upkeep,
+    a transaction if it writes several statements, timing."""
     writes = name in _WRITES
+    fenced = name in _FENCED if fenced is None else fenced
     trust = name in _TRUST_WRITES
 
     @functools.wraps(method)
@@ -326,10 +407,12 @@ def _guarded(name: str, method: _F) -> _F:
         try:
             if self._depth:  # called by another store method: the outer call does the upkeep
                 return method(self, *args, **kwargs)
+            if fenced and self.fence is not None:
+                self.fence()  # raises NotLeader: a deposed leader's crypto state stays unsaved
             self._depth += 1
             began = time.perf_counter()
             try:
-                return self._run(name, method, writes, args, kwargs)
+                return self._run(name, method, writes, fenced, args, kwargs)
             finally:
                 self._depth -= 1
                 if self.timer is not None:
@@ -351,6 +434,11 @@ class PostgresCryptoStore(SqliteStore):
     database_url: str = ""
     database_password: str | None = None
     timer: StoreTimer | None = None
+    fence: Callable[[], None] | None = None
+    """Called before every write; raises (:class:`~bot.leader.NotLeader`) to refuse it."""
+    term: Callable[[], str] | None = None
+    """The lease term this process writes as (``parcel.term``, see ``bot/store/db.py``); the
+    database refuses a write whose term is no longer the lease's."""
 
     def __post_init__(self) -> None:
         if not self.pickle_key or self.pickle_key == NIO_DEFAULT_PICKLE_KEY:
@@ -362,20 +450,57 @@ class PostgresCryptoStore(SqliteStore):
             raise ValueError("PostgresCryptoStore has no database: use postgres_crypto_store(url)")
         self.schema = store_schema(self.user_id, self.device_id)
         self._depth = 0
+        self._quiet_until = 0.0
+        self._carried: str | None = None  # the parcel.term the open connection carries
         self._schema_locked = False
         self._trust: dict[tuple[str, str], TrustState] = {}
         try:
             super().__post_init__()  # connects, checks the store version, creates the tables
-        except _CONNECTION_ERRORS as exc:
+            self._fence_tables()
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
             self._drop_connection()
-            raise TransientError(f"opening the crypto store in PostgreSQL: {exc}") from exc
+            raise from_database(exc, "opening the crypto store in PostgreSQL") from exc
         finally:
             if self._schema_locked and not self.database.is_closed():
-                with suppress(*_CONNECTION_ERRORS):
+                with suppress(peewee.DatabaseError, peewee.InterfaceError):
                     self.database.execute_sql("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
         self.database_path = f"{self.schema} (PostgreSQL)"
         logger.info("crypto store of %s/%s in PostgreSQL schema %s",
                     self.user_id, self.device_id, self.schema)
+
+    def _fence_tables(self) -> None:
+        """Put Parcel's term check (migration 9 of its store) on this store's tables, when the
+        database has Parcel's store: a deposed leader's write that reaches the server late
+        (sent before a freeze, run after the thaw) is then refused too."""
+        home = self.database.home_schema
+        if home is None:
+            return
+        conn = self.database.connection()
+        check = sql.SQL("{}.parcel_check_term").format(sql.Identifier(home))
+        found = self.database.execute_sql(
+            "SELECT to_regprocedure(%s) IS NOT NULL",
+            (f"{sql.Identifier(home).as_string(conn)}.parcel_check_term()",)).fetchone()
+        if not found or not found[0]:
+            return  # no Parcel store in this database (a tool, a benchmark): not fenced
+        unfenced = self.database.execute_sql(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r' AND NOT EXISTS ("
+            "SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'parcel_term')",
+            (self.schema,)).fetchall()
+        for (table,) in unfenced:
+            self.database.execute_sql(sql.SQL(
+                "CREATE CONSTRAINT TRIGGER parcel_term AFTER INSERT OR UPDATE OR DELETE ON {} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(self.schema, table), check).as_string(conn))
+
+    def _carry_term(self) -> None:
+        """Make the connection's ``parcel.term`` this process's term (only when it changed)."""
+        if self.term is None:
+            return
+        value = self.term()
+        if value != self._carried:
+            self.database.execute_sql("SELECT set_config('parcel.term', %s, false)", (value,))
+            self._carried = value
 
     def _create_database(self) -> NioPostgresDatabase:
         return NioPostgresDatabase(self.database_url, self.schema, self.database_password)
@@ -498,9 +623,10 @@ class PostgresCryptoStore(SqliteStore):
             self._trust.pop((device.user_id, device.id), None)
 
     def run_guarded(self, name: str, action: Callable[[], _T]) -> _T:
-        """Run ``action`` (queries of its own on this store's models) as a store call is run:
-        connection upkeep, a rerun after a lost connection, TransientError, timing."""
-        return _guarded(name, lambda _store: action())(self)  # type: ignore[no-any-return]
+        """Run ``action`` (writes of its own on this store's models) as a store write is run:
+        the fence, connection upkeep, a rerun after a lost connection, TransientError, timing."""
+        return _guarded(name, lambda _store: action(),  # type: ignore[no-any-return]
+                        fenced=True)(self)
 
     def close(self) -> None:
         """Close the store's connection (nio never closes its store)."""
@@ -508,25 +634,45 @@ class PostgresCryptoStore(SqliteStore):
 
     # -- connection upkeep ---------------------------------------------------------------------
 
-    def _run(self, name: str, method: Callable[..., Any], writes: bool,
+    def _run(self, name: str, method: Callable[..., Any], writes: bool, fenced: bool,
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run one store call; after a lost connection reconnect and run it once more."""
+        """Run one store call; after a lost connection reconnect and run it once more.
+
+        A server that did not answer (frozen, cut off) is not asked again at once: the call
+        raises, and for :data:`QUIET_AFTER_SILENCE` so does every call, without blocking.
+        """
+        quiet = self._quiet_until - time.monotonic()
+        if quiet > 0:
+            raise TransientError(f"crypto store ({name}): PostgreSQL did not answer a moment "
+                                 f"ago; asking again in {quiet:.1f} s")
         for attempt in (1, 2):
             try:
                 self._ensure_connection()
+                if fenced:
+                    self._carry_term()
                 if writes:
                     with self.database.atomic():
                         return method(self, *args, **kwargs)
                 return method(self, *args, **kwargs)
-            except _CONNECTION_ERRORS as exc:
-                lost = self._connection_lost()
+            except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+                if _sqlstate(exc) == FENCED_SQLSTATE or not database_transient(exc):
+                    # A deposed leader's write (NotLeader), or a permanent error: classified
+                    # once, by the table every edge uses.
+                    raise from_database(exc, f"crypto store ({name})") from exc
+                silent = _unanswered(exc)
+                lost = silent or self._connection_lost()
                 if lost:
                     self._drop_connection()
-                if attempt == 1 and lost:
+                if silent:
+                    self._quiet_until = time.monotonic() + QUIET_AFTER_SILENCE
+                    logger.warning("crypto store: PostgreSQL did not answer during %s (%s); "
+                                   "not asking again for %.0f s", name, exc,
+                                   QUIET_AFTER_SILENCE)
+                elif attempt == 1 and lost:
                     logger.warning("crypto store: the PostgreSQL connection was lost during %s "
                                    "(%s); reconnecting", name, exc)
                     continue
-                raise TransientError(f"crypto store ({name}): PostgreSQL failed: {exc}") from exc
+                raise from_database(exc, f"crypto store ({name})") from exc
         raise AssertionError("unreachable")
 
     def _ensure_connection(self) -> None:
@@ -542,6 +688,7 @@ class PostgresCryptoStore(SqliteStore):
     def _drop_connection(self) -> None:
         # peewee refuses close() while its transaction bookkeeping is open, which a broken
         # connection can leave behind: close the socket and reset its state directly.
+        self._carried = None
         database = getattr(self, "database", None)
         if database is None:
             return
@@ -559,18 +706,23 @@ del _name
 
 
 def postgres_crypto_store(
-    url: str, *, password: str | None = None, timer: StoreTimer | None = None
+    url: str, *, password: str | None = None, timer: StoreTimer | None = None,
+    fence: Callable[[], None] | None = None, term: Callable[[], str] | None = None,
 ) -> type[MatrixStore]:
     """A nio store class bound to the PostgreSQL database at ``url``, for ``AsyncClientConfig``.
 
     ``AsyncClientConfig(store=postgres_crypto_store(url), pickle_key=KEY, ...)``: nio then
     keeps each device's crypto store in its own schema of that database. ``password``
-    overrides the URL's; ``timer`` records how long store calls block the loop.
+    overrides the URL's; ``timer`` records how long store calls block the loop; ``fence``
+    (the leader lease's ``check``) is called before every write and refuses it by raising;
+    ``term`` gives the lease term writes carry (``Store.term_setting``), checked by the database.
     """
     return type("BoundPostgresCryptoStore", (PostgresCryptoStore,), {
         "database_url": url,
         "database_password": password,
         "timer": timer,
+        "fence": None if fence is None else staticmethod(fence),
+        "term": None if term is None else staticmethod(term),
         "__module__": __name__,
     })
 

@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from typing import Any, Protocol
 
 from bot import render
+from bot.attachments.cards import mask_html, mask_text
 from bot.attachments.text import strip_reply_fallback
 
 # 40 000 × 4/3 (base64 of the encrypted payload) + the encrypted envelope (≈ 2 KB) < 65 536.
@@ -307,6 +308,36 @@ def relayed_messages(
         return None
     contents = list(_render_parts(label, msgtype, [(p, None) for p in plain_parts], reply_to))
     return contents if _fits(contents, limit, max_parts) else None
+
+
+@dataclass(frozen=True)
+class CardScreen:
+    """Relayed text after ``policy.card_numbers_in_text``: what may go out, how many card
+    numbers were found, and whether the message must not be relayed at all."""
+
+    body: str
+    formatted: str | None
+    found: int = 0
+    refused: bool = False
+
+
+def screen_card_numbers(body: str, formatted: str | None, mode: str) -> CardScreen:
+    """Apply ``policy.card_numbers_in_text`` (``allow``, ``mask`` or ``refuse``) to a message.
+
+    Body and formatted body are searched apart (a client may put the number in only one of
+    them); ``found`` is the larger count. With ``refuse`` a message holding any number is
+    refused as a whole; with ``mask`` both forms go out masked. ``allow`` does not search.
+    """
+    if mode == "allow":
+        return CardScreen(body, formatted)
+    masked_body, in_body = mask_text(body)
+    masked_html, in_html = mask_html(formatted) if formatted is not None else (None, 0)
+    found = max(in_body, in_html)
+    if not found:
+        return CardScreen(body, formatted)
+    if mode == "refuse":
+        return CardScreen(body, formatted, found, refused=True)
+    return CardScreen(masked_body, masked_html, found)
 
 
 class _Outbox(Protocol):

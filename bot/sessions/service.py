@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from nio import (
+    Api,
     AsyncClient,
+    JoinedRoomsResponse,
     JoinResponse,
     ProfileGetDisplayNameResponse,
     RoomCreateResponse,
@@ -17,7 +21,7 @@ from nio import (
     RoomPutStateResponse,
 )
 
-from bot import render
+from bot import failpoints, render
 from bot.attachments.text import strip_invisible
 from bot.config import Config
 from bot.errors import PermanentError, Waiting
@@ -56,6 +60,10 @@ def kick_key(room_id: str, user_id: str) -> str:
     return f"kick:{room_id}:{user_id}"
 # The reason pending offers expire with when their chat ends.
 ENDED_REASON = "the chat ended"
+# The agent room's creation content names its session ("<install id>:<session id>"), so a
+# repeated creation finds the room instead of making a second one.
+SESSION_MARKER = "io.parcel.session"
+INSTALL_ID_KEY = "install_id"
 
 
 def bot_removed_from(session: Session, side: Side) -> bool:
@@ -310,6 +318,64 @@ class SessionService:
         await self.request_close(session, "open_failed", None, None)
 
     async def _create_agent_room(self, session: Session) -> Session:
+        """Create the session's agent room, once: a repeat finds the room made before.
+
+        ``room_create`` cannot be made idempotent by the server, and its answer can be lost
+        (a crash, a lost lease, a cut connection) after the room was made with the agents
+        invited. So the attempt is recorded before the request, the room carries the session's
+        marker in its creation content, and an attempt that finds an earlier one recorded
+        looks for a room of the bot's with that marker before making another.
+        """
+        marker = await self._session_marker(session)
+        attempt = f"agent-room-attempt:{session.id}"
+        if await self._store.values.get_value(attempt) is not None:
+            found = await self._find_agent_room(marker)
+            if found is not None:
+                logger.info("session %d: agent room %s was created by an earlier attempt",
+                            session.id, found)
+                return await self._attach_agent_room(session, found)
+        await self._store.values.set_value(attempt, marker)
+        room_id = await self._request_agent_room(session, marker)
+        failpoints.hit("agent-room-created")
+        logger.info("session %d: agent room %s created", session.id, room_id)
+        return await self._attach_agent_room(session, room_id)
+
+    async def _attach_agent_room(self, session: Session, room_id: str) -> Session:
+        attached = await self._store.sessions.attach_agent_room(session.id, room_id)
+        await self._store.values.delete_value(f"agent-room-attempt:{session.id}")
+        return attached
+
+    async def _session_marker(self, session: Session) -> str:
+        """``<install id>:<session id>``: unique to this session of this Parcel's store (a new
+        store reusing the bot's account numbers its sessions from 1 again)."""
+        install = await self._store.values.setdefault_value(INSTALL_ID_KEY,
+                                                            secrets.token_hex(8))
+        return f"{install}:{session.id}"
+
+    async def _find_agent_room(self, marker: str) -> str | None:
+        """A room the bot is in whose creation content carries ``marker``, if any.
+
+        Only rooms the store does not know are looked at: a room made by a lost attempt is
+        the bot's and is recorded nowhere.
+        """
+        joined = await call("listing the bot's rooms", self._client.joined_rooms(),
+                            JoinedRoomsResponse)
+        known = await self._store.sessions.known_rooms()
+        for room_id in joined.rooms:
+            if room_id in known:
+                continue
+            try:
+                create = await call(f"reading the creation of {room_id}",
+                                    self._client.room_get_state_event(room_id, "m.room.create"),
+                                    RoomGetStateEventResponse)
+            except PermanentError:
+                continue  # not readable: not a room the bot made
+            if create.content.get(SESSION_MARKER) == marker:
+                return str(room_id)
+        return None
+
+    async def _request_agent_room(self, session: Session, marker: str) -> str:
+        """Ask the homeserver for the agent room, marked as the session's; its id."""
         # Someone let in later (and removed by the bot) must not read the chat so far.
         initial_state: list[dict[str, Any]] = [
             {
@@ -326,19 +392,23 @@ class SessionService:
                     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
                 }
             )
+        method, path, body = Api.room_create(
+            self._client.access_token,
+            name=self._agent_room_name(session),
+            topic=f"Parcel session #{session.id} with {session.customer_id}",
+            invite=list(self._config.agents.users),
+            preset=RoomPreset.private_chat,
+            initial_state=initial_state,
+        )
+        # nio's room_create takes no creation content of our own: add the marker to its body.
+        content = json.loads(body)
+        content["creation_content"][SESSION_MARKER] = marker
         response = await call(
             "creating the agent room",
-            self._client.room_create(
-                name=self._agent_room_name(session),
-                topic=f"Parcel session #{session.id} with {session.customer_id}",
-                invite=list(self._config.agents.users),
-                preset=RoomPreset.private_chat,
-                initial_state=initial_state,
-            ),
+            self._client._send(RoomCreateResponse, method, path, json.dumps(content)),
             RoomCreateResponse,
         )
-        logger.info("session %d: agent room %s created", session.id, response.room_id)
-        return await self._store.sessions.attach_agent_room(session.id, response.room_id)
+        return str(response.room_id)
 
     def _agent_room_name(self, session: Session) -> str:
         return self._config.messages.agent_room_name.format(

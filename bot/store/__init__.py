@@ -200,6 +200,18 @@ class Values(_Concern):
             key, value,
         )
 
+    async def setdefault_value(self, key: str, value: str) -> str:
+        """The setting ``key``; set to ``value`` first if it has none (the first writer wins)."""
+        await self._db.execute(
+            "INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", key, value)
+        stored = await self.get_value(key)
+        assert stored is not None
+        return stored
+
+    async def delete_value(self, key: str) -> None:
+        """Forget the setting ``key`` (nothing if it has none)."""
+        await self._db.execute("DELETE FROM kv WHERE key = ?", key)
+
 
 class Sessions(_Concern):
     """Sessions: a customer room paired with an agent room, and their retention."""
@@ -232,6 +244,12 @@ class Sessions(_Concern):
             agent_room, session_id,
         )
         return await self.get_session(session_id)
+
+    async def known_rooms(self) -> set[str]:
+        """Every room of every session in the store: customer and agent rooms."""
+        rows = await self._db.fetch("SELECT customer_room, agent_room FROM sessions")
+        return {room for row in rows for room in (row["customer_room"], row["agent_room"])
+                if room is not None}
 
     async def rename_customer(self, session_id: int, name: str) -> Session:
         """Record the customer's display name (looked up after the session was opened)."""
@@ -860,6 +878,21 @@ class Store:
     def transaction(self) -> Any:
         """``async with store.transaction():`` — the concerns' writes inside commit as one."""
         return self.db.transaction()
+
+    def write_as(self, lease: str, token: int | None) -> None:
+        """From now on write as term ``token`` of the leader lease ``lease``; ``None``: as
+        nobody (this process no longer leads: every write is refused).
+
+        On PostgreSQL a write whose term is not the lease's current one fails with
+        :class:`~bot.leader.NotLeader` (``bot/store/db.py``); until this is first called the
+        store is not fenced (tools, tests). SQLite is not fenced.
+        """
+        self.db.write_as(lease, token)
+
+    def term_setting(self) -> str:
+        """The ``parcel.term`` this process's writes carry ('' when not fenced): what nio's
+        crypto store, on its own connection, carries too (``bot/matrix/pgstore.py``)."""
+        return self.db.term_setting()
 
 
 def _panel_from_row(row: Row) -> Panel:

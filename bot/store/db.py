@@ -9,6 +9,21 @@ A transaction is held per task in a context variable: every query made inside
 ``async with db.transaction():`` (from any store concern) runs on that transaction's
 connection, so work that spans concerns (an offer's change and the work unit it asks for)
 commits or rolls back as one. A nested ``transaction()`` joins the outer one.
+
+**Term fencing (PostgreSQL).** Several instances share one PostgreSQL database and the holder
+of the leader lease (``bot/leader.py``) alone may write. Its own clock tells a leader when to
+stop, but a leader paused or cut off learns late, and its writes already under way would
+still land. So the database checks: :meth:`Database.write_as` names the lease term this
+process writes as, every pooled connection carries it in the session setting ``parcel.term``
+(``<lease name>/<token>``), and a trigger on each of Parcel's tables (migration 9) compares it
+with the token in ``parcel_leader`` when the transaction commits; a mismatch fails the commit
+with SQLSTATE :data:`FENCED_SQLSTATE`, raised here as :class:`~bot.leader.NotLeader`. The
+check locks the lease row (``FOR SHARE``), so a standby's takeover waits for a commit already
+checked and every commit after the takeover sees the new token. A connection whose setting is
+empty (the CLI, ``migrate-store``, tests using the store directly) is not fenced. The setting
+rides on the pool's reset query, which runs at every release anyway, and a connection whose
+term is stale is brought up to date when it is next handed out: a round trip per connection
+per term change, none per query. SQLite has one instance and no fencing.
 """
 
 from __future__ import annotations
@@ -23,6 +38,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from bot.errors import (
     PermanentError,
@@ -39,6 +56,11 @@ Row = Mapping[str, Any]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 SCHEMA_TABLE = "parcel_schema"
+LEASE_TABLE = "parcel_leader"
+TERM_SETTING = "parcel.term"
+NOBODY = 0
+"""The token of "no term": a process that led and no longer does writes as nobody, and every
+write it tries is refused (tokens start at 1)."""
 # Any fixed 64-bit number: the key of the advisory lock taken while migrating, so two instances
 # starting on one empty database do not both migrate.
 MIGRATION_LOCK_KEY = 0x7061_7263_656C_0001  # "parcel" + 1
@@ -71,7 +93,9 @@ def _classified() -> Iterator[None]:
 
     Raised at this edge, a PostgreSQL restart's ``ConnectionRefusedError`` or SQLite's
     "database is locked" is a transient *database* failure, never mistaken for the homeserver's
-    or for a bug. Errors already classified (from work inside a transaction) pass through.
+    or for a bug; a write refused for its stale lease term (:data:`FENCED_SQLSTATE`) is
+    :class:`~bot.leader.NotLeader`. Errors already classified (from work inside a transaction)
+    pass through.
     """
     try:
         yield
@@ -144,6 +168,15 @@ class Database:
     async def close(self) -> None:
         """Close every connection."""
         raise NotImplementedError
+
+    def write_as(self, lease: str, token: int | None) -> None:
+        """Write as term ``token`` of the lease named ``lease`` from now on (``None``: as
+        nobody, every write refused). Only PostgreSQL fences; elsewhere this does nothing."""
+
+    def term_setting(self) -> str:
+        """What this process's writes carry as ``parcel.term`` ('' when not fenced), for other
+        connections to the same database (nio's crypto store) to carry the same."""
+        return ""
 
 
 # -- SQLite ------------------------------------------------------------------------------------
@@ -275,17 +308,61 @@ def _args(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(int(a) if isinstance(a, bool) else a for a in args)
 
 
+class _TermConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection that remembers the term its ``parcel.term`` setting holds."""
+
+    parcel_term: str | None = None  # None: not known yet (a fresh connection)
+
+    async def carry_term(self, value: str) -> None:
+        """Make this session's ``parcel.term`` ``value``, unless it already is."""
+        if self.parcel_term != value:
+            await self.execute("SELECT set_config($1, $2, false)", TERM_SETTING, value)
+            self.parcel_term = value
+
+    async def reset_carrying_term(self, value: str) -> None:
+        """asyncpg's own reset query (it ends in ``RESET ALL``), then ``value``, in one go."""
+        await self.execute(f"{self.get_reset_query()}\n"
+                           f"SELECT set_config('{TERM_SETTING}', {_literal(value)}, false);")
+        self.parcel_term = value
+
+
+class _Term:
+    """The term this process writes as, and the pool hooks that put it on every connection.
+
+    ``value`` is the setting's text: empty (not fenced) until :meth:`Database.write_as`. Each
+    connection remembers the value it carries (:class:`_TermConnection`), so it is told again
+    only when the term changed since it was last released.
+    """
+
+    def __init__(self) -> None:
+        self.value = ""
+
+    async def reset(self, conn: _TermConnection) -> None:
+        """The pool's reset at release (a round trip asyncpg makes anyway)."""
+        await conn.reset_carrying_term(self.value)
+
+    async def setup(self, conn: Any) -> None:
+        """The pool's setup at acquire (``conn`` is a proxy): a stale term is brought up to date."""
+        await conn.carry_term(self.value)
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (the term is a lease name and a number)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 class PostgresDatabase(Database):
     """PostgreSQL through an asyncpg pool; statements are prepared and cached per connection."""
 
     dialect = "postgresql"
 
-    def __init__(self, pool: Any, url: str) -> None:
+    def __init__(self, pool: Any, url: str, term: _Term | None = None) -> None:
         self._pool = pool
         self.url = url
         self.description = f"PostgreSQL at {redact_url(url)}"
         self._conn: ContextVar[Any] = ContextVar(f"pg-{id(self)}", default=None)
         self._sql: dict[str, str] = {}
+        self._term = term if term is not None else _Term()
 
     @classmethod
     async def open(cls, url: str, password: str | None = None, *, min_size: int = 1,
@@ -295,13 +372,14 @@ class PostgresDatabase(Database):
         Raises :class:`TransientError` when the server cannot be reached (worth waiting for)
         and :class:`PermanentError` when it refuses us (wrong password, no such database).
         """
-        import asyncpg
-
         shown = redact_url(url)
         kwargs: dict[str, Any] = {"password": password} if password else {}
+        term = _Term()
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                             timeout=10, command_timeout=60, **kwargs)
+                                             timeout=10, command_timeout=60,
+                                             connection_class=_TermConnection,
+                                             setup=term.setup, reset=term.reset, **kwargs)
         except (asyncpg.InvalidPasswordError,
                 asyncpg.InvalidAuthorizationSpecificationError) as exc:
             raise PermanentError(
@@ -325,13 +403,19 @@ class PostgresDatabase(Database):
         except ValueError as exc:  # asyncpg's own check of the URL
             raise PermanentError(f"database: {shown} is not a usable URL: {exc}",
                                  code="database") from None
-        return cls(pool, url)
+        return cls(pool, url, term)
 
     def _translate(self, sql: str) -> str:
         translated = self._sql.get(sql)
         if translated is None:
             translated = self._sql[sql] = _numbered(sql)
         return translated
+
+    def write_as(self, lease: str, token: int | None) -> None:
+        self._term.value = f"{lease}/{NOBODY if token is None else int(token)}"
+
+    def term_setting(self) -> str:
+        return self._term.value
 
     async def execute(self, sql: str, *args: Any) -> int:
         conn = self._conn.get()
@@ -365,7 +449,8 @@ class PostgresDatabase(Database):
             yield
             return
         # Errors of the work inside pass through as they are; those of acquiring, beginning
-        # and committing are the database's, classified like every query's.
+        # and committing are the database's, classified like every query's (the term is
+        # checked at the COMMIT: a refusal comes from there, as NotLeader).
         with _classified():
             async with self._pool.acquire() as conn, conn.transaction():
                 token = self._conn.set(conn)
@@ -405,7 +490,8 @@ class PostgresDatabase(Database):
         rows = await self.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
         )
-        return {str(row["tablename"]) for row in rows} - {SCHEMA_TABLE}
+        # The lease's table (bot/leader.py) is made by migration 9 but holds no store data.
+        return {str(row["tablename"]) for row in rows} - {SCHEMA_TABLE, LEASE_TABLE}
 
     async def close(self) -> None:
         await self._pool.close()

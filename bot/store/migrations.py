@@ -3,11 +3,16 @@
 Each runs in one transaction; a newer schema than known is refused. A migration is SQL both
 dialects run, written with SQLite's column types (the PostgreSQL driver maps them, see
 ``Database.ddl``), or a :class:`PerDialect` pair where the statements themselves differ.
+
+On PostgreSQL every table of Parcel's carries the term fence of migration 9 (see
+``bot/store/db.py``): :func:`migrate` puts it on any table a migration made without it, so a
+new table needs nothing of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import NamedTuple
 
 from bot.store.db import Database
@@ -214,6 +219,77 @@ MIGRATIONS: list[str | PerDialect] = [
     ALTER TABLE offers ADD COLUMN copy_reservation TEXT;
     ALTER TABLE offers ADD COLUMN thumbnail_reservation TEXT;
     """,
+    # 9: the term fence (PostgreSQL only; SQLite has one instance). A write commits only if the
+    # session's parcel.term ('<lease name>/<token>', set by the store, empty for tools) names
+    # the lease's current token. The lease table is created here (the lease creates it too,
+    # under the same lock) so the check never meets a missing table. Checked at commit (a
+    # deferred constraint trigger) under a share lock on the lease row, so a takeover and a
+    # checked commit never overlap; parcel_fence_tables() puts the trigger on every table. The
+    # check runs in the store's schema whoever calls it (nio's crypto store has its own).
+    PerDialect(
+        sqlite="",
+        postgresql="""
+    SELECT pg_advisory_xact_lock(hashtext('parcel_leader'));
+    CREATE TABLE IF NOT EXISTS parcel_leader (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE FUNCTION parcel_check_term() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $fence$
+    DECLARE
+        term TEXT := current_setting('parcel.term', true);
+        lease TEXT := substring(term FROM '^(.*)/[0-9]+$');
+        current_token BIGINT;
+    BEGIN
+        IF term IS NULL OR term = '' THEN
+            RETURN NULL;
+        END IF;
+        SELECT token INTO current_token FROM parcel_leader WHERE name = lease FOR SHARE;
+        IF current_token IS NULL
+                OR current_token::TEXT <> substring(term FROM '/([0-9]+)$') THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'PTERM',
+                MESSAGE = format('a write to %s as lease term %s is refused: the lease is '
+                                 'in term %s', TG_TABLE_NAME, term,
+                                 coalesce(current_token::TEXT, 'none')),
+                HINT = 'another instance holds the leader lease now';
+        END IF;
+        RETURN NULL;
+    END
+    $fence$;
+    CREATE FUNCTION parcel_fence_tables() RETURNS INTEGER LANGUAGE plpgsql AS $fence$
+    DECLARE
+        unfenced RECORD;
+        fenced INTEGER := 0;
+    BEGIN
+        FOR unfenced IN
+            SELECT c.relname FROM pg_class c
+            JOIN pg_namespace ns ON ns.oid = c.relnamespace
+            WHERE ns.nspname = current_schema() AND c.relkind = 'r'
+              AND c.relname NOT IN ('parcel_leader', 'parcel_schema')
+              AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                              WHERE t.tgrelid = c.oid AND t.tgname = 'parcel_term')
+        LOOP
+            EXECUTE format('CREATE CONSTRAINT TRIGGER parcel_term '
+                           'AFTER INSERT OR UPDATE OR DELETE ON %I '
+                           'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW '
+                           'EXECUTE FUNCTION parcel_check_term()', unfenced.relname);
+            fenced := fenced + 1;
+        END LOOP;
+        RETURN fenced;
+    END
+    $fence$;
+    SELECT parcel_fence_tables();
+    """,
+    ),
+    # 10: payment card numbers in files (policy.card_numbers): how many were hidden in the
+    # delivered copy (NULL: the file was not searched), and why a file could not be searched.
+    """
+    ALTER TABLE offers ADD COLUMN redacted INTEGER;
+    ALTER TABLE offers ADD COLUMN unchecked TEXT;
+    """,
 ]
 
 
@@ -244,11 +320,29 @@ async def check_version(db: Database) -> int:
     return current
 
 
+_SPLIT = re.compile(r"(\$[A-Za-z_]*\$)|;")
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of ``script``, split at semicolons outside dollar-quoted bodies."""
+    found: list[str] = []
+    start = 0
+    quote: str | None = None  # the tag of the dollar quote we are in
+    for match in _SPLIT.finditer(script):
+        tag = match.group(1)
+        if tag is not None:
+            quote = None if quote == tag else quote if quote is not None else tag
+        elif quote is None:
+            found.append(script[start:match.start()])
+            start = match.end()
+    found.append(script[start:])
+    return [statement for statement in found if statement.strip()]
+
+
 def statements(migration: str | PerDialect, db: Database) -> list[str]:
     """The statements of one migration for ``db``'s dialect, its column types mapped."""
     script = migration if isinstance(migration, str) else str(getattr(migration, db.dialect))
-    script = db.ddl(script)
-    return [statement for statement in script.split(";") if statement.strip()]
+    return split_statements(db.ddl(script))
 
 
 async def migrate(db: Database) -> int:
@@ -270,6 +364,7 @@ async def migrate(db: Database) -> int:
                     f"to {len(MIGRATIONS)}: upgrade Parcel instead of downgrading it"
                 )
             if current == len(MIGRATIONS):
+                await _fence_tables(db)  # under the migration lock, as every step
                 break
             version = current + 1
             for statement in statements(MIGRATIONS[version - 1], db):
@@ -283,3 +378,12 @@ async def migrate(db: Database) -> int:
         logger.info("upgraded the store from version %d to %d (%s)", began, current,
                     db.description)
     return current
+
+
+async def _fence_tables(db: Database) -> None:
+    """On PostgreSQL, put the term fence on every table of Parcel's that lacks it."""
+    if db.dialect != "postgresql":
+        return
+    fenced = await db.fetchval("SELECT parcel_fence_tables()")
+    if fenced:
+        logger.debug("term fence put on %d tables", fenced)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from nio import RoomCreateResponse, RoomGetStateEventResponse, RoomPreset
+import pytest_asyncio
+from nio import AsyncClient, RoomCreateResponse, RoomGetStateEventResponse, RoomPreset
 
+from bot.attachments.panel import PIN_MARKER, PanelService
+from bot.store import Panel, Store
 from tests import samples
 from tests.chat import Person
 from tests.conftest import Chat
@@ -141,3 +147,99 @@ async def test_panel_shows_expired_files_after_the_chat_ends(start_chat) -> None
         customer, chat.customer_room, bot), "the customer's panel showing the expiry")
     await agent.until(lambda: "⌛ #1 terms.pdf" in panel_text(agent, chat.agent_room, bot),
                       "the agents' panel showing the expiry")
+
+
+# -- pinning is a read-modify-write: checked after, and repeatable -------------------------------
+
+
+@dataclass
+class PinRoom:
+    """A room made by a bot account, with the agent in it (both may pin), and a panel to pin."""
+
+    service: PanelService
+    store: Store
+    bot: AsyncClient
+    agent: AsyncClient
+    room_id: str
+    first: str  # a message pinned from the start
+    panel: Panel
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pin_room(make_user, make_client, tmp_path) -> AsyncIterator[PinRoom]:
+    bot_user, agent_user = await make_user("pinbot"), await make_user("pinagent")
+    bot, agent = await make_client(bot_user), await make_client(agent_user)
+    created = await bot.room_create(preset=RoomPreset.trusted_private_chat,
+                                    invite=[agent_user.user_id])
+    assert isinstance(created, RoomCreateResponse), created
+    room_id = created.room_id
+    await agent.join(room_id)
+    first = (await bot.room_send(room_id, "m.room.message",
+                                 {"msgtype": "m.text", "body": "pinned first"})).event_id
+    await bot.room_put_state(room_id, "m.room.pinned_events", {"pinned": [first]})
+    panel_id = (await bot.room_send(room_id, "m.room.message",
+                                    {"msgtype": "m.text", "body": PANEL_HEAD})).event_id
+    store = await Store.open(tmp_path / "parcel.db")
+    session, _ = await store.sessions.create_session("!customer:test", "@carol:test", "Carol")
+    await store.panels.bump_panel(session.id, room_id)
+    await store.panels.update_panel(room_id, event_id=panel_id)
+    panel = await store.panels.get_panel(room_id)
+    assert panel is not None
+    # Only _pin is exercised: it talks to the homeserver and the store, nothing else.
+    work = SimpleNamespace(register=lambda *args: None)
+    service = PanelService(store, bot, None, None, work)  # type: ignore[arg-type]
+    try:
+        yield PinRoom(service, store, bot, agent, room_id, first, panel)
+    finally:
+        await store.close()
+
+
+async def _pins(client: AsyncClient, room_id: str) -> list[str]:
+    answer = await client.room_get_state_event(room_id, "m.room.pinned_events")
+    assert isinstance(answer, RoomGetStateEventResponse), answer
+    return list(answer.content.get("pinned", []))
+
+
+async def test_a_pin_made_while_the_panel_is_pinned_is_kept(pin_room: PinRoom) -> None:
+    """Someone pins a message between the bot's read of the pins and its write: the check
+    after the write sees its write replaced theirs, and both pins end up in place."""
+    r = pin_room
+    theirs = (await r.agent.room_send(r.room_id, "m.room.message",
+                                      {"msgtype": "m.text", "body": "theirs"})).event_id
+    put = r.bot.room_put_state
+
+    async def put_after_theirs(*args: Any, **kwargs: Any) -> Any:
+        r.bot.room_put_state = put  # type: ignore[method-assign]
+        await r.agent.room_put_state(r.room_id, "m.room.pinned_events",
+                                     {"pinned": [r.first, theirs]})
+        return await put(*args, **kwargs)
+
+    r.bot.room_put_state = put_after_theirs  # type: ignore[method-assign]
+    await r.service._pin(r.panel)
+    assert await _pins(r.bot, r.room_id) == [r.first, theirs, r.panel.event_id]
+    assert (await r.store.panels.get_panel(r.room_id)).pin == "pinned"
+
+
+async def test_a_repeat_does_not_pin_again_what_an_agent_unpinned(pin_room: PinRoom) -> None:
+    """The bot's pin went through but its answer was lost; an agent unpinned the panel since.
+    The repeated unit sees its earlier write in the room's history and leaves the pins alone."""
+    r = pin_room
+    await r.store.values.set_value(f"panel-pin-attempt:{r.room_id}", r.panel.event_id)
+    await r.bot.room_put_state(r.room_id, "m.room.pinned_events",  # the write whose answer
+                               {"pinned": [r.first, r.panel.event_id],  # was lost
+                                PIN_MARKER: r.panel.event_id})
+    await r.agent.room_put_state(r.room_id, "m.room.pinned_events", {"pinned": [r.first]})
+    await r.service._pin(r.panel)
+    assert await _pins(r.bot, r.room_id) == [r.first]
+    assert (await r.store.panels.get_panel(r.room_id)).pin == "pinned"
+    assert await r.store.values.get_value(f"panel-pin-attempt:{r.room_id}") is None
+
+
+async def test_a_repeat_whose_write_never_happened_pins_once(pin_room: PinRoom) -> None:
+    """The attempt was recorded but its write never reached the homeserver: the repeat pins
+    the panel, once, beside what was pinned."""
+    r = pin_room
+    await r.store.values.set_value(f"panel-pin-attempt:{r.room_id}", r.panel.event_id)
+    await r.service._pin(r.panel)
+    await r.service._pin(r.panel)  # and once more: already pinned, nothing written
+    assert await _pins(r.bot, r.room_id) == [r.first, r.panel.event_id]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from nio import AsyncClient, JoinedRoomsResponse, RoomGetStateEventResponse
 
+from bot.sessions.service import SESSION_MARKER
 from tests import samples
 from tests.chat import OFFER_KEY
 from tests.conftest import Chat
@@ -118,3 +120,35 @@ async def test_encrypted_chat_survives_sigkill(start_chat) -> None:
     assert "NOT cross-signed" not in log
     assert log.count("logged in as") == 1, "the restart must reuse the device, not log in again"
     assert agent.bodies(chat.agent_room).count("Carol: before the crash") == 1
+
+
+async def test_a_crash_after_the_agent_room_was_created_makes_no_second_room(
+    start_chat, bot_store
+) -> None:
+    """Killed after the homeserver made the agent room but before it was recorded: after the
+    restart the session finds that room by its marker and uses it; the agents get one invite
+    and the bot is in one agent room."""
+    chat: Chat = await start_chat(as_process=True, **bot_store)
+    await chat.bot.stop()
+    await chat.bot.start(failpoint="agent-room-created")
+    chat.customer_room = await chat.customer.open_chat_with(chat.bot_user.user_id)
+    await chat.bot.wait_killed()
+    await chat.bot.start()
+    customer, agent = chat.customer, chat.agent
+    await customer.until(lambda: any("connected" in b for b in customer.bodies(chat.customer_room)),
+                         "the welcome message")
+    chat.agent_room = await agent.accept_invite("the agent room invite")
+    await customer.say(chat.customer_room, "one room?")
+    await agent.until(lambda: "Carol: one room?" in agent.bodies(chat.agent_room), "the relay")
+    assert not agent.client.invited_rooms, "the agent was invited to a second agent room"
+    bot = AsyncClient(chat.homeserver.url, chat.bot_user.user_id)
+    bot.restore_login(chat.bot_user.user_id, chat.bot_user.device_id, chat.bot_user.access_token)
+    try:
+        joined = await bot.joined_rooms()
+        assert isinstance(joined, JoinedRoomsResponse), joined
+        assert sorted(joined.rooms) == sorted([chat.customer_room, chat.agent_room])
+        create = await bot.room_get_state_event(chat.agent_room, "m.room.create")
+        assert isinstance(create, RoomGetStateEventResponse), create
+        assert create.content[SESSION_MARKER].endswith(":1")
+    finally:
+        await bot.close()

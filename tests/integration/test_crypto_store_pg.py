@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import threading
+import time
+from contextlib import suppress
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 import vodozemac
@@ -14,6 +21,8 @@ from bot.devdb import PostgresServer
 from bot.devserver import Homeserver, RegisteredUser
 from bot.errors import TransientError
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
+from bot.leader import Lease, NotLeader
+from bot.matrix import pgstore
 from bot.matrix.client import client_config
 from bot.matrix.cryptostore import CryptoStoreKeyError
 from bot.matrix.pgstore import (
@@ -23,6 +32,7 @@ from bot.matrix.pgstore import (
     store_schema,
 )
 from bot.matrix.roomkeys import forget_room_keys
+from bot.store import Store
 from tests.chat import Person
 from tests.helpers import MakeClient, MakeUser
 
@@ -275,3 +285,133 @@ def test_a_store_written_under_another_key_is_refused_clearly(postgres_url: str)
     with pytest.raises(CryptoStoreKeyError, match="another key"):
         other.load_account()
     other.close()
+
+
+def test_writes_are_refused_once_the_fence_says_the_lease_is_lost(postgres_url: str) -> None:
+    """With the lease held the store writes; once its fence refuses, every write (nio's own
+    and Parcel's through run_guarded) raises NotLeader and changes nothing; reads go on."""
+    held = True
+
+    def fence() -> None:
+        if not held:
+            raise NotLeader("the lease was lost")
+
+    store = postgres_crypto_store(postgres_url, fence=fence)("@bot:example.org", "DEV", "", KEY,
+                                                             "")
+    try:
+        store.save_account(OlmAccount())
+        store.save_sync_token("s1")
+        store.save_encrypted_rooms(["!one:example.org"])
+        held = False
+        with pytest.raises(NotLeader):
+            store.save_sync_token("s2")
+        with pytest.raises(NotLeader):
+            store.save_encrypted_rooms(["!two:example.org"])
+        with pytest.raises(NotLeader):
+            store.save_account(OlmAccount())
+        with pytest.raises(NotLeader):
+            store.run_guarded("a write of Parcel's", lambda: store.save_sync_token("s3"))
+        assert store.load_sync_token() == "s1"
+        assert store.load_encrypted_rooms() == {"!one:example.org"}
+    finally:
+        store.close()
+
+
+def _cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and its children. (``PostgresServer.freeze()`` of the database-fault
+    tests does the same; this test keeps its own copy so that it stands alone.)"""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+def test_a_frozen_server_blocks_a_call_only_briefly_and_the_store_heals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PostgreSQL frozen (SIGSTOP: connections open, nothing answers) a store call gives
+    up on its own with TransientError while the server is still frozen, the calls right after
+    fail without waiting, and once the server runs again the store works again."""
+    monkeypatch.setattr(pgstore, "QUIET_AFTER_SILENCE", 0.5)
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    frozen: list[int] = []
+    thawed = threading.Event()
+
+    def thaw() -> None:
+        for pid in reversed(frozen):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        thawed.set()
+
+    safety = threading.Timer(30, thaw)  # never leave the server frozen, whatever happens here
+    try:
+        url = server.url(server.create_database(), with_password=True)
+        store = postgres_crypto_store(url)("@bot:example.org", "DEV", "", KEY, "")
+        store.save_account(OlmAccount())
+        store.save_sync_token("before")
+        frozen.extend(_cluster_pids(server))
+        safety.start()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(TransientError, match="did not answer"):
+            store.save_sync_token("while frozen")
+        with pytest.raises(TransientError, match="did not answer a moment ago"):
+            store.load_sync_token()
+        assert not thawed.is_set(), "the call returned only once the server was thawed"
+        thaw()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert store.load_sync_token() == "before"
+                break
+            except TransientError:
+                assert time.monotonic() < deadline, "the store did not heal"
+                time.sleep(0.2)
+        store.save_sync_token("after")
+        assert store.load_sync_token() == "after"
+        store.close()
+    finally:
+        safety.cancel()
+        thaw()
+        server.stop()
+
+
+async def test_the_database_refuses_a_crypto_store_write_of_an_older_term(
+    postgres_url: str,
+) -> None:
+    """With Parcel's store in the database, the crypto store's writes carry the store's term:
+    after another instance took the lease, a write of the old term is refused by the database
+    (even with no fence asked first), and writes go through again under the current term."""
+    store = await Store.open(postgres_url)
+    stop = asyncio.Event()
+    old = Lease(lambda: asyncpg.connect(postgres_url), ttl=3.0, holder="old")
+    new = Lease(lambda: asyncpg.connect(postgres_url), ttl=3.0, holder="new")
+    crypto = None
+    try:
+        assert await old.acquire(stop)
+        store.write_as(old.name, old.token)
+        crypto = postgres_crypto_store(postgres_url, term=store.term_setting)(
+            "@bot:example.org", "DEV", "", KEY, "")
+        crypto.save_account(OlmAccount())
+        crypto.save_sync_token("first term")
+        await old.release()
+        assert await new.acquire(stop)
+        with pytest.raises(NotLeader):
+            crypto.save_sync_token("the deposed leader's")
+        assert crypto.load_sync_token() == "first term"
+        store.write_as(new.name, new.token)  # this process leads again, in the new term
+        crypto.save_sync_token("second term")
+        assert crypto.load_sync_token() == "second term"
+    finally:
+        if crypto is not None:
+            crypto.close()
+        await new.release()
+        await store.close()

@@ -95,12 +95,18 @@ policy:
   scanner: ["clamdscan", "--no-summary", "--fdpass", "{path}"]
   scanner_timeout: 90s
   scanner_failure: allow
+  card_numbers: redact
+  card_numbers_in_text: mask
+  ocr_timeout: 45s
   customer_to_agent:
     max_size: 1GiB
+    uninspectable: refuse
   agent_to_customer:
     allowed_types: []
     blocked_types: ["video/*"]
     block_executables: false
+    card_numbers: refuse
+    card_numbers_in_text: allow
 reactions:
   accept: "👍"
   decline: "👎"
@@ -174,18 +180,24 @@ def test_full_config_parses_to_expected_values(tmp_path: Path) -> None:
                 allowed_types=("image/*", "application/pdf"),
                 blocked_types=("image/svg+xml",),
                 block_executables=True,
+                card_numbers="redact",
+                card_numbers_in_text="mask",
+                uninspectable="refuse",
             ),
             agent_to_customer=DirectionPolicy(
                 max_size=10_000_000,
                 allowed_types=(),
                 blocked_types=("video/*",),
                 block_executables=False,
+                card_numbers="refuse",
+                card_numbers_in_text="allow",
             ),
             scanner=ScannerConfig(
                 command=("clamdscan", "--no-summary", "--fdpass", "{path}"),
                 timeout=90.0,
                 on_failure="allow",
             ),
+            ocr_timeout=45.0,
         ),
         reactions=ReactionsConfig(accept="👍", decline="👎"),
         messages=MessagesConfig(welcome="Hi there.", agent_room_name="{customer} / {session}"),
@@ -270,6 +282,21 @@ def test_config_is_frozen() -> None:
             DirectionPolicy(5_000_000, (), (), True),
             DirectionPolicy(5_000_000, (), (), True),
             id="null-inherits",
+        ),
+        pytest.param(
+            "policy: {card_numbers: redact, card_numbers_in_text: mask, uninspectable: refuse,"
+            " agent_to_customer: {card_numbers: allow, card_numbers_in_text: refuse}}",
+            DirectionPolicy(25_000_000, (), (), True, card_numbers="redact",
+                            card_numbers_in_text="mask", uninspectable="refuse"),
+            DirectionPolicy(25_000_000, (), (), True, card_numbers="allow",
+                            card_numbers_in_text="refuse", uninspectable="refuse"),
+            id="card-numbers-inherited-and-overridden",
+        ),
+        pytest.param(
+            "policy: {customer_to_agent: {card_numbers: REFUSE}}",
+            DirectionPolicy(25_000_000, (), (), True, card_numbers="refuse"),
+            DirectionPolicy(25_000_000, (), (), True),
+            id="card-numbers-one-direction-only",
         ),
         pytest.param(
             "policy: {allowed_types: [image/png, IMAGE/PNG, image/*]}",
@@ -475,8 +502,8 @@ VALIDATION_CASES = [
         "policy: [max_size]",
         "policy: expected a mapping with the keys max_size, offer_ttl, allowed_types, "
         "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
-        "max_image_pixels, large_images, strip_metadata, customer_to_agent, agent_to_customer, "
-        "got a list",
+        "max_image_pixels, large_images, strip_metadata, card_numbers, card_numbers_in_text, "
+        "uninspectable, ocr_timeout, customer_to_agent, agent_to_customer, got a list",
     ),
     ("policy: {max_size: lots}", 'policy.max_size: expected a size like "25MB", got "lots"'),
     ("policy: {max_size: 0}", "policy.max_size: must be greater than 0, got 0"),
@@ -502,7 +529,8 @@ VALIDATION_CASES = [
     (
         "policy: {agent_to_customer: big}",
         "policy.agent_to_customer: expected a mapping with the keys max_size, allowed_types, "
-        'blocked_types, block_executables, got "big"',
+        "blocked_types, block_executables, card_numbers, card_numbers_in_text, uninspectable, "
+        'got "big"',
     ),
     ("policy: {offer_ttl: soon}", f'policy.offer_ttl: {DURATION}, got "soon"'),
     ("policy: {max_image_pixels: 0}", "policy.max_image_pixels: must be greater than 0, got 0"),
@@ -514,6 +542,17 @@ VALIDATION_CASES = [
         "policy: {max_image_pixels: true}",
         "policy.max_image_pixels: expected a whole number like 40000000, got true",
     ),
+    ("policy: {card_numbers: mask}",
+     'policy.card_numbers: expected "allow", "redact" or "refuse", got "mask"'),
+    ("policy: {customer_to_agent: {card_numbers_in_text: redact}}",
+     'policy.customer_to_agent.card_numbers_in_text: expected "allow", "mask" or "refuse", '
+     'got "redact"'),
+    ("policy: {agent_to_customer: {uninspectable: maybe}}",
+     'policy.agent_to_customer.uninspectable: expected "allow" or "refuse", got "maybe"'),
+    ("policy: {card_numbers: true}",
+     'policy.card_numbers: expected "allow", "redact" or "refuse", got true'),
+    ("policy: {ocr_timeout: 0}", "policy.ocr_timeout: must be longer than 0 seconds, got 0"),
+    ("policy: {ocr_timeout: soon}", f'policy.ocr_timeout: {DURATION}, got "soon"'),
     ("policy: {large_images: inline}",
      'policy.large_images: expected "file" or "reject", got "inline"'),
     ("policy: {offer_ttl: 0}", "policy.offer_ttl: must be longer than 0 seconds, got 0"),
@@ -743,7 +782,8 @@ def test_validation_error_names_the_key(overlay: str, message: str) -> None:
             "policy: {1: x}",
             "policy.1: unknown key (known keys here: max_size, offer_ttl, allowed_types, "
             "blocked_types, block_executables, scanner, scanner_timeout, scanner_failure, "
-            "max_image_pixels, large_images, strip_metadata, customer_to_agent, agent_to_customer)",
+            "max_image_pixels, large_images, strip_metadata, card_numbers, card_numbers_in_text, "
+            "uninspectable, ocr_timeout, customer_to_agent, agent_to_customer)",
         ),
     ],
 )

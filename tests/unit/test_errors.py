@@ -15,6 +15,8 @@ import psycopg
 import pytest
 
 from bot.errors import (
+    FENCED_SQLSTATE,
+    NotLeader,
     PermanentError,
     Source,
     TransientError,
@@ -230,3 +232,13 @@ def test_a_refused_database_connection_at_the_store_edge_is_the_database() -> No
     assert isinstance(error, TransientError)
     assert error.source is Source.DATABASE
     assert error.reason == "the store: the database is unavailable ([Errno 111] Connection refused)"
+
+
+def test_a_write_refused_for_a_stale_lease_term_is_not_the_leaders() -> None:
+    """PostgreSQL's refusal of a deposed leader's write (SQLSTATE PTERM) is NotLeader:
+    transient for the work, which the new leader does."""
+    refused = asyncpg.PostgresError.new({"C": FENCED_SQLSTATE, "M": "a write as term 3 is "
+                                         "refused: the lease is in term 4"})
+    error = from_exception(refused, "finishing offer:1")
+    assert isinstance(error, NotLeader) and isinstance(error, TransientError)
+    assert "deposed leader" in error.reason

@@ -1,4 +1,5 @@
-"""The leader lease on a real PostgreSQL server: one holder, takeover after a lapse, fencing."""
+"""The leader lease on a real PostgreSQL server: one holder, takeover after a lapse, fencing
+(of the lease itself and of the store's writes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from bot.devdb import PostgresServer
 from bot.leader import Lease, NotLeader
+from bot.store import Store
 
 TTL = 3.0  # the shortest lease allowed, so takeovers happen within seconds
 
@@ -127,3 +129,89 @@ async def test_standby_waits_out_an_unreachable_database(leases: Callable[..., L
     stop.set()
     assert await waiting is False
     assert lease.role == "standby"
+
+
+# -- term fencing of the store's writes ----------------------------------------------------------
+
+
+async def test_a_write_from_an_older_term_fails_and_the_current_terms_succeeds(
+    leases: Callable[..., Lease], postgres_url: str
+) -> None:
+    """After a takeover the old leader's store writes fail with NotLeader; the new one's land."""
+    stop = asyncio.Event()
+    old_store, new_store = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        old, new = leases(holder="old"), leases(holder="new")
+        assert await old.acquire(stop)
+        old_store.write_as(old.name, old.token)
+        await old_store.values.set_value("written by", "the first term")
+        await old.release()  # deposed (as if its lease had lapsed); it does not know yet
+        assert await new.acquire(stop)
+        new_store.write_as(new.name, new.token)
+
+        with pytest.raises(NotLeader):
+            await old_store.values.set_value("written by", "the deposed leader")
+        with pytest.raises(NotLeader):
+            await old_store.sessions.create_session("!customer:test", "@carol:test", "Carol")
+        await new_store.values.set_value("written by", "the second term")
+        assert await old_store.values.get_value("written by") == "the second term"  # reads work
+        assert await new_store.sessions.sessions() == []  # the refused transaction rolled back
+    finally:
+        await old_store.close()
+        await new_store.close()
+
+
+async def test_a_transaction_open_across_the_takeover_fails_at_its_commit(
+    leases: Callable[..., Lease], postgres_url: str
+) -> None:
+    """A transaction that began under the old term and commits after the takeover is refused."""
+    stop = asyncio.Event()
+    store = await Store.open(postgres_url)
+    try:
+        old, new = leases(holder="old"), leases(holder="new")
+        assert await old.acquire(stop)
+        store.write_as(old.name, old.token)
+        with pytest.raises(NotLeader):
+            async with store.transaction():
+                await store.values.set_value("half", "written")
+                await old.release()
+                assert await new.acquire(stop)
+        assert await store.values.get_value("half") is None
+    finally:
+        await store.close()
+
+
+async def test_writing_as_nobody_is_refused_and_an_unfenced_store_is_not(
+    leases: Callable[..., Lease], postgres_url: str
+) -> None:
+    """A process that stopped leading writes nothing; a store never given a term (a tool) is
+    not fenced, whoever holds the lease."""
+    stop = asyncio.Event()
+    stepped_down, tool = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        leader = leases(holder="leader")
+        assert await leader.acquire(stop)
+        stepped_down.write_as(leader.name, leader.token)
+        await stepped_down.values.set_value("k", "led")
+        stepped_down.write_as(leader.name, None)
+        with pytest.raises(NotLeader):
+            await stepped_down.values.set_value("k", "after stepping down")
+        await tool.values.set_value("k", "a tool's write")
+        assert await tool.values.get_value("k") == "a tool's write"
+    finally:
+        await stepped_down.close()
+        await tool.close()
+
+
+async def test_every_table_of_the_store_is_fenced(postgres_url: str,
+                                                  postgres: PostgresServer) -> None:
+    """Each of Parcel's tables carries the term trigger; the lease and schema tables do not."""
+    store = await Store.open(postgres_url)
+    await store.close()
+    database = postgres_url.rsplit("/", 1)[1]
+    fenced = set(postgres.sql(database, "SELECT tgrelid::regclass FROM pg_trigger "
+                                        "WHERE tgname = 'parcel_term'").split())
+    tables = set(postgres.sql(database, "SELECT tablename FROM pg_tables "
+                                        "WHERE schemaname = current_schema()").split())
+    assert fenced == tables - {"parcel_leader", "parcel_schema"}
+    assert {"work", "offers", "sessions", "outbox", "kv", "panels"} <= fenced

@@ -13,6 +13,7 @@ from aiohttp import web
 from nio.crypto.attachments import decrypt_attachment
 
 from bot.errors import TransientError
+from bot.leader import NotLeader
 from bot.matrix.media import (
     GrowingCopy,
     MediaClient,
@@ -579,3 +580,130 @@ async def _reserve(url: str, script: Script, encrypt: bool) -> Reservation:
         await client.close()
     assert reserved is not None
     return reserved
+
+
+# -- transfers bound to the leader lease -------------------------------------------------------
+
+
+class Term:
+    """A leadership as a transfer sees it (the lease's check() and lost), ended at will."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.held = True
+
+    def check(self) -> None:
+        if not self.held:
+            raise NotLeader("the lease ran out")
+
+    def end(self, *, noticed: bool = True) -> None:
+        """The lease ends; ``noticed``: the lease has set ``lost`` (as its renewal loop does)."""
+        self.held = False
+        if noticed:
+            self.lost.set()
+
+
+@pytest_asyncio.fixture
+async def slow_server(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[str, asyncio.Event, list[int]]]:
+    """A media server that takes 1 MiB of an upload and says so; then it reads no more
+    (``stalled``: the client's send blocks) or goes on reading slowly (``slow``)."""
+    taken = asyncio.Event()
+    received = [0]
+
+    async def handler(http: web.Request) -> web.StreamResponse:
+        while chunk := await http.content.read(65536):
+            received[0] += len(chunk)
+            if received[0] >= 1 << 20:
+                taken.set()
+                if request.param == "stalled":
+                    await asyncio.sleep(3600)
+                await asyncio.sleep(0.01)
+        return web.json_response({"content_uri": "mxc://x/never"})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", taken, received
+    await runner.cleanup()
+
+
+# A stalled send can only be cut by the loss being noticed, which the lease's renewal loop
+# does within a renewal period (Lease.hold calls valid()).
+@pytest.mark.parametrize(("slow_server", "noticed"),
+                         [("stalled", True), ("slow", True), ("slow", False)],
+                         indirect=["slow_server"])
+async def test_a_deposed_leaders_upload_is_cut(
+    slow_server: tuple[str, asyncio.Event, list[int]], tmp_path: Path, noticed: bool
+) -> None:
+    """A slow or stalled upload stops with NotLeader once the lease ends: at once when the
+    lease is lost (even while the send is blocked), at the next chunk when it merely ran out."""
+    url, taken, received = slow_server
+    source = tmp_path / "big"
+    source.write_bytes(b"p" * (64 << 20))
+    term = Term()
+    client = MediaClient(url, lambda: "token", 600.0, fence=term)
+    try:
+        upload = asyncio.create_task(client.upload(source, "application/pdf", "big.pdf"))
+        await asyncio.wait_for(taken.wait(), 30)
+        term.end(noticed=noticed)
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(upload, 60)  # a hang guard only
+    finally:
+        await client.close()
+    assert received[0] < 64 << 20
+
+
+async def test_a_download_stops_at_the_next_chunk_once_the_lease_is_not_held(
+    server, tmp_path: Path
+) -> None:
+    """Each chunk of a download checks the lease: a term that ended (even unnoticed) stops it,
+    and the partial file is removed."""
+    url, script = server
+    term = Term()
+    sent = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 64 << 20
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"d" * (1 << 20))
+            sent.set()
+            await asyncio.sleep(0.05)
+        return response
+
+    script.responses = [slow]  # type: ignore[list-item]
+    client = MediaClient(url, lambda: "token", 600.0, fence=term)
+    try:
+        download = asyncio.create_task(
+            client.download("mxc://x/y", tmp_path / "f", max_bytes=1 << 30))
+        await asyncio.wait_for(sent.wait(), 30)
+        term.end(noticed=False)
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(download, 30)
+    finally:
+        await client.close()
+    assert not (tmp_path / "f").exists()
+
+
+async def test_no_transfer_starts_without_the_lease(server, tmp_path: Path) -> None:
+    """A transfer asked for after the lease ended is refused before any request."""
+    url, script = server
+    source = tmp_path / "src"
+    source.write_bytes(b"a" * 1000)
+    term = Term()
+    term.end()
+    client = MediaClient(url, lambda: "token", 10.0, fence=term)
+    try:
+        with pytest.raises(NotLeader):
+            await client.upload(source, "image/png", "a.png")
+        with pytest.raises(NotLeader):
+            await client.download("mxc://x/y", tmp_path / "f", max_bytes=1000)
+    finally:
+        await client.close()
+    assert script.requests == 0

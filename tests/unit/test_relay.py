@@ -283,3 +283,31 @@ def test_unsupported_event(event_type: str, answer: str | None) -> None:
 def test_sticker_as_image(content: dict[str, Any], expected: dict[str, Any]) -> None:
     """A sticker's content becomes an m.image upload named after its description."""
     assert sticker_as_image(content) == expected
+
+
+M = "\u2022\u2022\u2022\u2022 "
+
+
+@pytest.mark.parametrize(
+    ("body", "formatted", "mode", "expected"),
+    [
+        ("card 4111 1111 1111 1111", None, "allow",
+         relay.CardScreen("card 4111 1111 1111 1111", None)),
+        ("card 4111 1111 1111 1111", None, "mask", relay.CardScreen(f"card {M}1111", None, 1)),
+        ("card 4111 1111 1111 1111", "card <b>4111</b> 1111 1111 1111", "mask",
+         relay.CardScreen(f"card {M}1111", f"card <b>{M}1111</b>", 1)),
+        # Only in the formatted body: still found, both forms go out masked.
+        ("see below", "<p>4242424242424242</p>", "mask",
+         relay.CardScreen("see below", f"<p>{M}4242</p>", 1)),
+        ("card 4111 1111 1111 1111", None, "refuse",
+         relay.CardScreen("card 4111 1111 1111 1111", None, 1, refused=True)),
+        ("order 4111111111111112", "order <i>4111111111111112</i>", "refuse",
+         relay.CardScreen("order 4111111111111112", "order <i>4111111111111112</i>")),
+        ("a 4111111111111111 b 5555555555554444", None, "mask",
+         relay.CardScreen(f"a {M}1111 b {M}4444", None, 2)),
+    ],
+)
+def test_screen_card_numbers(body: str, formatted: str | None, mode: str,
+                             expected: relay.CardScreen) -> None:
+    """policy.card_numbers_in_text on body and formatted body: as is, masked or refused."""
+    assert relay.screen_card_numbers(body, formatted, mode) == expected

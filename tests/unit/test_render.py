@@ -212,8 +212,16 @@ def test_offer_card_offered() -> None:
         ({"mimetype": None, "size": None}, "file"),
         ({"mimetype": "image/png", "size": 1, "width": 640, "height": None}, "PNG image · 1 byte"),
         ({"scanned": True}, "PDF document · 1.2 MB · scanned: clean"),
+        ({"mimetype": "text/plain", "size": 10, "redacted": 1},
+         "text file · 10 bytes · 1 card number was hidden"),
+        ({"mimetype": "text/plain", "size": 10, "redacted": 3},
+         "text file · 10 bytes · 3 card numbers were hidden"),
+        ({"mimetype": "text/plain", "size": 10, "redacted": 0}, "text file · 10 bytes"),
+        ({"unchecked": "PDF documents are not searched for card numbers"},
+         "PDF document · 1.2 MB · not checked for card numbers"),
     ],
-    ids=["pdf", "image-dimensions", "unknown", "partial-dimensions", "scanned"],
+    ids=["pdf", "image-dimensions", "unknown", "partial-dimensions", "scanned", "one-hidden",
+         "three-hidden", "none-hidden", "unchecked"],
 )
 def test_offer_card_facts(overrides: dict[str, Any], facts: str) -> None:
     """The card shows the detected kind, size, dimensions when both are known, and a clean scan."""
@@ -279,6 +287,8 @@ STATUS_CASES = [
      "(offer #7)"),
     (S.ACCEPTED, C2A, {}, "📎 report.pdf — received by the agent"),
     (S.ACCEPTED, A2C, {}, "📎 report.pdf — received by the customer"),
+    (S.ACCEPTED, C2A, {"redacted": 1},
+     "📎 report.pdf — received by the agent (1 card number was hidden)"),
     (S.DECLINED, C2A, {}, "🚫 report.pdf — declined by the agent"),
     (S.DECLINED, A2C, {}, "🚫 report.pdf — declined by the customer"),
     (S.WITHDRAWN, A2C, {}, "↩️ report.pdf — withdrawn; the customer did not receive it"),
@@ -436,11 +446,15 @@ BLOCK_CASES = [
       "filename": safe_filename("b" * 500 + ".pdf"),
       "mimetype": "application/pdf", "size": 1_234_567, "sha256": "ab" * 32,
       "direction": "customer_to_agent"}),
+    ({"redacted": 2},
+     {"id": 7, "number": 7, "session": 3, "state": "offered", "filename": "report.pdf",
+      "mimetype": "application/pdf", "size": 1_234_567, "sha256": "ab" * 32,
+      "direction": "customer_to_agent", "redacted": 2}),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "expected"), BLOCK_CASES, ids=["offered", "hostile",
-                                                                      "long"])
+                                                                      "long", "redacted"])
 def test_offer_block_fields(overrides: dict[str, Any], expected: dict[str, Any]) -> None:
     """The io.parcel.offer block has exactly the documented keys, with a cleaned file name."""
     block = render.offer_block(make_offer(**overrides), 3)

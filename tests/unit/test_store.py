@@ -32,7 +32,7 @@ from bot.store import (
 )
 from bot.store import migrations as migrations_module
 from bot.store.db import Database, connect, redact_url
-from bot.store.migrations import MIGRATIONS, migrate, statements
+from bot.store.migrations import MIGRATIONS, migrate, split_statements, statements
 
 S = OfferState
 CUSTOMER_ROOM = "!customer:hs"
@@ -145,10 +145,10 @@ async def test_migrations_create_the_schema(store: Store) -> None:
 
 
 async def test_migrations_set_the_schema_version(store: Store) -> None:
-    """After opening, the schema version is the number of known migrations (8)."""
-    assert len(MIGRATIONS) == 8
+    """After opening, the schema version is the number of known migrations (10)."""
+    assert len(MIGRATIONS) == 10
     async with store.transaction():
-        assert await store.db.schema_version() == 8
+        assert await store.db.schema_version() == 10
 
 
 def test_sqlite_keeps_its_version_in_user_version(db_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_sqlite_keeps_its_version_in_user_version(db_path: Path) -> None:
     asyncio.run(_open_and_close(db_path))
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 10
     finally:
         conn.close()
 
@@ -191,10 +191,10 @@ async def test_reopening_is_idempotent_and_keeps_data(store_database: Path | str
     for _ in range(2):
         again = await Store.open(store_database)
         async with again.transaction():
-            assert await again.db.schema_version() == 8
+            assert await again.db.schema_version() == 10
         assert (await again.sessions.get_session(session_id)).agent_room == AGENT_ROOM
         assert await again.values.get_value("sync_token") == "s1"
-        assert await migrate(again.db) == 8
+        assert await migrate(again.db) == 10
         await again.close()
 
 
@@ -202,8 +202,8 @@ async def test_migrating_logs_one_line(tmp_path: Path, caplog: pytest.LogCapture
     """A new store is one "created" line, an upgrade one "upgraded from … to" line, an
     up-to-date store none (the steps are at DEBUG)."""
     caplog.set_level(logging.INFO, logger="bot.store.migrations")
-    for path, expected in ((tmp_path / "new.db", ["created the store at version 8"]),
-                           (tmp_path / "old.db", ["upgraded the store from version 1 to 8"]),
+    for path, expected in ((tmp_path / "new.db", ["created the store at version 10"]),
+                           (tmp_path / "old.db", ["upgraded the store from version 1 to 10"]),
                            (tmp_path / "new.db", [])):
         if path.name == "old.db":
             await (await at_version(path, 1)).close()
@@ -225,7 +225,7 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
     db = await connect(store_database)
     try:
         async with db.transaction():
-            assert await db.schema_version() == 8
+            assert await db.schema_version() == 10
         assert "half_done" not in await db.table_names()
     finally:
         await db.close()
@@ -234,7 +234,7 @@ async def test_failed_migration_rolls_back(store_database: Path | str,
 async def test_an_old_sqlite_file_and_a_fresh_postgres_reach_the_same_schema(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """A version-1 SQLite file upgraded and an empty PostgreSQL migrated end at version 8 with
+    """A version-1 SQLite file upgraded and an empty PostgreSQL migrated end at version 10 with
     the same tables and the same columns."""
     old = await at_version(tmp_path / "old.db", 1)
     await old.close()
@@ -243,7 +243,7 @@ async def test_an_old_sqlite_file_and_a_fresh_postgres_reach_the_same_schema(
     try:
         for store in (upgraded, fresh):
             async with store.transaction():
-                assert await store.db.schema_version() == 8
+                assert await store.db.schema_version() == 10
             assert await store.db.table_names() == EXPECTED_TABLES
         for table in sorted(EXPECTED_TABLES):
             sqlite_columns = [row[1] for row in await upgraded.db.fetch(
@@ -261,22 +261,24 @@ async def test_two_instances_opening_one_empty_postgres_migrate_it_once(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two stores opened at the same moment on one empty database: each migration runs once,
-    both end up open on version 8."""
+    both end up open on version 10."""
     caplog.set_level(logging.DEBUG, logger="bot.store.migrations")
     stores = await asyncio.gather(Store.open(postgres_url), Store.open(postgres_url))
     try:
         upgrades = [r.getMessage() for r in caplog.records
                     if r.getMessage().startswith("store schema upgraded")]
-        assert [m.split(" (")[0] for m in upgrades] == [
-            f"store schema upgraded to version {n}" for n in range(1, 9)]
+        # Each instance logs its steps after committing them, so the two instances' lines may
+        # come in either order: each step once is what counts.
+        steps = sorted(int(m.split(" (")[0].rsplit(" ", 1)[1]) for m in upgrades)
+        assert steps == list(range(1, 11))
         # At INFO, one line says what happened (by whichever instance created it).
         info = [r.getMessage().split(" (")[0] for r in caplog.records
                 if r.levelno == logging.INFO]
-        assert "created the store at version 8" in info
+        assert "created the store at version 10" in info
         assert not any("schema upgraded" in line for line in info)
         for store in stores:
             async with store.transaction():
-                assert await store.db.schema_version() == 8
+                assert await store.db.schema_version() == 10
     finally:
         for store in stores:
             await store.close()
@@ -1042,7 +1044,7 @@ async def test_a_reading_tool_never_upgrades_the_store(store_database: Path | st
     and leaves it exactly as it found it; the current version opens."""
     old = await at_version(store_database, 1)
     await old.close()
-    with pytest.raises(SchemaMismatch, match="schema version 1, older than this Parcel's 8"):
+    with pytest.raises(SchemaMismatch, match="schema version 1, older than this Parcel's 10"):
         await Store.open(store_database, upgrade=False)
     db = await connect(store_database)
     try:
@@ -1053,3 +1055,21 @@ async def test_a_reading_tool_never_upgrades_the_store(store_database: Path | st
     await (await Store.open(store_database)).close()  # the bot upgrades it
     reader = await Store.open(store_database, upgrade=False)
     await reader.close()
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("CREATE TABLE a (x TEXT); CREATE INDEX a_x ON a(x);",
+     ["CREATE TABLE a (x TEXT)", " CREATE INDEX a_x ON a(x)"]),
+    ("CREATE FUNCTION f() RETURNS trigger AS $body$ BEGIN RETURN NULL; END $body$; SELECT f()",
+     ["CREATE FUNCTION f() RETURNS trigger AS $body$ BEGIN RETURN NULL; END $body$",
+      " SELECT f()"]),
+    ("DO $$ BEGIN PERFORM 1; PERFORM 2; END $$;", ["DO $$ BEGIN PERFORM 1; PERFORM 2; END $$"]),
+    ("CREATE FUNCTION g() AS $a$ SELECT '$b$;'; $a$",
+     ["CREATE FUNCTION g() AS $a$ SELECT '$b$;'; $a$"]),
+    ("  ;\n ; ", []),
+])
+def test_migration_scripts_split_at_semicolons_outside_dollar_quotes(
+    script: str, expected: list[str]
+) -> None:
+    """A function body's semicolons stay inside its statement; empty statements are dropped."""
+    assert split_statements(script) == expected
