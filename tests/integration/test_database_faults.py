@@ -260,12 +260,12 @@ async def traffic_in_flight(s: Scenario) -> tuple[bytes, bytes]:
     chat, agent, customer = s.chat, s.chat.agent, s.chat.customer
     photo = samples.png(40, 30)
     await customer.send_file(chat.customer_room, photo, "photo.png", "image/png", "m.image")
-    await agent.until(lambda: agent.offer_named(chat.agent_room, "photo.png"),
+    await agent.until(lambda: agent.offer_named(chat.agent_room, "photo.png") is not None,
                       "the photo's offer to the agent (left waiting)", timeout=90)
     manual = samples.noise(BIG, seed=19)
     await agent.send_file(chat.agent_room, manual, "manual.bin", "application/octet-stream")
-    await customer.until(lambda: customer.offer_named(chat.customer_room, "manual.bin"),
-                         "the manual's offer to the customer", timeout=90)
+    await customer.until(lambda: customer.offer_named(chat.customer_room, "manual.bin")
+                         is not None, "the manual's offer to the customer", timeout=90)
     card = customer.offer_named(chat.customer_room, "manual.bin")
     assert card is not None
     s.proxy.rate = CRAWL

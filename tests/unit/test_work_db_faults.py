@@ -204,6 +204,7 @@ async def test_the_scheduler_keeps_working_after_its_database_failed(
         await wait_for(all_ran, timeout=30, what="every submitted unit to run")
     except AssertionError:
         missing = [key for key in h.submitted if not h.ran[key]]
+        left: list[object]
         try:
             left = [(u.key, u.attempts, u.last_error) for u in await h.store.work.work_units()]
         except Exception as exc:  # noqa: BLE001 - a diagnostic only
