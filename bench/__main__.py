@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import report
 from bench.burst import part_burst
+from bench.dbfault import part_dbfault
 from bench.ha import part_ha
 from bench.harness import write_json
 from bench.history import part_startup
@@ -44,7 +45,7 @@ from bench.scenarios import (
 from bench.traffic import part_traffic
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale", "ha")
+PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale", "ha", "dbfault")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +90,8 @@ def _part_timeout(params: Params, part: str) -> float:
         "traffic": 600.0 if full else 300.0,
         # PostgreSQL: failover kills, the backends' latencies, its scale windows, nio's store.
         "ha": 1200.0 if full else 600.0,
+        # PostgreSQL restarted and stopped (a minute; 20 s --quick) under live traffic.
+        "dbfault": 1500.0 if full else 900.0,
     }[part]
 
 
@@ -146,6 +149,8 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
             steps.append(("scale", lambda: part_scale(bench)))
         if "ha" in parts:  # after scale: its own scale windows leave hundreds of rooms too
             steps.append(("ha", lambda: part_ha(bench)))
+        if "dbfault" in parts:
+            steps.append(("dbfault", lambda: part_dbfault(bench)))
         for name, step in steps:
             began = time.monotonic()
             busy0 = report.busy_mark()

@@ -507,6 +507,10 @@ def text_report(results: dict[str, Any]) -> str:
             table(title, header, rows)
             if note:
                 lines.append(note)
+    for title, header, rows, note in dbfault_tables(results):
+        table(title, header, rows)
+        if note:
+            lines.append(note)
     goals = results.get("targets", [])
     if goals:
         table("Targets", ["target", "limit", "measured", "met"],
@@ -658,6 +662,7 @@ def markdown(results: dict[str, Any]) -> str:
                        f"peak RSS | {_s(c['warm_median_s'])}; {_s(c['first_sync_median_s'])}; "
                        f"{_mib(c['peak_rss_median_kib'])} | — | {ratio_cell} | {target} |")
     out.extend(ha_markdown_rows(results))
+    out.extend(dbfault_markdown_rows(results))
     notes = results.get("notes", [])
     if notes:
         out.append("")
@@ -826,4 +831,57 @@ def ha_markdown_rows(results: dict[str, Any]) -> list[str]:
             f"| nio crypto store on PostgreSQL, {c['rooms']} encrypted rooms: event loop "
             f"blocked per sync p50 / p99 | {c['sync_p50_ms']:.1f} / {c['sync_p99_ms']:.1f} ms "
             f"| — | — | — |")
+    return out
+
+
+_DBFAULT_LABELS = {"restart": "pg_ctl restart -m fast", "outage": "PostgreSQL stopped"}
+
+
+def _fault_label(fault: str, dbfault: dict[str, Any]) -> str:
+    label = _DBFAULT_LABELS.get(fault, fault)
+    if fault == "outage" and dbfault.get("outage_s") is not None:
+        label += f" for {dbfault['outage_s']:g} s"
+    return label
+
+
+def _back(stats: dict[str, Any] | None) -> str:
+    """'p50 / max s' of a "database back -> X" interval."""
+    if not stats or stats.get("p50") is None:
+        return "—"
+    return f"{stats['p50']:.1f} / {stats['max']:.1f} s"
+
+
+def dbfault_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """The ``dbfault`` part's table for stdout: (title, header, rows, note under it)."""
+    dbfault = results.get("dbfault") or {}
+    faults = [f for f in ("restart", "outage") if isinstance(dbfault.get(f), dict)]
+    if not faults:
+        return []
+    rows = [[_fault_label(f, dbfault), str(dbfault[f]["rounds"]),
+             _back(dbfault[f]["to_text_s"]), _back(dbfault[f]["to_file_s"]),
+             str(dbfault[f]["failed"])] for f in faults]
+    exited = dbfault.get("instances_exited") or []
+    return [(
+        f"10. PostgreSQL faults under a leader and a standby (lease {dbfault['lease_s']:g} s, "
+        "default retry cap, E2EE on): from the database's return",
+        ["fault", "rounds", "to the text at the agent p50 / max",
+         "to the accepted file p50 / max", "rounds without"], rows,
+        "The ✅ and the text are sent after the restart, or while the database is stopped."
+        + (f" Instances that exited: {', '.join(exited)}." if exited else ""))]
+
+
+def dbfault_markdown_rows(results: dict[str, Any]) -> list[str]:
+    """The ``dbfault`` part's rows of the README table (same five columns)."""
+    dbfault = results.get("dbfault") or {}
+    out: list[str] = []
+    for fault in ("restart", "outage"):
+        entry = dbfault.get(fault)
+        if not isinstance(entry, dict):
+            continue
+        missed = f"; {entry['failed']} of {entry['rounds']} rounds without" if entry[
+            "failed"] else ""
+        out.append(
+            f"| {_fault_label(fault, dbfault)} (leader and standby, E2EE): database back → a "
+            f"text sent meanwhile at the agent; → the file accepted meanwhile | "
+            f"{_back(entry['to_text_s'])}; {_back(entry['to_file_s'])}{missed} | — | — | — |")
     return out

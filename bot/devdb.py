@@ -6,6 +6,14 @@ directory: ``initdb`` with a password-protected superuser, ``pg_ctl start`` list
 Nothing touches the machine's own clusters. PostgreSQL refuses to run as root, so when this
 process is root the server runs as the ``postgres`` system user (which Debian's package
 creates) via ``runuser``.
+
+For the database-fault tests it can also fail the way a production database does:
+:meth:`PostgresServer.restart` (a minor-version upgrade, ``pg_ctl restart -m fast``),
+:meth:`PostgresServer.stop` then :meth:`PostgresServer.start` (an outage),
+:meth:`PostgresServer.freeze` / :meth:`PostgresServer.thaw` (SIGSTOP / SIGCONT of every process
+of the cluster: a stalled host or a network that drops packets: connections stay open, nothing
+answers) and :meth:`PostgresServer.terminate_connections` (an admin or a failover killing the
+clients' backends).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -87,6 +96,7 @@ class PostgresServer:
         self.password = secrets.token_urlsafe(18)
         self._names = itertools.count(1)
         self._started = False
+        self._frozen: list[int] = []  # the pids SIGSTOPped by freeze(), in that order
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,12 +108,8 @@ class PostgresServer:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         self._own(self.base_dir)
-        self._pg_ctl(
-            "start", "-w", "-t", str(int(START_DEADLINE)), "-l", str(self.log_path),
-            "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} "
-            f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-        )
+        self._pg_ctl("start", "-w", "-t", str(int(START_DEADLINE)), "-l", str(self.log_path),
+                     "-o", self._server_options())
         self._started = True
         atexit.register(self._stop_at_exit)
 
@@ -111,9 +117,89 @@ class PostgresServer:
         """Stop the server (``mode``: smart, fast or immediate); data stays for ``start()``."""
         if not self._started:
             return
+        self.thaw()  # a frozen postmaster would never hear pg_ctl
         self._pg_ctl("stop", "-w", "-m", mode)
         self._started = False
         atexit.unregister(self._stop_at_exit)
+
+    @property
+    def running(self) -> bool:
+        """Whether this object started the server and has not stopped it since."""
+        return self._started
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE``: every connection is cut (clients in a query get
+        ``AdminShutdownError``), the server is down for a moment and comes back on the same
+        port with the same data, as in a minor-version upgrade."""
+        if not self._started:
+            raise PostgresError("restart() of a server that is not running")
+        self.thaw()
+        self._pg_ctl("restart", "-w", "-t", str(int(START_DEADLINE)), "-m", mode,
+                     "-l", str(self.log_path), "-o", self._server_options())
+
+    def outage(self, seconds: float, mode: str = "fast") -> None:
+        """Stop the server, keep it down for ``seconds``, start it again (blocking; run it in a
+        thread from async code)."""
+        self.stop(mode)
+        time.sleep(seconds)
+        self.start()
+
+    def pids(self) -> list[int]:
+        """The cluster's processes: the postmaster (first) and its children (its backends, the
+        checkpointer, the WAL writer, ...), found through ``postmaster.pid`` and ``/proc``."""
+        try:
+            postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [postmaster, *children_of(postmaster)]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP every process of the cluster, the postmaster first (so that it forks no
+        child that would escape). Open connections stay open and nothing answers: queries and
+        new connections hang until :meth:`thaw`. Returns the pids stopped."""
+        if self._frozen:
+            return list(self._frozen)
+        pids = self.pids()
+        if not pids:
+            raise PostgresError("freeze(): no postmaster.pid; is the server running?")
+        stopped: list[int] = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        # A backend forked between the listing and the postmaster's stop: catch it too.
+        for pid in children_of(pids[0]):
+            if pid not in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+        self._frozen = stopped
+        return list(stopped)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped, the children first, then the postmaster."""
+        frozen, self._frozen = self._frozen, []
+        for pid in reversed(frozen):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :meth:`freeze` stopped the server and :meth:`thaw` has not resumed it."""
+        return bool(self._frozen)
+
+    def terminate_connections(self, database: str) -> int:
+        """Kill every client backend connected to ``database`` (``pg_terminate_backend``), as
+        an admin or a failover does: each client's next query fails; returns how many."""
+        out = self.sql(
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE datname = '{database.replace(chr(39), chr(39) * 2)}' "
+            "AND pid <> pg_backend_pid()",
+        )
+        return int(out.strip() or 0)
 
     def __enter__(self) -> PostgresServer:
         self.start()
@@ -145,6 +231,11 @@ class PostgresServer:
         return self._client("psql", "-X", "-q", "-A", "-t", "-d", database, "-c", statement)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _server_options(self) -> str:
+        return (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
 
     def _initdb(self) -> None:
         pwfile = self.base_dir / "pwfile"
@@ -208,4 +299,21 @@ class PostgresServer:
     def _stop_at_exit(self) -> None:
         """Last resort at interpreter exit: never leave a server running behind a crashed run."""
         with contextlib.suppress(Exception):
+            self.thaw()
             self._pg_ctl("stop", "-m", "immediate")
+
+
+def children_of(parent: int) -> list[int]:
+    """The pids whose parent is ``parent`` (from ``/proc/PID/stat``)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == parent:
+            children.append(int(entry.name))
+    return children

@@ -61,7 +61,9 @@ class FaultyProxy:
                                               timeout=aiohttp.ClientTimeout(total=None))
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app)
+        # At exit, cut what is still being forwarded (a bot's 30 s long poll) instead of
+        # waiting for it (aiohttp's default waits up to 60 s).
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
