@@ -493,9 +493,12 @@ class Router:
                            event.sender, waited)
         if waited < self._config.retry.undecryptable_for:
             # Keys arriving wake it (handle_batch hurries "decrypt"); meanwhile look now and then.
-            bound = DECRYPT_HOLDS_LANE - waited if unit.lane is not None else 30.0
+            # Look again at the latest when the lane is to be let go or time is up.
+            bound = min(30.0, self._config.retry.undecryptable_for - waited)
+            if unit.lane is not None:
+                bound = min(bound, DECRYPT_HOLDS_LANE - waited)
             raise Waiting(f"the keys for {event.event_id} have not arrived yet",
-                          at_most=max(0.5, min(bound, 30.0)))
+                          at_most=max(0.5, bound))
         logger.warning("session %d: event %s from %s stayed undecryptable", session.id,
                        event.event_id, event.sender)
         await self._sessions.enqueue_send(session, side,
