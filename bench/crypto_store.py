@@ -82,26 +82,11 @@ class LoopLag:
             self._task.cancel()
 
 
-def cluster_pids(server: PostgresServer) -> list[int]:
-    """The postmaster of ``server`` and its children (what a freeze must stop)."""
-    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
-                children.append(int(entry.name))
-    return [postmaster, *children]
-
-
 @contextlib.contextmanager
 def frozen(server: PostgresServer, longest: float) -> Iterator[None]:
     """``server`` frozen (SIGSTOP) inside the block; thawed at its end, or after ``longest``
     seconds whatever happens (a bench must never leave a frozen server behind)."""
-    pids = cluster_pids(server)
+    pids = server.pids()
     done = threading.Lock()
 
     def thaw() -> None:

@@ -59,6 +59,18 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 
 @pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL for one test alone (its faults must not reach the session's shared one);
+    stopped at the end, thawed first if the test left it frozen."""
+    pg = PostgresServer(tmp_path / "pg")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
 def postgres_url(postgres: PostgresServer) -> str:
     """A fresh, empty database on the session's PostgreSQL, as a URL with its password."""
     return postgres.url(postgres.create_database(), with_password=True)

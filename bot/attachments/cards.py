@@ -318,6 +318,31 @@ class _Pieces(HTMLParser):
         self.pieces.append(("text", data, []))
 
 
+Spot = tuple[int, int]
+"""A character of a document split in pieces: (piece index, offset in the piece)."""
+
+
+def locate(findings: Sequence[Finding], where: Sequence[Spot | None]
+           ) -> tuple[set[Spot], dict[Spot, str]]:
+    """Map findings in a flattened text back to the pieces it was made of.
+
+    ``where[i]`` is the piece character behind flat character ``i`` (None for a separator the
+    flattening added). Returns the spots to drop and, at each finding's first spot, the mask
+    that replaces it.
+    """
+    dropped: set[Spot] = set()
+    starts: dict[Spot, str] = {}
+    for finding in findings:
+        for position in range(finding.start, finding.end):
+            spot = where[position]
+            if spot is not None:
+                dropped.add(spot)
+        first = where[finding.start]
+        assert first is not None  # a finding starts with a digit of some text
+        starts[first] = finding.masked
+    return dropped, starts
+
+
 def mask_html(fragment: str) -> tuple[str, int]:
     """An HTML fragment with every card number replaced by ``•••• 4242``, and how many.
 
@@ -340,16 +365,7 @@ def mask_html(fragment: str) -> tuple[str, int]:
             flat.append("\n")
             where.append(None)
     findings = find_card_numbers("".join(flat))
-    dropped: set[tuple[int, int]] = set()
-    starts: dict[tuple[int, int], str] = {}
-    for finding in findings:
-        for position in range(finding.start, finding.end):
-            spot = where[position]
-            if spot is not None:
-                dropped.add(spot)
-        first = where[finding.start]
-        assert first is not None  # a finding starts with a digit of some text
-        starts[first] = finding.masked
+    dropped, starts = locate(findings, where)
     count = len(findings)
     out: list[str] = []
     for index, (kind, value, attrs) in enumerate(pieces):

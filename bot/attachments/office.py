@@ -23,7 +23,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 
-from bot.attachments.cards import find_card_numbers, mask_text
+from bot.attachments.cards import find_card_numbers, locate, mask_text
 
 OFFICE_TYPES = frozenset({
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
@@ -96,16 +96,7 @@ def mask_xml(data: bytes, deadline: float | None = None) -> tuple[bytes, int]:
     findings = find_card_numbers("".join(flat))
     if not findings:
         return (b"".join(tokens), in_attributes) if in_attributes else (data, 0)
-    dropped: set[tuple[int, int]] = set()
-    starts: dict[tuple[int, int], str] = {}
-    for finding in findings:
-        for position in range(finding.start, finding.end):
-            spot = where[position]
-            if spot is not None:
-                dropped.add(spot)
-        first = where[finding.start]
-        assert first is not None  # a finding starts with a digit of some text
-        starts[first] = finding.masked
+    dropped, starts = locate(findings, where)
     changed = {index for index, _ in dropped}
     out: list[bytes] = []
     for index, token in enumerate(tokens):

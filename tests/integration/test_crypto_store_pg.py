@@ -317,22 +317,6 @@ def test_writes_are_refused_once_the_fence_says_the_lease_is_lost(postgres_url: 
         store.close()
 
 
-def _cluster_pids(server: PostgresServer) -> list[int]:
-    """The postmaster and its children. (``PostgresServer.freeze()`` of the database-fault
-    tests does the same; this test keeps its own copy so that it stands alone.)"""
-    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
-                children.append(int(entry.name))
-    return [postmaster, *children]
-
-
 def test_a_frozen_server_blocks_a_call_only_briefly_and_the_store_heals(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -357,7 +341,7 @@ def test_a_frozen_server_blocks_a_call_only_briefly_and_the_store_heals(
         store = postgres_crypto_store(url)("@bot:example.org", "DEV", "", KEY, "")
         store.save_account(OlmAccount())
         store.save_sync_token("before")
-        frozen.extend(_cluster_pids(server))
+        frozen.extend(server.pids())
         safety.start()
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)

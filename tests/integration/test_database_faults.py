@@ -22,12 +22,11 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import pytest
 import pytest_asyncio
 
 from bot.devdb import PostgresServer
@@ -182,18 +181,6 @@ class Scenario:
 
     def sql(self, statement: str) -> str:
         return self.pg.sql(self.database, statement).strip()
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    """A PostgreSQL for this test alone; left running and thawed whatever the test did."""
-    pg = PostgresServer(tmp_path / "pg")
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.thaw()
-        pg.stop()
 
 
 @pytest_asyncio.fixture

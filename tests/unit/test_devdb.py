@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -13,14 +11,9 @@ from bot.devdb import PostgresServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PostgresServer]:
-    """A PostgreSQL of its own (faults must not reach the session's shared one)."""
-    pg = PostgresServer(tmp_path / "pg")
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop()  # thaws first if a test left it frozen
+def server(own_postgres: PostgresServer) -> PostgresServer:
+    """A PostgreSQL of its own: these tests break it."""
+    return own_postgres
 
 
 # What a client's query on a connection the server cut raises: asyncpg reports it in several

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
@@ -28,14 +27,9 @@ PACED = Backoff(initial=0.5, cap=0.5)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PostgresServer]:
+def server(own_postgres: PostgresServer) -> PostgresServer:
     """A PostgreSQL of its own: these tests break it."""
-    pg = PostgresServer(tmp_path / "pg")
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
+    return own_postgres
 
 
 class Harness:
