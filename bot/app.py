@@ -43,6 +43,11 @@ from bot.work import Scheduler
 
 logger = logging.getLogger(__name__)
 
+# A frozen instance's open transaction keeps its row locks until the database ends it: after
+# this long (well inside the time a standby takes to take over), so the new leader never
+# waits on them for long.
+IDLE_TRANSACTION_LIMIT = 3.0
+
 
 class Parcel:
     """The running bot. ``await Parcel(config).run(stop)`` until ``stop`` is set."""
@@ -221,7 +226,8 @@ class Parcel:
         config = self.config
         return await until_done(
             lambda: Store.open(config.database, config.data_dir,
-                               password=config.database_password),
+                               password=config.database_password,
+                               idle_transaction_limit=IDLE_TRANSACTION_LIMIT),
             "opening the store", stop, self._backoff,
         )
 

@@ -274,6 +274,9 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+IDLE_TRANSACTION_MS = 3000
+
+
 class NioPostgresDatabase(Psycopg3Database):
     """PostgreSQL through psycopg 3 for nio's models: REPLACE as upsert, one account's schema."""
 
@@ -282,6 +285,9 @@ class NioPostgresDatabase(Psycopg3Database):
             "connect_timeout": CONNECT_TIMEOUT,
             "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
             "application_name": "parcel-nio-store",
+            # nio's writes run in short transactions with no waits inside: one left open by a
+            # frozen instance must not keep its locks from the instance that takes over.
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_TRANSACTION_MS}",
         }
         if password is not None:
             params["password"] = password

@@ -863,7 +863,8 @@ class Store:
 
     @classmethod
     async def open(cls, database: str | Path | None = None, data_dir: Path | None = None, *,
-                   password: str | None = None, upgrade: bool = True) -> Store:
+                   password: str | None = None, upgrade: bool = True,
+                   idle_transaction_limit: float | None = None) -> Store:
         """Open (creating and migrating as needed) the store a ``database`` setting names.
 
         None: the SQLite file ``data_dir/parcel.db``; a path: that SQLite file; a
@@ -872,8 +873,10 @@ class Store:
         database :class:`~bot.errors.PermanentError`; a newer schema :class:`SchemaTooNew`.
         With ``upgrade=False`` (tools that only read, beside a running bot) the schema is
         left as it is, and one that is not the current version raises :class:`SchemaMismatch`.
+        ``idle_transaction_limit``: see :meth:`~bot.store.db.PostgresDatabase.open` (the bot
+        sets it; tools whose transactions wait on other work do not).
         """
-        db = await connect(database, data_dir, password)
+        db = await connect(database, data_dir, password, idle_transaction_limit)
         try:
             if upgrade:
                 await migrate(db)

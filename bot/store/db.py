@@ -366,14 +366,24 @@ class PostgresDatabase(Database):
 
     @classmethod
     async def open(cls, url: str, password: str | None = None, *, min_size: int = 1,
-                   max_size: int = 10) -> PostgresDatabase:
+                   max_size: int = 10, idle_transaction_limit: float | None = None
+                   ) -> PostgresDatabase:
         """Connect a pool to ``url`` (``password`` wins over one in the URL).
+
+        With ``idle_transaction_limit`` (seconds) the server ends a session of ours that sits
+        in a transaction that long without a statement: a leader frozen (SIGSTOP) in the middle
+        of a transaction would otherwise keep its row locks, and the instance taking over would
+        wait on them for as long as the freeze lasts. Parcel's transactions hold no network
+        waits, so only a stalled process reaches the limit.
 
         Raises :class:`TransientError` when the server cannot be reached (worth waiting for)
         and :class:`PermanentError` when it refuses us (wrong password, no such database).
         """
         shown = redact_url(url)
         kwargs: dict[str, Any] = {"password": password} if password else {}
+        if idle_transaction_limit is not None:
+            kwargs["server_settings"] = {
+                "idle_in_transaction_session_timeout": str(int(idle_transaction_limit * 1000))}
         term = _Term()
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
@@ -498,11 +508,13 @@ class PostgresDatabase(Database):
 
 
 async def connect(database: str | Path | None, data_dir: Path | None = None,
-                  password: str | None = None) -> Database:
+                  password: str | None = None,
+                  idle_transaction_limit: float | None = None) -> Database:
     """The database a ``database`` setting names.
 
     None: the SQLite file ``data_dir/parcel.db``; a path: that SQLite file; a
-    ``postgresql://`` URL: that PostgreSQL database (``password`` wins over the URL's).
+    ``postgresql://`` URL: that PostgreSQL database (``password`` wins over the URL's;
+    ``idle_transaction_limit``: see :meth:`PostgresDatabase.open`).
     """
     if database is None:
         if data_dir is None:
@@ -514,4 +526,5 @@ async def connect(database: str | Path | None, data_dir: Path | None = None,
     if scheme not in POSTGRES_SCHEMES:
         raise PermanentError(f"database: expected a postgresql:// URL, got {redact_url(database)}",
                              code="database")
-    return await PostgresDatabase.open(database, password)
+    return await PostgresDatabase.open(database, password,
+                                       idle_transaction_limit=idle_transaction_limit)

@@ -241,8 +241,13 @@ async def test_a_paused_leader_sends_nothing_once_it_resumes(ha_chat) -> None:
         await wait_for(lambda: holder_line(standby), what="the standby taking the lease",
                        timeout=LEASE + 20)
         await customer.say(chat.customer_room, "while it is paused")
-        await agent.until(lambda: "Carol: while it is paused" in agent.bodies(chat.agent_room),
-                          "the relay by the new leader", timeout=60)
+        try:
+            await agent.until(lambda: "Carol: while it is paused"
+                              in agent.bodies(chat.agent_room),
+                              "the relay by the new leader", timeout=60)
+        except AssertionError as exc:
+            tail = standby.log_since_start().decode(errors="replace")[-6000:]
+            raise AssertionError(f"{exc}; the new leader's log ends:\n{tail}") from None
 
         resumed_at = len(proxy.seen)
         os.kill(paused.process.pid, signal.SIGCONT)

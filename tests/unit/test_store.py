@@ -1073,3 +1073,31 @@ def test_migration_scripts_split_at_semicolons_outside_dollar_quotes(
 ) -> None:
     """A function body's semicolons stay inside its statement; empty statements are dropped."""
     assert split_statements(script) == expected
+
+
+async def test_a_stalled_transaction_does_not_hold_its_locks_for_long(postgres_url: str) -> None:
+    """An instance stalled inside a transaction (a frozen leader) loses it to the database's
+    idle limit: another instance's write to the same row goes through while the first still
+    waits, and the first's late work fails as a transient database failure."""
+    stalled = await Store.open(postgres_url, idle_transaction_limit=0.5)
+    other = await Store.open(postgres_url)
+    try:
+        await stalled.values.set_value("k", "before")
+        written = asyncio.Event()
+
+        async def other_writes() -> None:
+            await other.values.set_value("k", "by the other instance")
+            written.set()
+
+        with pytest.raises(TransientError) as failed:
+            async with stalled.transaction():
+                await stalled.values.set_value("k", "by the stalled instance")  # locks the row
+                writer = asyncio.create_task(other_writes())
+                await asyncio.wait_for(written.wait(), timeout=60)
+                await stalled.values.set_value("k", "too late")
+        await writer
+        assert failed.value.source is Source.DATABASE
+        assert await other.values.get_value("k") == "by the other instance"
+    finally:
+        await stalled.close()
+        await other.close()
