@@ -104,7 +104,8 @@ async def test_a_lane_runs_in_order_through_transient_failures(store: Store,
     running.start()
     await until(lambda: len(done) == 5, "all five sends")
     assert done == [1, 2, 3, 4, 5]
-    assert await store.work.work_units() == []
+    # The run function returns before the unit is recorded done: wait for that too.
+    await until(lambda: no_units(store), "the units to be recorded done")
 
 
 async def test_transient_failures_are_retried_without_a_limit(store: Store,
@@ -146,7 +147,8 @@ async def test_a_permanent_failure_ends_the_unit_tells_and_frees_the_lane(
     running.start()
     await until(lambda: done == ["first", "after"], "the unit after the failed one")
     assert told == [("bad", "M_FORBIDDEN")]
-    assert await store.work.work_units() == []
+    # The run function returns before the unit is recorded done: wait for that too.
+    await until(lambda: no_units(store), "the units to be recorded done")
 
 
 async def test_an_unexpected_exception_is_a_permanent_internal_failure(
