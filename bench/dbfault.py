@@ -21,10 +21,9 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bench.ha import READY, STANDING_BY, PgParcelBot, Postgres, standby_ready
+from bench.ha import Postgres, standby_ready
 from bench.harness import BenchError, Seen, quantile
 from bench.scenarios import KB, Bench, Chat, is_card, say
 from bot.config import DEFAULT_LEADER_LEASE
@@ -142,18 +141,9 @@ async def part_dbfault(b: Bench) -> None:
     try:
         customer = await b.actor("dbf-cust", "Carol", encrypted=True)
         agent = await b.actor("dbf-agent", "Alice", encrypted=True, auto_join=True)
-        bot = await b.user("parcel-dbf", "Parcel")
-        database = await pg.database()
-        for n in (1, 2):
-            data_dir = b._dir("bots") / f"parcel-dbf-{n}"
-            instances.append(pg.child(bot, data_dir, database, [agent.user_id], True,
-                                      READY.encode() if n == 1 else STANDING_BY))
-        leader, standby = instances
-        await leader.start()
-        await standby.start()
+        leader, standby, parcel = await pg.leader_and_standby("dbf", [agent.user_id])
+        instances.extend((leader, standby))
         await standby_ready(standby)
-        parcel = PgParcelBot(bot, b.workdir / "bots" / "parcel-dbf-1", Path(leader.argv[-1]),
-                             leader, pg=pg.server, database=database)
         chat = await b.open_parcel_chat(parcel, customer, agent, encrypted=True)
         rounds: list[dict[str, Any]] = []
         out["per_round"] = rounds

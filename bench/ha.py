@@ -225,6 +225,24 @@ class Postgres:
         self.b.children.append(child)
         return child
 
+    async def leader_and_standby(self, name: str, agents: list[str]
+                                 ) -> tuple[Child, Child, PgParcelBot]:
+        """Two encrypted instances of one bot ``parcel-<name>`` on a new database, started:
+        the first leads (past its first sync), the second stands by; with the chat's view of
+        the bot as the first."""
+        bot = await self.b.user(f"parcel-{name}", "Parcel")
+        database = await self.database()
+        leader, standby = (
+            self.child(bot, self.b._dir("bots") / f"parcel-{name}-{n}", database, agents, True,
+                       READY.encode() if n == 1 else STANDING_BY)
+            for n in (1, 2)
+        )
+        await leader.start()
+        await standby.start()
+        parcel = PgParcelBot(bot, self.b.workdir / "bots" / f"parcel-{name}-1",
+                             Path(leader.argv[-1]), leader, pg=self.server, database=database)
+        return leader, standby, parcel
+
     async def parcel(self, name: str, *, encryption: bool, agents: list[str]) -> PgParcelBot:
         """One Parcel instance on a new database, started and past its first sync."""
         bot = await self.b.user(f"parcel-{name}", "Parcel")
@@ -286,18 +304,8 @@ async def part_failover(b: Bench, pg: Postgres, kills: int) -> dict[str, Any]:
     say(f"  failover: {kills} kills, lease {DEFAULT_LEADER_LEASE:g} s (the default), E2EE on")
     customer = await b.actor("ha-cust", "Carol", encrypted=True)
     agent = await b.actor("ha-agent", "Alice", encrypted=True, auto_join=True)
-    bot = await b.user("parcel-ha", "Parcel")
-    database = await pg.database()
-    instances = []
-    for n in (1, 2):
-        data_dir = b._dir("bots") / f"parcel-ha-{n}"
-        instances.append(pg.child(bot, data_dir, database, [agent.user_id], True,
-                                  READY.encode() if n == 1 else STANDING_BY))
-    leader, standby = instances
-    await leader.start()
-    await standby.start()
-    parcel = PgParcelBot(bot, b.workdir / "bots" / "parcel-ha-1", Path(leader.argv[-1]),
-                         leader, pg=pg.server, database=database)
+    leader, standby, parcel = await pg.leader_and_standby("ha", [agent.user_id])
+    instances = [leader, standby]
     chat = await b.open_parcel_chat(parcel, customer, agent, encrypted=True)
     rounds = []
     for k in range(kills):

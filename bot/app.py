@@ -37,16 +37,12 @@ from bot.router import Router
 from bot.sessions import language
 from bot.sessions.service import SessionService
 from bot.store import DELIVERY_RECORDS_KEPT, SessionState, Store
+from bot.store.db import IDLE_TRANSACTION_LIMIT
 from bot.supervision import LoopHealth, supervise
 from bot.tasks import TaskGroup
 from bot.work import Scheduler
 
 logger = logging.getLogger(__name__)
-
-# A frozen instance's open transaction keeps its row locks until the database ends it: after
-# this long (well inside the time a standby takes to take over), so the new leader never
-# waits on them for long.
-IDLE_TRANSACTION_LIMIT = 3.0
 
 
 class Parcel:

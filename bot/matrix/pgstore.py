@@ -74,6 +74,7 @@ from psycopg.errors import _WaitTimeout
 from bot.errors import FENCED_SQLSTATE, TransientError, database_transient, from_database
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
 from bot.matrix.cryptostore import CryptoStoreKeyError
+from bot.store.db import IDLE_TRANSACTION_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -274,9 +275,6 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-IDLE_TRANSACTION_MS = 3000
-
-
 class NioPostgresDatabase(Psycopg3Database):
     """PostgreSQL through psycopg 3 for nio's models: REPLACE as upsert, one account's schema."""
 
@@ -287,7 +285,8 @@ class NioPostgresDatabase(Psycopg3Database):
             "application_name": "parcel-nio-store",
             # nio's writes run in short transactions with no waits inside: one left open by a
             # frozen instance must not keep its locks from the instance that takes over.
-            "options": f"-c idle_in_transaction_session_timeout={IDLE_TRANSACTION_MS}",
+            "options": "-c idle_in_transaction_session_timeout="
+                       f"{int(IDLE_TRANSACTION_LIMIT * 1000)}",
         }
         if password is not None:
             params["password"] = password

@@ -74,7 +74,7 @@ class SyncLoop:
         self._catching_up = False
         self._full_state = True  # nio does not persist rooms: the first sync must rebuild them
         self._pending: SyncResponse | None = None  # polled, not handled yet
-        self._failures = 0
+        self._failing = False  # the last poll failed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until ``stop`` is set."""
@@ -91,9 +91,8 @@ class SyncLoop:
                 return  # stopping: the position of the unfinished poll is simply not saved
             self._pending = response
             self.healthy = True
-            if self._failures:
-                logger.info("sync recovered after %d failures", self._failures)
-                self._failures = 0
+            if self._failing:  # the supervisor logs the recovery; here the work is told
+                self._failing = False
                 if self._on_recovered is not None:
                     await self._on_recovered()  # the homeserver is back: waiting work goes now
             await self._crypto_housekeeping()
@@ -133,7 +132,7 @@ class SyncLoop:
         return response
 
     def _failed(self) -> None:
-        self._failures += 1
+        self._failing = True
         self.healthy = False
         self._metrics.homeserver_error("sync")
 

@@ -61,6 +61,12 @@ TERM_SETTING = "parcel.term"
 NOBODY = 0
 """The token of "no term": a process that led and no longer does writes as nobody, and every
 write it tries is refused (tokens start at 1)."""
+IDLE_TRANSACTION_LIMIT = 3.0
+"""Seconds a session of the bot may sit idle inside a transaction before PostgreSQL ends it
+(``idle_in_transaction_session_timeout``, on Parcel's pool and nio's crypto store alike): a
+leader frozen in the middle of a transaction would otherwise keep its row locks, and the
+instance taking over would wait on them for as long as the freeze lasts. Well inside the time
+a standby takes to take over; the bot's transactions hold no network waits."""
 # Any fixed 64-bit number: the key of the advisory lock taken while migrating, so two instances
 # starting on one empty database do not both migrate.
 MIGRATION_LOCK_KEY = 0x7061_7263_656C_0001  # "parcel" + 1
