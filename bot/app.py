@@ -183,7 +183,7 @@ class Parcel:
                                  backoff=Backoff(cap=min(60.0, config.retry.max_backoff)),
                                  on_recovered=work.hurry,
                                  fence=None if self.lease is None else self.lease.check,
-                                 health=self.loops)
+                                 health=self.loops, restore=rooms.restore)
 
             async def resume() -> None:
                 open_sessions = await store.sessions.sessions(SessionState.OPEN)

@@ -49,7 +49,7 @@ from bot import config as config_module
 from bot.attachments.text import human_size
 from bot.config import Config
 from bot.devserver import Homeserver, HomeserverError, RegisteredUser
-from bot.matrix.sync import SYNC_FILTER, maintain_keys
+from bot.matrix.sync import maintain_keys
 from bot.render import OFFER_KEY, latest_offer_state
 
 ACCEPT, DECLINE = "\u2705", "\u274c"
@@ -58,6 +58,9 @@ STEP_TIMEOUT = 60.0
 
 ENCRYPTED = True
 """Carol's DM and the agent room are end-to-end encrypted, like Element's defaults."""
+
+PARTICIPANT_FILTER = {"room": {"timeline": {"limit": 200}}, "presence": {"not_types": ["*"]}}
+"""Carol and Alice sync like a person's client: every room's whole state, no presence."""
 
 # The script. The integration test looks for these in the output.
 CAROL_HELLO = "Hi! My router keeps dropping the Wi-Fi every few minutes."
@@ -180,7 +183,7 @@ class Participant:
         client.restore_login(user.user_id, user.device_id, user.access_token)
         person = cls(name, user, client, health)
         try:
-            synced = await client.sync(timeout=0, full_state=True, sync_filter=SYNC_FILTER)
+            synced = await client.sync(timeout=0, full_state=True, sync_filter=PARTICIPANT_FILTER)
             if isinstance(synced, SyncError):
                 raise DemoError(f"{name}'s first sync failed: {synced.message}")
             if ENCRYPTED and client.should_upload_keys:
@@ -213,7 +216,7 @@ class Participant:
 
     async def sync_once(self, timeout_ms: int = 1000) -> None:
         """One sync plus what ``sync_forever`` does for E2EE after each sync."""
-        response = await self.client.sync(timeout=timeout_ms, sync_filter=SYNC_FILTER)
+        response = await self.client.sync(timeout=timeout_ms, sync_filter=PARTICIPANT_FILTER)
         if isinstance(response, SyncError):
             await asyncio.sleep(0.2)  # no spinning on errors; the caller's deadline holds
             return

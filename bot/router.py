@@ -104,6 +104,8 @@ class Router:
             # to the join: with the bot's join in it there is no gap to fill.
             if (info.timeline.limited and info.timeline.prev_batch
                     and not any(_joins(e, self._own) for e in events)):
+                # Members lazily synced may have come and gone in the gap.
+                self._rooms.forget_members(room_id)
                 # A transient failure raises: the batch comes again, gap and all.
                 async with _kept(f"backfilling the skipped events of {room_id}"):
                     seen = {getattr(e, "event_id", None) for e in events}
@@ -182,6 +184,8 @@ class Router:
         self, session: Session, side: Side, event_id: str, sender: str, event: Any,
         source: dict[str, Any],
     ) -> None:
+        # People are named from both rooms' members: read them before the first event.
+        await self._rooms.load_members(session.customer_room, session.agent_room)
         kind = source.get("type")
         content = source.get("content")
         content = content if isinstance(content, dict) else {}

@@ -44,6 +44,7 @@ class FaultyProxy:
         # downloads; None: ``rate`` applies to them too.
         self.upload_rate: float | None = None
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.queries: list[tuple[str, str]] = []  # (path, query string) beside ``seen``
         # ("start" | "end", method, path), in order: "end" once a response was sent in full.
         self.log: list[tuple[str, str, str]] = []
         self.url = ""
@@ -99,6 +100,7 @@ class FaultyProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.method, request.path))
+        self.queries.append((request.path, request.query_string))
         self.log.append(("start", request.method, request.path))
         rule = self._rule_for(request)
         if rule is not None:

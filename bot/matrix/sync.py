@@ -7,6 +7,11 @@ is kept and handed over again — not polled again, since nio has already taken 
 state — until it is handled; the position never moves past an event that was not. The loop
 runs under :func:`~bot.supervision.supervise`: failures of the homeserver or the store back
 off, are logged once per outage, and never end it.
+
+Only a fresh store's first sync asks for the rooms' full state. A restart (or a standby taking
+over) goes on from the saved position: ``restore`` rebuilds the rooms from the bot's own
+records first (:meth:`bot.matrix.rooms.RoomDirectory.restore`), and the incremental sync
+brings whatever happened meanwhile — a customer who left while the bot was down included.
 """
 
 from __future__ import annotations
@@ -28,10 +33,23 @@ logger = logging.getLogger(__name__)
 
 SYNC_TOKEN_KEY = "sync_token"
 BatchHandler = Callable[[SyncResponse, bool], Awaitable[None]]
-# Ask for long timelines so a burst between two polls rarely arrives "limited"; the router
-# backfills the gap when it still does. No presence: the bot reads none, and each presence
-# event costs nio a loop over every room.
-SYNC_FILTER = {"room": {"timeline": {"limit": 200}}, "presence": {"not_types": ["*"]}}
+# Only what the bot reads. Long timelines, so a burst between two polls rarely arrives
+# "limited" (the router backfills the gap when it still does). Of the rooms' state only the
+# members, encryption and name, and members lazily: those of the people who speak (the others
+# are read with /joined_members when they matter). No presence (each presence event costs nio
+# a loop over every room), typing, receipts or account data: the bot reads none of them.
+ROOM_STATE_READ = ["m.room.member", "m.room.encryption", "m.room.name"]
+SYNC_FILTER = {
+    "room": {
+        "timeline": {"limit": 200},
+        "state": {"types": ROOM_STATE_READ, "lazy_load_members": True,
+                  "include_redundant_members": True},
+        "ephemeral": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+    },
+    "presence": {"not_types": ["*"]},
+    "account_data": {"not_types": ["*"]},
+}
 _UNREAD = object()  # the saved position has not been read yet
 
 
@@ -42,7 +60,8 @@ class SyncLoop:
     save the position (it lost the leader lease).
 
     ``handle(response, catching_up)`` gets ``catching_up=True`` for the very first sync of a
-    fresh store, whose timeline is history from before Parcel existed.
+    fresh store, whose timeline is history from before Parcel existed. ``restore`` runs once
+    before the first sync from a saved position (it rebuilds what nio does not persist).
     """
 
     def __init__(
@@ -57,6 +76,7 @@ class SyncLoop:
         on_recovered: Callable[[], Awaitable[None]] | None = None,
         fence: Callable[[], None] | None = None,
         health: LoopHealth | None = None,
+        restore: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._client = client
@@ -67,12 +87,13 @@ class SyncLoop:
         self._on_recovered = on_recovered
         self._fence = fence or (lambda: None)
         self._health = health or LoopHealth()
+        self._restore = restore
         self.first_sync_done = asyncio.Event()
         self.healthy = False
         self.last_sync_at: float | None = None
         self._since: str | None | object = _UNREAD  # read from the store on the first round
         self._catching_up = False
-        self._full_state = True  # nio does not persist rooms: the first sync must rebuild them
+        self._first = True  # the first poll returns at once, whatever there is to say
         self._pending: SyncResponse | None = None  # polled, not handled yet
         self._failing = False  # the last poll failed
 
@@ -84,6 +105,8 @@ class SyncLoop:
         """One poll (unless a batch is still to be handled), its handling, the saved position."""
         if self._since is _UNREAD:
             since = await self._store.values.get_value(SYNC_TOKEN_KEY)
+            if since is not None and self._restore is not None:
+                await self._restore()  # retried with the round when it fails
             self._since, self._catching_up = since, since is None
         if self._pending is None:
             response = await self._poll(stop)
@@ -102,7 +125,7 @@ class SyncLoop:
         await self._store.values.set_value(SYNC_TOKEN_KEY, response.next_batch)
         self._pending = None
         self._since = response.next_batch
-        self._full_state = False
+        self._first = False
         self._catching_up = False
         self.last_sync_at = asyncio.get_running_loop().time()
         self._metrics.synced()
@@ -114,9 +137,9 @@ class SyncLoop:
         (the supervisor backs off and logs it once per outage)."""
         since = self._since if isinstance(self._since, str) else None
         request = self._client.sync(
-            timeout=0 if self._full_state else self._poll_timeout_ms,
+            timeout=0 if self._first else self._poll_timeout_ms,
             since=since,
-            full_state=self._full_state,
+            full_state=since is None,  # a fresh store: nothing to go on from
             sync_filter=SYNC_FILTER,
         )
         try:

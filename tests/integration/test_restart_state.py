@@ -1,0 +1,83 @@
+"""A restart goes on from the saved sync position: no full-state sync, rooms rebuilt from the
+bot's own records, members read when they matter — and nothing that happened while the bot was
+down is missed (#25)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from tests.chat import new_person
+from tests.conftest import Chat
+from tests.faulty_proxy import FaultyProxy
+
+
+def _full_state_syncs(proxy: FaultyProxy) -> int:
+    return sum(1 for path, query in proxy.queries
+               if path.endswith("/sync") and parse_qs(query).get("full_state") == ["true"])
+
+
+async def test_restart_relays_without_a_full_state_sync(start_chat, homeserver) -> None:
+    """After a restart of an encrypted chat's bot: no /sync asks for full state, the rooms come
+    from one /joined_rooms, the customer's display name is still used, the agent can read it."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, encrypted=True,
+                                      agents={"room_encryption": True})
+        await chat.open_session(encrypted=True)
+        agent, customer = chat.agent, chat.customer
+        await customer.say(chat.customer_room, "before the restart")
+        await agent.until(lambda: "Carol: before the restart" in agent.bodies(chat.agent_room),
+                          "the relay before the restart")
+        assert _full_state_syncs(proxy) == 1, "a fresh store syncs the full state once"
+
+        await chat.bot.stop()
+        proxy.queries.clear()
+        proxy.seen.clear()
+        await chat.bot.start()
+        await customer.say(chat.customer_room, "after the restart")
+        await agent.until(lambda: "Carol: after the restart" in agent.bodies(chat.agent_room),
+                          "the relay after the restart")
+        await agent.say(chat.agent_room, "and back")
+        await customer.until(lambda: any(b.endswith("and back")
+                                         for b in customer.bodies(chat.customer_room)),
+                             "the agent's answer, decrypted by the customer")
+        assert _full_state_syncs(proxy) == 0
+        assert proxy.count("GET", r"/joined_rooms$") == 1
+        # Members were read once per room that mattered, not for every event.
+        assert proxy.count("GET", r"/joined_members$") <= 2
+
+
+async def test_a_customer_who_left_while_the_bot_was_down_ends_the_chat(start_chat) -> None:
+    """The incremental sync from the saved position carries the leave: the agents are told."""
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True})
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    await chat.bot.stop()
+    await customer.client.room_leave(chat.customer_room)
+    await chat.bot.start()
+    await agent.until(lambda: any("left the chat" in b for b in agent.bodies(chat.agent_room)),
+                      "the closing notice in the agent room")
+
+
+async def test_an_agent_who_joined_while_the_bot_was_down_can_read_what_follows(
+    start_chat, make_user, make_client,
+) -> None:
+    """A second agent joins the encrypted agent room while the bot is stopped: the first
+    message after the restart is encrypted for them too (members and devices read afresh)."""
+    bob = await new_person(make_user, make_client, "bob", "Bob", encrypted=True)
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True},
+                                  extra_agents=(bob.user_id,))
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    await customer.say(chat.customer_room, "hello agents")
+    await agent.until(lambda: "Carol: hello agents" in agent.bodies(chat.agent_room),
+                      "the relay to Alice")
+
+    await chat.bot.stop()
+    room = await bob.accept_invite("Bob's invite to the agent room")
+    assert room == chat.agent_room
+    await chat.bot.start()
+    await customer.say(chat.customer_room, "can Bob read this?")
+    await bob.until(lambda: "Carol: can Bob read this?" in bob.bodies(chat.agent_room),
+                    "the relay, decrypted by Bob")
+    await agent.until(lambda: "Carol: can Bob read this?" in agent.bodies(chat.agent_room),
+                      "the relay, decrypted by Alice")
