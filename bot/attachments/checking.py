@@ -130,9 +130,9 @@ class Checker:
             if stripped is not None:
                 stripped.path.unlink(missing_ok=True)
             return False
-        if follow is not None and stripped is None:
-            follow.release()  # offered: the copy staged from the download may complete
-        elif follow is not None:
+        # The copy staged from the download completes only when staging takes it, after the
+        # card (nothing of the offer goes before its card).
+        if follow is not None and stripped is not None:
             await self._staging.drop_stream(offer.id, "its metadata was removed: another file")
         logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                     session.id, facts.mimetype, facts.size, facts.sha256)

@@ -1,10 +1,12 @@
 """The recipient's copy of an offered file: uploaded once, recorded, and never left behind.
 
 Staging runs in the offer's own work unit (its lane, ``offer:{id}``): the offer's step
-machine (:mod:`bot.attachments.offers`) stages while the offer waits for its decision
-(``media.prestage``) or right after a ✅, and settles the copy with the offer. Nothing here
-runs on its own: the upload that follows the inspection's download (:meth:`Staging.follow`)
-is a task owned by the offer's unit, stopped when that unit ends, however it ends.
+machine (:mod:`bot.attachments.offers`) stages once the card is out, while the offer waits
+for its decision (``media.prestage``), or right after a ✅, and settles the copy with the
+offer. Nothing here runs on its own: the upload that follows the inspection's download
+(:meth:`Staging.follow`, only for files of ``media.follow_download_from`` and more) is a task
+owned by the offer's unit, stopped when that unit ends, however it ends; its last byte goes
+only once the card is out.
 
 **Never the same copy twice.** An upload whose answer is lost (a crash, a database error
 before the answer is recorded, a deposed leader) must not be made again, nor left behind
@@ -124,6 +126,11 @@ class Staging:
         ends it.
         """
         if not self._config.media.prestage or upload.url is None:
+            return None
+        if (offer.declared_size or 0) < self._config.media.follow_download_from:
+            # Measured: an upload beside the download slows the card (one Synapse serves
+            # both), and below this size the copy goes up after the card well before a
+            # person has read it and clicked (media.follow_download_from).
             return None
         if self._config.policy.strip_metadata and offer.declared_mimetype in images.STRIPPABLE:
             return None  # the delivered copy will be a different file (metadata removed)
