@@ -36,7 +36,8 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiofiles.os
 
@@ -61,6 +62,8 @@ from bot.store import Session, Store
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 COPY = "copy_reservation"
 THUMBNAIL = "thumbnail_reservation"
 
@@ -74,6 +77,17 @@ class _Streamed:
     encrypted: bool
     content_type: str
     reserved: bool  # to a reserved URI (recorded in the row), not a plain upload
+
+
+async def _finish_before_cancel(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile; the cancellation
+    is raised once it is done (so whatever it recorded is there for the clean-up)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 def thumbnail_uri(image_info: str | None) -> str | None:
@@ -250,10 +264,16 @@ class Staging:
             await self._media.discard(reserved)
             logger.info("offer %d: reservation %s dropped (another type or encryption)",
                         offer_id, reserved.uri)
-        granted = await self._media.reserve(wanted, encrypt)
-        await self._store.offers.update_offer(
-            offer_id, **{column: granted.to_json() if granted is not None else None})
-        return granted
+
+        async def reserve_and_record() -> Reservation | None:
+            granted = await self._media.reserve(wanted, encrypt)
+            await self._store.offers.update_offer(
+                offer_id, **{column: granted.to_json() if granted is not None else None})
+            return granted
+
+        # A decision that stops the staging must not come between the homeserver granting a
+        # URI and the row recording it: the URI would be left behind, unknown to the clean-up.
+        return await _finish_before_cancel(reserve_and_record())
 
     async def _upload_copy(self, offer: Offer, encrypt: bool) -> Uploaded:
         """Upload the checked copy (the inspected bytes, or nothing else) to its reserved URI."""
