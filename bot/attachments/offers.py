@@ -537,8 +537,10 @@ class OfferService:
                              offer),
             offer.source_event_id)
         event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
-        return await self._store.offers.update_offer(offer.id, status_event_id=event_id,
-                                        status_room=sender_room)
+        recorded = await self._store.offers.update_offer(offer.id, status_event_id=event_id,
+                                                         status_room=sender_room)
+        failpoints.hit("status-sent")  # before the seeds: a restart must still put them out
+        return recorded
 
     async def _finish(self, offer: Offer) -> None:
         """Edit the card and status line to the final state, drop the copy, settle."""
