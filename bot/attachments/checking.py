@@ -42,8 +42,8 @@ class Checker:
             return self._config.policy.customer_to_agent
         return self._config.policy.agent_to_customer
 
-    async def inspect(self, offer: Offer, session: Session) -> None:
-        """Download, check and judge the file; offered, or rejected with the reason.
+    async def inspect(self, offer: Offer, session: Session) -> bool:
+        """Download, check and judge the file; offered (True), or rejected with the reason.
 
         The recipient's copy is staged from the download stream as it comes in
         (:meth:`Staging.follow`); unless the file ends up offered, that upload is abandoned
@@ -58,6 +58,7 @@ class Checker:
         finally:
             if not offered:
                 await self._staging.drop_stream(offer.id, "the file was not offered")
+        return offered
 
     async def _check(self, offer: Offer, session: Session, upload: UploadEvent,
                      follow: GrowingCopy | None) -> bool:

@@ -333,7 +333,10 @@ class OfferService:
         """Carry out the current state's next step."""
         session = await self._store.sessions.get_session(offer.session_id)
         if offer.state is OfferState.INSPECTING:
-            await self._checker.inspect(offer, session)
+            if await self._checker.inspect(offer, session):
+                # Offered: the card is next, and nothing goes before it (the panels are told
+                # once it is out).
+                return
         elif offer.state is OfferState.OFFERED:
             await self._offer(offer, session)
             current = await self._store.offers.get_offer(offer.id)
