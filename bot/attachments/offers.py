@@ -16,8 +16,9 @@ its way, its rooms' activity panels wait (:mod:`~bot.attachments.pacing`).
 
 Every path ends in a settled offer: a step that fails for good fails the offer, which is
 then announced and settled like any other state; a decision that makes staging pointless
-(❌, withdrawal, expiry) stops it, and the offer's final step deletes what it left. Every message has a transaction id derived from the offer
-and the step, so a crash at any point is repaired by running ``advance`` again.
+(❌, withdrawal, expiry) stops it, and the offer's final step deletes what it left. Every
+message has a transaction id derived from the offer and the step, so a crash at any point is
+repaired by running ``advance`` again.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import aiofiles.os
