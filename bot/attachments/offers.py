@@ -11,7 +11,7 @@ What people wait for goes first, the bookkeeping after it. From the verdict, the
 offer's first request to the homeserver and the sender's status line its second; only then
 do the bot's ✅/❌ go under the card (beside the offer's work, never blocking it) and the copy
 go up. From a ✅, the delivered file is the offer's next event; the card and status edits
-and the taking back of a seed reaction come after it. While a card or a delivered file is on
+and the taking back of the seed reactions come after it. While a card or a delivered file is on
 its way, its rooms' activity panels wait (:mod:`~bot.attachments.pacing`).
 
 Every path ends in a settled offer: a step that fails for good fails the offer, which is
@@ -68,16 +68,6 @@ async def _nothing_changed(session_id: int) -> None:
 
 def _session_rooms(session: Session) -> list[str]:
     return [room for room in (session.customer_room, session.agent_room) if room]
-
-
-def seeds_to_take_back(state: OfferState) -> tuple[str, ...]:
-    """Which of the bot's seed reactions (``accept``, ``decline``) a card settled in ``state``
-    no longer needs: the option not chosen, or both when no decision was made."""
-    if state is OfferState.ACCEPTED:
-        return ("decline",)
-    if state is OfferState.DECLINED:
-        return ("accept",)
-    return ("accept", "decline")
 
 
 class OfferService:
@@ -357,7 +347,7 @@ class OfferService:
                 finally:
                     self.holds.release(hold)
                 offer = await self._store.offers.get_offer(offer.id) or offer
-            # Only now the edits and the taking back of a seed reaction: after the file.
+            # Only now the edits and the taking back of the seeds: after the file.
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
             reason = offer.reason or "it was refused"
@@ -579,13 +569,11 @@ class OfferService:
         self._metrics.offer_state(offer.direction, offer.state)
 
     async def _remove_seeded_reactions(self, offer: Offer, room_id: str) -> None:
-        """Redact the bot's own ✅/❌ on a settled card that no longer fit it: the one that
-        was not chosen, or both when nobody chose (withdrawn, expired, failed). The seed of
-        the decision made stays: it agrees with the card's edit, and taking it back would be
-        one more event nobody misses."""
+        """Redact the bot's own ✅/❌ on a settled card, so it shows only the decision made
+        (only the seeds that went out: one not sent before the decision needs nothing)."""
         if await self._removed_from(room_id):
             return  # the card is out of the bot's reach
-        for word in seeds_to_take_back(offer.state):
+        for word in ("accept", "decline"):
             reaction = await self._store.outbox.sent_event(f"offer-{offer.id}-react-{word}")
             if reaction is not None:
                 await self._sender.redact(room_id, reaction, "the offer is settled",

@@ -40,8 +40,8 @@ def _bot_writes(proxy: FaultyProxy, start: int, end: int) -> list[str]:
 async def test_the_card_goes_first_and_the_file_before_the_bookkeeping(
         start_chat, homeserver) -> None:
     """From the verdict the card is the offer's first write and the status line its second;
-    from a ✅ the delivered file is the next write, the edits and redaction after it, and the
-    seed of the decision made is not taken back."""
+    from a ✅ the delivered file is the next write, the edits and the seeds' redactions after
+    it."""
     async with FaultyProxy(homeserver.url) as proxy:
         chat: Chat = await start_chat(homeserver=proxy.url)
         await chat.open_session()
@@ -86,19 +86,15 @@ async def test_the_card_goes_first_and_the_file_before_the_bookkeeping(
         deliver_end = _index(proxy, "end", rf"/offer-{offer_id}-deliver$")
         # From the ✅ to the file: the delivery is the only write.
         assert _bot_writes(proxy, mark, deliver_start) == []
-        for later in (rf"/offer-{offer_id}-accepted-card$", rf"/offer-{offer_id}-accepted-status$",
-                      rf"/offer-{offer_id}-unreact-decline$"):
-            assert _index(proxy, "start", later) > deliver_end
-        # The seed of the decision made stays; the other one is taken back.
-        assert proxy.count("PUT", rf"/offer-{offer_id}-unreact-accept$") == 0
-        assert proxy.count("PUT", rf"/offer-{offer_id}-unreact-decline$") == 1
+        for step in ("accepted-card", "accepted-status", "unreact-accept", "unreact-decline"):
+            assert _index(proxy, "start", rf"/offer-{offer_id}-{step}$") > deliver_end
         [delivered] = customer.deliveries(chat.customer_room, chat.bot_id)
         assert await customer.download(delivered["content"]) == data
 
 
 async def test_a_decision_stops_the_seed_still_owed(start_chat, homeserver) -> None:
     """A ✅ given while the ❌ seed cannot get through: the ❌ seed is not tried again, the
-    file is delivered, and no seed is taken back (the ✅ seed agrees with the card)."""
+    file is delivered, and only the ✅ seed (the one that went out) is taken back."""
     async with FaultyProxy(homeserver.url) as proxy:
         chat: Chat = await start_chat(homeserver=proxy.url)
         await chat.open_session()
@@ -119,7 +115,8 @@ async def test_a_decision_stops_the_seed_still_owed(start_chat, homeserver) -> N
         tried = refused.hits
         await barrier(customer, chat.customer_room, agent, chat.agent_room)
         assert refused.hits == tried, "the ❌ seed was tried again after the ✅"
-        assert proxy.count("PUT", rf"/offer-{offer_id}-unreact-") == 0
+        assert proxy.count("PUT", rf"/offer-{offer_id}-unreact-accept$") == 1
+        assert proxy.count("PUT", rf"/offer-{offer_id}-unreact-decline$") == 0
         assert proxy.count("PUT", rf"/offer-{offer_id}-deliver$") == 1
 
 

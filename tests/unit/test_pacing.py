@@ -1,4 +1,4 @@
-"""Pacing of the bot's bookkeeping: panel edit delays, room holds, seeds taken back."""
+"""Pacing of the bot's bookkeeping: panel edit delays and room holds."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import asyncio
 
 import pytest
 
-from bot.attachments.model import OfferState
-from bot.attachments.offers import seeds_to_take_back
 from bot.attachments.pacing import RoomHolds, held_until, panel_delay
 
 # (now, last edit, interval, gather, expected delay)
@@ -49,23 +47,6 @@ def test_held_until(holds: list[tuple[frozenset[str], float]], room: str, now: f
                     expected: float | None) -> None:
     """A room is held until the latest unexpired hold that covers it."""
     assert held_until(holds, room, now) == expected
-
-
-# (final state, seeds taken back)
-SEEDS = [
-    (OfferState.ACCEPTED, ("decline",)),
-    (OfferState.DECLINED, ("accept",)),
-    (OfferState.WITHDRAWN, ("accept", "decline")),
-    (OfferState.EXPIRED, ("accept", "decline")),
-    (OfferState.FAILED, ("accept", "decline")),
-    (OfferState.REJECTED, ("accept", "decline")),
-]
-
-
-@pytest.mark.parametrize(("state", "expected"), SEEDS)
-def test_seeds_to_take_back(state: OfferState, expected: tuple[str, ...]) -> None:
-    """Only the seed that no longer fits the settled card is taken back."""
-    assert seeds_to_take_back(state) == expected
 
 
 class FakeClock:
