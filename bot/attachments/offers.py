@@ -324,10 +324,14 @@ class OfferService:
         """Carry out the current state's next step."""
         session = await self._store.sessions.get_session(offer.session_id)
         if offer.state is OfferState.INSPECTING:
+            # The download and the verdict lead to the card: the rooms' panels wait from here
+            # (released once the card and status line are out, or now if it was refused).
+            self.holds.hold(self._card_hold(offer.id), _session_rooms(session))
             if await self._checker.inspect(offer, session):
                 # Offered: the card is next, and nothing goes before it (the panels are told
                 # once it is out).
                 return
+            self.holds.release(self._card_hold(offer.id))
         elif offer.state is OfferState.OFFERED:
             await self._offer(offer, session)
             current = await self._store.offers.get_offer(offer.id)

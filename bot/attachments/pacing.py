@@ -4,10 +4,12 @@ Synapse handles one request at a time per process, so a panel edit that lands be
 card or a delivered file makes that card or file slower for the person waiting for it. Two
 rules keep the bookkeeping behind:
 
-* **Holds.** While an offer's card (with the sender's status line) or its delivered file is
-  on its way, its rooms are *held* (:class:`RoomHolds`): a panel edit for a held room waits
-  until the hold is released, or until its bound passes (a hold is in memory and must never
-  stall a panel for good, e.g. after the step that set it failed).
+* **Holds.** From the start of an offer's check until its card and the sender's status line
+  are out, and while its delivered file is on its way, its rooms are *held*
+  (:class:`RoomHolds`): a panel edit for a held room waits until the hold is released, or
+  until its bound passes (a hold is in memory and must never stall a panel for good, e.g.
+  after the step that set it failed; the panel also waits :data:`HOLD_AT_MOST` at most in
+  all, however many holds follow one another).
 * **Pace.** A room's panel is edited at most once per ``interval`` (:func:`panel_delay`): a
   burst of changes is one edit, and the edits of a busy room never crowd its messages.
 

@@ -16,6 +16,7 @@ that is logged once and remembered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -27,7 +28,7 @@ from nio import AsyncClient, RoomGetEventResponse, RoomGetStateResponse, RoomPut
 from bot import render
 from bot.attachments.model import Direction
 from bot.attachments.offers import direction_from
-from bot.attachments.pacing import RoomHolds, panel_delay
+from bot.attachments.pacing import HOLD_AT_MOST, RoomHolds, panel_delay
 from bot.errors import PermanentError
 from bot.i18n import ENGLISH, Translator
 from bot.matrix.client import Sender, call
@@ -119,8 +120,10 @@ class PanelService:
         # to one edit per room per COALESCE_SECONDS.
         await asyncio.sleep(panel_delay(self._clock(), self._last_edit.get(room_id),
                                         self._coalesce, self._coalesce))
-        # Never in front of a card or a delivered file in this room.
-        await self.holds.wait_free(room_id)
+        # Never in front of a card or a delivered file in this room; but a room whose holds
+        # keep coming (a stream of offers) still gets its panel after HOLD_AT_MOST.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.holds.wait_free(room_id), HOLD_AT_MOST)
         await self._update(room_id)
 
     async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
