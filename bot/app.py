@@ -176,6 +176,7 @@ class Parcel:
             panels = PanelService(store, client, sender, rooms, work,
                                   reader=partial(language.reader, config))
             offers.on_change = panels.changed
+            offers.holds = panels.holds  # the panels wait while a card or a file is on its way
             sessions.panels = panels
             self.panels = panels
             router = Router(config, store, client, rooms, sessions, offers, work)

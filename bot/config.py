@@ -51,6 +51,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: about 160 MB once a clie
 LARGE_IMAGE_MODES = ("file", "reject")
 DEFAULT_SCANNER_TIMEOUT = 60.0  # "60s"
 DEFAULT_TRANSFER_TIMEOUT = 300.0  # "5m"
+DEFAULT_FOLLOW_DOWNLOAD_FROM = 200 * 1000 * 1000  # "200 MB": see MediaConfig
 # A standby takes over within the lease plus a second of polling: 8 s keeps that under 10 s
 # while a leader may miss three renewals (one every lease / 4) before it stands down.
 DEFAULT_LEADER_LEASE = 8.0
@@ -193,6 +194,10 @@ class MediaConfig:
     transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT
     purge_refused: bool = False
     prestage: bool = True
+    # From this size on the recipient's copy is uploaded while the file downloads (following
+    # the download) rather than after the card: measured, following slows the card, and below
+    # this the copy is up before a person has read the card.
+    follow_download_from: int = DEFAULT_FOLLOW_DOWNLOAD_FROM
 
 
 @dataclass(frozen=True)
@@ -338,7 +343,8 @@ _SCHEMA: _Schema = {
     },
     "reactions": {"accept": None, "decline": None},
     "messages": {"welcome": None, "agent_room_name": None},
-    "media": {"transfer_timeout": None, "purge_refused": None, "prestage": None},
+    "media": {"transfer_timeout": None, "purge_refused": None, "prestage": None,
+              "follow_download_from": None},
     "logging": {"level": None, "format": None},
     "metrics": {"listen": None, "token": None},
     "retention": {
@@ -1124,6 +1130,8 @@ def _parse(
             ),
             purge_refused=media.get("purge_refused", _boolean, False),
             prestage=media.get("prestage", _boolean, True),
+            follow_download_from=media.get("follow_download_from", _positive_size,
+                                           DEFAULT_FOLLOW_DOWNLOAD_FROM),
         ),
         logging=LoggingConfig(
             level=logging_section.get("level", _choice(LOG_LEVELS, upper=True), "INFO"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class FaultyProxy:
         self.queries: list[tuple[str, str]] = []  # (path, query string) beside ``seen``
         # ("start" | "end", method, path), in order: "end" once a response was sent in full.
         self.log: list[tuple[str, str, str]] = []
+        self.log_at: list[float] = []  # time.monotonic() of each entry of :attr:`log`
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -102,6 +104,7 @@ class FaultyProxy:
         self.seen.append((request.method, request.path))
         self.queries.append((request.path, request.query_string))
         self.log.append(("start", request.method, request.path))
+        self.log_at.append(time.monotonic())
         rule = self._rule_for(request)
         if rule is not None:
             rule.hits += 1
@@ -131,6 +134,7 @@ class FaultyProxy:
                     await response.write(chunk)
                 await response.write_eof()
                 self.log.append(("end", request.method, request.path))
+                self.log_at.append(time.monotonic())
                 return response
         except (aiohttp.ClientError, ConnectionError):
             # Synapse behind us went away: as a load balancer would, cut the client off.

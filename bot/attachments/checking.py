@@ -42,8 +42,8 @@ class Checker:
             return self._config.policy.customer_to_agent
         return self._config.policy.agent_to_customer
 
-    async def inspect(self, offer: Offer, session: Session) -> None:
-        """Download, check and judge the file; offered, or rejected with the reason.
+    async def inspect(self, offer: Offer, session: Session) -> bool:
+        """Download, check and judge the file; offered (True), or rejected with the reason.
 
         The recipient's copy is staged from the download stream as it comes in
         (:meth:`Staging.follow`); unless the file ends up offered, that upload is abandoned
@@ -58,6 +58,7 @@ class Checker:
         finally:
             if not offered:
                 await self._staging.drop_stream(offer.id, "the file was not offered")
+        return offered
 
     async def _check(self, offer: Offer, session: Session, upload: UploadEvent,
                      follow: GrowingCopy | None) -> bool:
@@ -130,9 +131,9 @@ class Checker:
             if stripped is not None:
                 stripped.path.unlink(missing_ok=True)
             return False
-        if follow is not None and stripped is None:
-            follow.release()  # offered: the copy staged from the download may complete
-        elif follow is not None:
+        # The copy staged from the download completes only when staging takes it, after the
+        # card (nothing of the offer goes before its card).
+        if follow is not None and stripped is not None:
             await self._staging.drop_stream(offer.id, "its metadata was removed: another file")
         logger.info("offer %d (session %d): offered, %s, %d bytes, sha256 %s", offer.id,
                     session.id, facts.mimetype, facts.size, facts.sha256)

@@ -5,11 +5,20 @@ its one work unit, in its one lane (``offer:{id}``): :meth:`OfferService.advance
 row and carries out what the current state still owes — check the file
 (:mod:`~bot.attachments.checking`), post the card and stage the recipient's copy
 (:mod:`~bot.attachments.staging`), deliver (:mod:`~bot.attachments.delivery`), edit, clean
-up — then marks the state settled. So every path ends in a settled offer: a step that fails
-for good fails the offer, which is then announced and settled like any other state; a
-decision that makes staging pointless (❌, withdrawal, expiry) stops it, and the offer's
-final step deletes what it left. Every message has a transaction id derived from the offer
-and the step, so a crash at any point is repaired by running ``advance`` again.
+up — then marks the state settled.
+
+What people wait for goes first, the bookkeeping after it. From the verdict, the card is the
+offer's first request to the homeserver and the sender's status line its second; only then
+do the bot's ✅/❌ go under the card (beside the offer's work, never blocking it) and the copy
+go up. From a ✅, the delivered file is the offer's next event; the card and status edits
+and the taking back of the seed reactions come after it. While a card or a delivered file is on
+its way, its rooms' activity panels wait (:mod:`~bot.attachments.pacing`).
+
+Every path ends in a settled offer: a step that fails for good fails the offer, which is
+then announced and settled like any other state; a decision that makes staging pointless
+(❌, withdrawal, expiry) stops it, and the offer's final step deletes what it left. Every
+message has a transaction id derived from the offer and the step, so a crash at any point is
+repaired by running ``advance`` again.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from bot.attachments.events import (
     sender_side,
 )
 from bot.attachments.model import Direction, Offer, OfferState
+from bot.attachments.pacing import RoomHolds
 from bot.attachments.policy import Verdict
 from bot.attachments.staging import Staging
 from bot.config import Config
@@ -54,6 +64,10 @@ logger = logging.getLogger(__name__)
 
 async def _nothing_changed(session_id: int) -> None:
     """The default ``on_change``: nobody is told."""
+
+
+def _session_rooms(session: Session) -> list[str]:
+    return [room for room in (session.customer_room, session.agent_room) if room]
 
 
 class OfferService:
@@ -91,6 +105,12 @@ class OfferService:
         # The staging that runs in an offered offer's unit while it waits, so that a ❌ (or
         # a withdrawal, an expiry) can stop it at once.
         self._staging_runs: dict[int, asyncio.Task[None]] = {}
+        # The bot's ✅/❌ under each card, going out beside the offer's work; a decision
+        # stops what has not gone yet (it has no purpose then).
+        self._seeding: dict[int, asyncio.Task[None]] = {}
+        # Rooms held while a card or a delivered file is on its way, so that the activity
+        # panels wait (the composition root shares the panels' instance).
+        self.holds = RoomHolds()
 
     # -- inbound ----------------------------------------------------------------------------
 
@@ -156,7 +176,10 @@ class OfferService:
         logger.info("offer %d (session %d): %s by %s", offer.id, offer.session_id,
                     target.value, actor)
         self._metrics.decided(max(0.0, decided.updated_at - offer.updated_at))
-        if not accept:
+        if accept:
+            # The delivered file is next in these rooms: the panels wait for it.
+            self.holds.hold(self._delivery_hold(offer.id), _session_rooms(session))
+        else:
             self._stop_staging(offer.id)  # a ✅ waits for it; a ❌ makes it pointless
         await self.schedule(offer.id)
         return decided, None
@@ -274,6 +297,8 @@ class OfferService:
                     return
                 await self._step(offer)
         finally:
+            self.holds.release(self._card_hold(offer_id))
+            await self._drop_seeding(offer_id)
             await self._staging.drop_stream(offer_id, "the offer's work stopped")
 
     async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
@@ -299,15 +324,34 @@ class OfferService:
         """Carry out the current state's next step."""
         session = await self._store.sessions.get_session(offer.session_id)
         if offer.state is OfferState.INSPECTING:
-            await self._checker.inspect(offer, session)
+            # The download and the verdict lead to the card: the rooms' panels wait from here
+            # (released once the card and status line are out, or now if it was refused).
+            self.holds.hold(self._card_hold(offer.id), _session_rooms(session))
+            if await self._checker.inspect(offer, session):
+                # Offered: the card is next, and nothing goes before it (the panels are told
+                # once it is out).
+                return
+            self.holds.release(self._card_hold(offer.id))
         elif offer.state is OfferState.OFFERED:
             await self._offer(offer, session)
+            current = await self._store.offers.get_offer(offer.id)
+            if current is not None and current.state is OfferState.OFFERED:
+                # Undecided: the person needs the ✅/❌ to click, so they must be out before
+                # this state is settled (a failure runs this step again). Once decided they
+                # are moot, and the delivery does not wait for them.
+                await self._end_seeding(offer.id)
             await self._store.offers.mark_settled(offer.id, OfferState.OFFERED)
             self._metrics.offer_state(offer.direction, OfferState.OFFERED)
         elif offer.state is OfferState.ACCEPTED:
             if offer.delivery_event_id is None:
-                await self._delivery.deliver(offer, session)
+                hold = self._delivery_hold(offer.id)
+                self.holds.hold(hold, _session_rooms(session))  # again, after a restart
+                try:
+                    await self._delivery.deliver(offer, session)
+                finally:
+                    self.holds.release(hold)
                 offer = await self._store.offers.get_offer(offer.id) or offer
+            # Only now the edits and the taking back of the seeds: after the file.
             await self._finish(offer)
         elif offer.state is OfferState.REJECTED:
             reason = offer.reason or "it was refused"
@@ -331,18 +375,18 @@ class OfferService:
         await self.on_change(offer.session_id)
 
     async def _offer(self, offer: Offer, session: Session) -> None:
-        """Post the card and status line and, with ``media.prestage``, stage the recipient's
-        copy meanwhile; a decision against the offer stops the staging (its step cleans up)."""
+        """Post the card, then the status line, then (beside the offer's work) the bot's
+        ✅/❌ under the card and, with ``media.prestage``, stage the recipient's copy; a
+        decision against the offer stops the staging (its step cleans up)."""
+        await self._post_offer(offer, session)
+        await self.on_change(offer.session_id)  # the panels show the card (paced)
         if not self._config.media.prestage:
-            await self._post_offer(offer, session)
             return
         _, recipient_room = rooms_of(offer, session)
         staging = asyncio.create_task(self._stage_offered(offer, recipient_room),
                                       name=f"offer-{offer.id}-stage")
         self._staging_runs[offer.id] = staging
         try:
-            await self._post_offer(offer, session)
-            await self.on_change(offer.session_id)  # the panels show the card at once
             await staging
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -370,6 +414,53 @@ class OfferService:
         staging = self._staging_runs.get(offer_id)
         if staging is not None:
             staging.cancel()
+
+    @staticmethod
+    def _card_hold(offer_id: int) -> str:
+        return f"offer-{offer_id}-card"
+
+    @staticmethod
+    def _delivery_hold(offer_id: int) -> str:
+        return f"offer-{offer_id}-deliver"
+
+    def _start_seeding(self, offer: Offer, room_id: str, card_event: str) -> None:
+        """Put the bot's ✅ and ❌ under the card (so a person can click one), as a task of the
+        offer's unit that does not hold the offer up; :meth:`_end_seeding` awaits it."""
+        if offer.id in self._seeding:
+            return
+
+        async def seed() -> None:
+            for word, key in (("accept", self._config.reactions.accept),
+                              ("decline", self._config.reactions.decline)):
+                # Read before each: once the offer is decided (or over) a seed has no
+                # purpose, and would only stand between the ✅ and the delivered file.
+                current = await self._store.offers.get_offer(offer.id)
+                if current is None or current.state is not OfferState.OFFERED:
+                    logger.debug("offer %d: %s seed skipped, the offer is %s", offer.id, word,
+                                 current.state.value if current else "gone")
+                    return
+                await self._sender.react(room_id, card_event, key,
+                                         txn_id=f"offer-{offer.id}-react-{word}")
+
+        self._seeding[offer.id] = asyncio.create_task(seed(), name=f"offer-{offer.id}-seed")
+
+    async def _end_seeding(self, offer_id: int) -> None:
+        """Wait for the seed reaction in flight, if any (a failure is raised: the unit runs
+        again and the seeds are idempotent)."""
+        seeding = self._seeding.pop(offer_id, None)
+        if seeding is not None:
+            await seeding
+
+    async def _drop_seeding(self, offer_id: int) -> None:
+        """The offer's unit ends: a seeding still under way ends with it (stopped when the
+        unit is cancelled; a run again reseeds idempotently, by transaction id)."""
+        seeding = self._seeding.pop(offer_id, None)
+        if seeding is None:
+            return
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            seeding.cancel()
+        await asyncio.gather(seeding, return_exceptions=True)
 
     async def _tell_agents_of_refusal(self, offer: Offer, session: Session, reason: str) -> None:
         """A customer's refused file is announced to the agents (unless configured off)."""
@@ -411,7 +502,10 @@ class OfferService:
         return content
 
     async def _post_offer(self, offer: Offer, session: Session) -> None:
+        """The card, then the status line (each once), then the seeds start; the panels of
+        both rooms wait meanwhile."""
         sender_room, recipient_room = rooms_of(offer, session)
+        self.holds.hold(self._card_hold(offer.id), (sender_room, recipient_room))
         if offer.offer_event_id is None:
             card = self._with_block(
                 render.offer_card(offer, self._config.reactions.accept,
@@ -426,19 +520,10 @@ class OfferService:
                                              offer_room=recipient_room)
         card_event = offer.offer_event_id
         assert card_event is not None
-
-        async def seed_reactions() -> None:
-            for word, key in (("accept", self._config.reactions.accept),
-                              ("decline", self._config.reactions.decline)):
-                await self._sender.react(recipient_room, card_event, key,
-                                         txn_id=f"offer-{offer.id}-react-{word}")
-
-        # The two rooms are independent: both at once, so a quick decision waits less.
-        results = await asyncio.gather(seed_reactions(), self._post_status(offer, sender_room),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        # The sender's status line right after the card, before anything else of the offer.
+        offer = await self._post_status(offer, sender_room)
+        self.holds.release(self._card_hold(offer.id))
+        self._start_seeding(offer, recipient_room, card_event)
 
     async def _post_status(self, offer: Offer, sender_room: str) -> Offer:
         """Post the sender's status line (in the offer's current state) unless it is there."""
@@ -450,8 +535,10 @@ class OfferService:
                              offer),
             offer.source_event_id)
         event_id = await self._send_ready(sender_room, status, f"offer-{offer.id}-status")
-        return await self._store.offers.update_offer(offer.id, status_event_id=event_id,
-                                        status_room=sender_room)
+        recorded = await self._store.offers.update_offer(offer.id, status_event_id=event_id,
+                                                         status_room=sender_room)
+        failpoints.hit("status-sent")  # before the seeds: a restart must still put them out
+        return recorded
 
     async def _finish(self, offer: Offer) -> None:
         """Edit the card and status line to the final state, drop the copy, settle."""
@@ -459,6 +546,8 @@ class OfferService:
         if offer.offer_event_id is not None and offer.status_event_id is None:
             # Decided before the status line went out (a crash in between): post it now.
             offer = await self._post_status(offer, offer.source_room)
+        # The seed reaction in flight (if any) must be known before the seeds are taken back.
+        await self._end_seeding(offer.id)
         if offer.offer_event_id and offer.offer_room:
             decider = (self._rooms.display_name(offer.offer_room, offer.decided_by)
                        if offer.decided_by else None)
@@ -484,7 +573,8 @@ class OfferService:
         self._metrics.offer_state(offer.direction, offer.state)
 
     async def _remove_seeded_reactions(self, offer: Offer, room_id: str) -> None:
-        """Redact the bot's own ✅/❌ on a settled card, so it shows only the decision made."""
+        """Redact the bot's own ✅/❌ on a settled card, so it shows only the decision made
+        (only the seeds that went out: one not sent before the decision needs nothing)."""
         if await self._removed_from(room_id):
             return  # the card is out of the bot's reach
         for word in ("accept", "decline"):

@@ -4,7 +4,10 @@ Every change to a session's offers bumps the version of both rooms' panels in th
 submits one durable work unit per room (:meth:`PanelService.changed`, a few quick store
 writes). Submitting again while a room's unit waits or runs only asks it to run once more, so a
 burst of changes becomes one edit; a unit that finds its panel behind also waits
-:data:`COALESCE_SECONDS` first, for the rest of the burst. It renders the panel from the
+:data:`COALESCE_SECONDS` first, for the rest of the burst, and never edits a room's panel
+sooner than a second after its last edit nor while an offer's card or delivered file is on its
+way in that room (:mod:`bot.attachments.pacing`): the panel is bookkeeping, the card and the
+file are what people wait for. It renders the panel from the
 store and posts it (the first time, then pins it) or edits it in place (``m.replace``), and
 records the version shown. A room where the bot may not pin keeps a live, unpinned panel;
 that is logged once and remembered.
@@ -13,7 +16,9 @@ that is logged once and remembered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +28,7 @@ from nio import AsyncClient, RoomGetEventResponse, RoomGetStateResponse, RoomPut
 from bot import render
 from bot.attachments.model import Direction
 from bot.attachments.offers import direction_from
+from bot.attachments.pacing import HOLD_AT_MOST, RoomHolds, panel_delay
 from bot.errors import PermanentError
 from bot.i18n import ENGLISH, Translator
 from bot.matrix.client import Sender, call
@@ -64,8 +70,16 @@ class PanelService:
 
     def __init__(self, store: Store, client: AsyncClient, sender: Sender, rooms: RoomDirectory,
                  work: Scheduler, coalesce: float = COALESCE_SECONDS,
-                 reader: Callable[[Session, Side], Translator] | None = None) -> None:
+                 reader: Callable[[Session, Side], Translator] | None = None,
+                 holds: RoomHolds | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        # Rooms whose card or delivery is on its way (held by the offers); shared with them.
+        self.holds = holds or RoomHolds()
+        self._clock = clock
+        # When each room's panel was last edited by this process (pacing; in memory, as what
+        # is owed is the version in the store).
+        self._last_edit: dict[str, float] = {}
         # Each room's panel in its readers' language (bot.sessions.language.reader).
         self._reader = reader or (lambda session, side: ENGLISH)
         self._client = client
@@ -102,8 +116,14 @@ class PanelService:
         panel = await self._store.panels.get_panel(room_id)
         if panel is None or panel.shown_version >= panel.version:
             return  # an earlier run already showed this change
-        # Let the rest of a burst arrive: everything bumped meanwhile is one edit.
-        await asyncio.sleep(self._coalesce)
+        # Let the rest of a burst arrive (everything bumped meanwhile is one edit), and keep
+        # to one edit per room per COALESCE_SECONDS.
+        await asyncio.sleep(panel_delay(self._clock(), self._last_edit.get(room_id),
+                                        self._coalesce, self._coalesce))
+        # Never in front of a card or a delivered file in this room; but a room whose holds
+        # keep coming (a stream of offers) still gets its panel after HOLD_AT_MOST.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.holds.wait_free(room_id), HOLD_AT_MOST)
         await self._update(room_id)
 
     async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:
@@ -116,7 +136,10 @@ class PanelService:
         async with self._locks[room_id]:
             panel = await self._store.panels.get_panel(room_id)
             if panel is not None and panel.shown_version < panel.version:
-                await self._show(panel)
+                try:
+                    await self._show(panel)
+                finally:
+                    self._last_edit[room_id] = self._clock()
 
     async def _show(self, panel: Panel) -> None:
         session = await self._store.sessions.get_session(panel.session_id)

@@ -1,10 +1,12 @@
 """The recipient's copy of an offered file: uploaded once, recorded, and never left behind.
 
 Staging runs in the offer's own work unit (its lane, ``offer:{id}``): the offer's step
-machine (:mod:`bot.attachments.offers`) stages while the offer waits for its decision
-(``media.prestage``) or right after a ✅, and settles the copy with the offer. Nothing here
-runs on its own: the upload that follows the inspection's download (:meth:`Staging.follow`)
-is a task owned by the offer's unit, stopped when that unit ends, however it ends.
+machine (:mod:`bot.attachments.offers`) stages once the card is out, while the offer waits
+for its decision (``media.prestage``), or right after a ✅, and settles the copy with the
+offer. Nothing here runs on its own: the upload that follows the inspection's download
+(:meth:`Staging.follow`, only for files of ``media.follow_download_from`` and more) is a task
+owned by the offer's unit, stopped when that unit ends, however it ends; its last byte goes
+only once the card is out.
 
 **Never the same copy twice.** An upload whose answer is lost (a crash, a database error
 before the answer is recorded, a deposed leader) must not be made again, nor left behind
@@ -32,9 +34,10 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiofiles.os
 
@@ -59,6 +62,8 @@ from bot.store import Session, Store
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 COPY = "copy_reservation"
 THUMBNAIL = "thumbnail_reservation"
 
@@ -72,6 +77,17 @@ class _Streamed:
     encrypted: bool
     content_type: str
     reserved: bool  # to a reserved URI (recorded in the row), not a plain upload
+
+
+async def _finish_before_cancel(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile; the cancellation
+    is raised once it is done (so whatever it recorded is there for the clean-up)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 def thumbnail_uri(image_info: str | None) -> str | None:
@@ -124,6 +140,11 @@ class Staging:
         ends it.
         """
         if not self._config.media.prestage or upload.url is None:
+            return None
+        if (offer.declared_size or 0) < self._config.media.follow_download_from:
+            # Measured: an upload beside the download slows the card (one Synapse serves
+            # both), and below this size the copy goes up after the card well before a
+            # person has read it and clicked (media.follow_download_from).
             return None
         if self._config.policy.strip_metadata and offer.declared_mimetype in images.STRIPPABLE:
             return None  # the delivered copy will be a different file (metadata removed)
@@ -243,10 +264,16 @@ class Staging:
             await self._media.discard(reserved)
             logger.info("offer %d: reservation %s dropped (another type or encryption)",
                         offer_id, reserved.uri)
-        granted = await self._media.reserve(wanted, encrypt)
-        await self._store.offers.update_offer(
-            offer_id, **{column: granted.to_json() if granted is not None else None})
-        return granted
+
+        async def reserve_and_record() -> Reservation | None:
+            granted = await self._media.reserve(wanted, encrypt)
+            await self._store.offers.update_offer(
+                offer_id, **{column: granted.to_json() if granted is not None else None})
+            return granted
+
+        # A decision that stops the staging must not come between the homeserver granting a
+        # URI and the row recording it: the URI would be left behind, unknown to the clean-up.
+        return await _finish_before_cancel(reserve_and_record())
 
     async def _upload_copy(self, offer: Offer, encrypt: bool) -> Uploaded:
         """Upload the checked copy (the inspected bytes, or nothing else) to its reserved URI."""

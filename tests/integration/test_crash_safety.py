@@ -81,6 +81,32 @@ async def test_a_decision_on_a_card_sent_just_before_a_crash_is_acted_on(start_c
     await _settle_and_check(chat, image)
 
 
+async def test_a_crash_between_the_status_line_and_the_seeds_seeds_once(start_chat) -> None:
+    """Killed after the card and status line, before the ✅/❌ seeds (which no longer go out
+    with the card): the restart puts both under the card, once, and the ✅ is acted on."""
+    chat: Chat = await start_chat(as_process=True)
+    await chat.open_session()
+    await chat.bot.stop()
+    await chat.bot.start(failpoint="status-sent")
+    image = samples.png(34, 24)
+    await chat.customer.send_file(chat.customer_room, image, "e.png", "image/png", "m.image")
+    agent = chat.agent
+    await agent.until(lambda: agent.offers(chat.agent_room), "the offer card")
+    await chat.bot.wait_killed()
+    card_id = agent.offers(chat.agent_room)[0]["event_id"]
+    await chat.bot.start()
+
+    def seeds() -> list[str]:
+        return sorted(e["content"]["m.relates_to"]["key"]
+                      for e in agent.reactions_on(chat.agent_room, card_id)
+                      if e["sender"] == chat.bot_id)
+
+    await agent.until(lambda: len(seeds()) >= 2, "the bot's ✅ and ❌ after the restart")
+    assert seeds() == sorted([ACCEPT, "\u274c"])
+    await agent.react(chat.agent_room, card_id, ACCEPT)
+    await _settle_and_check(chat, image)
+
+
 @pytest.mark.parametrize("point", ["delivery-uploaded", "delivery-sent"])
 async def test_crash_in_the_middle_of_delivering(start_chat, point: str) -> None:
     """Killed between upload and send, or after sending: still delivered exactly once."""

@@ -197,7 +197,9 @@ async def test_the_copy_is_staged_from_the_download_stream(start_chat, homeserve
     """The recipient's copy goes up while the file still comes down (one upload in all), and
     the ✅ delivers that copy: the inspected bytes."""
     async with FaultyProxy(homeserver.url) as proxy:
-        chat: Chat = await start_chat(homeserver=proxy.url, policy={"max_size": "20MB"})
+        # Following the download is for large files; here a small one stands in for them.
+        chat: Chat = await start_chat(homeserver=proxy.url, policy={"max_size": "20MB"},
+                                      media={"follow_download_from": "1MB"})
         await chat.open_session()
         agent, customer = chat.agent, chat.customer
         data = samples.noise(4 * 1024 * 1024, seed=11)
@@ -237,7 +239,8 @@ async def test_a_refused_file_leaves_no_staged_copy(start_chat, homeserver) -> N
     is abandoned before its end, so the homeserver keeps nothing of it."""
     async with FaultyProxy(homeserver.url) as proxy:
         chat: Chat = await start_chat(homeserver=proxy.url, bot_admin=True,
-                                      policy={"max_size": "20MB"})
+                                      policy={"max_size": "20MB"},
+                                      media={"follow_download_from": "1MB"})
         await chat.open_session()
         agent = chat.agent
         program = samples.elf_program() + samples.noise(3 * 1024 * 1024, seed=3)

@@ -63,7 +63,9 @@ def test_request_kinds(method: str, path: str, kind: str) -> None:
 
 
 def _latency(delivery: float, offer_floor: float) -> dict[str, Any]:
-    return {"ratio_delivery_p50": delivery, "ratio_offer_floor_p50": offer_floor}
+    # The instant click is reported, not a target: far off, it must not decide anything.
+    return {"ratio_delivery_person_p50": delivery, "ratio_delivery_p50": 9.9,
+            "ratio_offer_floor_p50": offer_floor}
 
 
 def _results() -> dict[str, Any]:
@@ -145,8 +147,8 @@ def test_results_from_a_dirty_tree_never_overwrite_the_committed_ones(
 def test_halves_that_disagree_mark_the_verdict_as_noise() -> None:
     """A target met in one half and missed in the other says so next to the figure."""
     results = _results()
-    results["latency_plain"]["4 KB"]["ratio_delivery_p50_ab"] = [1.02, 1.2]
-    results["latency_plain"]["1 MB"]["ratio_delivery_p50_ab"] = [1.02, 1.08]
+    results["latency_plain"]["4 KB"]["ratio_delivery_person_p50_ab"] = [1.02, 1.2]
+    results["latency_plain"]["1 MB"]["ratio_delivery_person_p50_ab"] = [1.02, 1.08]
     found = {t["key"]: t for t in targets(results)}
     assert "within the noise" in found["delivery:plain:4 KB"]["note"]
     assert found["delivery:plain:1 MB"]["note"] == "halves A/B 1.02 / 1.08"
