@@ -193,8 +193,9 @@ async def sync_probe(hs_url: str, data_dir: Path, runs: int = 3) -> dict[str, An
     """Time the bot's first sync after a restart as the bot itself makes it (from the saved
     position, its own filter, no full state), raw.
 
-    Also a sync without a position, as a fresh device would make it (full state). Only while the bot is
-    stopped: it reuses the bot's saved access token and sync position, and changes neither.
+    Also a sync without a position, as a fresh device would make it (full state). Only while
+    the bot is stopped: it reuses the bot's saved access token and sync position, and changes
+    neither.
     """
     creds = await load_credentials(FileDocuments(data_dir))
     if creds is None:
