@@ -24,6 +24,7 @@ from bot import errors
 from bot.config import Config
 from bot.documents import Documents
 from bot.errors import PermanentError, TransientError
+from bot.matrix.groupsessions import LazySqliteStore
 from bot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,9 @@ def client_config(
     scheduler, so retries are never nested. ``pickle_key`` protects the crypto store (never
     nio's public default; see bot/keys.py). ``crypto_store`` replaces nio's SQLite store in
     ``data_dir/crypto`` (``bot.matrix.pgstore.postgres_crypto_store(url)`` for PostgreSQL).
+    Either way inbound group sessions are read when needed (:mod:`bot.matrix.groupsessions`).
     """
-    extra: dict[str, Any] = {} if crypto_store is None else {"store": crypto_store}
+    extra: dict[str, Any] = {"store": crypto_store or LazySqliteStore}
     return AsyncClientConfig(
         encryption_enabled=encryption,
         pickle_key=pickle_key,

@@ -74,6 +74,7 @@ from psycopg.errors import _WaitTimeout
 from bot.errors import FENCED_SQLSTATE, TransientError, database_transient, from_database
 from bot.keys import NIO_DEFAULT_PICKLE_KEY
 from bot.matrix.cryptostore import CryptoStoreKeyError
+from bot.matrix.groupsessions import LazyInboundSessions
 from bot.store.db import IDLE_TRANSACTION_LIMIT
 
 logger = logging.getLogger(__name__)
@@ -429,7 +430,7 @@ def _guarded(name: str, method: _F, fenced: bool | None = None) -> _F:
     return call  # type: ignore[return-value]
 
 
-class PostgresCryptoStore(SqliteStore):
+class PostgresCryptoStore(LazyInboundSessions, SqliteStore):
     """nio's ``SqliteStore`` on PostgreSQL; bind a database with :func:`postgres_crypto_store`.
 
     nio constructs it as ``store(user_id, device_id, store_path, pickle_key, store_name)``;

@@ -1,10 +1,10 @@
 """Forgetting the Megolm keys of rooms the bot has left for good.
 
-matrix-nio keeps every inbound group session it ever received, in its store and in memory,
-and loads all of them (one query each) at every start. A support bot leaves every closed
-chat's rooms and never reads their history again, so those keys only cost start-up time and
-memory — and they would let anyone holding the store read old conversations. They are dropped
-when the bot leaves a room, and at start for rooms it left before this existed.
+matrix-nio keeps every inbound group session it ever received in its store (Parcel reads them
+into memory only when needed: bot/matrix/groupsessions.py). A support bot leaves every closed
+chat's rooms and never reads their history again, so those keys only cost space — and they
+would let anyone holding the store read old conversations. They are dropped when the bot
+leaves a room, and at start for rooms it left before this existed.
 """
 
 from __future__ import annotations
@@ -59,10 +59,17 @@ def forget_keys_of_left_rooms(client: AsyncClient, closed_rooms: Iterable[str]) 
     Only rooms of closed sessions: a room missing from nio's view for another reason keeps
     its keys, since losing the key of a live conversation makes it unreadable.
     """
-    olm = client.olm
-    if olm is None:
+    olm, store = client.olm, client.store
+    if olm is None or store is None:
         return 0
-    held = olm.inbound_group_store._entries
+    # Sessions are read from the store only when needed (bot/matrix/groupsessions.py), so
+    # which rooms have some is asked of the store, in one query.
+    listed = getattr(store, "rooms_with_inbound_sessions", None)
+    if listed is None:
+        held: set[str] = set(olm.inbound_group_store._entries)
+    else:
+        guarded = getattr(store, "run_guarded", None)
+        held = guarded("rooms_with_inbound_sessions", listed) if guarded else listed()
     return forget_room_keys(client, [
         room for room in set(closed_rooms)
         if room in held and room not in client.rooms and room not in client.invited_rooms

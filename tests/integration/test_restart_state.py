@@ -81,3 +81,30 @@ async def test_an_agent_who_joined_while_the_bot_was_down_can_read_what_follows(
                     "the relay, decrypted by Bob")
     await agent.until(lambda: "Carol: can Bob read this?" in agent.bodies(chat.agent_room),
                       "the relay, decrypted by Alice")
+
+
+async def test_room_keys_are_read_when_a_message_needs_them(start_chat, bot_store) -> None:
+    """After a restart no Megolm session is read into memory until a message needs one; the
+    customer's session from before the restart then decrypts what they say (the bot's crypto
+    store on SQLite and on PostgreSQL)."""
+    chat: Chat = await start_chat(encrypted=True, agents={"room_encryption": True}, **bot_store)
+    await chat.open_session(encrypted=True)
+    agent, customer = chat.agent, chat.customer
+    await customer.say(chat.customer_room, "one session")
+    await agent.until(lambda: "Carol: one session" in agent.bodies(chat.agent_room), "relay")
+
+    await chat.bot.restart()
+    parcel = chat.bot.parcel
+    assert parcel is not None and parcel.client is not None and parcel.client.olm is not None
+    held = parcel.client.olm.inbound_group_store
+    carols_key = customer.client.olm.account.identity_keys["curve25519"]
+
+    def carols_sessions() -> list[str]:
+        return [s.room_id for s in held if s.sender_key == carols_key]
+
+    assert carols_sessions() == []  # none read at start
+    await customer.say(chat.customer_room, "the same session, after the restart")
+    await agent.until(
+        lambda: "Carol: the same session, after the restart" in agent.bodies(chat.agent_room),
+        "the relay after the restart")
+    assert carols_sessions() == [chat.customer_room]  # read when her message needed it
