@@ -294,13 +294,19 @@ class Parcel:
 
     async def _start_work(self, sessions: SessionService, work: Scheduler,
                           stop: asyncio.Event) -> None:
-        """After the first sync (nio knows the rooms only then), run the durable work."""
+        """After the first sync (nio knows the rooms only then), run the durable work; the
+        tidy-up of closed sessions' rooms goes beside it (it reads every closed session and
+        every joined room, which must not hold up the first message after a restart)."""
         assert self.sync is not None
         await self.sync.first_sync_done.wait()
-        tidied = await until_done(sessions.tidy_closed_rooms, "leaving closed sessions' rooms",
-                                  stop, self._backoff)
-        if tidied:
-            logger.info("leaving %d rooms of closed sessions", tidied)
+
+        async def tidy() -> None:
+            tidied = await until_done(sessions.tidy_closed_rooms,
+                                      "leaving closed sessions' rooms", stop, self._backoff)
+            if tidied:
+                logger.info("leaving %d rooms of closed sessions", tidied)
+
+        self._tasks.spawn(tidy(), name="tidy")
         self.ready.set()
         logger.info("first sync done; ready")
         await work.run(stop)

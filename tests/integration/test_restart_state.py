@@ -4,6 +4,7 @@ down is missed (#25)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 from tests.chat import new_person
@@ -108,3 +109,26 @@ async def test_room_keys_are_read_when_a_message_needs_them(start_chat, bot_stor
         lambda: "Carol: the same session, after the restart" in agent.bodies(chat.agent_room),
         "the relay after the restart")
     assert carols_sessions() == [chat.customer_room]  # read when her message needed it
+
+
+async def test_rooms_of_chats_closed_before_the_restart_are_left_beside_the_work(
+    start_chat,
+) -> None:
+    """A chat ended while its agent room was kept (``leave_closed_rooms: false``); restarted
+    with closed chats' rooms to be left, the bot leaves it (the tidy-up now runs beside the
+    work, after the bot is ready, instead of before it)."""
+    chat: Chat = await start_chat(retention={"leave_closed_rooms": False})
+    await chat.open_session()
+    agent, customer, bot = chat.agent, chat.customer, chat.bot_user.user_id
+    old_agent_room = chat.agent_room
+    await agent.say(old_agent_room, "!end")
+    await customer.until(lambda: customer.membership(chat.customer_room, bot) == "leave",
+                         "the bot leaving the customer room")
+    assert agent.membership(old_agent_room, bot) == "join"
+
+    await chat.bot.stop()
+    chat.bot.config = replace(chat.bot.config, retention=replace(
+        chat.bot.config.retention, leave_closed_rooms=True))
+    await chat.bot.start()
+    await agent.until(lambda: agent.membership(old_agent_room, bot) == "leave",
+                      "the bot leaving the closed chat's agent room")
