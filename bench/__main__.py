@@ -12,9 +12,9 @@ uncommitted changes never writes the committed results: such a run writes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shlex

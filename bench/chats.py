@@ -43,16 +43,6 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import (
-    Actor,
-    BenchError,
-    Child,
-    Seen,
-    proc_cpu_seconds,
-    quantile,
-    ratio,
-    summary,
-)
 from bench.ha import (
     READY,
     STANDING_BY,
@@ -61,13 +51,20 @@ from bench.ha import (
     _failover_round,
     failover_summary,
     first_line_at,
-    standby_ready,
+)
+from bench.harness import (
+    Actor,
+    BenchError,
+    Child,
+    Seen,
+    proc_cpu_seconds,
+    quantile,
+    summary,
 )
 from bench.proxy import CountingProxy, per_offer
 from bench.scenarios import (
     ACCEPT,
     KB,
-    OCTET,
     OFFER_KEY,
     Bench,
     Chat,
