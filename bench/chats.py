@@ -20,7 +20,8 @@ real E2EE nio clients, :class:`~bench.harness.Actor`) measures:
 * text → shown to the agent, upload → card shown, and ✅ → file shown for a click the
   instant the card arrives and for a click 1.5 s after it (p50), with Synapse's CPU, and the
   bot's events, syncs and requests (through the proxy), per accepted file;
-* the bot's RSS (per open chat: the difference to the first level);
+* the bot's RSS, running and just restarted (per open chat: the restarted process's RSS
+  minus the first level's, over the chats added);
 * Synapse's CPU per bot /sync: raw incremental syncs made with the bot's own access token,
   filter and saved position while both instances are stopped;
 * restart → first relay: both instances stopped (SIGTERM), the leader started again; the clock
@@ -529,6 +530,11 @@ async def measure_level(b: Bench, inst: Instances, cp: ChatsParams, level: int
     began = time.monotonic()
     entry["restart"] = await restarts(b, inst, cp.restarts, cp.sync_probes)
     entry["restart"]["seconds"] = round(time.monotonic() - began, 1)
+    # The per-chat figure compares like with like: a process just restarted with the level's
+    # chats, past its first sync and one relayed text, idle (the running leader's RSS also
+    # carries whatever the set-up and earlier levels left in its heap).
+    await b.probe(chat)
+    await settle(b, inst.leader.pid, max_wait=60.0)
     entry["rss_after_restart_kib"] = inst.leader.memory()["VmRSS"]
     r = entry["restart"]
     say(f"  {level} chats: restart → first relay p50 {r['to_relayed_s']['p50']} s (ready "
@@ -604,8 +610,8 @@ async def part_chats(b: Bench) -> None:
                 result["levels"].append(entry)
                 first = result["levels"][0]
                 entry["rss_kib_per_chat"] = per_chat_kib(
-                    entry["rss_kib"], first["rss_kib"], entry["open_chats"],
-                    first["open_chats"])
+                    entry["rss_after_restart_kib"], first["rss_after_restart_kib"],
+                    entry["open_chats"], first["open_chats"])
             for child in (inst.leader, inst.standby):
                 await child.stop()
     finally:
