@@ -44,6 +44,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import report
 from bench.ha import (
     READY,
     STANDING_BY,
@@ -604,9 +605,13 @@ async def part_chats(b: Bench) -> None:
                 else:
                     setup = None
                 t_level = time.monotonic()
+                busy0 = report.busy_mark()
                 entry = {"open_chats": 1 + len(bulk.rooms), "setup": setup}
                 entry.update(await measure_level(b, inst, cp, level))
                 entry["measure_s"] = round(time.monotonic() - t_level, 1)
+                # Everyone's processes: on a shared machine a level measured while others ran
+                # tests is slower for reasons of its own.
+                entry["machine_load"] = report.load_since(busy0)
                 result["levels"].append(entry)
                 first = result["levels"][0]
                 entry["rss_kib_per_chat"] = per_chat_kib(

@@ -1025,6 +1025,8 @@ def chats_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[lis
             f"{sync['synapse_cpu_ms']:.1f} ms ({sync.get('bot_joined_rooms')} rooms)",
             _mib(e.get("rss_kib")),
             "—" if e.get("rss_kib_per_chat") is None else f"{e['rss_kib_per_chat']:.1f} KiB",
+            "—" if not e.get("machine_load") else
+            f"{e['machine_load']['busy_cores']:.1f} of {e['machine_load']['cores']}",
         ])
     return [
         ("11a. Open encrypted chats (leader + standby on PostgreSQL): p50 latencies (ms) and "
@@ -1034,7 +1036,8 @@ def chats_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[lis
          latency_rows, ""),
         ("11b. Open encrypted chats: what each accepted file and each bot /sync costs",
          ["open chats", "per file: bot events / syncs / requests", "Synapse CPU per file",
-          "Synapse CPU per bot /sync", "bot RSS", "RSS per chat"], cost_rows,
+          "Synapse CPU per bot /sync", "bot RSS", "RSS per chat (restarted)",
+          "machine busy (cores)"], cost_rows,
          "Synapse CPU per file covers every client (the probe's customer and agent too); per "
          "bot /sync: raw incremental syncs with the bot's token, filter and saved position "
          "while no instance runs."),

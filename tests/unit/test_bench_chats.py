@@ -105,6 +105,7 @@ def _level(level: int, *, offer: float, instant: float, delayed: float, restart:
         "takeover": {"to_relayed_s": {"p50": 9.0}, "to_lease_s": {"p50": 8.5}},
         "per_file": {"events": 11.5, "syncs": 12.0, "requests": 27.0, "synapse_cpu_ms": 300.0},
         "rss_kib": rss, "rss_kib_per_chat": per_chat,
+        "machine_load": {"busy_cores": 1.25, "cores": 2, "loadavg_1min": 2.0},
     }
 
 
@@ -164,7 +165,7 @@ def test_chats_tables_and_rows() -> None:
     assert latency[1] == ["1000", "999 in 100 s (10.0/s)", "50", "120", "150", "70",
                           "7.00 s (ready 0.70 s, first sync 0.10 s)", "9.00 s (lease 8.50 s)"]
     assert costs[2] == ["5000", "11.5 / 12.0 / 27.0", "300 ms", "1.5 ms (10000 rooms)",
-                        "391 MiB", "60.0 KiB"]
+                        "391 MiB", "60.0 KiB", "1.2 of 2"]
     rows = chats_markdown_rows(FULL)
     assert len(rows) == 9
     assert rows[3] == ("| 1000 open encrypted chats: upload → card; ✅ → file, instant click; "
