@@ -88,6 +88,10 @@ BACKLOG = 60
 """Chats created but not yet opened by the bot, at most: the bot's own work competes with the
 creations for Synapse, and a backlog of thousands would only measure a queue."""
 
+RESTART_RELAY_TIMEOUT_S = 120.0
+"""A restart that relays nothing in two minutes has failed (with 5000 open chats before issue
+25's change, the leader's first sync outlasted its lease again and again and never ended)."""
+
 CLICK_DELAY_S = 1.5
 """The 'slow' click: 1.5 s after the card appeared (the bot's seed reactions are done by then)."""
 
@@ -455,7 +459,7 @@ async def restart_round(b: Bench, inst: Instances, k: int, sync_runs: int) -> di
         seen = await chat.agent.wait_for(
             lambda s: s.room_id == chat.agent_room
             and str(s.content.get("body", "")).endswith(token),
-            "the text sent as the bot restarted", timeout=600)
+            "the text sent as the bot restarted", timeout=RESTART_RELAY_TIMEOUT_S)
         out["to_relayed_s"] = round(seen.at - spawned, 3)
     except BenchError as exc:
         out["to_relayed_s"] = None
@@ -475,6 +479,11 @@ async def restart_round(b: Bench, inst: Instances, k: int, sync_runs: int) -> di
     out["to_ready_s"] = None if ready is None else round(ready - spawned, 3)
     out["first_sync_s"] = (None if running is None or ready is None
                            else round(ready - running, 3))
+    # A first sync longer than the lease's trust window loses the lease mid-sync (and retakes
+    # it, and loses it again): the count says whether that happened.
+    out["leases_lost"] = log.count("lost the leader lease")
+    if out["to_relayed_s"] is None:
+        return out  # the caller stops: the standby would only make matters murkier
     standby.ready_marker = STANDING_BY
     await standby.start(timeout=300.0)
     return out
@@ -482,7 +491,11 @@ async def restart_round(b: Bench, inst: Instances, k: int, sync_runs: int) -> di
 
 async def restarts(b: Bench, inst: Instances, rounds: int, sync_runs: int) -> dict[str, Any]:
     """``rounds`` restarts (the first also measures Synapse's CPU per bot /sync)."""
-    rows = [await restart_round(b, inst, k, sync_runs if k == 0 else 0) for k in range(rounds)]
+    rows = []
+    for k in range(rounds):
+        rows.append(await restart_round(b, inst, k, sync_runs if k == 0 else 0))
+        if rows[-1]["to_relayed_s"] is None:
+            break  # a bot that cannot restart at this level would fail every round the same
     out: dict[str, Any] = {"rounds": rows}
     for key in ("to_relayed_s", "to_running_s", "to_ready_s", "first_sync_s"):
         out[key] = interval_summary([r.get(key) for r in rows])
@@ -531,16 +544,24 @@ async def measure_level(b: Bench, inst: Instances, cp: ChatsParams, level: int
     began = time.monotonic()
     entry["restart"] = await restarts(b, inst, cp.restarts, cp.sync_probes)
     entry["restart"]["seconds"] = round(time.monotonic() - began, 1)
+    r = entry["restart"]
+    say(f"  {level} chats: restart → first relay p50 {r['to_relayed_s']['p50']} s (ready "
+        f"{r['to_ready_s']['p50']} s, first sync {r['first_sync_s']['p50']} s); Synapse per "
+        f"bot /sync {(r.get('sync_cost') or {}).get('synapse_cpu_ms')} ms")
+    if r["failed"]:
+        entry["takeover"] = None
+        entry["rss_after_restart_kib"] = None
+        b.notes.append(f"chats, {level} open chats: the restarted bot relayed nothing within "
+                       f"{RESTART_RELAY_TIMEOUT_S:.0f} s (it lost its lease "
+                       f"{r['rounds'][-1].get('leases_lost')} times meanwhile); takeover not "
+                       "measured, no further level")
+        return entry
     # The per-chat figure compares like with like: a process just restarted with the level's
     # chats, past its first sync and one relayed text, idle (the running leader's RSS also
     # carries whatever the set-up and earlier levels left in its heap).
     await b.probe(chat)
     await settle(b, inst.leader.pid, max_wait=60.0)
     entry["rss_after_restart_kib"] = inst.leader.memory()["VmRSS"]
-    r = entry["restart"]
-    say(f"  {level} chats: restart → first relay p50 {r['to_relayed_s']['p50']} s (ready "
-        f"{r['to_ready_s']['p50']} s, first sync {r['first_sync_s']['p50']} s); Synapse per "
-        f"bot /sync {(r.get('sync_cost') or {}).get('synapse_cpu_ms')} ms")
     began = time.monotonic()
     entry["takeover"] = await takeovers(b, inst, cp.takeovers)
     entry["takeover"]["seconds"] = round(time.monotonic() - began, 1)
@@ -617,6 +638,8 @@ async def part_chats(b: Bench) -> None:
                 entry["rss_kib_per_chat"] = per_chat_kib(
                     entry["rss_after_restart_kib"], first["rss_after_restart_kib"],
                     entry["open_chats"], first["open_chats"])
+                if entry["takeover"] is None:
+                    break
             for child in (inst.leader, inst.standby):
                 await child.stop()
     finally:
