@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shlex
@@ -28,6 +29,7 @@ from typing import Any
 
 from bench import report
 from bench.burst import part_burst
+from bench.chats import parse_levels, part_chats
 from bench.dbfault import part_dbfault
 from bench.ha import part_ha
 from bench.harness import write_json
@@ -45,7 +47,7 @@ from bench.scenarios import (
 from bench.traffic import part_traffic
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale", "ha", "dbfault")
+PARTS = ("latency", "e2ee", "memory", "startup", "burst", "scale", "ha", "dbfault", "chats")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                              "--quick); the markdown goes beside it as .md")
     parser.add_argument("--keep", action="store_true",
                         help="keep the working directory (homeserver, bot logs) afterwards")
+    parser.add_argument("--chats", default=None, metavar="LEVELS",
+                        help="open encrypted chats measured by the 'chats' part, cumulative "
+                             "(default 1,1000,5000; --quick 1,200)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="print the tables of an earlier results file and rewrite its .md; "
                              "runs nothing")
@@ -80,6 +85,10 @@ def _render(path: Path) -> int:
 
 def _part_timeout(params: Params, part: str) -> float:
     full = params.mode == "full"
+    if part == "chats":
+        # Opening a chat costs Synapse and the bot a fraction of a second each; restarts and
+        # takeovers at each level add minutes.
+        return 900.0 + 300.0 * len(params.chats_levels) + 0.6 * max(params.chats_levels)
     return {
         "latency": 1800.0 if full else 600.0,
         "memory": 600.0 if full else 240.0,
@@ -151,6 +160,8 @@ async def _run(params: Params, parts: list[str], workdir: Path) -> tuple[dict[st
             steps.append(("ha", lambda: part_ha(bench)))
         if "dbfault" in parts:
             steps.append(("dbfault", lambda: part_dbfault(bench)))
+        if "chats" in parts:  # last: it leaves thousands of rooms on the homeserver
+            steps.append(("chats", lambda: part_chats(bench)))
         for name, step in steps:
             began = time.monotonic()
             busy0 = report.busy_mark()
@@ -177,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         return _render(args.render)
     params = QUICK if args.quick else FULL
+    if args.chats is not None:
+        try:
+            params = dataclasses.replace(params, chats_levels=parse_levels(args.chats))
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:

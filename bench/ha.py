@@ -211,10 +211,12 @@ class Postgres:
         return await asyncio.to_thread(self.server.create_database, "bench")
 
     def child(self, bot: RegisteredUser, data_dir: Path, database: str, agents: list[str],
-              encryption: bool, marker: bytes) -> Child:
-        """A Parcel process on ``database`` (password in the environment, as deployed)."""
+              encryption: bool, marker: bytes, homeserver: str | None = None) -> Child:
+        """A Parcel process on ``database`` (password in the environment, as deployed),
+        talking to ``homeserver`` (a proxy, say) or to the bench's Synapse."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.b.parcel_config(bot, data_dir, agents, encryption)
+        config_path = self.b.parcel_config(bot, data_dir, agents, encryption,
+                                           homeserver=homeserver)
         raw = yaml.safe_load(config_path.read_text())
         raw["database"] = self.server.url(database)
         raw["encryption_key"] = ENCRYPTION_KEY
@@ -225,16 +227,17 @@ class Postgres:
         self.b.children.append(child)
         return child
 
-    async def leader_and_standby(self, name: str, agents: list[str]
+    async def leader_and_standby(self, name: str, agents: list[str],
+                                 homeserver: str | None = None
                                  ) -> tuple[Child, Child, PgParcelBot]:
         """Two encrypted instances of one bot ``parcel-<name>`` on a new database, started:
         the first leads (past its first sync), the second stands by; with the chat's view of
-        the bot as the first."""
+        the bot as the first. ``homeserver``: where both connect (default the bench's)."""
         bot = await self.b.user(f"parcel-{name}", "Parcel")
         database = await self.database()
         leader, standby = (
             self.child(bot, self.b._dir("bots") / f"parcel-{name}-{n}", database, agents, True,
-                       READY.encode() if n == 1 else STANDING_BY)
+                       READY.encode() if n == 1 else STANDING_BY, homeserver)
             for n in (1, 2)
         )
         await leader.start()

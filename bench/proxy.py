@@ -101,6 +101,8 @@ class CountingProxy:
         self.upstream = upstream.rstrip("/")
         self.requests: list[Request] = []
         self.url = ""
+        self.bearer: str | None = None
+        """The last access token the bot sent: a raw request as the bot while it is stopped."""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -141,6 +143,9 @@ class CountingProxy:
         record = Request(time.time(), request.method, request.path,
                          classify(request.method, request.path))
         self.requests.append(record)
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            self.bearer = auth[len("Bearer "):]
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         if request.content_length is not None:

@@ -280,6 +280,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_row(key or name, name, limit, value, met, note))
 
     out.extend(latency_targets(results))
+    out.extend(chats_targets(results))
     entry, note = _scale_level(results, 50)
     cpu = ((entry or {}).get("parcel") or {}).get("bot_cpu_s_per_offer")
     if cpu is not None:
@@ -518,6 +519,10 @@ def text_report(results: dict[str, Any]) -> str:
             table(title, header, rows)
             if note:
                 lines.append(note)
+    for title, header, rows, note in chats_tables(results):
+        table(title, header, rows)
+        if note:
+            lines.append(note)
     for title, header, rows, note in dbfault_tables(results):
         table(title, header, rows)
         if note:
@@ -684,6 +689,7 @@ def markdown(results: dict[str, Any]) -> str:
                        f"{_mib(c['peak_rss_median_kib'])} | — | {ratio_cell} | {target} |")
     out.extend(ha_markdown_rows(results))
     out.extend(dbfault_markdown_rows(results))
+    out.extend(chats_markdown_rows(results))
     notes = results.get("notes", [])
     if notes:
         out.append("")
@@ -905,4 +911,213 @@ def dbfault_markdown_rows(results: dict[str, Any]) -> list[str]:
             f"| {_fault_label(fault, dbfault)} (leader and standby, E2EE): database back → a "
             f"text sent meanwhile at the agent; → the file accepted meanwhile | "
             f"{_back(entry['to_text_s'])}; {_back(entry['to_file_s'])}{missed} | — | — | — |")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Part chats (issue 25): Parcel as the number of open chats grows
+# --------------------------------------------------------------------------------------------
+
+CHATS_RESTART_LIMIT_S = 1.0
+"""Issue 25: a restart relays the next message within 1 s at 1000 and 5000 open chats."""
+
+CHATS_FLAT_LIMIT = 1.3
+"""Issue 25: at most 1.3 × the figure with one open chat."""
+
+CHATS_RSS_LIMIT_KIB = 50.0
+"""Issue 25: at most 50 KiB of bot RSS per open chat."""
+
+# (key, what) of the latencies compared with the first level, each a summary's p50
+_CHATS_LATENCIES = (("offer", "upload → card shown p50"),
+                    ("accept_instant", "✅ → file shown p50, instant click"),
+                    ("accept_delayed", "✅ → file shown p50, click 1.5 s after the card"))
+
+
+def _chats_level(results: dict[str, Any], wanted: int, fall_back: bool
+                 ) -> tuple[dict[str, Any] | None, str]:
+    """The chats part's level ``wanted``, or (``fall_back``) its largest level when every
+    level is smaller (with a note saying so); None when not measured."""
+    levels = (results.get("chats") or {}).get("levels") or []
+    for entry in levels:
+        if entry["level"] == wanted:
+            return entry, ""
+    if fall_back and len(levels) > 1 and levels[-1]["level"] < wanted:
+        return levels[-1], f"measured at {levels[-1]['level']} open chats: no {wanted} level"
+    return None, f"no {wanted} level in this run"
+
+
+def _p50(entry: dict[str, Any] | None, *path: str) -> float | None:
+    """``entry[path...]['p50']``, or None anywhere along the way."""
+    value: Any = entry
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value.get("p50") if isinstance(value, dict) else None
+
+
+def chats_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 25's targets from the chats part: restart → first relay at 1000 and 5000 open
+    chats (absolute, and against the first level), card and ✅ → file at 1000 against the
+    first level, RSS per open chat at the largest level. Empty when the part did not run."""
+    from bench.harness import ratio
+
+    chats = results.get("chats") or {}
+    levels = chats.get("levels") or []
+    if not levels:
+        return []
+    first = levels[0]
+    base = f"vs {first['level']} open chat{'s' if first['level'] != 1 else ''}"
+    out: list[dict[str, Any]] = []
+
+    def note(*parts: str) -> str:
+        return "; ".join(p for p in parts if p)
+
+    for wanted in (1000, 5000):
+        entry, why = _chats_level(results, wanted, fall_back=wanted == 1000)
+        value = _p50(entry, "restart", "to_relayed_s")
+        out.append(_row(f"chats:restart:{wanted}",
+                        f"restart → first relay p50 at {wanted} open chats (s)",
+                        f"≤ {CHATS_RESTART_LIMIT_S:g} s", value,
+                        _within(value, CHATS_RESTART_LIMIT_S), why))
+        flat = ratio(value, _p50(first, "restart", "to_relayed_s")) if entry else None
+        out.append(_row(f"chats:restart_ratio:{wanted}",
+                        f"restart → first relay at {wanted} open chats / first level",
+                        f"≤ {CHATS_FLAT_LIMIT:g}", flat, _within(flat, CHATS_FLAT_LIMIT),
+                        note(why, base)))
+    entry, why = _chats_level(results, 1000, fall_back=True)
+    for key, what in _CHATS_LATENCIES:
+        value = ratio(_p50(entry, key), _p50(first, key)) if entry else None
+        out.append(_row(f"chats:{key}:1000", f"{what} at 1000 open chats / first level",
+                        f"≤ {CHATS_FLAT_LIMIT:g}", value, _within(value, CHATS_FLAT_LIMIT),
+                        note(why, base)))
+    last = levels[-1]
+    rss = last.get("rss_kib_per_chat")
+    out.append(_row("chats:rss", "bot RSS per open chat (KiB)", f"≤ {CHATS_RSS_LIMIT_KIB:g} KiB",
+                    rss, _within(rss, CHATS_RSS_LIMIT_KIB),
+                    f"{last['open_chats']} vs {first['open_chats']} open chats"
+                    if len(levels) > 1 else "one level only"))
+    return out
+
+
+def _chats_ms(entry: dict[str, Any], key: str) -> str:
+    return _ms(_p50(entry, key))
+
+
+def _chats_s(stats: dict[str, Any] | None) -> str:
+    """'p50 s' of a restart or takeover interval."""
+    if not stats or stats.get("p50") is None:
+        return "—"
+    return f"{stats['p50']:.2f} s"
+
+
+def _setup_cell(entry: dict[str, Any]) -> str:
+    setup = entry.get("setup")
+    if not setup:
+        return "—"
+    return f"{setup['chats']} in {setup['seconds']:.0f} s ({setup['chats_per_s']:.1f}/s)"
+
+
+def chats_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """The chats part's tables for stdout: (title, header, rows, note under it)."""
+    chats = results.get("chats") or {}
+    levels = chats.get("levels") or []
+    if not levels:
+        return []
+    latency_rows, cost_rows = [], []
+    for e in levels:
+        restart, takeover = e.get("restart") or {}, e.get("takeover") or {}
+        latency_rows.append([
+            str(e["open_chats"]), _setup_cell(e), _chats_ms(e, "text"), _chats_ms(e, "offer"),
+            _chats_ms(e, "accept_instant"), _chats_ms(e, "accept_delayed"),
+            f"{_chats_s(restart.get('to_relayed_s'))} (ready "
+            f"{_chats_s(restart.get('to_ready_s'))}, first sync "
+            f"{_chats_s(restart.get('first_sync_s'))})",
+            f"{_chats_s(takeover.get('to_relayed_s'))} (lease "
+            f"{_chats_s(takeover.get('to_lease_s'))})",
+        ])
+        per_file = e.get("per_file") or {}
+        sync = restart.get("sync_cost") or {}
+        cost_rows.append([
+            str(e["open_chats"]),
+            "—" if per_file.get("events") is None else
+            f"{per_file['events']:.1f} / {per_file['syncs']:.1f} / {per_file['requests']:.1f}",
+            "—" if per_file.get("synapse_cpu_ms") is None else
+            f"{per_file['synapse_cpu_ms']:.0f} ms",
+            "—" if sync.get("synapse_cpu_ms") is None else
+            f"{sync['synapse_cpu_ms']:.1f} ms ({sync.get('bot_joined_rooms')} rooms)",
+            _mib(e.get("rss_kib")),
+            "—" if e.get("rss_kib_per_chat") is None else f"{e['rss_kib_per_chat']:.1f} KiB",
+            "—" if not e.get("machine_load") else
+            f"{e['machine_load']['busy_cores']:.1f} of {e['machine_load']['cores']}",
+        ])
+    return [
+        ("11a. Open encrypted chats (leader + standby on PostgreSQL): p50 latencies (ms) and "
+         "restart / takeover → first relay",
+         ["open chats", "set up", "text", "upload → card", "✅ → file instant",
+          "✅ → file 1.5 s", "restart → first relay", "takeover → first relay"],
+         latency_rows, ""),
+        ("11b. Open encrypted chats: what each accepted file and each bot /sync costs",
+         ["open chats", "per file: bot events / syncs / requests", "Synapse CPU per file",
+          "Synapse CPU per bot /sync", "bot RSS", "RSS per chat (restarted)",
+          "machine busy (cores)"], cost_rows,
+         "Synapse CPU per file covers every client (the probe's customer and agent too); per "
+         "bot /sync: raw incremental syncs with the bot's token, filter and saved position "
+         "while no instance runs."),
+    ]
+
+
+def chats_markdown_rows(results: dict[str, Any]) -> list[str]:
+    """The chats part's rows of the README table (same five columns)."""
+    from bench.harness import ratio
+
+    chats = results.get("chats") or {}
+    levels = chats.get("levels") or []
+    if not levels:
+        return []
+    first = levels[0]
+    goals = {g["key"]: g for g in chats_targets(results)}
+
+    def verdict(key: str) -> str:
+        g = goals.get(key)
+        if g is None:
+            return "—"
+        mark = {True: "✅ met", False: "❌ missed", None: "? not measured"}[g["met"]]
+        return f"{g['limit']} {mark}"
+
+    out: list[str] = []
+    for e in levels:
+        is_first = e is first
+        base = "—" if is_first else f"{first['open_chats']} open chat(s): " + "; ".join(
+            _chats_ms(first, key) for key, _ in _CHATS_LATENCIES) + " ms"
+        rel = "—" if is_first else "; ".join(
+            _x(ratio(_p50(e, key), _p50(first, key))) for key, _ in _CHATS_LATENCIES)
+        target = ("—" if e["level"] != 1000 else
+                  "; ".join(verdict(f"chats:{key}:1000") for key, _ in _CHATS_LATENCIES))
+        out.append(
+            f"| {e['open_chats']} open encrypted chats: upload → card; ✅ → file, instant "
+            f"click; ✅ → file, click after 1.5 s (p50) | "
+            + "; ".join(_chats_ms(e, key) for key, _ in _CHATS_LATENCIES)
+            + f" ms | {base} | {rel} | {target} |")
+        restart, takeover = e.get("restart") or {}, e.get("takeover") or {}
+        first_restart = _p50(first, "restart", "to_relayed_s")
+        level = e["level"]
+        target = "—" if level not in (1000, 5000) else (
+            f"{verdict(f'chats:restart:{level}')}; {verdict(f'chats:restart_ratio:{level}')}")
+        since = "—" if is_first else f"{first_restart} s with {first['open_chats']}"
+        grew = "—" if is_first else _x(ratio(_p50(restart, "to_relayed_s"), first_restart))
+        out.append(
+            f"| {e['open_chats']} open encrypted chats: restart → first relay (first sync); "
+            f"standby takeover → first relay (p50) | {_chats_s(restart.get('to_relayed_s'))} "
+            f"({_chats_s(restart.get('first_sync_s'))}); "
+            f"{_chats_s(takeover.get('to_relayed_s'))} | "
+            f"{since} | {grew} | {target} |")
+        per_file = e.get("per_file") or {}
+        sync = restart.get("sync_cost") or {}
+        rss = e.get("rss_kib_per_chat")
+        out.append(
+            f"| {e['open_chats']} open encrypted chats: per accepted file bot events / syncs / "
+            f"requests, Synapse CPU; Synapse CPU per bot /sync; RSS per chat | "
+            f"{per_file.get('events')} / {per_file.get('syncs')} / {per_file.get('requests')}, "
+            f"{per_file.get('synapse_cpu_ms')} ms; {sync.get('synapse_cpu_ms')} ms; "
+            f"{'—' if rss is None else f'{rss:.1f} KiB'} | — | — | "
+            f"{verdict('chats:rss') if e is levels[-1] and rss is not None else '—'} |")
     return out

@@ -80,6 +80,7 @@ class Params:
     burst_rounds: int  # bursts per bot, alternating relay and Parcel
     step_timeout: float = 120.0
     traffic_n: int = 3  # offers per size counted through the proxy, plain and E2EE
+    chats_levels: tuple[int, ...] = (1, 200)  # open encrypted chats, cumulative (part chats)
 
 
 FULL = Params(
@@ -90,6 +91,7 @@ FULL = Params(
            ("100 MB", 100 * MB, 10)),
     e2ee_reps=(30, 30, 10, 10),
     traffic_n=5,
+    chats_levels=(1, 1000, 5000),
     scale_levels=(10, 50, 200),
     scale_window=30.0,
     scale_drain=30.0,
