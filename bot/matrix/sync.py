@@ -94,6 +94,7 @@ class SyncLoop:
         self._since: str | None | object = _UNREAD  # read from the store on the first round
         self._catching_up = False
         self._first = True  # the first poll returns at once, whatever there is to say
+        self._restored = False  # ``restore`` has run (or is not needed)
         self._pending: SyncResponse | None = None  # polled, not handled yet
         self._failing = False  # the last poll failed
 
@@ -105,11 +106,19 @@ class SyncLoop:
         """One poll (unless a batch is still to be handled), its handling, the saved position."""
         if self._since is _UNREAD:
             since = await self._store.values.get_value(SYNC_TOKEN_KEY)
-            if since is not None and self._restore is not None:
-                await self._restore()  # retried with the round when it fails
             self._since, self._catching_up = since, since is None
+            self._restored = since is None or self._restore is None
         if self._pending is None:
-            response = await self._poll(stop)
+            # The rooms are rebuilt while the first sync is on its way (both are needed only
+            # once the batch is handled); a failed rebuild is tried again before handling.
+            restoring = None if self._restored else asyncio.ensure_future(self._restore_once())
+            try:
+                response = await self._poll(stop)
+            finally:
+                if restoring is not None:
+                    await asyncio.wait([restoring])
+                    if not restoring.cancelled():
+                        restoring.exception()  # a failure is seen: the rebuild runs again below
             if response is None:
                 return  # stopping: the position of the unfinished poll is simply not saved
             self._pending = response
@@ -120,6 +129,8 @@ class SyncLoop:
                     await self._on_recovered()  # the homeserver is back: waiting work goes now
             await self._crypto_housekeeping()
         response = self._pending
+        if not self._restored:
+            await self._restore_once()
         await self._handle(response, self._catching_up)
         self._fence()  # a leader deposed meanwhile must not move the shared position
         await self._store.values.set_value(SYNC_TOKEN_KEY, response.next_batch)
@@ -131,6 +142,12 @@ class SyncLoop:
         self._metrics.synced()
         self._health.progressed("sync")
         self.first_sync_done.set()
+
+    async def _restore_once(self) -> None:
+        """Rebuild what nio does not persist (see ``restore``), once per start."""
+        if not self._restored and self._restore is not None:
+            await self._restore()
+            self._restored = True
 
     async def _poll(self, stop: asyncio.Event) -> SyncResponse | None:
         """One sync request; None when ``stop`` came first. A failure is raised classified

@@ -132,3 +132,19 @@ async def test_rooms_of_chats_closed_before_the_restart_are_left_beside_the_work
     await chat.bot.start()
     await agent.until(lambda: agent.membership(old_agent_room, bot) == "leave",
                       "the bot leaving the closed chat's agent room")
+
+
+async def test_a_failed_rebuild_of_the_rooms_is_tried_again(start_chat, homeserver) -> None:
+    """/joined_rooms failing at the restart (a 502 twice) is retried; then the chat goes on."""
+    async with FaultyProxy(homeserver.url) as proxy:
+        chat: Chat = await start_chat(homeserver=proxy.url, encrypted=True,
+                                      agents={"room_encryption": True})
+        await chat.open_session(encrypted=True)
+        agent, customer = chat.agent, chat.customer
+        await chat.bot.stop()
+        refused = proxy.fail("GET", r"/joined_rooms$", times=2)
+        await chat.bot.start()
+        await customer.say(chat.customer_room, "after a rocky restart")
+        await agent.until(lambda: "Carol: after a rocky restart" in agent.bodies(chat.agent_room),
+                          "the relay after the rebuild was retried")
+        assert refused.hits == 2
