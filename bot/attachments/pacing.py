@@ -20,7 +20,6 @@ previous process's last one.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,7 +61,6 @@ class RoomHolds:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._holds: dict[str, _Hold] = {}
-        self._changed = asyncio.Event()
 
     def hold(self, token: str, rooms: Iterable[str], at_most: float = HOLD_AT_MOST) -> None:
         """Hold ``rooms`` under ``token`` (holding again under a token renews it)."""
@@ -70,8 +68,7 @@ class RoomHolds:
 
     def release(self, token: str) -> None:
         """End the hold ``token`` (nothing if there is none)."""
-        if self._holds.pop(token, None) is not None:
-            self._changed.set()
+        self._holds.pop(token, None)
 
     def held(self, room_id: str) -> float | None:
         """The monotonic time until which ``room_id`` is held; None when it is free."""
@@ -79,12 +76,3 @@ class RoomHolds:
         for token in [t for t, h in self._holds.items() if h.deadline <= now]:
             del self._holds[token]  # expired: its step is gone
         return held_until(((h.rooms, h.deadline) for h in self._holds.values()), room_id, now)
-
-    async def wait_free(self, room_id: str) -> None:
-        """Return once no hold covers ``room_id`` (released, or past its bound)."""
-        while (until := self.held(room_id)) is not None:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), max(0.0, until - self._clock()))
-            except TimeoutError:
-                pass

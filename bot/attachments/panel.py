@@ -16,7 +16,6 @@ that is logged once and remembered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -29,13 +28,17 @@ from bot import render
 from bot.attachments.model import Direction
 from bot.attachments.offers import direction_from
 from bot.attachments.pacing import HOLD_AT_MOST, RoomHolds, panel_delay
-from bot.errors import PermanentError
+from bot.errors import PermanentError, Waiting
 from bot.i18n import ENGLISH, Translator
 from bot.matrix.client import Sender, call
 from bot.matrix.rooms import RoomDirectory
 from bot.sessions.service import bot_removed_from
 from bot.store import Panel, Session, Side, Store, WorkUnit
 from bot.work import Scheduler
+
+# How soon a panel parked behind a held room looks again (a card is out within a fraction of
+# a second; each look is one store write).
+HOLD_LOOK_AGAIN = 0.25
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +123,14 @@ class PanelService:
         # to one edit per room per COALESCE_SECONDS.
         await asyncio.sleep(panel_delay(self._clock(), self._last_edit.get(room_id),
                                         self._coalesce, self._coalesce))
-        # Never in front of a card or a delivered file in this room; but a room whose holds
-        # keep coming (a stream of offers) still gets its panel after HOLD_AT_MOST.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.holds.wait_free(room_id), HOLD_AT_MOST)
+        # Never in front of a card or a delivered file in this room. While the room is held
+        # the unit steps aside (parked, so that its slot in the scheduler is free for the
+        # offer's own work, which releases the hold) and looks again shortly; a room whose
+        # holds keep coming (a stream of offers) still gets its panel after HOLD_AT_MOST.
+        held_until = self.holds.held(room_id)
+        if held_until is not None and time.time() - unit.created_at < HOLD_AT_MOST:
+            raise Waiting(f"room {room_id} has a card or a delivered file on its way",
+                          at_most=max(0.05, min(HOLD_LOOK_AGAIN, held_until - self._clock())))
         await self._update(room_id)
 
     async def _give_up(self, unit: WorkUnit, error: PermanentError) -> None:

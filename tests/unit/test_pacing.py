@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from bot.attachments.pacing import RoomHolds, held_until, panel_delay
@@ -72,22 +70,3 @@ def test_holds_release_renew_and_expire() -> None:
     holds.hold("deliver", [C], at_most=1.0)
     clock.now = 4.0
     assert holds.held(C) is None  # past its bound: a stuck hold never stalls a panel
-
-
-async def test_wait_free_returns_on_release() -> None:
-    """A panel waiting for a held room goes as soon as the hold is released."""
-    holds = RoomHolds()
-    holds.hold("card", [A], at_most=30.0)
-    waiter = asyncio.create_task(holds.wait_free(A))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()
-    await asyncio.wait_for(holds.wait_free(B), 1.0)  # another room is free
-    holds.release("card")
-    await asyncio.wait_for(waiter, 1.0)
-
-
-async def test_wait_free_returns_at_the_bound() -> None:
-    """A hold nobody releases stops holding at its bound."""
-    holds = RoomHolds()
-    holds.hold("stuck", [A], at_most=0.1)
-    await asyncio.wait_for(holds.wait_free(A), 2.0)
