@@ -74,6 +74,7 @@ from bench.scenarios import (
     edit_state,
     gather_limited,
     is_card,
+    relayed_text_latency,
     say,
 )
 from bot.devserver import RegisteredUser
@@ -329,13 +330,7 @@ async def text_latencies(b: Bench, chat: Chat, n: int) -> list[float]:
     """Customer's text (origin_server_ts) → the relayed copy shown by the agent's client."""
     out = []
     for i in range(n):
-        token = f"ctext-{i}-{secrets.token_hex(4)}"
-        event_id, _ = await chat.customer.say(chat.customer_room, token)
-        seen = await chat.agent.wait_for(
-            lambda s, t=token: s.room_id == chat.agent_room
-            and str(s.content.get("body", "")).endswith(t), "a relayed text",
-            timeout=b.p.step_timeout)
-        out.append(seen.at - await b._own_ts(chat.customer, event_id))
+        out.append(await relayed_text_latency(b, chat, f"ctext-{i}-{secrets.token_hex(4)}"))
         await asyncio.sleep(0.05)
     return out
 

@@ -543,6 +543,17 @@ def edit_state(seen: Seen, offer_id: int) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
+async def relayed_text_latency(b: Bench, chat: Chat, token: str) -> float:
+    """The customer says ``token``: its origin_server_ts → the relayed copy shown by the
+    agent's client (seconds)."""
+    event_id, _ = await chat.customer.say(chat.customer_room, token)
+    seen = await chat.agent.wait_for(
+        lambda s: s.room_id == chat.agent_room
+        and str(s.content.get("body", "")).endswith(token), "a relayed text",
+        timeout=b.p.step_timeout)
+    return seen.at - await b._own_ts(chat.customer, event_id)
+
+
 async def part_baseline_hops(b: Bench, relay: RelayBot, parcel: ParcelBot,
                              relay_chat: Chat, parcel_chat: Chat) -> None:
     """1. Raw one-hop latency, and text through two hops (relay; Parcel for reference)."""
@@ -565,13 +576,7 @@ async def part_baseline_hops(b: Bench, relay: RelayBot, parcel: ParcelBot,
     async def text_two_hops(chat: Chat, n: int) -> list[float]:
         out = []
         for i in range(n + 2):
-            token = f"t2-{i}-{secrets.token_hex(4)}"
-            event_id, _ = await chat.customer.say(chat.customer_room, token)
-            seen = await chat.agent.wait_for(
-                lambda s, t=token: s.room_id == chat.agent_room
-                and str(s.content.get("body", "")).endswith(t), "a relayed text",
-                timeout=b.p.step_timeout)
-            latency = seen.at - await b._own_ts(chat.customer, event_id)
+            latency = await relayed_text_latency(b, chat, f"t2-{i}-{secrets.token_hex(4)}")
             if i >= 2:
                 out.append(latency)
             await asyncio.sleep(0.05)
