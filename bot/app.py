@@ -283,6 +283,10 @@ class Parcel:
             if self.lease.reachable:
                 return True, "standby"
             return False, "degraded: the database is unreachable (standby cannot take over)"
+        if self.lease is not None and not self.lease.reachable:
+            # Still leading on the lease's remaining time, but it cannot be renewed.
+            problems = ["the database is unreachable (the leader lease cannot be renewed)",
+                        *problems]
         if problems:
             return False, "degraded: " + "; ".join(problems)
         if not self.ready.is_set():

@@ -109,7 +109,8 @@ class Lease:
         """Set once a held lease is gone; the leader must stop and start over as a standby."""
         self.reachable = True
         """Whether the last look at the lease reached the database (a standby that cannot
-        reach it could not take over: ``/health`` says so)."""
+        reach it could not take over; a leader that cannot renew will lose it: ``/health``
+        says so)."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -208,10 +209,12 @@ class Lease:
         except Exception as exc:  # noqa: BLE001 - classified below
             _unless_unreachable(exc)
             # Still trusted until _valid_until; the next renewal may get through.
+            self.reachable = False
             logger.warning("could not renew the lease (%s); trusted for %.1f s more", exc,
                            max(0.0, self._valid_until - self._clock()))
             await self._drop_connection()
             return
+        self.reachable = True
         if renewed is None:
             self._lose("another instance took the lease")
             return

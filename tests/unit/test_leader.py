@@ -131,6 +131,38 @@ async def test_standby_waits_out_an_unreachable_database(leases: Callable[..., L
     assert lease.role == "standby"
 
 
+async def test_a_leader_that_cannot_renew_says_so_until_a_renewal_gets_through(
+    postgres_url: str,
+) -> None:
+    """While renewals fail the leader still leads on the lease's remaining time, but reports
+    the database unreachable (``/health`` says degraded); a renewal that gets through ends
+    that."""
+    stop = asyncio.Event()
+    refuse = False
+
+    async def connect() -> asyncpg.Connection:
+        if refuse:
+            raise ConnectionRefusedError("connection refused")
+        return await asyncpg.connect(postgres_url)
+
+    lease = Lease(connect, ttl=8.0, holder="cut-off leader")
+    assert await lease.acquire(stop)
+    assert lease.reachable
+    holding = asyncio.create_task(lease.hold(stop))
+    try:
+        refuse = True
+        await lease._drop_connection()  # the server went away under it
+        await until(lambda: not lease.reachable, deadline=lease.renew_every * 3)
+        assert lease.role == "leader"  # still trusted for what is left of the lease
+        refuse = False
+        await until(lambda: lease.reachable, deadline=lease.renew_every * 3)
+        assert lease.role == "leader"
+    finally:
+        stop.set()
+        await holding
+        await lease.release()
+
+
 # -- term fencing of the store's writes ----------------------------------------------------------
 
 
