@@ -185,7 +185,7 @@ class Router:
         source: dict[str, Any],
     ) -> None:
         # People are named from both rooms' members: read them before the first event.
-        await self._rooms.load_members(session.customer_room, session.agent_room)
+        await self._rooms.load_members(*session.rooms())
         kind = source.get("type")
         content = source.get("content")
         content = content if isinstance(content, dict) else {}

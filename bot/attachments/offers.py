@@ -66,10 +66,6 @@ async def _nothing_changed(session_id: int) -> None:
     """The default ``on_change``: nobody is told."""
 
 
-def _session_rooms(session: Session) -> list[str]:
-    return [room for room in (session.customer_room, session.agent_room) if room]
-
-
 class OfferService:
     """Turns uploads into offers, applies decisions, and carries each offer to its end."""
 
@@ -178,7 +174,7 @@ class OfferService:
         self._metrics.decided(max(0.0, decided.updated_at - offer.updated_at))
         if accept:
             # The delivered file is next in these rooms: the panels wait for it.
-            self.holds.hold(self._delivery_hold(offer.id), _session_rooms(session))
+            self.holds.hold(self._delivery_hold(offer.id), session.rooms())
         else:
             self._stop_staging(offer.id)  # a ✅ waits for it; a ❌ makes it pointless
         await self.schedule(offer.id)
@@ -326,7 +322,7 @@ class OfferService:
         if offer.state is OfferState.INSPECTING:
             # The download and the verdict lead to the card: the rooms' panels wait from here
             # (released once the card and status line are out, or now if it was refused).
-            self.holds.hold(self._card_hold(offer.id), _session_rooms(session))
+            self.holds.hold(self._card_hold(offer.id), session.rooms())
             if await self._checker.inspect(offer, session):
                 # Offered: the card is next, and nothing goes before it (the panels are told
                 # once it is out).
@@ -345,7 +341,7 @@ class OfferService:
         elif offer.state is OfferState.ACCEPTED:
             if offer.delivery_event_id is None:
                 hold = self._delivery_hold(offer.id)
-                self.holds.hold(hold, _session_rooms(session))  # again, after a restart
+                self.holds.hold(hold, session.rooms())  # again, after a restart
                 try:
                     await self._delivery.deliver(offer, session)
                 finally:

@@ -10,8 +10,8 @@ read (one indexed query) the first time a message needs it, and kept in memory f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from nio.crypto import InboundGroupSession
 from nio.crypto.memorystores import GroupSessionStore
@@ -19,6 +19,14 @@ from nio.store.database import DefaultStore, use_database
 from nio.store.models import MegolmInboundSessions
 
 SessionLoader = Callable[[str, str, str], InboundGroupSession | None]
+T = TypeVar("T")
+
+
+def store_call(store: object, name: str, action: Callable[[], T]) -> T:
+    """Run ``action`` (a query on nio's crypto ``store``) the way the store runs its own calls:
+    the PostgreSQL store (``run_guarded``) reconnects and classifies its failures around it."""
+    guarded = getattr(store, "run_guarded", None)
+    return guarded(name, action) if guarded is not None else action()  # type: ignore[no-any-return]
 
 
 class LazyGroupSessionStore(GroupSessionStore):
@@ -26,7 +34,8 @@ class LazyGroupSessionStore(GroupSessionStore):
 
     ``load(room_id, sender_key, session_id)`` reads one session from the store (None when there
     is none). Sessions nio adds (a new room key, the bot's own new session) are kept and
-    stored as nio keeps and stores them.
+    stored as nio keeps and stores them. Iterating yields only the sessions read so far (nio
+    iterates only to export keys, which the bot never does).
     """
 
     def __init__(self, load: SessionLoader) -> None:
@@ -42,11 +51,6 @@ class LazyGroupSessionStore(GroupSessionStore):
         if stored is not None:
             super().add(stored)
         return stored
-
-    def __iter__(self) -> Iterator[InboundGroupSession]:
-        """Only the sessions read so far (nio iterates only to export keys, which the bot
-        never does)."""
-        return super().__iter__()
 
 
 class LazyInboundSessions:
@@ -64,13 +68,9 @@ class LazyInboundSessions:
 
     def _guarded_load(self, room_id: str, sender_key: str,
                       session_id: str) -> InboundGroupSession | None:
-        # The PostgreSQL store reconnects and classifies its failures around every call.
-        guarded = getattr(self, "run_guarded", None)
-        if guarded is not None:
-            return guarded("load_inbound_group_session",  # type: ignore[no-any-return]
-                           lambda: self.load_inbound_group_session(room_id, sender_key,
-                                                                   session_id))
-        return self.load_inbound_group_session(room_id, sender_key, session_id)
+        return store_call(self, "load_inbound_group_session",
+                          lambda: self.load_inbound_group_session(room_id, sender_key,
+                                                                  session_id))
 
     @use_database
     def load_inbound_group_session(self, room_id: str, sender_key: str,

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from nio import AsyncClient
 from nio.store.models import ForwardedChains, MegolmInboundSessions
 
+from bot.matrix.groupsessions import store_call
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,9 +47,7 @@ def forget_room_keys(client: AsyncClient, room_ids: Iterable[str]) -> int:
                 MegolmInboundSessions.room_id.in_(gone),
             ).execute())
 
-    # The PostgreSQL store (bot/matrix/pgstore.py) reconnects and classifies its failures.
-    guarded = getattr(store, "run_guarded", None)
-    count = guarded("forget_room_keys", delete) if guarded else delete()
+    count = store_call(store, "forget_room_keys", delete)
     if count:
         logger.info("forgot %d room keys of %d rooms the bot has left", count, len(gone))
     return count
@@ -65,11 +65,8 @@ def forget_keys_of_left_rooms(client: AsyncClient, closed_rooms: Iterable[str]) 
     # Sessions are read from the store only when needed (bot/matrix/groupsessions.py), so
     # which rooms have some is asked of the store, in one query.
     listed = getattr(store, "rooms_with_inbound_sessions", None)
-    if listed is None:
-        held: set[str] = set(olm.inbound_group_store._entries)
-    else:
-        guarded = getattr(store, "run_guarded", None)
-        held = guarded("rooms_with_inbound_sessions", listed) if guarded else listed()
+    held: set[str] = (set(olm.inbound_group_store._entries) if listed is None
+                      else store_call(store, "rooms_with_inbound_sessions", listed))
     return forget_room_keys(client, [
         room for room in set(closed_rooms)
         if room in held and room not in client.rooms and room not in client.invited_rooms

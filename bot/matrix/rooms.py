@@ -86,13 +86,7 @@ class RoomDirectory:
             if loading is None:
                 loading = asyncio.ensure_future(self._read_members(room))
                 self._loading[room.room_id] = loading
-                loading.add_done_callback(self._loaded)
             await asyncio.shield(loading)
-
-    def _loaded(self, loading: asyncio.Future[None]) -> None:
-        for room_id, pending in list(self._loading.items()):
-            if pending is loading:
-                del self._loading[room_id]
 
     async def _read_members(self, room: MatrixRoom) -> None:
         before = set(room.users)
@@ -106,6 +100,8 @@ class RoomDirectory:
             logger.info("%s", exc.reason)
             room.members_synced = True
             return
+        finally:
+            self._loading.pop(room.room_id, None)  # the next caller asks again if this failed
         arrived = set(room.users) - before - {self._client.user_id}
         if arrived and before and room.encrypted and self._client.olm is not None:
             # Members nio had missed (a gap in the sync): a key already shared must not be

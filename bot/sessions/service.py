@@ -133,9 +133,8 @@ class SessionService:
         room_id = session.room_of(side) or session.customer_room
         name = self._rooms.display_name(room_id, user_id)
         others: dict[str, str] = {}
-        for room in (session.customer_room, session.agent_room):
-            if room:
-                others.update(self._rooms.names_in(room))
+        for room in session.rooms():
+            others.update(self._rooms.names_in(room))
         others.pop(self.own_user_id, None)
         agent_names = [
             self._rooms.display_name(session.agent_room, agent)
@@ -561,8 +560,7 @@ class SessionService:
         and forget the keys of those it has left."""
         closed = await self._store.sessions.sessions(SessionState.CLOSED)
         forget_keys_of_left_rooms(self._client, [
-            room for session in closed for room in (session.customer_room, session.agent_room)
-            if room is not None
+            room for session in closed for room in session.rooms()
         ])
         count = 0
         # One query for every joined room, not one per room: a bot in thousands of rooms

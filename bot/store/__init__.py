@@ -69,6 +69,10 @@ class Session:
         """The room id of the side opposite ``side``."""
         return self.agent_room if side is Side.CUSTOMER else self.customer_room
 
+    def rooms(self) -> list[str]:
+        """Both rooms, customer's first (only the customer's while there is no agent room)."""
+        return [room for room in (self.customer_room, self.agent_room) if room is not None]
+
 
 @dataclass(frozen=True)
 class WorkUnit:
